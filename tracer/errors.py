@@ -1,0 +1,18 @@
+"""One error type for everything a user can fix.
+
+The CLI prints its message as one line and exits with status 2, no traceback. A message
+names the problem and the fix: "recording is truncated: re-record it".
+"""
+
+EXIT_USAGE = 2
+
+
+class FootprintError(Exception):
+    """A problem the user can fix; the message says how."""
+
+
+def require_root(what: str) -> None:
+    import os
+
+    if os.geteuid() != 0:
+        raise FootprintError(f"{what} needs root: run it as root (sudo footprint ...)")
