@@ -1,0 +1,364 @@
+/*
+ * footprint: a resident account of kernel memory, kept in the kernel.
+ *
+ * Tracepoints only (kmem, filemap, percpu): stable, and present on every kernel we
+ * meet. Nothing is streamed to user space; the recorder samples these maps.
+ *
+ * State is keyed by page frame number so that it cannot drift: a pfn is set when a
+ * page is added to the page cache (or allocated for the kernel), and cleared when it
+ * is deleted from the page cache *or* freed. A missed delete therefore cannot leave a
+ * freed page counted. Only the head pfn of a folio/compound allocation is stored,
+ * with its order.
+ *
+ * Knobs substituted by the loader (tracer/loader.py) before compilation:
+ *   FP_MAX_PFN      size of the per-pfn array (highest pfn + 1, from /proc/zoneinfo)
+ *   FP_FILES_MAX    (s_dev, inode) pairs with page-cache pages
+ *   FP_FILES_PER_CPU  FP_FILES_MAX / possible CPUs (file ids are handed out per CPU)
+ *   FP_STACKS_MAX   distinct kernel stacks of non-movable page allocations
+ *   FP_STACK_DEPTH  frames kept per stack
+ *   FP_OBJS_MAX     live slab objects tracked by address
+ *   FP_SITES_MAX    distinct slab/percpu call sites
+ *   FP_PCPU_MAX     live percpu allocations tracked by address
+ *   FP_TRACK_SLAB   1 to attach the kmem:kmalloc/kmem_cache_* probes
+ */
+#include <uapi/linux/ptrace.h>
+
+/* A pfn's state word: kind in the low 2 bits, order in the next 5, id above. */
+#define KIND_NONE 0
+#define KIND_PAGECACHE 1 /* id = file id (index into file_of) */
+#define KIND_KPAGE 2     /* id = stack id (+1; 0 = stack unknown) */
+#define STATE(kind, order, id) ((u32)(kind) | ((u32)(order) << 2) | ((u32)(id) << 7))
+#define STATE_KIND(s) ((s) & 3)
+#define STATE_ORDER(s) (((s) >> 2) & 31)
+#define STATE_ID(s) ((s) >> 7)
+
+/* Counters the report prints: nothing is dropped silently. */
+enum stat {
+    ST_PC_ADD,             /* page-cache folios added */
+    ST_PC_DEL,             /* deleted, pfn known */
+    ST_PC_DEL_UNTRACKED,   /* deleted, pfn not known (added before attach, or a split folio) */
+    ST_PC_FREED_NO_DEL,    /* freed while still counted in the page cache (e.g. migration) */
+    ST_KPAGE_ALLOC,        /* non-movable page allocations tracked */
+    ST_KPAGE_FREE,
+    ST_STACK_LOST,         /* bpf_get_stackid failed: page counted under "unknown stack" */
+    ST_FILES_FULL,         /* file table full: page not counted */
+    ST_PFN_RANGE,          /* pfn beyond FP_MAX_PFN */
+    ST_OBJ_ALLOC,
+    ST_OBJ_FREE,
+    ST_OBJS_FULL,          /* object table full: object not counted */
+    ST_SITES_FULL,
+    ST_PCPU_FULL,
+    ST_MAX,
+};
+
+struct file_key {
+    u64 ino;
+    u32 dev;   /* the kernel's dev_t: major << 20 | minor */
+    u32 pad;
+};
+
+struct counter {
+    s64 resident;  /* pages (files, stacks) or bytes (sites) */
+    s64 peak;
+    u64 added;     /* pages or bytes added since attach */
+    u64 removed;
+    s64 untracked_removed; /* pages deleted whose add was not seen */
+};
+
+struct file_val {
+    struct counter c;
+    u32 id;
+    u32 pad;
+};
+
+struct site_key {
+    u64 call_site;
+    u32 kind;  /* 0 slab object, 1 percpu */
+    u32 pad;
+};
+
+struct obj_val {
+    u64 call_site;
+    u32 bytes;
+    u32 kind;
+};
+
+struct fp_stack {
+    u64 ip[FP_STACK_DEPTH];
+};
+
+BPF_ARRAY(pfn_state, u32, FP_MAX_PFN);
+BPF_ARRAY(stats, u64, ST_MAX);
+BPF_PERCPU_ARRAY(next_file_id, u32, 1);
+BPF_F_TABLE("hash", struct file_key, struct file_val, files, FP_FILES_MAX, BPF_F_NO_PREALLOC);
+BPF_ARRAY(file_of, struct file_key, FP_FILES_MAX);
+BPF_TABLE("stacktrace", int, struct fp_stack, stacks, FP_STACKS_MAX);
+BPF_F_TABLE("hash", u32, struct counter, stack_pages, FP_STACKS_MAX + 1, BPF_F_NO_PREALLOC);
+/* Preallocated on purpose: these are updated from the kmalloc tracepoints, and a
+ * no-prealloc map refills itself with kmalloc (bpf_mem_alloc), which would fire the
+ * same tracepoints again: a feedback loop measured at 24 MB in two seconds. */
+BPF_HASH(objs, u64, struct obj_val, FP_OBJS_MAX);
+BPF_HASH(sites, struct site_key, struct counter, FP_SITES_MAX);
+
+static __always_inline void stat_inc(int which)
+{
+    int key = which;
+    u64 *v = stats.lookup(&key);
+    if (v)
+        lock_xadd(v, 1);
+}
+
+static __always_inline void counter_add(struct counter *c, s64 n)
+{
+    lock_xadd(&c->resident, n);
+    lock_xadd(&c->added, n);
+    /* Racy by design: a peak that misses a concurrent add by one folio is fine. */
+    if (c->resident > c->peak)
+        c->peak = c->resident;
+}
+
+static __always_inline void counter_sub(struct counter *c, s64 n)
+{
+    lock_xadd(&c->resident, -n);
+    lock_xadd(&c->removed, n);
+}
+
+static __always_inline u32 *pfn_slot(u64 pfn)
+{
+    if (pfn >= FP_MAX_PFN) {
+        stat_inc(ST_PFN_RANGE);
+        return 0;
+    }
+    int key = pfn;
+    return pfn_state.lookup(&key);
+}
+
+/* The file's counter, created on first sight with a fresh id. */
+static __always_inline struct file_val *file_get(u32 dev, u64 ino, bool create)
+{
+    struct file_key key = {.ino = ino, .dev = dev};
+    struct file_val *fv = files.lookup(&key);
+    if (fv || !create)
+        return fv;
+
+    /* Ids come from per-CPU ranges: no atomic fetch-add needed (bcc 0.26 + LLVM 14
+     * cannot use its return value). */
+    int zero = 0;
+    u32 *next = next_file_id.lookup(&zero);
+    if (!next)
+        return 0;
+    if (*next >= FP_FILES_PER_CPU) {
+        stat_inc(ST_FILES_FULL);
+        return 0;
+    }
+    u32 id = bpf_get_smp_processor_id() * FP_FILES_PER_CPU + *next;
+    *next += 1;
+    if (id >= FP_FILES_MAX) {
+        stat_inc(ST_FILES_FULL);
+        return 0;
+    }
+    struct file_val init = {.id = id};
+    /* Two CPUs may race here; the loser's id stays unused, which is harmless. */
+    files.insert(&key, &init);
+    fv = files.lookup(&key);
+    if (!fv) {
+        stat_inc(ST_FILES_FULL);
+        return 0;
+    }
+    int idx = fv->id;
+    file_of.update(&idx, &key);
+    return fv;
+}
+
+/* Forget whatever a pfn was counted as; `freed` says the page left the allocator. */
+static __always_inline void pfn_release(u32 *slot, bool freed)
+{
+    u32 s = *slot;
+    if (s == 0)
+        return;
+    *slot = 0;
+    s64 pages = 1LL << STATE_ORDER(s);
+    if (STATE_KIND(s) == KIND_KPAGE) {
+        u32 sid = STATE_ID(s);
+        struct counter *c = stack_pages.lookup(&sid);
+        if (c)
+            counter_sub(c, pages);
+        if (freed)
+            stat_inc(ST_KPAGE_FREE);
+    } else if (STATE_KIND(s) == KIND_PAGECACHE) {
+        int idx = STATE_ID(s);
+        struct file_key *key = file_of.lookup(&idx);
+        if (!key)
+            return;
+        struct file_val *fv = files.lookup(key);
+        if (fv)
+            counter_sub(&fv->c, pages);
+        if (freed)
+            stat_inc(ST_PC_FREED_NO_DEL);
+    }
+}
+
+TRACEPOINT_PROBE(filemap, mm_filemap_add_to_page_cache)
+{
+    u32 order = 0;
+#ifdef FP_HAS_FOLIO_ORDER
+    order = args->order;
+#endif
+    stat_inc(ST_PC_ADD);
+    u32 *slot = pfn_slot(args->pfn);
+    if (!slot)
+        return 0;
+    /* A page allocated for the kernel (e.g. block-device buffers) now belongs to a file. */
+    pfn_release(slot, false);
+    struct file_val *fv = file_get(args->s_dev, args->i_ino, true);
+    if (!fv)
+        return 0;
+    counter_add(&fv->c, 1LL << order);
+    *slot = STATE(KIND_PAGECACHE, order, fv->id);
+    return 0;
+}
+
+TRACEPOINT_PROBE(filemap, mm_filemap_delete_from_page_cache)
+{
+    u32 *slot = pfn_slot(args->pfn);
+    if (!slot)
+        return 0;
+    u32 s = *slot;
+    if (STATE_KIND(s) == KIND_PAGECACHE) {
+        stat_inc(ST_PC_DEL);
+        pfn_release(slot, false);
+        return 0;
+    }
+    /* Added before we attached (the inventory has it) or a tail of a split folio. */
+    u32 order = 0;
+#ifdef FP_HAS_FOLIO_ORDER
+    order = args->order;
+#endif
+    stat_inc(ST_PC_DEL_UNTRACKED);
+    struct file_val *fv = file_get(args->s_dev, args->i_ino, true);
+    if (fv) {
+        lock_xadd(&fv->c.untracked_removed, 1LL << order);
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(kmem, mm_page_alloc)
+{
+    /* Movable pages are user memory or page cache: the filemap probe and meminfo
+     * account for them. Stacks are taken only for the kernel's own pages. */
+    if (args->migratetype == FP_MIGRATE_MOVABLE)
+        return 0;
+    u32 *slot = pfn_slot(args->pfn);
+    if (!slot)
+        return 0;
+    int sid = stacks.get_stackid(args, 0);
+    u32 id = 0;
+    if (sid < 0)
+        stat_inc(ST_STACK_LOST);
+    else
+        id = sid + 1;
+    struct counter zero = {};
+    struct counter *c = stack_pages.lookup_or_try_init(&id, &zero);
+    if (!c)
+        return 0;
+    counter_add(c, 1LL << args->order);
+    *slot = STATE(KIND_KPAGE, args->order, id);
+    stat_inc(ST_KPAGE_ALLOC);
+    return 0;
+}
+
+TRACEPOINT_PROBE(kmem, mm_page_free)
+{
+    u32 *slot = pfn_slot(args->pfn);
+    if (slot)
+        pfn_release(slot, true);
+    return 0;
+}
+
+#if 1  /* object probes are selected one by one with FP_HAS_* */
+static __always_inline void obj_alloc(u64 ptr, u64 call_site, u32 bytes, u32 kind)
+{
+    if (!ptr)
+        return;
+    struct site_key sk = {.call_site = call_site, .kind = kind};
+    struct counter zero = {};
+    struct counter *c = sites.lookup_or_try_init(&sk, &zero);
+    if (!c) {
+        stat_inc(ST_SITES_FULL);
+        return;
+    }
+    struct obj_val ov = {.call_site = call_site, .bytes = bytes, .kind = kind};
+    if (objs.update(&ptr, &ov) != 0) {
+        stat_inc(kind ? ST_PCPU_FULL : ST_OBJS_FULL);
+        return;
+    }
+    counter_add(c, bytes);
+    stat_inc(ST_OBJ_ALLOC);
+}
+
+static __always_inline void obj_free(u64 ptr)
+{
+    struct obj_val *ov = objs.lookup(&ptr);
+    if (!ov)
+        return;
+    struct site_key sk = {.call_site = ov->call_site, .kind = ov->kind};
+    struct counter *c = sites.lookup(&sk);
+    if (c)
+        counter_sub(c, ov->bytes);
+    objs.delete(&ptr);
+    stat_inc(ST_OBJ_FREE);
+}
+
+#ifdef FP_HAS_kmem_kmalloc
+TRACEPOINT_PROBE(kmem, kmalloc)
+{
+    obj_alloc((u64)args->ptr, args->call_site, args->bytes_alloc, 0);
+    return 0;
+}
+
+#endif
+
+#ifdef FP_HAS_kmem_kmem_cache_alloc
+TRACEPOINT_PROBE(kmem, kmem_cache_alloc)
+{
+    obj_alloc((u64)args->ptr, args->call_site, args->bytes_alloc, 0);
+    return 0;
+}
+
+#endif
+
+#ifdef FP_HAS_kmem_kfree
+TRACEPOINT_PROBE(kmem, kfree)
+{
+    obj_free((u64)args->ptr);
+    return 0;
+}
+
+#endif
+
+#ifdef FP_HAS_kmem_kmem_cache_free
+TRACEPOINT_PROBE(kmem, kmem_cache_free)
+{
+    obj_free((u64)args->ptr);
+    return 0;
+}
+
+#endif
+
+#ifdef FP_HAS_percpu_percpu_alloc_percpu
+TRACEPOINT_PROBE(percpu, percpu_alloc_percpu)
+{
+    obj_alloc((u64)args->ptr, FP_PERCPU_CALL_SITE, args->bytes_alloc, 1);
+    return 0;
+}
+
+#endif
+
+#ifdef FP_HAS_percpu_percpu_free_percpu
+TRACEPOINT_PROBE(percpu, percpu_free_percpu)
+{
+    obj_free((u64)args->ptr);
+    return 0;
+}
+#endif
+#endif

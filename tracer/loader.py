@@ -1,0 +1,292 @@
+"""Load footprint's BPF program with bcc, adapted to the running kernel at attach time.
+
+What the kernel offers is read, not assumed: tracepoint formats from tracefs decide which
+probes are compiled in (and whether filemap events carry a folio order), /proc/zoneinfo
+sizes the per-pfn array, and the header tree is found the way bcc would, plus a fallback
+for kernels that ship none (these machines' 6.18): a close Debian tree in the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import FootprintError, require_root
+
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+CACHE_DIR = Path(os.environ.get("FOOTPRINT_CACHE", "/var/cache/footprint"))
+MIGRATE_MOVABLE = 1  # enum migratetype: UNMOVABLE, MOVABLE, RECLAIMABLE, ...
+
+# (group, event): required ones fail the load when absent; the rest are extras.
+REQUIRED_TRACEPOINTS = (
+    ("filemap", "mm_filemap_add_to_page_cache"),
+    ("filemap", "mm_filemap_delete_from_page_cache"),
+    ("kmem", "mm_page_alloc"),
+    ("kmem", "mm_page_free"),
+)
+# Which optional events each --slab mode attaches. Named caches (kmem_cache_alloc) carry
+# their owner in their name and /proc/slabinfo counts them exactly, so by default only
+# the anonymous kmalloc-* objects are followed by address (a preallocated map: ~72 bytes
+# per tracked object). "all" follows every object, at that cost per object.
+_PERCPU = ("percpu_alloc_percpu", "percpu_free_percpu")
+SLAB_MODES = {
+    "off": _PERCPU,
+    "kmalloc": ("kmalloc", "kfree") + _PERCPU,
+    "all": ("kmalloc", "kfree", "kmem_cache_alloc", "kmem_cache_free") + _PERCPU,
+}
+OPTIONAL_TRACEPOINTS = (
+    ("kmem", "kmalloc"),
+    ("kmem", "kfree"),
+    ("kmem", "kmem_cache_alloc"),
+    ("kmem", "kmem_cache_free"),
+    ("percpu", "percpu_alloc_percpu"),
+    ("percpu", "percpu_free_percpu"),
+)
+
+
+@dataclass
+class MapSizes:
+    """Capacity of each BPF map; a full map is counted, never silent."""
+
+    files: int = 65536
+    stacks: int = 4096
+    stack_depth: int = 24
+    objs: int = 65536
+    sites: int = 8192
+
+
+@dataclass
+class Headers:
+    path: str | None  # None: bcc finds them itself (build dir or kheaders)
+    source: str  # how they were found
+    matches_kernel: bool
+
+    def describe(self) -> str:
+        where = self.path or "bcc default"
+        match = "matches the running kernel" if self.matches_kernel else (
+            "does NOT match the running kernel: only tracepoint arguments are used")
+        return f"{where} ({self.source}; {match})"
+
+
+@dataclass
+class Plan:
+    """What will be compiled and attached, decided from the running kernel."""
+
+    tracefs: str
+    kernel: str
+    headers: Headers
+    max_pfn: int
+    sizes: MapSizes
+    tracepoints: list[tuple[str, str]] = field(default_factory=list)
+    missing: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    folio_order: bool = False
+    percpu_call_site: bool = False
+    slab: str = "kmalloc"  # off | kmalloc | all (see SLAB_MODES)
+
+    def cflags(self) -> list[str]:
+        flags = [
+            f"-DFP_MAX_PFN={self.max_pfn}",
+            f"-DFP_FILES_MAX={self.sizes.files}",
+            f"-DFP_FILES_PER_CPU={max(1, self.sizes.files // possible_cpus())}",
+            f"-DFP_STACKS_MAX={self.sizes.stacks}",
+            f"-DFP_STACK_DEPTH={self.sizes.stack_depth}",
+            f"-DFP_OBJS_MAX={self.sizes.objs}",
+            f"-DFP_SITES_MAX={self.sizes.sites}",
+            f"-DFP_MIGRATE_MOVABLE={MIGRATE_MOVABLE}",
+            f"-DFP_TRACK_SLAB={0 if self.slab == 'off' else 1}",
+            "-DFP_PERCPU_CALL_SITE=" + ("args->call_site" if self.percpu_call_site else "0"),
+        ]
+        if self.folio_order:
+            flags.append("-DFP_HAS_FOLIO_ORDER")
+        flags += [f"-DFP_HAS_{g}_{e}" for g, e in self.tracepoints]
+        return flags
+
+    def probes(self) -> list[dict]:
+        """The probe list the report prints: what was active and what was not."""
+        rows = [{"probe": f"tracepoint:{g}:{e}", "active": True} for g, e in self.tracepoints]
+        rows += [{"probe": f"tracepoint:{g}:{e}", "active": False, "why": "absent in this kernel"}
+                 for g, e in self.missing]
+        rows += [{"probe": f"tracepoint:{g}:{e}", "active": False, "why": f"--slab {self.slab}"}
+                 for g, e in self.skipped]
+        return rows
+
+
+def possible_cpus() -> int:
+    """Count of possible CPUs (/sys/devices/system/cpu/possible, e.g. "0-3")."""
+    try:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    except OSError:
+        return os.cpu_count() or 1
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+def bpf_source() -> str:
+    return (Path(__file__).resolve().parent.parent / "bpf" / "footprint.c").read_text() \
+        if (Path(__file__).resolve().parent.parent / "bpf" / "footprint.c").exists() \
+        else _packaged_source()
+
+
+def _packaged_source() -> str:
+    from importlib import resources
+
+    return resources.files("tracer.bpf").joinpath("footprint.c").read_text()
+
+
+def tracefs() -> str:
+    """The tracefs mount point, mounting it when nothing has (early boot, minimal hosts)."""
+    for path in TRACEFS_CANDIDATES:
+        if os.path.isdir(os.path.join(path, "events")):
+            return path
+    try:
+        os.makedirs(TRACEFS_CANDIDATES[0], exist_ok=True)
+        rc = os.system(f"mount -t tracefs tracefs {TRACEFS_CANDIDATES[0]} 2>/dev/null")
+    except OSError:
+        rc = 1
+    if rc == 0 and os.path.isdir(os.path.join(TRACEFS_CANDIDATES[0], "events")):
+        return TRACEFS_CANDIDATES[0]
+    raise FootprintError("tracefs is not mounted and could not be: mount -t tracefs tracefs /sys/kernel/tracing")
+
+
+def tracepoint_fields(tfs: str, group: str, event: str) -> list[str] | None:
+    """Field names of a tracepoint from its tracefs `format` file, None if absent."""
+    try:
+        text = Path(tfs, "events", group, event, "format").read_text()
+    except OSError:
+        return None
+    return re.findall(r"field:[^;]*?\b(\w+)(?:\[\w*\])?;", text)
+
+
+def kernel_header_release(tree: Path) -> str | None:
+    for rel in ("include/generated/utsrelease.h", "include/config/kernel.release"):
+        try:
+            text = (tree / rel).read_text()
+        except OSError:
+            continue
+        m = re.search(r'"([^"]+)"', text)
+        return m.group(1) if m else text.strip()
+    return None
+
+
+def find_headers(explicit: str | None = None) -> Headers:
+    """Header tree for bcc: explicit, BCC_KERNEL_SOURCE, the kernel's own, kheaders, cache."""
+    kver = platform.release()
+    candidates: list[tuple[str, str | None]] = []
+    if explicit:
+        candidates.append(("--kernel-headers", explicit))
+    if os.environ.get("BCC_KERNEL_SOURCE"):
+        candidates.append(("BCC_KERNEL_SOURCE", os.environ["BCC_KERNEL_SOURCE"]))
+    for source, path in candidates:
+        tree = Path(path)
+        if not (tree / "include").is_dir():
+            raise FootprintError(f"{source} {path} is not a kernel header tree (no include/): "
+                                 "point it at a tree like /usr/src/linux-headers-VERSION")
+        return Headers(str(tree), source, kernel_header_release(tree) == kver)
+    build = Path(f"/lib/modules/{kver}/build")
+    if (build / "include").is_dir():
+        return Headers(None, f"/lib/modules/{kver}/build", True)
+    if Path("/sys/kernel/kheaders.tar.xz").exists():
+        return Headers(None, "/sys/kernel/kheaders.tar.xz", True)
+    cached = CACHE_DIR / "headers"
+    if (cached / "include").is_dir():
+        return Headers(str(cached), f"fallback tree {cached}", kernel_header_release(cached) == kver)
+    raise FootprintError(
+        f"no kernel headers for {kver}: install linux-headers-{kver}, or run scripts/setup "
+        "(it caches a close tree), or pass --kernel-headers DIR")
+
+
+def plan(sizes: MapSizes | None = None, kernel_headers: str | None = None,
+         max_pfn: int | None = None, slab: str = "kmalloc") -> Plan:
+    """Decide what to compile for the running kernel; raises FootprintError if it cannot work."""
+    from .procfs import zone_max_pfn
+
+    tfs = tracefs()
+    headers = find_headers(kernel_headers)
+    p = Plan(tracefs=tfs, kernel=platform.release(), headers=headers,
+             max_pfn=max_pfn or zone_max_pfn(), sizes=sizes or MapSizes(), slab=slab)
+    if slab not in SLAB_MODES:
+        raise FootprintError(f"unknown --slab mode {slab!r}: use one of {', '.join(SLAB_MODES)}")
+    for group, event in REQUIRED_TRACEPOINTS:
+        fields = tracepoint_fields(tfs, group, event)
+        if fields is None:
+            raise FootprintError(
+                f"tracepoint {group}:{event} is missing in kernel {p.kernel}: footprint needs "
+                "CONFIG_TRACEPOINTS with the kmem and filemap events")
+        p.tracepoints.append((group, event))
+        if group == "filemap" and "order" in fields:
+            p.folio_order = True
+    for group, event in OPTIONAL_TRACEPOINTS:
+        fields = tracepoint_fields(tfs, group, event)
+        if fields is None:
+            p.missing.append((group, event))
+            continue
+        if event not in SLAB_MODES[slab]:
+            p.skipped.append((group, event))
+            continue
+        p.tracepoints.append((group, event))
+        if event == "percpu_alloc_percpu" and "call_site" in fields:
+            p.percpu_call_site = True
+    return p
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+    """Redirect fd 2 (where libbcc/clang write) to a temp file; yields a reader."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    tmp = tempfile.TemporaryFile()
+    os.dup2(tmp.fileno(), 2)
+
+    def text() -> str:
+        tmp.seek(0)
+        return tmp.read().decode("utf-8", "replace")
+
+    try:
+        yield text
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class Program:
+    """The compiled, attached program; a thin owner of the bcc object and its maps."""
+
+    def __init__(self, p: Plan):
+        require_root("loading BPF programs")
+        self.plan = p
+        try:
+            from bcc import BPF  # noqa: WPS433 (imported late: early boot may lack bcc)
+        except ImportError as err:
+            raise FootprintError(f"bcc is not importable ({err}): install python3-bpfcc "
+                                 "and run scripts/setup") from None
+        if p.headers.path:
+            os.environ["BCC_KERNEL_SOURCE"] = p.headers.path
+        # clang prints pages of warnings about a header tree that is not the running
+        # kernel's; keep them out of the way and show the last error line on failure.
+        with _stderr_captured() as captured:
+            try:
+                self.bpf = BPF(text=bpf_source(), cflags=p.cflags())
+                err = None
+            except Exception as exc:  # bcc raises plain Exception on compile/load failure
+                err = exc
+        if err is not None:
+            lines = [ln for ln in captured().splitlines() if "error" in ln.lower()]
+            msg = (lines[-1] if lines else str(err).strip().splitlines()[-1]).strip()
+            raise FootprintError(f"BPF program failed to load ({msg}): check the kernel "
+                                 "headers (--kernel-headers) and that BPF is enabled")
+
+    def __getitem__(self, name):
+        return self.bpf[name]
+
+    def close(self) -> None:
+        self.bpf.cleanup()

@@ -1,0 +1,350 @@
+"""`footprint record`: attach, take the baseline, then sample the in-kernel account.
+
+The BPF program keeps the live state; this loop only copies the counters that changed
+into the recording, once per interval, together with /proc/meminfo, slab and vmalloc
+totals, uevents (re-reading the topology when a block device appears or changes) and
+phase marks. Every record is flushed as written: a killed recorder leaves a readable,
+partial recording.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from . import loader, procfs, recording
+from .errors import FootprintError, require_root
+from .symbols import Kallsyms, classify_stack, subsystem_of
+
+STAT_NAMES = (
+    "pagecache_added", "pagecache_deleted", "pagecache_deleted_untracked",
+    "pagecache_freed_without_delete", "kernel_pages_allocated", "kernel_pages_freed",
+    "stack_lost", "files_full", "pfn_out_of_range", "objects_allocated",
+    "objects_freed", "objects_full", "sites_full", "percpu_full",
+)
+# The counters that mean something was not counted: printed as map_drops.
+DROP_STATS = ("stack_lost", "files_full", "pfn_out_of_range", "objects_full",
+              "sites_full", "percpu_full")
+DEFAULT_MARKS = "/run/footprint/marks"
+
+
+def boottime() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def dev_str(dev: int) -> str:
+    """The kernel's internal dev_t (major << 20 | minor) as "major:minor"."""
+    return f"{dev >> 20}:{dev & 0xFFFFF}"
+
+
+def _as_dict(obj):
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if hasattr(obj, "__dataclass_fields__"):
+        return asdict(obj)
+    return obj
+
+
+def tracer_files() -> list[list]:
+    """(dev, ino, path) of the files this process maps: python, bcc, LLVM. Their page
+    cache is the tracer's own cost, not the storage stack's."""
+    seen = {}
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(maxsplit=5)
+                if len(parts) < 6 or parts[4] == "0":
+                    continue
+                major, minor = (int(x, 16) for x in parts[3].split(":"))
+                key = (f"{major}:{minor}", int(parts[4]))
+                seen.setdefault(key, parts[5].strip())
+    except OSError:
+        pass
+    return [[d, i, p] for (d, i), p in seen.items()]
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class Options:
+    output: str
+    duration: float | None = None
+    interval: float = 1.0
+    inventory: bool = True
+    marks: str | None = DEFAULT_MARKS
+    stop_file: str | None = None  # recording ends when this file appears
+    slab: str = "kmalloc"
+    kernel_headers: str | None = None
+    sizes: loader.MapSizes | None = None
+
+
+class Recorder:
+    def __init__(self, opts: Options, log: Callable[[str], None] = lambda m: None):
+        self.opts = opts
+        self.log = log
+        self.last: dict[str, dict] = {"files": {}, "stacks": {}, "sites": {}}
+        self.known_stacks: set[int] = set()
+        self.known_sites: set[str] = set()
+        self.baseline_untracked: dict[str, int] = {}
+        self.marks_pos = 0
+        self.samples = 0
+
+    # -- set-up ------------------------------------------------------------------
+    def start(self) -> None:
+        require_root("footprint record")
+        opts = self.opts
+        self.plan = loader.plan(sizes=opts.sizes, kernel_headers=opts.kernel_headers, slab=opts.slab)
+        self.kallsyms = Kallsyms.load()
+        t0 = boottime()
+        self.program = loader.Program(self.plan)
+        attach_s = boottime() - t0
+        self.writer = recording.Writer(opts.output, {
+            "plan": {
+                "probes": self.plan.probes(),
+                "headers": self.plan.headers.describe(),
+                "headers_match_kernel": self.plan.headers.matches_kernel,
+                "max_pfn": self.plan.max_pfn,
+                "map_sizes": asdict(self.plan.sizes),
+                "slab": self.plan.slab,
+                "attach_seconds": round(attach_s, 3),
+            },
+            "attached": t0,
+            "options": {"interval": opts.interval, "inventory": opts.inventory},
+            "tracer": {"pid": os.getpid(), "files": tracer_files()},
+            "stat_names": list(STAT_NAMES),
+        })
+        self.log(f"attached {len(self.plan.tracepoints)} tracepoints in {attach_s:.1f} s; "
+                 f"headers: {self.plan.headers.describe()}")
+        self.write_topology()
+        self.uevents = self._uevent_watcher()
+        if opts.inventory:
+            self.take_inventory()
+
+    def _uevent_watcher(self):
+        try:
+            from .topology import UeventWatcher
+
+            return UeventWatcher()
+        except Exception as err:  # pyroute2 missing or netlink refused: record without
+            self.log(f"uevents not recorded: {err}")
+            return None
+
+    def write_topology(self) -> None:
+        try:
+            from .topology import read_topology
+
+            topo = _as_dict(read_topology())
+        except FootprintError:
+            raise
+        except Exception as err:  # a half-visible sysfs must not stop the recording
+            self.log(f"topology not read: {err}")
+            return
+        self.writer.write({"type": "topology", "t": boottime(), "topology": topo})
+
+    def take_inventory(self) -> None:
+        """Pages resident before we attached. Taken after attaching, so pages added in
+        between are both traced and seen by mincore: the baseline is what mincore saw
+        beyond what the tracer already counts for that file."""
+        from .inventory import inventory
+        from .topology import read_topology
+
+        t0 = boottime()
+        rows = inventory(read_topology())
+        traced = self._read_files()
+        files = []
+        for row in rows:
+            key = f"{row['dev']}:{row['ino']}"
+            now = traced.get(key)
+            baseline = row["resident_pages"] - (now[0] if now else 0)
+            if baseline <= 0:
+                continue
+            self.baseline_untracked[key] = now[4] if now else 0
+            files.append([row["dev"], row["ino"], baseline, row.get("path")])
+        method = sorted({r.get("method", "?") for r in rows})
+        self.writer.write({"type": "inventory", "t": boottime(), "method": ",".join(method),
+                           "seconds": round(boottime() - t0, 3),
+                           "untracked_at_inventory": self.baseline_untracked, "files": files})
+        self.log(f"inventory: {len(files)} files with {sum(f[2] for f in files)} pages "
+                 f"already resident ({boottime() - t0:.1f} s)")
+
+    # -- sampling ----------------------------------------------------------------
+    def _items(self, name: str):
+        table = self.program[name]
+        try:
+            return list(table.items_lookup_batch())
+        except Exception:  # kernels before 5.6, or array maps on old bcc
+            return list(table.items())
+
+    def _read_files(self) -> dict[str, list[int]]:
+        out = {}
+        for k, v in self._items("files"):
+            c = v.c
+            out[f"{dev_str(k.dev)}:{k.ino}"] = [c.resident, c.peak, c.added, c.removed,
+                                                c.untracked_removed]
+        return out
+
+    def _read_stacks(self) -> dict[int, list[int]]:
+        out = {}
+        for k, c in self._items("stack_pages"):
+            out[getattr(k, "value", k)] = [c.resident, c.peak, c.added, c.removed, c.untracked_removed]
+        return out
+
+    def _read_sites(self) -> dict[str, list[int]]:
+        out = {}
+        for k, c in self._items("sites"):
+            kind = "percpu" if k.kind else "slab"
+            out[f"{kind}:{k.call_site:#x}"] = [c.resident, c.peak, c.added, c.removed,
+                                               c.untracked_removed]
+        return out
+
+    def _describe_stack(self, sid: int) -> None:
+        frames: list[int] = []
+        if sid > 0:
+            try:
+                st = self.program["stacks"][self.program["stacks"].Key(sid - 1)]
+                frames = [a for a in st.ip if a]
+            except KeyError:
+                frames = []
+        kind, owner = classify_stack(frames, self.kallsyms) if frames else ("pages", "unknown")
+        self.writer.write({"type": "stack", "id": sid, "kind": kind, "owner": owner,
+                           "frames": [self.kallsyms.symbolize(a) for a in frames]})
+
+    def _describe_site(self, key: str) -> None:
+        kind, addr = key.split(":", 1)
+        sym, mod, _off = self.kallsyms.lookup(int(addr, 16))
+        owner = subsystem_of(sym, mod) or (f"kernel:{sym}" if sym else "kernel")
+        self.writer.write({"type": "site", "key": key, "kind": kind, "symbol": sym,
+                           "module": mod, "owner": owner})
+
+    @staticmethod
+    def _changed(now: dict, before: dict) -> dict:
+        return {k: v for k, v in now.items() if before.get(k) != v}
+
+    def sample(self) -> None:
+        t = boottime()
+        files, stacks, sites = self._read_files(), self._read_stacks(), self._read_sites()
+        for sid in stacks.keys() - self.known_stacks:
+            self._describe_stack(sid)
+            self.known_stacks.add(sid)
+        for key in sites.keys() - self.known_sites:
+            self._describe_site(key)
+            self.known_sites.add(key)
+        stats_table = self.program["stats"]
+        stats = {name: stats_table[stats_table.Key(i)].value for i, name in enumerate(STAT_NAMES)}
+        rec = {"type": "sample", "t": t, "meminfo": procfs.meminfo(), "stats": stats,
+               "files": self._changed(files, self.last["files"]),
+               "stacks": {str(k): v for k, v in self._changed(stacks, self.last["stacks"]).items()},
+               "sites": self._changed(sites, self.last["sites"]),
+               "slab": _slab_summary(), "vmalloc": _vmalloc_summary()}
+        self.writer.write(rec)
+        self.last = {"files": files, "stacks": stacks, "sites": sites}
+        self.samples += 1
+
+    def poll_marks(self) -> None:
+        """Phase marks appended by `footprint mark NAME` (or a dracut hook) to a file."""
+        path = self.opts.marks
+        if not path:
+            return
+        try:
+            with open(path, "rb") as f:
+                f.seek(self.marks_pos)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n") + 1  # only complete lines
+        self.marks_pos += end
+        for line in data[:end].decode("utf-8", "replace").splitlines():
+            t, _, name = line.partition(" ")
+            try:
+                self.writer.write({"type": "phase", "t": float(t), "name": name.strip()[:200]})
+            except ValueError:
+                continue
+
+    def poll_uevents(self, timeout: float) -> None:
+        if self.uevents is None:
+            time.sleep(max(timeout, 0))
+            return
+        ready, _, _ = select.select([self.uevents.fileno()], [], [], max(timeout, 0))
+        if not ready:
+            return
+        topology_changed = False
+        for ev in self.uevents.poll():
+            self.writer.write({"type": "uevent", **{k: v for k, v in ev.items() if k != "type"}})
+            topology_changed = True
+        if topology_changed:
+            self.write_topology()
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self) -> str:
+        opts = self.opts
+
+        def stop(signum, _frame):
+            raise _Stop(signal.Signals(signum).name)
+
+        old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        reason = "stopped"
+        try:
+            self.start()
+            deadline = boottime() + opts.duration if opts.duration else None
+            next_sample = boottime()
+            while True:
+                now = boottime()
+                if now >= next_sample:
+                    self.poll_marks()
+                    self.sample()
+                    next_sample = now + opts.interval
+                if deadline is not None and now >= deadline:
+                    reason = "duration"
+                    break
+                if opts.stop_file and os.path.exists(opts.stop_file):
+                    reason = "stop-file"
+                    break
+                wait = next_sample - boottime()
+                if deadline is not None:
+                    wait = min(wait, deadline - boottime())
+                self.poll_uevents(wait)
+        except _Stop as sig:
+            reason = f"signal {sig}"
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        # The last word: one more sample so the end state is exact.
+        if hasattr(self, "writer"):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                self.poll_marks()
+                self.sample()
+            except Exception as err:  # the recording stays readable; say what failed
+                self.log(f"last sample failed: {err}")
+                reason += f"; last sample failed: {err}"
+            finally:
+                self.writer.close(reason)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+        return reason
+
+
+def _slab_summary() -> dict:
+    try:
+        return {r["name"]: [r["active_objs"], r["objsize"], r["pages"]] for r in procfs.slabinfo()}
+    except (FootprintError, OSError, KeyError):
+        return {}
+
+
+def _vmalloc_summary() -> dict:
+    try:
+        return {caller: v["pages"] for caller, v in procfs.vmallocinfo().items() if v["pages"]}
+    except (FootprintError, OSError):
+        return {}
+
+
+def record(opts: Options) -> str:
+    """Record until the duration, a signal or the stop file; returns why it stopped."""
+    rec = Recorder(opts, log=lambda m: print(f"footprint: {m}", file=sys.stderr))
+    return rec.run()

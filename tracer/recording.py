@@ -1,0 +1,251 @@
+"""The recording: an append-only, versioned JSON Lines file.
+
+Why this shape: the recorder may be killed at any moment (OOM, reboot, SIGKILL), so each
+record is one line, flushed as written, and a reader takes every complete line and
+ignores a torn last one. JSON, not pickle: a recording from another machine is data,
+parsed with bounds, never executed.
+
+Format (version 1). Every line is an object with a "type":
+
+  header    first line. format="footprint-recording", version, kernel, hostname,
+            page_size, created (boottime/realtime seconds), plan (probes, headers, map
+            sizes), tracer (pid, mapped files) and options.
+  topology  t, topology: the storage stack as read at t (tracer/topology.py).
+  inventory t, method, files: [[dev, ino, baseline_pages, path|null], ...]: pages
+            already resident when the tracer attached that it had not traced itself.
+  stack     id, kind, owner, frames: [symbol, ...]: a kernel stack of non-movable page
+            allocations, classified once when first seen.
+  site      key ("kind:0xaddr"), kind ("slab"|"percpu"), symbol, module, owner.
+  sample    t, meminfo {field: kB}, stats {name: count}, and the counters that changed
+            since the previous sample, each [resident, peak, added, removed,
+            untracked_removed]: files {"dev:ino": ...} (pages), stacks {id: ...} (pages),
+            sites {key: ...} (bytes); slab {cache: [active_objs, objsize, pages]} and
+            vmalloc {caller: pages}, complete each time.
+  phase     t, name: a mark on the timeline (dracut hook, switch_root, systemd target).
+  uevent    t, action, devname, major, minor, ...
+  end       t, reason. Absent when the recorder did not stop cleanly: the recording is
+            then "partial", and says so.
+
+Times are CLOCK_BOOTTIME seconds, one clock for samples, phases and uevents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .errors import FootprintError
+
+FORMAT = "footprint-recording"
+VERSION = 1
+MAX_LINE = 64 << 20  # a sane bound on one record; bigger means a corrupt file
+COUNTER_FIELDS = ("resident", "peak", "added", "removed", "untracked_removed")
+
+
+class Writer:
+    """Appends records; each is flushed (and the header fsynced) as it is written."""
+
+    def __init__(self, path: str, header: dict):
+        self.path = path
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise FootprintError(f"cannot write recording {path}: {err.strerror}; "
+                                 "choose another -o path") from None
+        os.fchmod(fd, 0o600)
+        self._f = os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 16)
+        head = {"type": "header", "format": FORMAT, "version": VERSION,
+                "kernel": os.uname().release, "hostname": socket.gethostname(),
+                "page_size": os.sysconf("SC_PAGE_SIZE"),
+                "created": {"boottime": time.clock_gettime(time.CLOCK_BOOTTIME),
+                            "realtime": time.time()}}
+        head.update(header)
+        self.write(head)
+        self.sync()
+
+    def write(self, record: dict) -> None:
+        try:
+            self._f.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
+            self._f.write("\n")
+            self._f.flush()
+        except OSError as err:
+            raise FootprintError(f"cannot write recording {self.path}: {err.strerror}; "
+                                 "free space there or record elsewhere (-o)") from None
+
+    def sync(self) -> None:
+        try:
+            os.fsync(self._f.fileno())
+        except OSError:
+            pass
+
+    def close(self, reason: str) -> None:
+        if self._f.closed:
+            return
+        try:
+            self.write({"type": "end", "t": time.clock_gettime(time.CLOCK_BOOTTIME), "reason": reason})
+            self.sync()
+        finally:
+            self._f.close()
+
+
+@dataclass
+class Recording:
+    """A recording read back: the state at each sample, replayed from the deltas."""
+
+    path: str
+    header: dict
+    partial: bool = False
+    torn_tail: bool = False
+    end: dict | None = None
+    topologies: list[dict] = field(default_factory=list)
+    inventories: list[dict] = field(default_factory=list)
+    stacks: dict[int, dict] = field(default_factory=dict)
+    sites: dict[str, dict] = field(default_factory=dict)
+    samples: list[dict] = field(default_factory=list)  # as recorded: counters are deltas
+    phases: list[dict] = field(default_factory=list)
+    uevents: list[dict] = field(default_factory=list)
+
+    def states(self) -> Iterator[dict]:
+        """Each sample with the full counter state at its time (replayed from deltas)."""
+        files: dict[str, list[int]] = {}
+        stacks: dict[int, list[int]] = {}
+        sites: dict[str, list[int]] = {}
+        for s in self.samples:
+            files.update(s["files"])
+            stacks.update(s["stacks"])
+            sites.update(s["sites"])
+            yield {**s, "files": files, "stacks": stacks, "sites": sites}
+
+    def state(self, index: int = -1) -> dict | None:
+        """The full state at sample `index` (default: the last one); a copy."""
+        if not self.samples:
+            return None
+        index = index % len(self.samples)
+        for i, st in enumerate(self.states()):
+            if i == index:
+                return {**st, "files": dict(st["files"]), "stacks": dict(st["stacks"]),
+                        "sites": dict(st["sites"])}
+        return None
+
+
+def _bad(path: str, what: str) -> FootprintError:
+    return FootprintError(f"recording {path} is {what}: re-record it with `footprint record`")
+
+
+def _lines(path: str) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, bytes, complete?) for each line; the last may be torn."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise FootprintError(f"no recording at {path}: give the path written by "
+                             "`footprint record -o PATH`") from None
+    except OSError as err:
+        raise FootprintError(f"cannot read recording {path}: {err.strerror}") from None
+    with f:
+        n = 0
+        while True:
+            line = f.readline(MAX_LINE + 1)
+            if not line:
+                return
+            n += 1
+            if len(line) > MAX_LINE:
+                raise _bad(path, f"corrupt (line {n} longer than {MAX_LINE >> 20} MiB)")
+            yield n, line, line.endswith(b"\n")
+
+
+def _counter(value: Any, path: str, n: int) -> list[int]:
+    if not (isinstance(value, list) and len(value) == len(COUNTER_FIELDS)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise _bad(path, f"corrupt (bad counter on line {n})")
+    return value
+
+
+def _counters(obj: Any, path: str, n: int, key_int: bool = False) -> dict:
+    if not isinstance(obj, dict):
+        raise _bad(path, f"corrupt (bad counters on line {n})")
+    out = {}
+    for k, v in obj.items():
+        if key_int:
+            try:
+                k = int(k)
+            except ValueError:
+                raise _bad(path, f"corrupt (bad stack id on line {n})") from None
+        out[k] = _counter(v, path, n)
+    return out
+
+
+def read(path: str) -> Recording:
+    """Parse a recording with bounds; raises FootprintError on anything malformed."""
+    rec: Recording | None = None
+    for n, raw, complete in _lines(path):
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if not complete and rec is not None:
+                rec.torn_tail = True  # the recorder died mid-line: keep what came before
+                break
+            raise _bad(path, f"corrupt (line {n} is not JSON)") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+            raise _bad(path, f"corrupt (line {n} has no record type)")
+        kind = obj["type"]
+        if rec is None:
+            if kind != "header" or obj.get("format") != FORMAT:
+                raise FootprintError(f"{path} is not a footprint recording: "
+                                     "give a file written by `footprint record`")
+            version = obj.get("version")
+            if not isinstance(version, int):
+                raise _bad(path, "corrupt (header without a version)")
+            if version > VERSION:
+                raise FootprintError(f"recording {path} is format version {version}, newer "
+                                     f"than this footprint reads ({VERSION}): upgrade footprint")
+            rec = Recording(path=path, header=obj)
+            continue
+        t = obj.get("t")
+        if t is not None and not isinstance(t, (int, float)):
+            raise _bad(path, f"corrupt (bad time on line {n})")
+        if kind == "sample":
+            for name in ("meminfo", "stats", "slab", "vmalloc"):
+                if not isinstance(obj.get(name, {}), dict):
+                    raise _bad(path, f"corrupt (bad {name} on line {n})")
+            rec.samples.append({
+                "t": t, "meminfo": obj.get("meminfo", {}), "stats": obj.get("stats", {}),
+                "slab": obj.get("slab", {}), "vmalloc": obj.get("vmalloc", {}),
+                "files": _counters(obj.get("files", {}), path, n),
+                "stacks": _counters(obj.get("stacks", {}), path, n, key_int=True),
+                "sites": _counters(obj.get("sites", {}), path, n)})
+        elif kind == "stack":
+            if not isinstance(obj.get("id"), int) or not isinstance(obj.get("frames", []), list):
+                raise _bad(path, f"corrupt (bad stack on line {n})")
+            rec.stacks[obj["id"]] = obj
+        elif kind == "site":
+            if not isinstance(obj.get("key"), str):
+                raise _bad(path, f"corrupt (bad site on line {n})")
+            rec.sites[obj["key"]] = obj
+        elif kind == "topology":
+            if not isinstance(obj.get("topology"), dict):
+                raise _bad(path, f"corrupt (bad topology on line {n})")
+            rec.topologies.append(obj)
+        elif kind == "inventory":
+            rows = obj.get("files")
+            if not isinstance(rows, list) or not all(
+                    isinstance(r, list) and len(r) == 4 and isinstance(r[0], str)
+                    and isinstance(r[1], int) and isinstance(r[2], int) for r in rows):
+                raise _bad(path, f"corrupt (bad inventory on line {n})")
+            rec.inventories.append(obj)
+        elif kind == "phase":
+            if not isinstance(obj.get("name"), str):
+                raise _bad(path, f"corrupt (bad phase on line {n})")
+            rec.phases.append(obj)
+        elif kind == "uevent":
+            rec.uevents.append(obj)
+        elif kind == "end":
+            rec.end = obj
+        # Unknown record types from a newer minor revision are skipped on purpose.
+    if rec is None:
+        raise _bad(path, "empty")
+    rec.partial = rec.end is None
+    return rec
