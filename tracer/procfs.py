@@ -1,0 +1,209 @@
+"""Parsers for the /proc files the recorder samples.
+
+Each function reads one kernel file and returns plain dicts/lists (JSON-ready). They take
+the path (or a `proc` root) as an argument so tests can feed fixture text, and they parse
+text with `parse_*` helpers that do no I/O.
+
+Light on purpose: imported by the recorder in early boot (stdlib only).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Dict, List, Optional
+
+from .errors import FootprintError
+
+__all__ = [
+    "meminfo", "parse_meminfo",
+    "vmallocinfo", "parse_vmallocinfo",
+    "slabinfo", "parse_slabinfo",
+    "zone_max_pfn", "parse_zoneinfo_max_pfn",
+    "boottime",
+]
+
+
+def _read(path: str) -> str:
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def _read_root(path: str, what: str) -> str:
+    """Read a file that is root-only (mode 0400); a PermissionError becomes a FootprintError."""
+    try:
+        return _read(path)
+    except PermissionError:
+        raise FootprintError(f"cannot read {path} ({what}): run footprint as root") from None
+
+
+# --- /proc/meminfo ---------------------------------------------------------------------
+
+
+def parse_meminfo(text: str) -> Dict[str, int]:
+    """`Key:   123 kB` lines → {Key: kB}. Lines without a unit (HugePages_Total) are counts."""
+    out: Dict[str, int] = {}
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        if not sep:
+            continue
+        fields = rest.split()
+        if not fields:
+            continue
+        try:
+            out[key.strip()] = int(fields[0])
+        except ValueError:
+            continue
+    return out
+
+
+def meminfo(proc: str = "/proc") -> Dict[str, int]:
+    """/proc/meminfo (fs/proc/meminfo.c): values in kB (HugePages_* are counts, not kB).
+
+    `Buffers` is the page cache of block-device inodes (nr_blockdev_pages), `Cached`
+    the rest of the page cache minus swap cache, `Shmem` tmpfs/shm, `Unevictable`
+    includes ramfs pages.
+    """
+    return parse_meminfo(_read(os.path.join(proc, "meminfo")))
+
+
+# --- /proc/vmallocinfo -----------------------------------------------------------------
+
+_VMALLOC_RE = re.compile(r"^0x([0-9a-f]+)-0x([0-9a-f]+)\s+(\d+)\s*(\S*)(.*)$")
+
+
+def parse_vmallocinfo(text: str) -> Dict[str, Dict[str, int]]:
+    """Aggregate vmallocinfo lines by caller symbol.
+
+    A line is `0xSTART-0xEND SIZE CALLER+0xOFF/0xLEN [pages=N] [phys=..] [ioremap] ...`.
+    SIZE includes the guard page; `pages=N` counts the pages actually backing the area
+    (absent for ioremap/vmap of foreign pages). Returns
+    {caller: {"areas", "bytes", "pages", "ioremap"}} where caller is the function name
+    without offset ("unknown" when the kernel printed none).
+    """
+    out: Dict[str, Dict[str, int]] = {}
+    for line in text.splitlines():
+        m = _VMALLOC_RE.match(line.strip())
+        if not m:
+            continue
+        size = int(m.group(3))
+        caller = m.group(4)
+        rest = m.group(5)
+        if not caller or "=" in caller:
+            # No caller printed: the first token is already an attribute (pages=, phys=).
+            rest = caller + rest
+            caller = "unknown"
+        caller = caller.split("+", 1)[0]
+        # Module callers print as `func+0x1/0x2 [mod]`.
+        mod = re.search(r"\[(\w+)\]", rest)
+        if mod:
+            caller = f"{caller} [{mod.group(1)}]"
+        pages = 0
+        pm = re.search(r"\bpages=(\d+)", rest)
+        if pm:
+            pages = int(pm.group(1))
+        row = out.setdefault(caller, {"areas": 0, "bytes": 0, "pages": 0, "ioremap": 0})
+        row["areas"] += 1
+        row["bytes"] += size
+        row["pages"] += pages
+        if "ioremap" in rest:
+            row["ioremap"] += 1
+    return out
+
+
+def vmallocinfo(proc: str = "/proc") -> Dict[str, Dict[str, int]]:
+    """/proc/vmallocinfo (mm/vmalloc.c, s_show; root only — others see no addresses/callers).
+
+    Sizes in bytes (area size includes one guard page), pages in pages; aggregated by
+    caller symbol with parse_vmallocinfo.
+    """
+    return parse_vmallocinfo(_read_root(os.path.join(proc, "vmallocinfo"), "vmalloc areas"))
+
+
+# --- /proc/slabinfo --------------------------------------------------------------------
+
+
+def parse_slabinfo(text: str) -> List[Dict[str, object]]:
+    """slabinfo 2.1: `name active_objs num_objs objsize objperslab pagesperslab : tunables
+    ... : slabdata active_slabs num_slabs sharedavail` → list of dicts with name,
+    active_objs, num_objs, objsize (bytes), objperslab, pagesperslab, active_slabs,
+    num_slabs, and pages = num_slabs * pagesperslab."""
+    rows: List[Dict[str, object]] = []
+    for line in text.splitlines():
+        if not line or line.startswith("slabinfo") or line.startswith("#"):
+            continue
+        head, _, tail = line.partition(":")
+        f = head.split()
+        if len(f) < 6:
+            continue
+        try:
+            row: Dict[str, object] = {
+                "name": f[0],
+                "active_objs": int(f[1]),
+                "num_objs": int(f[2]),
+                "objsize": int(f[3]),
+                "objperslab": int(f[4]),
+                "pagesperslab": int(f[5]),
+            }
+        except ValueError:
+            continue
+        sd = line.split("slabdata")
+        active_slabs = num_slabs = 0
+        if len(sd) == 2:
+            s = sd[1].split()
+            if len(s) >= 2:
+                active_slabs, num_slabs = int(s[0]), int(s[1])
+        row["active_slabs"] = active_slabs
+        row["num_slabs"] = num_slabs
+        row["pages"] = num_slabs * int(row["pagesperslab"])  # type: ignore[arg-type]
+        rows.append(row)
+    return rows
+
+
+def slabinfo(proc: str = "/proc") -> List[Dict[str, object]]:
+    """/proc/slabinfo (mm/slab_common.c, format 2.1; root only). objsize in bytes, slab
+    sizes in pages. With SLUB merging, several caches may report under one name."""
+    return parse_slabinfo(_read_root(os.path.join(proc, "slabinfo"), "slab caches"))
+
+
+# --- /proc/zoneinfo --------------------------------------------------------------------
+
+
+def parse_zoneinfo_max_pfn(text: str) -> int:
+    """Highest pfn + 1 over all zones: max(start_pfn + spanned).
+
+    zoneinfo prints, per zone, `spanned N` (pages) and later `start_pfn: N`; empty zones
+    (spanned 0) are skipped.
+    """
+    best = 0
+    spanned: Optional[int] = None
+    for line in text.splitlines():
+        f = line.split()
+        if not f:
+            continue
+        if f[0] == "Node" and len(f) >= 4 and f[2] == "zone":
+            spanned = None
+        elif f[0] == "spanned" and len(f) >= 2:
+            spanned = int(f[1])
+        elif f[0] == "start_pfn:" and len(f) >= 2 and spanned is not None:
+            if spanned:
+                best = max(best, int(f[1]) + spanned)
+    if best == 0:
+        raise FootprintError("no zone with start_pfn/spanned in /proc/zoneinfo: check that /proc is mounted")
+    return best
+
+
+def zone_max_pfn(proc: str = "/proc") -> int:
+    """/proc/zoneinfo (mm/vmstat.c, zoneinfo_show_print): the highest pfn + 1 of any zone,
+    in pages — the size a per-pfn BPF array needs."""
+    return parse_zoneinfo_max_pfn(_read(os.path.join(proc, "zoneinfo")))
+
+
+# --- clock -----------------------------------------------------------------------------
+
+
+def boottime() -> float:
+    """CLOCK_BOOTTIME in seconds (includes suspend): the clock recordings are stamped with.
+    The kernel's bpf_ktime_get_boot_ns() reads the same clock."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)

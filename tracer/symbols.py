@@ -1,0 +1,390 @@
+"""Kernel symbols: address → function/module, function/module → subsystem, and the
+classification of page-allocation stacks.
+
+Page-cache pages are NOT attributed here: a page in the page cache belongs to its mapping
+(s_dev, inode), which the filemap tracepoints give directly (see topology.resolve).
+Stacks are for pages that belong to no mapping: slab, vmalloc, page tables, percpu,
+kernel stacks, direct page allocations.
+
+Light on purpose (stdlib only): imported by the recorder in early boot.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .errors import FootprintError
+
+__all__ = [
+    "Kallsyms", "normalize", "subsystem_of", "classify_stack", "frame_kind",
+    "MODULE_SUBSYSTEMS", "PREFIX_SUBSYSTEMS", "KIND_MARKERS",
+]
+
+# Symbol types that can appear in a kernel stack (text; weak text).
+_TEXT_TYPES = frozenset("tTwW")
+# Beyond this distance from the nearest symbol an address is treated as unknown (an
+# address past the end of the last symbol of vmlinux or of a module's text).
+_MAX_OFFSET = 1 << 20
+
+
+def normalize(symbol: str) -> str:
+    """Strip compiler clones (`.isra.0`, `.constprop.0`, `.cold`, `.part.0`, `.llvm.123`)
+    and the memory-allocation-profiling suffix `_noprof` (6.10+: `__alloc_pages_noprof`
+    is 6.1's `__alloc_pages`) so one table matches 6.1 and 6.18."""
+    base = symbol.split(".", 1)[0]
+    if base.endswith("_noprof"):
+        base = base[: -len("_noprof")]
+    return base
+
+
+class Kallsyms:
+    """Sorted text symbols from /proc/kallsyms, plus module address ranges from
+    /proc/modules.
+
+    Relies on: /proc/kallsyms printing `addr type name [module]` and showing zero
+    addresses to readers without CAP_SYSLOG when kptr_restrict ≥ 1 (then every address
+    is 0, which we refuse); /proc/modules printing `name size refs deps state addr`
+    (the core text address; init text is freed after init and has no symbols).
+    """
+
+    def __init__(self, addrs: List[int], names: List[str], modules: List[Optional[str]],
+                 module_ranges: Optional[List[Tuple[int, int, str]]] = None) -> None:
+        self.addrs = addrs
+        self.names = names
+        self.modules = modules
+        self.module_ranges = sorted(module_ranges or [])
+        self._mod_starts = [r[0] for r in self.module_ranges]
+
+    # -- loading --------------------------------------------------------------------
+
+    @classmethod
+    def from_text(cls, kallsyms_text: str, modules_text: str = "") -> "Kallsyms":
+        """Parse kallsyms/modules text (live files or copies stored in a recording)."""
+        rows: List[Tuple[int, str, Optional[str]]] = []
+        nonzero = False
+        for line in kallsyms_text.splitlines():
+            parts = line.split()
+            if len(parts) < 3 or parts[1] not in _TEXT_TYPES:
+                continue
+            addr = int(parts[0], 16)
+            if addr:
+                nonzero = True
+            mod = parts[3][1:-1] if len(parts) > 3 else None
+            rows.append((addr, parts[2], mod))
+        if rows and not nonzero:
+            raise FootprintError(
+                "kernel symbol addresses are hidden (all zero in /proc/kallsyms): "
+                "run as root, or set sysctl kernel.kptr_restrict=0")
+        if not rows:
+            raise FootprintError("no text symbols in /proc/kallsyms: check that /proc is mounted "
+                                 "and the kernel has CONFIG_KALLSYMS")
+        # vmlinux symbols come sorted; module symbols follow unsorted by module load order.
+        rows.sort(key=lambda r: r[0])
+        ranges = parse_modules(modules_text)
+        return cls([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], ranges)
+
+    @classmethod
+    def load(cls, proc: str = "/proc") -> "Kallsyms":
+        """Read /proc/kallsyms and /proc/modules (the latter is absent on kernels built
+        without module support, like this host's)."""
+        with open(os.path.join(proc, "kallsyms"), "r", encoding="ascii", errors="replace") as f:
+            text = f.read()
+        try:
+            with open(os.path.join(proc, "modules"), "r", encoding="ascii", errors="replace") as f:
+                mods = f.read()
+        except OSError:
+            mods = ""
+        return cls.from_text(text, mods)
+
+    def __len__(self) -> int:
+        return len(self.addrs)
+
+    # -- lookups --------------------------------------------------------------------
+
+    def module_at(self, addr: int) -> Optional[str]:
+        """The module whose core text range [addr, addr+size) holds addr, if any."""
+        i = bisect.bisect_right(self._mod_starts, addr) - 1
+        if i >= 0:
+            start, end, name = self.module_ranges[i]
+            if start <= addr < end:
+                return name
+        return None
+
+    def lookup(self, addr: int) -> Tuple[Optional[str], Optional[str], int]:
+        """addr → (symbol, module or None, offset). (None, module-or-None, 0) when no
+        symbol covers it (e.g. a module's freed init text)."""
+        i = bisect.bisect_right(self.addrs, addr) - 1
+        range_mod = self.module_at(addr) if self.module_ranges else None
+        if i < 0:
+            return None, range_mod, 0
+        off = addr - self.addrs[i]
+        mod = self.modules[i]
+        if off > _MAX_OFFSET or (range_mod is not None and mod != range_mod):
+            return None, range_mod, 0
+        return self.names[i], mod, off
+
+    def symbolize(self, addr: int) -> str:
+        """`func+0x1a [mod]` or `0x...` — for humans."""
+        sym, mod, off = self.lookup(addr)
+        if sym is None:
+            return f"0x{addr:x}" + (f" [{mod}]" if mod else "")
+        return f"{sym}+0x{off:x}" + (f" [{mod}]" if mod else "")
+
+
+def parse_modules(text: str) -> List[Tuple[int, int, str]]:
+    """/proc/modules → [(start, end, name)] of each module's core text."""
+    out: List[Tuple[int, int, str]] = []
+    for line in text.splitlines():
+        f = line.split()
+        # `name size refcnt deps state 0xaddr [(taints)]`
+        if len(f) >= 6 and f[5].startswith("0x"):
+            start = int(f[5], 16)
+            if start:
+                out.append((start, start + int(f[1]), f[0]))
+    return out
+
+
+# --- subsystems --------------------------------------------------------------------------
+
+# Loadable module → subsystem. The guest (Debian 6.1) builds these as modules; anything
+# named dm_* is device-mapper as well (see subsystem_of).
+MODULE_SUBSYSTEMS: Dict[str, str] = {
+    "squashfs": "squashfs",
+    "dm_mod": "device-mapper",
+    "dm_snapshot": "device-mapper",
+    "dm_bufio": "device-mapper",
+    "dm_bio_prison": "device-mapper",
+    "dm_persistent_data": "device-mapper",
+    "loop": "loop",
+    # jbd2 (the journal) and mbcache (xattr cache) exist for ext4 here: charge ext4.
+    "ext4": "ext4",
+    "jbd2": "ext4",
+    "mbcache": "ext4",
+    "isofs": "iso9660",
+    "overlay": "overlay",
+    "virtio_blk": "virtio-blk",
+    "sr_mod": "cdrom",
+    "cdrom": "cdrom",
+    "zram": "zram",
+}
+
+# Built-in code (this host builds squashfs and loop into vmlinux): by symbol prefix,
+# first match wins. Only prefixes that are unambiguous in both 6.1 and 6.18 kallsyms.
+PREFIX_SUBSYSTEMS: Tuple[Tuple[str, str], ...] = (
+    ("squashfs_", "squashfs"),
+    ("loop_", "loop"),
+    ("lo_", "loop"),
+    ("dm_", "device-mapper"),
+    ("kcopyd_", "device-mapper"),
+    ("__ext4_", "ext4"),
+    ("ext4_", "ext4"),
+    ("jbd2_", "ext4"),
+    ("__jbd2_", "ext4"),
+    ("isofs_", "iso9660"),
+    ("ovl_", "overlay"),
+    ("virtblk_", "virtio-blk"),
+    ("shmem_", "shmem"),
+    ("bpf_", "bpf"),
+    ("__bpf_", "bpf"),
+    ("htab_", "bpf"),
+    ("array_map_", "bpf"),
+    ("ringbuf_", "bpf"),
+    ("zram_", "zram"),
+)
+
+
+def subsystem_of(symbol: Optional[str], module: Optional[str]) -> Optional[str]:
+    """The storage-stack subsystem a frame belongs to, or None.
+
+    A module decides (the module table, then `dm_*` → device-mapper, else the module
+    name itself: any module is a known owner, as in memstrack); built-in code goes by
+    symbol prefix.
+    """
+    if module:
+        if module in MODULE_SUBSYSTEMS:
+            return MODULE_SUBSYSTEMS[module]
+        if module.startswith("dm_"):
+            return "device-mapper"
+        return module
+    if symbol:
+        name = normalize(symbol)
+        for prefix, sub in PREFIX_SUBSYSTEMS:
+            if name.startswith(prefix):
+                return sub
+    return None
+
+
+# --- stack classification ------------------------------------------------------------
+
+# Function (normalized) → kind of page. Scanned innermost frame first: the innermost
+# marker wins, so a slab page allocated during a page fault is "slab", not "anon".
+# Names checked against 6.18's /proc/kallsyms (`_noprof` stripped) and 6.1's sources;
+# functions that are always inlined on one of them (new_slab, vm_area_alloc_pages on
+# 6.18) are listed too, for the other.
+KIND_MARKERS: Dict[str, str] = {}
+for _kind, _names in {
+    "slab": (
+        "allocate_slab", "new_slab", "___slab_alloc", "__slab_alloc", "alloc_slab_page",
+        "cache_grow_begin",  # SLAB allocator
+        # Large kmalloc goes straight to the page allocator but is counted in meminfo's
+        # Slab (NR_SLAB_UNRECLAIMABLE_B since 5.9), so it reconciles as slab.
+        "kmalloc_large", "kmalloc_large_node", "__kmalloc_large_node",
+        "___kmalloc_large_node", "kmalloc_order", "kmalloc_order_trace",
+    ),
+    "vmalloc": (
+        "__vmalloc_area_node", "vm_area_alloc_pages", "__vmalloc_node_range",
+    ),
+    "page-tables": (
+        "__pte_alloc", "__pte_alloc_kernel", "pte_alloc_one", "pte_alloc_one_kernel",
+        "__pmd_alloc", "pmd_alloc_one", "__pud_alloc", "pud_alloc_one", "__p4d_alloc",
+        "p4d_alloc_one", "pgd_alloc", "_pgd_alloc", "preallocate_pmds",
+    ),
+    "percpu": ("pcpu_populate_chunk", "pcpu_alloc_pages"),
+    "kernel-stack": ("alloc_thread_stack_node", "dup_task_struct"),
+    "page-cache": (
+        "filemap_alloc_folio", "__filemap_get_folio", "__page_cache_alloc",
+        "page_cache_ra_unbounded", "page_cache_ra_order", "grow_dev_page", "grow_dev_folio",
+        "shmem_alloc_folio", "shmem_alloc_hugefolio", "shmem_alloc_and_add_folio",
+    ),
+    "anon": (
+        "do_anonymous_page", "alloc_anon_folio", "do_huge_pmd_anonymous_page",
+        "wp_page_copy", "do_cow_fault",
+    ),
+}.items():
+    for _n in _names:
+        KIND_MARKERS[_n] = _kind
+
+# Callers of the page/vmalloc allocator that allocate a task's kernel stack (with
+# CONFIG_VMAP_STACK the stack is vmalloc'ed from alloc_thread_stack_node, which is
+# inlined into dup_task_struct → copy_process on 6.18).
+_STACK_CALLERS = frozenset({"alloc_thread_stack_node", "dup_task_struct", "copy_process"})
+
+# mm/ and allocator internals: never an owner. Exact names, then prefixes.
+_MM_NAMES = frozenset({
+    "get_page_from_freelist", "rmqueue", "rmqueue_bulk", "prep_new_page", "post_alloc_hook",
+    "__alloc_pages", "__alloc_pages_slowpath", "alloc_pages", "alloc_pages_mpol",
+    "alloc_pages_node", "__alloc_pages_node", "__folio_alloc", "folio_alloc",
+    "folio_alloc_mpol", "vma_alloc_folio", "alloc_pages_exact", "alloc_pages_exact_nid",
+    "__get_free_pages", "get_zeroed_page", "alloc_pages_bulk", "__alloc_pages_bulk",
+    "alloc_pages_bulk_array_node", "alloc_pages_bulk_array_mempolicy",
+    "kmalloc", "__kmalloc", "__kmalloc_node", "kmalloc_node", "kmalloc_trace",
+    "kmalloc_node_trace", "__kmalloc_cache", "__kmalloc_cache_node", "__kmalloc_node_track_caller",
+    "__kmalloc_track_caller", "kmem_cache_alloc", "kmem_cache_alloc_node", "kmem_cache_alloc_lru",
+    "__kmem_cache_alloc_node", "kmem_cache_alloc_bulk", "slab_alloc_node", "__do_kmalloc_node",
+    "kzalloc", "kcalloc", "krealloc", "__krealloc",
+    "vmalloc", "vzalloc", "vmalloc_node", "vzalloc_node", "__vmalloc", "__vmalloc_node",
+    "vmalloc_user", "vmalloc_32", "kvmalloc", "kvmalloc_node", "__kvmalloc_node",
+    "kvzalloc", "kvrealloc",
+    "mempool_alloc", "mempool_alloc_slab", "mempool_alloc_pages", "mempool_kmalloc",
+    "handle_mm_fault", "__handle_mm_fault", "handle_pte_fault", "do_fault", "do_read_fault",
+    "do_shared_fault", "do_pte_missing", "filemap_fault", "__do_fault",
+    "filemap_read", "filemap_get_pages", "filemap_create_folio", "filemap_readahead",
+    "page_cache_sync_ra", "page_cache_async_ra", "ondemand_readahead", "do_page_cache_ra",
+    "force_page_cache_ra", "page_cache_sync_readahead", "page_cache_async_readahead",
+    "read_pages", "filemap_grab_folio", "grab_cache_page_write_begin",
+    "pagecache_get_page", "find_or_create_page", "read_cache_folio", "do_read_cache_folio",
+    "__read_cache_page", "read_cache_page",
+    "__get_user_pages", "get_user_pages", "faultin_page", "populate_vma_page_range",
+})
+_MM_PREFIXES = (
+    "__alloc_pages", "alloc_pages_", "__folio_alloc", "kmalloc_", "__kmalloc",
+    "kmem_cache_alloc", "slab_", "__slab", "___slab", "pcpu_", "vmalloc_", "__vmalloc",
+    "vm_area_", "mempool_", "__pte", "__pmd", "__pud", "__p4d", "pte_alloc", "pmd_alloc",
+    "pud_alloc", "p4d_alloc", "alloc_thread_stack", "shmem_alloc", "page_cache_",
+)
+# Frames of a user page fault: pages allocated under them without a known subsystem are
+# the faulting process's (anon, its page tables).
+_FAULT_ENTRY = frozenset({"exc_page_fault", "asm_exc_page_fault", "do_user_addr_fault",
+                          "handle_page_fault", "do_page_fault"})
+# A module's init is running: memstrack charges such allocations to the module being
+# loaded (it tracks module:module_load → exit of init_module per task).
+_MODULE_INIT = frozenset({"do_init_module", "do_one_initcall", "load_module",
+                          "__do_sys_init_module", "__do_sys_finit_module", "init_module_from_file",
+                          "idempotent_init_module"})
+
+
+def _is_mm(name: str) -> bool:
+    return name in _MM_NAMES or name in KIND_MARKERS or name.startswith(_MM_PREFIXES)
+
+
+def frame_kind(symbol: Optional[str]) -> Optional[str]:
+    """The kind a single frame marks (see KIND_MARKERS), or None."""
+    if not symbol:
+        return None
+    return KIND_MARKERS.get(normalize(symbol))
+
+
+def classify_stack(addrs: Sequence[int], kallsyms: Kallsyms,
+                   loading_module: Optional[str] = None) -> Tuple[str, str]:
+    """Classify the kernel stack of a page allocation (innermost frame first).
+
+    Returns (kind, owner):
+      kind — "slab", "vmalloc", "page-tables", "percpu", "kernel-stack", "page-cache",
+             "anon" or "pages" (a direct page allocation): the innermost marker frame
+             decides; vmalloc/direct pages whose first caller outside the allocator
+             allocates a thread stack are "kernel-stack".
+      owner — memstrack's rule: the innermost frame that belongs to a known subsystem
+             (module, or built-in code by prefix: subsystem_of) owns the page. If none:
+             the module being initialized (`loading_module`, or "module-init" when an
+             init call is on the stack or a frame is unresolvable module text), "user"
+             for a user page fault, else "kernel:<func>" for the first frame outside mm/
+             and the allocators, else "kernel".
+    """
+    frames: List[Tuple[Optional[str], Optional[str]]] = []
+    for a in addrs:
+        if not a:
+            continue
+        sym, mod, _ = kallsyms.lookup(a)
+        frames.append((normalize(sym) if sym else None, mod))
+
+    kind = "pages"
+    kind_at = -1
+    for i, (name, _mod) in enumerate(frames):
+        k = KIND_MARKERS.get(name) if name else None
+        if k:
+            kind, kind_at = k, i
+            break
+
+    first_outside: Optional[str] = None
+    first_outside_at = -1
+    for i, (name, mod) in enumerate(frames):
+        if name and not mod and not _is_mm(name):
+            first_outside, first_outside_at = name, i
+            break
+    if kind in ("vmalloc", "pages") and first_outside in _STACK_CALLERS:
+        kind = "kernel-stack"
+    elif kind == "pages":
+        # A thread stack may be allocated without any marker frame left (all inlined).
+        for name, _m in frames[: max(first_outside_at + 1, 0)]:
+            if name in _STACK_CALLERS:
+                kind = "kernel-stack"
+                break
+
+    owner: Optional[str] = None
+    for name, mod in frames:
+        sub = subsystem_of(name, mod)
+        if sub:
+            owner = sub
+            break
+    if owner is None:
+        names = {n for n, _ in frames if n}
+        unresolved_module_text = any(n is None and m for n, m in frames)
+        if names & _MODULE_INIT or unresolved_module_text:
+            if loading_module:
+                owner = subsystem_of(None, loading_module) or loading_module
+            elif unresolved_module_text or "do_init_module" in names:
+                owner = "module-init"
+    if owner is None and kind in ("anon", "page-tables", "pages"):
+        if any(n in _FAULT_ENTRY for n, _ in frames):
+            owner = "user"
+    if owner is None:
+        owner = f"kernel:{first_outside}" if first_outside else "kernel"
+    return kind, owner
+
+
+def symbolize_stack(addrs: Iterable[int], kallsyms: Kallsyms) -> List[str]:
+    """Human-readable frames, innermost first."""
+    return [kallsyms.symbolize(a) for a in addrs if a]
