@@ -66,3 +66,94 @@ def mark(name, marks):
         os.write(fd, line)  # one write with O_APPEND: concurrent marks do not interleave
     finally:
         os.close(fd)
+
+
+@main.command()
+@click.option("--variants", default="plain,live", show_default=True,
+              help="Boots to measure, comma-separated, or 'all': plain, live, live-ram, "
+                   "live-overlayfs, live-direct.")
+@click.option("--memory", type=int, default=2048, show_default=True, metavar="MIB",
+              help="Guest RAM in MiB.")
+@click.option("--timeout", type=click.FloatRange(min=30), default=1200, show_default=True,
+              help="Hard time limit per boot, seconds (QEMU is killed after it).")
+@click.option("--settle", type=click.FloatRange(min=0), default=5, show_default=True,
+              help="Seconds to wait after multi-user before measuring.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Image cache (default: $FOOTPRINT_CACHE or /var/cache/footprint).")
+@click.option("--keep-logs", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Keep each boot's serial console log in DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def experiment(variants, memory, timeout, settle, cache_dir, keep_logs, as_json):
+    """Boot Debian guests (plain disk vs live ISO) under QEMU and redo the 2014 measurement."""
+    from vm.experiment import main_cli
+
+    main_cli(variants, memory, timeout, cache_dir, keep_logs, as_json, settle)
+
+
+DEFAULT_RECORDING = "/run/footprint/recording.jsonl"
+
+
+@main.command()
+@click.argument("recording", required=False, default=DEFAULT_RECORDING)
+@click.option("--by", type=click.Choice(["subsystem", "layer", "file", "kind"]), default="layer",
+              show_default=True, help="How to group the account.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option("--csv", "as_csv", is_flag=True, help="The table as CSV on stdout.")
+@click.option("--parquet", type=click.Path(dir_okay=False), default=None,
+              help="Write the account rows to this Parquet file.")
+@click.option("--at", "index", type=int, default=-1, show_default=True,
+              help="Which sample (0 = first, -1 = last).")
+def report(recording, by, as_json, as_csv, parquet, index):
+    """Print the account of a recording: where the memory went."""
+    from . import account, recording as rec_mod, report as rep
+
+    rec = rec_mod.read(recording)
+    if not rec.samples:
+        from .errors import FootprintError
+
+        raise FootprintError(f"recording {recording} holds no sample yet: record for at "
+                             "least one interval")
+    if not -len(rec.samples) <= index < len(rec.samples):
+        from .errors import FootprintError
+
+        raise FootprintError(f"--at {index} is out of range: the recording has "
+                             f"{len(rec.samples)} samples")
+    acc = account.build(rec, index)
+    if parquet:
+        try:
+            (acc.files if by == "file" else acc.rows).to_parquet(parquet, index=False)
+        except ImportError:
+            from .errors import FootprintError
+
+            raise FootprintError("Parquet needs pyarrow: pip install pyarrow") from None
+    if as_json:
+        click.echo(rep.dumps_json(rep.to_json(rec, acc, by=by)))
+    elif as_csv:
+        click.echo(rep.to_csv(acc, by), nl=False)
+    elif not parquet:
+        click.echo(rep.text(rec, acc, by=by), nl=False)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def topology(as_json):
+    """Show the storage stack: mounts, loop and dm devices, what backs what."""
+    from . import report as rep
+    from .topology import double_caching, layer_of, read_topology, resolve
+
+    topo = read_topology()
+    if as_json:
+        click.echo(rep.dumps_json(topo.to_dict()))
+        return
+    for m in topo.mounts:
+        if topo.device(m["dev"]) is None and m["fstype"] not in ("squashfs", "iso9660", "ramfs", "rootfs"):
+            continue
+        click.echo(f"{rep.inert(m['mountpoint']):<30} {rep.inert(layer_of(topo, m['dev']))}")
+        chain = resolve(topo, m["dev"], 0)["chain"]
+        for layer in chain[1:]:
+            click.echo(f"{'':<30} {'  ' * layer.get('depth', 0)}└ {rep.inert(layer['label'])}")
+    chains = double_caching(topo)
+    if chains:
+        click.echo("\ndata that can be cached at several layers:")
+        for ch in chains:
+            click.echo(f"  {rep.inert(ch['label'])}")

@@ -156,7 +156,8 @@ class Recorder:
         from .topology import read_topology
 
         t0 = boottime()
-        rows = inventory(read_topology())
+        result = inventory(read_topology())
+        rows = result["rows"]
         traced = self._read_files()
         files = []
         for row in rows:
@@ -169,7 +170,7 @@ class Recorder:
             files.append([row["dev"], row["ino"], baseline, row.get("path")])
         method = sorted({r.get("method", "?") for r in rows})
         self.writer.write({"type": "inventory", "t": boottime(), "method": ",".join(method),
-                           "seconds": round(boottime() - t0, 3),
+                           "seconds": round(boottime() - t0, 3), "stats": result.get("stats", {}),
                            "untracked_at_inventory": self.baseline_untracked, "files": files})
         self.log(f"inventory: {len(files)} files with {sum(f[2] for f in files)} pages "
                  f"already resident ({boottime() - t0:.1f} s)")
@@ -242,7 +243,7 @@ class Recorder:
                "files": self._changed(files, self.last["files"]),
                "stacks": {str(k): v for k, v in self._changed(stacks, self.last["stacks"]).items()},
                "sites": self._changed(sites, self.last["sites"]),
-               "slab": _slab_summary(), "vmalloc": _vmalloc_summary()}
+               "slab": _slab_summary(), "vmalloc": _vmalloc_summary(), "tracer": _own_memory()}
         self.writer.write(rec)
         self.last = {"files": files, "stacks": stacks, "sites": sites}
         self.samples += 1
@@ -328,6 +329,20 @@ class Recorder:
                 self.writer.close(reason)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
         return reason
+
+
+def _own_memory() -> dict:
+    """The recorder's own resident memory (kB) from /proc/self/status."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("RssAnon", "RssFile", "RssShmem", "VmHWM"):
+                    out[key.lower().replace("rss", "") + "_kb"] = int(value.split()[0])
+    except (OSError, ValueError):
+        pass
+    return out
 
 
 def _slab_summary() -> dict:

@@ -20,7 +20,8 @@ Format (version 1). Every line is an object with a "type":
             since the previous sample, each [resident, peak, added, removed,
             untracked_removed]: files {"dev:ino": ...} (pages), stacks {id: ...} (pages),
             sites {key: ...} (bytes); slab {cache: [active_objs, objsize, pages]} and
-            vmalloc {caller: pages}, complete each time.
+            vmalloc {caller: pages}, complete each time; tracer {anon_kb, file_kb, ...}:
+            the recorder's own process memory.
   phase     t, name: a mark on the timeline (dracut hook, switch_root, systemd target).
   uevent    t, action, devname, major, minor, ...
   end       t, reason. Absent when the recorder did not stop cleanly: the recording is
@@ -214,6 +215,7 @@ def read(path: str) -> Recording:
             rec.samples.append({
                 "t": t, "meminfo": obj.get("meminfo", {}), "stats": obj.get("stats", {}),
                 "slab": obj.get("slab", {}), "vmalloc": obj.get("vmalloc", {}),
+                "tracer": obj.get("tracer", {}) if isinstance(obj.get("tracer", {}), dict) else {},
                 "files": _counters(obj.get("files", {}), path, n),
                 "stacks": _counters(obj.get("stacks", {}), path, n, key_int=True),
                 "sites": _counters(obj.get("sites", {}), path, n)})

@@ -1,0 +1,334 @@
+"""The account: every page in use, by subsystem and storage layer, adding up to meminfo.
+
+The frame is /proc/meminfo's own categories, because they partition memory in use
+(MemTotal − MemFree) the way the kernel counts it: page cache (Cached + Buffers, which
+include Shmem), AnonPages, Slab, KernelStack, PageTables, VmallocUsed, Percpu. Inside each
+category the traced owners take their share and a named remainder keeps the category's
+kernel total; what no category explains is the `unattributed` row. So the rows add up to
+MemTotal − MemFree by construction, and the unattributed share measures what is unknown.
+
+ - page cache: per (s_dev, inode) from the filemap tracepoints plus the baseline
+   inventory, resolved through the storage topology to a file system layer; a page
+   belongs to its mapping, never to the allocation stack.
+ - slab: named caches by name (from /proc/slabinfo); kmalloc objects by call site (BPF).
+ - vmalloc: /proc/vmallocinfo by caller; thread stacks left to KernelStack.
+ - kernel pages: non-movable page allocations outside slab/vmalloc/page tables/percpu,
+   by allocation stack (BPF); the only category meminfo has no line for.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .recording import Recording
+from .symbols import subsystem_of
+from .topology import Topology, merge, resolve
+
+# Slab cache name prefix → subsystem. Named caches carry their owner in their name.
+CACHE_SUBSYSTEMS = (
+    ("squashfs", "squashfs"), ("ext4", "ext4"), ("jbd2", "ext4"), ("isofs", "iso9660"),
+    ("dm_", "device-mapper"), ("dm-", "device-mapper"), ("kcopyd", "device-mapper"),
+    ("io", "block"), ("bio", "block"), ("blkdev", "block"), ("request_queue", "block"),
+    ("biovec", "block"), ("buffer_head", "buffers"), ("ovl_", "overlay"),
+    ("shmem", "shmem"), ("fuse", "fuse"), ("fat", "vfat"), ("btrfs", "btrfs"),
+    ("xfs", "xfs"), ("dentry", "vfs"), ("inode_cache", "vfs"), ("proc_inode", "vfs"),
+    ("filp", "vfs"), ("radix_tree_node", "page cache (xarray)"), ("xa_node", "page cache (xarray)"),
+    ("vm_area_struct", "mm"), ("anon_vma", "mm"), ("mm_struct", "mm"), ("task_struct", "tasks"),
+    ("sock", "net"), ("skbuff", "net"), ("TCP", "net"), ("UDP", "net"), ("kernfs", "sysfs"),
+    ("bpf", "tracer"),
+)
+KMALLOC_CACHE = re.compile(r"^(dma-|)kmalloc-(rcl-|cg-|dma-|rnd-\d+-)?\d+k?$")
+FS_SUBSYSTEMS = {"ext2": "ext4", "ext3": "ext4", "ext4": "ext4", "squashfs": "squashfs",
+                 "iso9660": "iso9660", "tmpfs": "shmem", "ramfs": "ramfs", "rootfs": "ramfs",
+                 "devtmpfs": "shmem", "overlay": "overlay", "vfat": "vfat"}
+BDEV_SUBSYSTEMS = {"loop": "loop", "dm": "device-mapper"}
+MIB = 1 << 20
+
+
+def cache_subsystem(name: str) -> str:
+    low = name.lower()
+    for prefix, sub in CACHE_SUBSYSTEMS:
+        if low.startswith(prefix):
+            return sub
+    return "kernel (other caches)"
+
+
+def _owner_subsystem(owner: str) -> str:
+    """Stack/site owners: subsystems as they are; bpf is the tracer's own maps."""
+    if owner == "bpf":
+        return "tracer"
+    if owner.startswith("kernel:") or owner in ("kernel", "unknown", "module-init"):
+        return "kernel (other)"
+    return owner
+
+
+@dataclass
+class Account:
+    """The account at one moment: rows, files, reconciliation, double caching."""
+
+    t: float
+    page_size: int
+    rows: pd.DataFrame
+    files: pd.DataFrame
+    meminfo: dict
+    chains: list = field(default_factory=list)
+    probes: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def pages_to_mib(self, pages) -> float:
+        return pages * self.page_size / MIB
+
+    def by(self, what: str) -> pd.DataFrame:
+        """Rows grouped by "subsystem", "layer" (subsystem+layer+kind) or "kind"."""
+        keys = {"subsystem": ["subsystem"], "layer": ["subsystem", "layer", "kind"],
+                "kind": ["kind"]}[what]
+        g = (self.rows.groupby(keys, sort=False, dropna=False)
+             [["resident_pages", "peak_pages", "allocated_pages"]].sum().reset_index())
+        g["resident_mib"] = self.pages_to_mib(g["resident_pages"])
+        return g.sort_values("resident_pages", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def topology_at(rec: Recording, t: float | None) -> Topology | None:
+    """Every topology seen up to t, merged: the initramfs mounts and the loops stay
+    known after switch_root hides them."""
+    topo = None
+    for entry in rec.topologies:
+        if t is not None and entry.get("t", 0) > t + 1e-6 and topo is not None:
+            break
+        cur = Topology.from_dict(entry["topology"])
+        topo = cur if topo is None else merge(topo, cur)
+    return topo
+
+
+def _inventory(rec: Recording) -> tuple[dict, dict, dict]:
+    baseline, untracked_at, paths = {}, {}, {}
+    for inv in rec.inventories:
+        untracked_at.update(inv.get("untracked_at_inventory", {}))
+        for dev, ino, pages, path in inv["files"]:
+            key = f"{dev}:{ino}"
+            baseline[key] = baseline.get(key, 0) + pages
+            if path:
+                paths[key] = path
+    return baseline, untracked_at, paths
+
+
+def _file_rows(rec: Recording, state: dict, topo: Topology | None) -> pd.DataFrame:
+    baseline, untracked_at, inv_paths = _inventory(rec)
+    tracer_files = {f"{d}:{i}" for d, i, _p in rec.header.get("tracer", {}).get("files", [])}
+    tracer_paths = {f"{d}:{i}": p for d, i, p in rec.header.get("tracer", {}).get("files", [])}
+    keys = set(state["files"]) | set(baseline)
+    rows = []
+    for key in keys:
+        c = state["files"].get(key, [0, 0, 0, 0, 0])
+        base = baseline.get(key, 0)
+        # Deletes of pages we did not see added consume the baseline first.
+        base_left = max(0, base - (c[4] - untracked_at.get(key, 0))) if base else 0
+        resident = c[0] + base_left
+        if resident <= 0 and c[1] <= 0:
+            continue
+        dev, ino = key.rsplit(":", 1)
+        ino = int(ino)
+        info = resolve(topo, dev, ino) if topo is not None else {"what": "unknown", "layer": f"dev {dev}"}
+        fstype = info.get("fstype")
+        if info.get("what") == "bdev":
+            kind = "buffers"
+            bd = (topo.device(info["block_dev"]) or {}) if topo else {}
+            subsystem = BDEV_SUBSYSTEMS.get(bd.get("kind"), "block")
+        else:
+            kind = "shmem" if fstype in ("tmpfs", "devtmpfs") else "page-cache"
+            subsystem = FS_SUBSYSTEMS.get(fstype or "", fstype or "unknown fs")
+        path = info.get("path") or inv_paths.get(key) or tracer_paths.get(key)
+        layer = info.get("layer", f"dev {dev}")
+        if info.get("roles"):
+            layer += f" [{path.rsplit('/', 1)[-1] if path else 'inode %d' % ino}: {', '.join(info['roles'])}]"
+        if key in tracer_files:
+            subsystem, layer = "tracer", "files the tracer maps (python, bcc, LLVM)"
+        rows.append({"dev": dev, "ino": ino, "path": path, "fstype": fstype, "kind": kind,
+                     "subsystem": subsystem, "layer": layer, "resident_pages": resident,
+                     "peak_pages": max(c[1] + base_left, resident), "allocated_pages": c[2],
+                     "baseline_pages": base_left, "traced_pages": c[0]})
+    cols = ["dev", "ino", "path", "fstype", "kind", "subsystem", "layer", "resident_pages",
+            "peak_pages", "allocated_pages", "baseline_pages", "traced_pages"]
+    df = pd.DataFrame(rows, columns=cols)
+    return df.sort_values("resident_pages", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _kb_pages(meminfo: dict, name: str, page_size: int) -> int:
+    return int(meminfo.get(name, 0)) * 1024 // page_size
+
+
+def build(rec: Recording, index: int = -1) -> Account:
+    """The account at sample `index` (default: the last)."""
+    state = rec.state(index)
+    if state is None:
+        from .errors import FootprintError
+
+        raise FootprintError(f"recording {rec.path} holds no sample: record for at least "
+                             "one interval")
+    ps = int(rec.header.get("page_size", 4096))
+    mi = state["meminfo"]
+    topo = topology_at(rec, state["t"])
+    files = _file_rows(rec, state, topo)
+    rows: list[dict] = []
+
+    def add(subsystem, layer, kind, pages, peak=None, allocated=0, source="meminfo"):
+        rows.append({"subsystem": subsystem, "layer": layer, "kind": kind,
+                     "resident_pages": int(pages), "peak_pages": int(peak if peak is not None else pages),
+                     "allocated_pages": int(allocated), "source": source})
+
+    # --- page cache: files by layer; the rest of Cached+Buffers (and Shmem) as remainders.
+    file_pages = _kb_pages(mi, "Cached", ps) + _kb_pages(mi, "Buffers", ps)
+    shmem = _kb_pages(mi, "Shmem", ps)
+    if len(files):
+        grouped = files.groupby(["subsystem", "layer", "kind"], sort=False)[
+            ["resident_pages", "peak_pages", "allocated_pages"]].sum().reset_index()
+        for r in grouped.itertuples(index=False):
+            add(r.subsystem, r.layer, r.kind, r.resident_pages, r.peak_pages, r.allocated_pages,
+                source="traced")
+    seen_shmem = int(files.loc[files["kind"] == "shmem", "resident_pages"].sum()) if len(files) else 0
+    seen_cache = int(files["resident_pages"].sum()) - seen_shmem if len(files) else 0
+    add("shmem", "tmpfs, shm (not traced per file)", "shmem", max(0, shmem - seen_shmem))
+    add("page cache", "files not seen by the tracer", "page-cache",
+        max(0, file_pages - shmem - seen_cache))
+
+    # --- slab: named caches by name, kmalloc objects by call site, remainder.
+    slab_total = _kb_pages(mi, "Slab", ps)
+    named = {}
+    for name, (_active, _objsize, pages) in state["slab"].items():
+        if not KMALLOC_CACHE.match(name):
+            sub = cache_subsystem(name)
+            named[sub] = named.get(sub, 0) + pages
+    for sub, pages in named.items():
+        add(sub, "slab caches", "slab", pages)
+    traced_slab = {}
+    for key, c in state["sites"].items():
+        site = rec.sites.get(key, {})
+        if site.get("kind", key.split(":", 1)[0]) != "slab":
+            continue
+        sub = _owner_subsystem(site.get("owner") or "kernel")
+        a = traced_slab.setdefault(sub, [0, 0, 0])
+        a[0] += c[0]
+        a[1] += c[1]
+        a[2] += c[2]
+    for sub, (res, peak, alloc) in traced_slab.items():
+        if res > 0:
+            add(sub, "kmalloc objects", "slab", res // ps, peak // ps, alloc // ps, source="traced")
+    slab_seen = sum(named.values()) + sum(v[0] // ps for v in traced_slab.values() if v[0] > 0)
+    add("slab", "free objects, untraced kmalloc", "slab", max(0, slab_total - slab_seen))
+
+    # --- vmalloc by caller; thread stacks belong to KernelStack.
+    vm_total = _kb_pages(mi, "VmallocUsed", ps)
+    vm_rows: dict[str, int] = {}
+    stack_vm = 0
+    for caller, pages in state["vmalloc"].items():
+        name, _, mod = caller.partition(" [")
+        if name in ("alloc_thread_stack_node", "dup_task_struct"):
+            stack_vm += pages
+            continue
+        sub = _owner_subsystem(subsystem_of(name, mod.rstrip("]") or None) or f"kernel:{name}")
+        vm_rows[sub] = vm_rows.get(sub, 0) + pages
+    for sub, pages in vm_rows.items():
+        add(sub, "vmalloc", "vmalloc", pages)
+    kernel_stack = _kb_pages(mi, "KernelStack", ps)
+    vm_other = vm_total - sum(vm_rows.values()) - min(stack_vm, kernel_stack)
+    add("vmalloc", "areas without a caller", "vmalloc", max(0, vm_other))
+
+    # --- kernel pages by allocation stack (the category meminfo has no line for).
+    direct: dict[str, list[int]] = {}
+    for sid, c in state["stacks"].items():
+        st = rec.stacks.get(sid, {})
+        if st.get("kind", "pages") != "pages":
+            continue  # slab, vmalloc, page tables ... are in their meminfo category
+        sub = _owner_subsystem(st.get("owner", "unknown"))
+        a = direct.setdefault(sub, [0, 0, 0])
+        a[0] += c[0]
+        a[1] += c[1]
+        a[2] += c[2]
+    for sub, (res, peak, alloc) in direct.items():
+        if res > 0 or peak > 0:
+            add(sub, "kernel pages", "pages", max(res, 0), peak, alloc, source="traced")
+
+    # --- the rest of meminfo's categories.
+    anon = _kb_pages(mi, "AnonPages", ps)
+    tracer_anon = int(state.get("tracer", {}).get("anon_kb", 0)) * 1024 // ps
+    if tracer_anon:
+        add("tracer", "recorder process (anon)", "anon", tracer_anon)
+    add("processes", "anonymous memory", "anon", max(0, anon - tracer_anon))
+    add("kernel stacks", "-", "kernel-stack", kernel_stack)
+    add("page tables", "-", "page-tables",
+        _kb_pages(mi, "PageTables", ps) + _kb_pages(mi, "SecPageTables", ps))
+    add("percpu", "-", "percpu", _kb_pages(mi, "Percpu", ps))
+    hugetlb = _kb_pages(mi, "Hugetlb", ps)
+    if hugetlb:
+        add("hugetlb", "-", "hugetlb", hugetlb)
+
+    nonfree = _kb_pages(mi, "MemTotal", ps) - _kb_pages(mi, "MemFree", ps)
+    accounted = sum(r["resident_pages"] for r in rows)
+    unattributed = nonfree - accounted
+    add("unattributed", "in use, in no category above", "other", unattributed)
+
+    df = pd.DataFrame(rows)
+    df = df[(df["resident_pages"] != 0) | (df["peak_pages"] != 0)].reset_index(drop=True)
+    df["resident_mib"] = df["resident_pages"] * ps / MIB
+    _add_peaks(rec, df, ps)
+    reconciliation = {
+        "memtotal_mib": _kb_pages(mi, "MemTotal", ps) * ps / MIB,
+        "nonfree_mib": nonfree * ps / MIB,
+        "used_mib": (_kb_pages(mi, "MemTotal", ps) - _kb_pages(mi, "MemAvailable", ps)) * ps / MIB,
+        "accounted_mib": accounted * ps / MIB,
+        "unattributed_mib": unattributed * ps / MIB,
+        "unattributed_pct": 100.0 * unattributed / nonfree if nonfree else 0.0,
+        "categories_mib": {k: int(mi.get(k, 0)) / 1024 for k in (
+            "Cached", "Buffers", "Shmem", "AnonPages", "Slab", "SReclaimable", "SUnreclaim",
+            "KernelStack", "PageTables", "VmallocUsed", "Percpu", "Unevictable", "Mlocked")},
+    }
+    acc = Account(t=state["t"], page_size=ps, rows=df, files=files, meminfo=reconciliation,
+                  probes=rec.header.get("plan", {}).get("probes", []), stats=state["stats"])
+    acc.chains = _chains(topo, files, ps) if topo is not None else []
+    if not rec.header.get("plan", {}).get("headers_match_kernel", True):
+        acc.notes.append("kernel headers do not match the running kernel: only tracepoint "
+                         "arguments were used (no struct layouts)")
+    if rec.inventories:
+        n = sum(len(i["files"]) for i in rec.inventories)
+        acc.notes.append(f"{n} files were inventoried at attach (pages resident before tracing, "
+                         "no history); the rest is traced")
+    return acc
+
+
+def _add_peaks(rec: Recording, df: pd.DataFrame, ps: int) -> None:
+    """Peak of the meminfo-derived rows over all samples (traced rows keep the kernel's)."""
+    peaks = {}
+    for s in rec.samples:
+        mi = s["meminfo"]
+        for sub, field_ in (("processes", "AnonPages"), ("kernel stacks", "KernelStack"),
+                            ("page tables", "PageTables"), ("percpu", "Percpu")):
+            peaks[sub] = max(peaks.get(sub, 0), _kb_pages(mi, field_, ps))
+    for i, r in df.iterrows():
+        if r["source"] == "meminfo" and r["subsystem"] in peaks:
+            df.at[i, "peak_pages"] = max(r["peak_pages"], peaks[r["subsystem"]])
+
+
+def _chains(topo: Topology, files: pd.DataFrame, ps: int) -> list[dict]:
+    """The same data cached at several layers: for each chain of the storage stack, the
+    top file system's page cache and each backing image's page cache below it."""
+    from .topology import double_caching
+
+    by_dev = files.groupby("dev")["resident_pages"].sum().to_dict() if len(files) else {}
+    by_file = {(r.dev, r.ino): r.resident_pages for r in files.itertuples()} if len(files) else {}
+    out = []
+    for ch in double_caching(topo):
+        top = ch["top"]
+        levels = [{"layer": top["layer"], "what": "all files",
+                   "resident_pages": int(by_dev.get(top["dev"], 0))}]
+        for lv in ch["levels"]:
+            levels.append({"layer": lv["layer"], "what": lv.get("path") or f"inode {lv['ino']}",
+                           "resident_pages": int(by_file.get((lv["dev"], lv["ino"]), 0))})
+        for lv in levels:
+            lv["resident_mib"] = lv["resident_pages"] * ps / MIB
+        cached = [lv for lv in levels if lv["resident_pages"] > 0]
+        out.append({"label": ch["label"], "levels": levels, "layers_holding_data": len(cached)})
+    return out

@@ -1,0 +1,167 @@
+"""Render an account: a table that reads like `free -m`, JSON, CSV, Parquet.
+
+Names from a recording (file paths, dm names) are data from another machine: in text
+they are made inert (control characters and escape sequences shown escaped); JSON and
+CSV are produced by their libraries, which quote properly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pandas as pd
+
+from .account import MIB, Account
+from .recording import Recording
+
+DROP_STATS = ("stack_lost", "files_full", "pfn_out_of_range", "objects_full", "sites_full",
+              "percpu_full")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def inert(text) -> str:
+    """Text safe to print on a terminal: control characters and bidi overrides escaped."""
+    if text is None:
+        return "-"
+    s = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _UNPRINTABLE.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), s)
+
+
+def map_drops(stats: dict) -> int:
+    return int(sum(stats.get(k, 0) for k in DROP_STATS))
+
+
+def summary(rec: Recording, acc: Account) -> dict:
+    h = rec.header
+    t0 = h.get("attached", h.get("created", {}).get("boottime", 0))
+    return {"path": rec.path, "kernel": h.get("kernel"), "hostname": h.get("hostname"),
+            "version": h.get("version"), "samples": len(rec.samples),
+            "seconds": round(acc.t - t0, 3) if t0 else None,
+            "partial": rec.partial, "end": (rec.end or {}).get("reason"),
+            "headers": h.get("plan", {}).get("headers")}
+
+
+def to_json(rec: Recording, acc: Account, by: str = "layer") -> dict:
+    rows = acc.rows.copy()
+    files = acc.files.copy()
+    files["resident_mib"] = files["resident_pages"] * acc.page_size / MIB
+    return {
+        "recording": summary(rec, acc),
+        "t": acc.t,
+        "account": _records(rows[["subsystem", "layer", "kind", "resident_pages", "resident_mib",
+                                  "peak_pages", "allocated_pages", "source"]]),
+        "by": {by: _records(acc.by(by))} if by != "layer" else None,
+        "files": _records(files[["dev", "ino", "path", "fstype", "subsystem", "layer", "kind",
+                                 "resident_pages", "resident_mib", "peak_pages", "allocated_pages",
+                                 "baseline_pages", "traced_pages"]]),
+        "meminfo": acc.meminfo,
+        "double_caching": acc.chains,
+        "probes": acc.probes,
+        "lost_events": 0,  # nothing is streamed: the account lives in maps
+        "map_drops": map_drops(acc.stats),
+        "stats": acc.stats,
+        "phases": [{"name": p["name"], "t_s": p["t"]} for p in rec.phases],
+        "notes": acc.notes,
+    }
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    out = []
+    for rec in df.to_dict(orient="records"):
+        clean = {}
+        for k, v in rec.items():
+            if isinstance(v, float) and math.isnan(v):
+                v = None
+            elif hasattr(v, "item"):
+                v = v.item()
+            clean[k] = v
+        out.append(clean)
+    return out
+
+
+def dumps_json(obj) -> str:
+    # ensure_ascii keeps undecodable bytes (surrogate escapes) valid JSON.
+    return json.dumps(obj, indent=2, ensure_ascii=True, default=str)
+
+
+def _mib(x) -> str:
+    return f"{x:10.1f}"
+
+
+def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15) -> str:
+    s = summary(rec, acc)
+    mi = acc.meminfo
+    ps = acc.page_size
+    out = []
+    state = "PARTIAL (recorder did not stop cleanly)" if s["partial"] else f"complete ({s['end']})"
+    out.append(f"footprint: {inert(s['path'])} — kernel {inert(s['kernel'])}, "
+               f"{s['samples']} samples over {s['seconds'] or 0:.1f} s, {state}")
+    out.append(f"in use (MemTotal-MemFree) {mi['nonfree_mib']:.1f} MiB of {mi['memtotal_mib']:.1f} MiB"
+               f"   free -m used (MemTotal-MemAvailable) {mi['used_mib']:.1f} MiB")
+    out.append(f"accounted {mi['accounted_mib']:.1f} MiB, unattributed {mi['unattributed_mib']:.1f} MiB "
+               f"({mi['unattributed_pct']:.1f} %)")
+    out.append("")
+    if by == "file":
+        out += _file_table(acc, top_files=10 ** 9)
+    else:
+        table = acc.by(by)
+        cols = {"subsystem": 22, "layer": 58, "kind": 12}
+        keys = [c for c in cols if c in table.columns]
+        head = "".join(f"{c:<{cols[c]}}" for c in keys)
+        out.append(f"{head}{'MiB':>10}{'pages':>10}{'peak MiB':>10}{'alloc MiB':>10}")
+        for r in table.itertuples(index=False):
+            cells = "".join(f"{_fit(inert(getattr(r, c)), cols[c] - 1):<{cols[c]}}" for c in keys)
+            out.append(f"{cells}{_mib(r.resident_mib)}{r.resident_pages:>10d}"
+                       f"{_mib(r.peak_pages * ps / MIB)}{_mib(r.allocated_pages * ps / MIB)}")
+        total = int(table["resident_pages"].sum())
+        out.append(f"{'total':<{sum(cols[c] for c in keys)}}{_mib(total * ps / MIB)}{total:>10d}")
+        out.append("")
+        out += _file_table(acc, top_files)
+    if acc.chains:
+        out.append("")
+        out.append("the same data cached at several layers:")
+        for ch in acc.chains:
+            out.append(f"  {inert(ch['label'])}")
+            for lv in ch["levels"]:
+                out.append(f"    {_fit(inert(lv['layer']), 40):<41}{_fit(inert(lv['what']), 40):<41}"
+                           f"{lv['resident_mib']:8.1f} MiB")
+    out.append("")
+    active = [p["probe"].split(":", 1)[1] for p in acc.probes if p.get("active")]
+    inactive = [f"{p['probe'].split(':', 1)[1]} ({p.get('why', '')})" for p in acc.probes
+                if not p.get("active")]
+    out.append(f"probes active: {', '.join(active) or 'none'}")
+    if inactive:
+        out.append(f"probes inactive: {', '.join(inactive)}")
+    drops = {k: acc.stats.get(k, 0) for k in DROP_STATS if acc.stats.get(k, 0)}
+    out.append(f"lost events: 0 (none streamed); map drops: {map_drops(acc.stats)}"
+               + (f" ({', '.join(f'{k} {v}' for k, v in drops.items())})" if drops else ""))
+    for note in acc.notes:
+        out.append(f"note: {note}")
+    return "\n".join(out) + "\n"
+
+
+def _file_table(acc: Account, top_files: int) -> list[str]:
+    f = acc.files
+    if not len(f):
+        return ["no page-cache files traced"]
+    out = [f"{'files (top by resident)':<48}{'dev':>9}{'ino':>10}  {'layer':<40}{'MiB':>9}"]
+    ps = acc.page_size
+    for r in f.head(top_files).itertuples(index=False):
+        name = r.path if isinstance(r.path, str) else f"inode {r.ino}"
+        out.append(f"{_fit(inert(name), 47):<48}{r.dev:>9}{r.ino:>10}  {_fit(inert(r.layer), 39):<40}"
+                   f"{r.resident_pages * ps / MIB:9.1f}")
+    if len(f) > top_files:
+        rest = int(f["resident_pages"].iloc[top_files:].sum())
+        out.append(f"{'... %d more files' % (len(f) - top_files):<107}{rest * ps / MIB:9.1f}")
+    return out
+
+
+def _fit(s: str, width: int) -> str:
+    return s if len(s) <= width else s[: max(0, width - 1)] + "…"
+
+
+def to_csv(acc: Account, by: str) -> str:
+    df = acc.files if by == "file" else acc.by(by)
+    return df.to_csv(index=False)
