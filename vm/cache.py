@@ -1,0 +1,266 @@
+"""The artefact cache: `${FOOTPRINT_CACHE:-/var/cache/footprint}/vm/<step>-<hash>/`.
+
+A step is built into a temporary directory next to its final place and renamed into place
+only when complete, so an interrupted build leaves no half artefact. Long commands run in
+their own process group (killed with it on Ctrl-C/SIGTERM) and, when they mount, inside a
+private mount namespace (`unshare -m`), so no mount outlives them whatever happens.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import inspect
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+from tracer.errors import FootprintError
+
+NEED_FREE_BYTES = 4 << 30  # a cold build needs ~3.5 GiB (tree 1.3 G, rootfs.img, 2 squashfs, ISOs)
+
+
+def cache_root(cache_dir: Optional[os.PathLike] = None) -> Path:
+    base = Path(cache_dir) if cache_dir else Path(os.environ.get("FOOTPRINT_CACHE") or "/var/cache/footprint")
+    root = base / "vm"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FootprintError(
+            f"cannot create cache directory {root} ({err.strerror}): pass --cache-dir or set FOOTPRINT_CACHE to a writable place"
+        ) from None
+    return root
+
+
+def digest(*parts: object) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if callable(p):
+            p = inspect.getsource(p)
+        if isinstance(p, Path):
+            p = p.read_bytes()
+        if isinstance(p, str):
+            p = p.encode()
+        if not isinstance(p, bytes):
+            p = repr(p).encode()
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return h.hexdigest()[:16]
+
+
+def say(msg: str) -> None:
+    print(f"footprint vm: {msg}", file=sys.stderr, flush=True)
+
+
+def require_tools(*tools: str) -> None:
+    hints = {
+        "qemu-system-x86_64": "qemu-system-x86",
+        "mmdebstrap": "mmdebstrap",
+        "mksquashfs": "squashfs-tools",
+        "xorriso": "xorriso",
+        "mkfs.ext4": "e2fsprogs",
+        "cpio": "cpio",
+        "unshare": "util-linux",
+    }
+    for tool in tools:
+        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
+            pkg = hints.get(tool, tool)
+            raise FootprintError(
+                f"{tool} is missing: install it (apt-get install {pkg}, or run scripts/setup)"
+            )
+
+
+def check_space(where: Path, need: int = NEED_FREE_BYTES) -> None:
+    st = os.statvfs(where)
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise FootprintError(
+            f"only {free >> 20} MiB free in {where}, building the guest images needs {need >> 20} MiB: "
+            "free space there or pass --cache-dir / set FOOTPRINT_CACHE to a larger disk"
+        )
+
+
+def enospc(where: Path) -> FootprintError:
+    return FootprintError(
+        f"the disk holding {where} is full: free space there or pass --cache-dir / set FOOTPRINT_CACHE to a larger disk"
+    )
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path).rstrip("/") + "/"
+    found = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                mnt = line.split()[4].replace("\\040", " ")
+                if mnt == str(path) or mnt.startswith(prefix):
+                    found.append(mnt)
+    except OSError:
+        pass
+    return found
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf, refusing to descend into anything still mounted under it."""
+    if not path.exists() and not path.is_symlink():
+        return
+    mounted = _mounts_under(path)
+    if mounted:
+        raise FootprintError(f"{mounted[0]} is still mounted: unmount it (umount -R {path}) and retry")
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def sweep_stale(root: Path) -> None:
+    """Remove temp dirs of builds whose process died (SIGKILL, power loss)."""
+    for tmp in root.glob(".tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if not _pid_alive(pid):
+            remove_tree(tmp)
+
+
+@contextmanager
+def building(final: Path) -> Iterator[Path]:
+    """Yields a temp dir; on success renames it to `final`, on any failure removes it."""
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    remove_tree(tmp)
+    tmp.mkdir(parents=True)
+    ok = False
+    try:
+        yield tmp
+        ok = True
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise enospc(final.parent) from None
+        raise
+    finally:
+        if ok:
+            os.rename(tmp, final)
+        else:
+            remove_tree(tmp)
+
+
+def step(root: Path, name: str, key: str, build: Callable[[Path], None]) -> Path:
+    """The cached directory of step `name` with input hash `key`, built if missing."""
+    final = root / f"{name}-{key}"
+    if final.is_dir():
+        return final
+    sweep_stale(root)
+    check_space(root)
+    say(f"building {name} ({final})")
+    t0 = time.monotonic()
+    with building(final) as tmp:
+        build(tmp)
+    say(f"built {name} in {time.monotonic() - t0:.0f} s")
+    _timings(root, name, time.monotonic() - t0)
+    return final
+
+
+def _timings(root: Path, name: str, secs: float) -> None:
+    try:
+        with open(root / "timings.log", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {name} {secs:.1f}\n")
+    except OSError:
+        pass
+
+
+def run_logged(
+    argv: Sequence[str],
+    log: Path,
+    what: str,
+    *,
+    passthrough: bool = False,
+    env: Optional[dict] = None,
+    cwd: Optional[Path] = None,
+) -> None:
+    """Runs a long build command in its own process group, output to `log`.
+
+    Prints elapsed seconds (and the last output line) to stderr every 15 s, or passes the
+    output through when `passthrough` and stderr is a terminal (mksquashfs' progress bar).
+    On Ctrl-C/SIGTERM the whole group is terminated before the exception propagates.
+    """
+    tty = passthrough and sys.stderr.isatty()
+    t0 = time.monotonic()
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=None if tty else logf,
+            stderr=subprocess.STDOUT if not tty else None,
+            start_new_session=True,
+            env=env,
+            cwd=cwd,
+        )
+        try:
+            last = t0
+            while True:
+                try:
+                    rc = proc.wait(timeout=1)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                now = time.monotonic()
+                if not tty and now - last >= 15:
+                    last = now
+                    say(f"  {what}: {now - t0:.0f} s  {_last_line(log)}")
+        except BaseException:
+            _kill_group(proc)
+            raise
+    if rc != 0:
+        tail = _tail(log, 15)
+        for line in tail:
+            print(f"  | {line}", file=sys.stderr)
+        if any("No space left on device" in line for line in _tail(log, 200)):
+            raise enospc(log.parent)
+        raise FootprintError(f"{what} failed (exit {rc}): see {log}, fix the cause and rerun")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _tail(path: Path, n: int) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 16384))
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    lines = [ln.strip() for ln in data.replace("\r", "\n").splitlines() if ln.strip()]
+    return lines[-n:]
+
+
+def _last_line(path: Path) -> str:
+    t = _tail(path, 1)
+    return t[0][:100] if t else ""

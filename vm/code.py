@@ -1,0 +1,156 @@
+"""footprint's own code for the guest, built per change in well under a second.
+
+The tree put at /opt/footprint in the guest:
+
+    /opt/footprint/run.py            python3 /opt/footprint/run.py ... == footprint ...
+    /opt/footprint/tracer/...        the repo's tracer/
+    /opt/footprint/tracer/bpf/...    the repo's bpf/ (installed as package tracer.bpf)
+    /opt/footprint/vm/...            the repo's vm/ (the guest agent is vm/guest/fp_agent.py)
+
+Two carriers, both cached by a hash of the files' names and contents:
+  code_disk()  ext4 image, label FPCODE, attached as a virtio disk with serial "fpcode";
+               the guest's footprint-agent.service mounts it read-only at /opt/footprint.
+  code_cpio()  newc cpio with the same tree under opt/footprint, to append to an
+               initramfs (concatenated cpio archives are a valid initramfs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+from . import cache as C
+
+REPO = Path(__file__).resolve().parent.parent
+RUN_PY = '''#!/usr/bin/python3
+"""footprint in the guest: python3 /opt/footprint/run.py ARGS (or /usr/local/bin/footprint)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tracer.cli import main  # noqa: E402
+
+main()
+'''
+_SKIP_DIRS = {"__pycache__", ".pytest_cache"}
+_SKIP_SUFFIX = (".pyc", ".pyo", ".swp", "~")
+
+
+def _files(repo: Path) -> list[tuple[str, Path]]:
+    """(path under /opt/footprint, source) for every file, sorted."""
+    out = []
+    for src_dir, dst_dir in (("tracer", "tracer"), ("bpf", "tracer/bpf"), ("vm", "vm")):
+        base = repo / src_dir
+        if not base.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+            for fn in sorted(filenames):
+                if fn.endswith(_SKIP_SUFFIX) or fn.startswith("."):
+                    continue
+                src = Path(dirpath) / fn
+                rel = src.relative_to(base)
+                out.append((f"{dst_dir}/{rel}", src))
+    return sorted(out)
+
+
+def _key(files: list[tuple[str, Path]]) -> str:
+    h = hashlib.sha256(RUN_PY.encode())
+    for rel, src in files:
+        h.update(rel.encode() + b"\0")
+        h.update(str(os.access(src, os.X_OK)).encode())
+        h.update(src.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def code_tree(dest: Path, repo: Path = REPO) -> None:
+    """Writes the /opt/footprint tree into `dest` (which must not exist)."""
+    dest.mkdir(parents=True)
+    for rel, src in _files(repo):
+        dst = dest / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        os.chmod(dst, 0o755 if os.access(src, os.X_OK) else 0o644)
+    (dest / "run.py").write_text(RUN_PY)
+    os.chmod(dest / "run.py", 0o755)
+
+
+def _code_dir(cache_dir: Optional[os.PathLike], repo: Path) -> tuple[Path, str]:
+    root = C.cache_root(cache_dir)
+    files = _files(repo)
+    return root, _key(files)
+
+
+def _prune(root: Path, keep: int = 6) -> None:
+    dirs = sorted(root.glob("code-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in dirs[keep:]:
+        C.remove_tree(old)
+
+
+def code_disk(cache_dir: Optional[os.PathLike] = None, repo: Path = REPO) -> Path:
+    """ext4 image (label FPCODE) of the code tree; cached per content hash."""
+    root, key = _code_dir(cache_dir, repo)
+    final = root / f"code-{key}"
+    img = final / "code.img"
+    if img.exists():
+        os.utime(final)
+        return img
+    C.require_tools("mkfs.ext4")
+    with C.building(final) as tmp:
+        code_tree(tmp / "tree", repo)
+        used = sum(p.stat().st_size for p in (tmp / "tree").rglob("*") if p.is_file())
+        size_mib = max(16, (used * 2 >> 20) + 8)
+        with open(tmp / "code.img", "wb") as f:
+            f.truncate(size_mib << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "FPCODE", "-d", str(tmp / "tree"),
+                        str(tmp / "code.img")], check=True, capture_output=True)
+        _write_cpio(tmp / "tree", tmp / "code.cpio")
+        shutil.rmtree(tmp / "tree")
+    _prune(root)
+    return img
+
+
+def code_cpio(cache_dir: Optional[os.PathLike] = None, repo: Path = REPO) -> Path:
+    """newc cpio (uncompressed) placing the code tree at /opt/footprint; append it to an
+    initramfs (the kernel unpacks concatenated archives, see Guest(initrd_append=...))."""
+    return code_disk(cache_dir, repo).parent / "code.cpio"
+
+
+def _write_cpio(tree: Path, out: Path, prefix: str = "opt/footprint") -> None:
+    entries: list[tuple[str, Optional[Path], int]] = []
+    parts = prefix.split("/")
+    for i in range(len(parts)):
+        entries.append(("/".join(parts[: i + 1]), None, stat.S_IFDIR | 0o755))
+    for dirpath, dirnames, filenames in os.walk(tree):
+        dirnames.sort()
+        rel_dir = Path(dirpath).relative_to(tree)
+        for d in dirnames:
+            entries.append((f"{prefix}/{rel_dir / d}".replace("/./", "/"), None, stat.S_IFDIR | 0o755))
+        for fn in sorted(filenames):
+            src = Path(dirpath) / fn
+            mode = stat.S_IFREG | (0o755 if os.access(src, os.X_OK) else 0o644)
+            entries.append((f"{prefix}/{rel_dir / fn}".replace("/./", "/"), src, mode))
+    ino = 1000
+    with open(out, "wb") as f:
+        for name, src, mode in entries:
+            data = src.read_bytes() if src else b""
+            ino += 1
+            _cpio_entry(f, name, mode, data, ino, 2 if src is None else 1)
+        _cpio_entry(f, "TRAILER!!!", 0, b"", 0, 1)
+        pad = (-f.tell()) % 512
+        f.write(b"\0" * pad)
+
+
+def _cpio_entry(f, name: str, mode: int, data: bytes, ino: int, nlink: int) -> None:
+    nb = name.encode() + b"\0"
+    fields = [ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(nb), 0]
+    hdr = b"070701" + b"".join(b"%08X" % v for v in fields)
+    f.write(hdr + nb)
+    f.write(b"\0" * ((-(len(hdr) + len(nb))) % 4))
+    f.write(data)
+    f.write(b"\0" * ((-len(data)) % 4))

@@ -1,0 +1,242 @@
+"""`footprint experiment`: the 2014 measurement, redone on today's Debian.
+
+Boots each variant, waits for multi-user (`systemctl is-system-running --wait`), lets it
+settle, then collects: delivery size (host side), `df /`, `free -m`, /proc/meminfo.
+Per-boot hooks (callables `hook(guest, boot_record) -> dict`) run in the booted guest
+before shutdown; their results land in boot_record["extra"][hook_name]. The tracer team
+plugs the recording (account/phases) in there.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+from tracer.errors import FootprintError
+
+from . import cache as C
+from .images import VARIANTS, BootSpec, prepare_many
+from .qemu import Guest, terminate_as_interrupt
+
+MIB = 1 << 20
+Hook = Callable[[Guest, dict], dict]
+
+SEED = {
+    "source": "Fabian Deutsch, 'Taking a look at the memory footprint of a LiveCD and a disk (image)', 2014-06-16",
+    "unit": "MB as written in 2014 (free -m / df -h)",
+    "used_definition": "procps 3.3 (2014): used = MemTotal - MemFree (buffers/cache included)",
+    "boots": [
+        {"name": "LiveCD (ovirt-node-iso)", "delivery_mib": 205, "rootfs_mib": 565, "nonfree_mib": 626},
+        {"name": "plain rootfs (imgbased)", "delivery_mib": None, "rootfs_mib": 1.2 * 1024, "nonfree_mib": 192},
+    ],
+}
+
+# The collection: one moment, in this order (free first, meminfo right after).
+_DF = "df -B1 --output=source,fstype,size,used,avail,target / | tail -n 1"
+
+
+def parse_meminfo(text: str) -> dict:
+    out = {}
+    for line in text.splitlines():
+        if ":" not in line:
+            continue
+        k, v = line.split(":", 1)
+        try:
+            out[k.strip()] = int(v.split()[0])
+        except (ValueError, IndexError):
+            pass
+    return out
+
+
+def parse_free(text: str) -> dict:
+    """procps 4 `free -m`: {'total','used','free','shared','buff/cache','available'} of Mem."""
+    lines = text.splitlines()
+    header = lines[0].split()
+    for line in lines[1:]:
+        if line.startswith("Mem:"):
+            vals = [int(x) for x in line.split()[1:]]
+            return dict(zip(header, vals))
+    raise ValueError("no Mem: line in free output")
+
+
+def collect(g: Guest) -> dict:
+    """The seed's numbers from the booted guest (and the raw material behind them)."""
+    rc, free_out, err = g.run(["free", "-m"], timeout=60, check=True)
+    meminfo_text = g.get_file("/proc/meminfo").decode()
+    rc, df_out, _ = g.run(_DF, timeout=60, check=True)
+    rc, dfh, _ = g.run("df -h /", timeout=60)
+    rc, uname, _ = g.run(["uname", "-r"], timeout=60)
+    uptime = float(g.get_file("/proc/uptime").split()[0])
+    rc, analyze, _ = g.run("systemd-analyze time 2>/dev/null | head -n 1", timeout=120)
+    rc, dm, _ = g.run("dmsetup table 2>&1", timeout=60)
+    rc, loops, _ = g.run("losetup --list --noheadings -O NAME,BACK-FILE,RO 2>&1", timeout=60)
+    rc, rootmnt, _ = g.run("findmnt -n -o SOURCE,FSTYPE,OPTIONS /", timeout=60)
+    meminfo = parse_meminfo(meminfo_text)
+    free = parse_free(free_out.decode())
+    src, fstype, size, used, avail, _target = df_out.decode().split()[:6]
+    return {
+        "kernel": uname.decode().strip(),
+        "rootfs_mib": round(int(used) / MIB, 1),
+        "rootfs_size_mib": round(int(size) / MIB, 1),
+        "rootfs_source": src,
+        "rootfs_fstype": fstype,
+        "df_h": dfh.decode().strip(),
+        "used_mib": free["used"],
+        "buff_cache_mib": free["buff/cache"],
+        "free_mib": free["free"],
+        "available_mib": free["available"],
+        "shared_mib": free["shared"],
+        "nonfree_mib": round((meminfo["MemTotal"] - meminfo["MemFree"]) / 1024, 1),
+        "total_minus_available_mib": round((meminfo["MemTotal"] - meminfo["MemAvailable"]) / 1024, 1),
+        "meminfo": meminfo,
+        "free_m": free_out.decode(),
+        "guest_uptime_seconds": uptime,
+        "systemd_analyze": analyze.decode().strip(),
+        "storage": {
+            "dmsetup_table": dm.decode().strip(),
+            "losetup": loops.decode().strip(),
+            "root_mount": rootmnt.decode().strip(),
+        },
+    }
+
+
+def boot_and_measure(
+    spec: BootSpec,
+    *,
+    memory: int = 2048,
+    timeout: float = 1200.0,
+    settle: float = 5.0,
+    keep_logs: Optional[Path] = None,
+    hooks: Mapping[str, Hook] = {},
+    guest_options: Optional[dict] = None,
+    cache_dir: Optional[os.PathLike] = None,
+) -> dict:
+    log = keep_logs / f"{spec.name}.serial.log" if keep_logs else None
+    C.say(f"booting {spec.name} ({VARIANTS[spec.name][2]})")
+    t0 = time.monotonic()
+    opts = dict(guest_options or {})
+    with Guest(spec, memory=memory, timeout=timeout, log=log, cache_dir=cache_dir, **opts) as g:
+        ready = g.wait_ready(timeout)
+        state = g.wait_system(timeout)
+        boot_seconds = time.monotonic() - t0
+        C.say(f"  {spec.name}: agent after {ready:.0f} s, system {state} after {boot_seconds:.0f} s; settling {settle:.0f} s")
+        time.sleep(settle)
+        rec = {
+            "name": spec.name,
+            "delivery_mib": round(spec.delivery_bytes / MIB, 1),
+            "delivery_note": spec.delivery_note,
+            "delivery_path": str(spec.delivery),
+            "boot_seconds": round(boot_seconds, 1),
+            "agent_ready_seconds": round(ready, 1),
+            "system_state": state,
+            "memory_mib": memory,
+            "accel": g.accel_used,
+            "settle_seconds": settle,
+            "append": spec.append,
+        }
+        if spec.extra.get("apparent_bytes"):
+            rec["delivery_apparent_mib"] = round(spec.extra["apparent_bytes"] / MIB, 1)
+        rec.update(collect(g))
+        rec["extra"] = {}
+        for name, hook in hooks.items():
+            rec["extra"][name] = hook(g, rec)
+        g.shutdown(timeout=60)
+    C.say(f"  {spec.name}: used {rec['used_mib']} MiB, MemTotal-MemFree {rec['nonfree_mib']:.0f} MiB")
+    return rec
+
+
+def run_experiment(
+    names: Sequence[str],
+    *,
+    memory: int = 2048,
+    timeout: float = 1200.0,
+    settle: float = 5.0,
+    cache_dir: Optional[os.PathLike] = None,
+    keep_logs: Optional[os.PathLike] = None,
+    hooks: Mapping[str, Hook] = {},
+    guest_options: Optional[dict] = None,
+) -> dict:
+    """Builds what is missing, boots each variant in `names` in turn, returns
+    {"boots": [...], "seed": SEED}."""
+    C.require_tools("qemu-system-x86_64", "mkfs.ext4")
+    keep = Path(keep_logs) if keep_logs else None
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
+    try:
+        with terminate_as_interrupt():
+            specs = prepare_many(list(names), cache_dir)
+            boots = [boot_and_measure(s, memory=memory, timeout=timeout, settle=settle, keep_logs=keep,
+                                      hooks=hooks, guest_options=guest_options, cache_dir=cache_dir)
+                     for s in specs]
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise C.enospc(C.cache_root(cache_dir)) from None
+        raise
+    return {"boots": boots, "seed": SEED}
+
+
+def _fmt(v, width: int) -> str:
+    if v is None:
+        return "–".rjust(width)
+    if isinstance(v, float):
+        return f"{v:.0f}".rjust(width)
+    return str(v).rjust(width)
+
+
+def format_table(result: dict) -> str:
+    cols = [("boot", 24), ("delivery", 9), ("rootfs", 8), ("used", 8), ("buff/cache", 11), ("MemTotal", 10)]
+    sub = ["", "MiB", "df / MiB", "procps4", "MiB", "-MemFree"]
+    lines = ["".join(n.ljust(w) if i == 0 else n.rjust(w) for i, (n, w) in enumerate(cols)),
+             "".join(s.ljust(cols[i][1]) if i == 0 else s.rjust(cols[i][1]) for i, s in enumerate(sub))]
+    for b in result["boots"]:
+        mem = b.get("memory_mib", 2048)
+        name = f"{b['name']} (now, {mem // 1024} GiB)" if mem % 1024 == 0 else f"{b['name']} (now)"
+        lines.append(name.ljust(24) + _fmt(b["delivery_mib"], 9) + _fmt(b["rootfs_mib"], 8)
+                     + _fmt(b["used_mib"], 8) + _fmt(b["buff_cache_mib"], 11) + _fmt(b["nonfree_mib"], 10))
+    for s in result["seed"]["boots"]:
+        label = "LiveCD (2014)" if s["name"].startswith("LiveCD") else "plain (2014)"
+        lines.append(label.ljust(24) + _fmt(s["delivery_mib"], 9) + _fmt(s["rootfs_mib"], 8)
+                     + _fmt(None, 8) + _fmt(None, 11) + _fmt(s["nonfree_mib"], 10))
+    notes = [
+        "",
+        "used: procps 4 (today's free -m) prints used = MemTotal - MemAvailable. The 2014 procps",
+        "  printed used = MemTotal - MemFree (page cache included), so the 2014 'used' figures",
+        "  (626 MB LiveCD, 192 MB plain) sit in the MemTotal-MemFree column: compare like with like.",
+        "delivery: live = ISO size; plain = allocated (non-sparse) bytes of the ext4 disk image",
+        "  (the 2014 plain image size was not given). rootfs: `df /` used in the guest (live: the",
+        "  ext4 on dm live-rw; overlayfs variants: the overlay's upper tmpfs). 2014 figures in MB.",
+    ]
+    for b in result["boots"]:
+        if b.get("rootfs_fstype") == "overlay":
+            notes.append(f"  {b['name']}: root is overlayfs, df / shows its writable upper layer only.")
+    if result["boots"]:
+        b0 = result["boots"][0]
+        notes.append(f"guest: Debian bookworm, kernel {b0.get('kernel')}, {b0.get('accel')}, "
+                     f"measured {b0.get('settle_seconds', 5):.0f} s after `systemctl is-system-running --wait`; boot seconds: "
+                     + ", ".join(f"{b['name']} {b['boot_seconds']:.0f}" for b in result["boots"]) + ".")
+    return "\n".join(lines + notes)
+
+
+def main_cli(variants: str, memory: int, timeout: float, cache_dir: Optional[str],
+             keep_logs: Optional[str], as_json: bool, settle: float) -> None:
+    from tracer.errors import require_root
+
+    from .images import variant_names
+
+    names = variant_names(variants)
+    if memory < 256:
+        raise FootprintError(f"--memory {memory} is too small to boot: use at least 512 (MiB)")
+    require_root("footprint experiment")
+    result = run_experiment(names, memory=memory, timeout=timeout, settle=settle,
+                            cache_dir=cache_dir, keep_logs=keep_logs)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+    sys.stdout.flush()

@@ -1,0 +1,315 @@
+"""Guest images, all from ONE Debian bookworm rootfs tree built with mmdebstrap.
+
+Steps (each cached as `<cache>/vm/<step>-<hash of its inputs>/`, rebuilt only if an input
+changed; a step's hash includes its parent's hash and the text of its build function):
+
+    rootfs     mmdebstrap tree + the baked guest files (agent unit) -> tree/, vmlinuz, kver
+    initramfs  dracut in the chroot (dmsquash-live + drivers)      -> initrd.img
+    rootimg    ext4 image of the tree, label Root                    -> rootfs.img (also the plain disk)
+    live       LiveOS/squashfs.img holding LiveOS/rootfs.img, ISO    -> live.iso
+    direct     LiveOS/squashfs.img holding the tree itself, ISO      -> direct.iso
+
+squashfs compression is xz (what live media ship; ~2 min here on 2 CPUs). dracut 059 on
+kernel 6.1 also reads zstd/gzip squashfs; FOOTPRINT_SQUASHFS_COMP=zstd trades delivery
+size for build time (it changes the hash, so both can be cached side by side).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from tracer.errors import FootprintError
+
+from . import cache as C
+
+SUITE = "bookworm"
+MIRROR = os.environ.get("FOOTPRINT_MIRROR", "http://deb.debian.org/debian")
+SECURITY = os.environ.get("FOOTPRINT_SECURITY_MIRROR", "http://deb.debian.org/debian-security")
+# Optional: a snapshot.debian.org date for reproducible package sets (empty: live mirror).
+SNAPSHOT = os.environ.get("FOOTPRINT_SNAPSHOT", "")
+
+PACKAGES = [
+    "linux-image-amd64", "linux-headers-amd64", "systemd-sysv", "dracut", "dracut-live",
+    "dracut-core", "python3", "python3-bpfcc", "bpfcc-tools", "util-linux", "kmod", "dmsetup",
+    "procps", "e2fsprogs", "udev", "dbus", "squashfs-tools", "iproute2",
+    # footprint's own dependencies (the guest has no network)
+    "python3-click", "python3-pyroute2", "python3-pandas",
+]
+DRACUT_DRIVERS = ("squashfs loop overlay iso9660 sr_mod virtio_blk virtio_scsi virtio_pci "
+                  "virtio_console ext4 dm_snapshot")
+LIVE_LABEL = "FPLIVE"
+DIRECT_LABEL = "FPDIRECT"
+COMP = os.environ.get("FOOTPRINT_SQUASHFS_COMP", "xz")
+
+GUEST_DIR = Path(__file__).parent / "guest"
+BAKED = {  # guest path -> (file in vm/guest, mode)
+    "etc/systemd/system/footprint-agent.service": ("footprint-agent.service", 0o644),
+    "usr/local/lib/footprint/agent-boot": ("agent-boot", 0o755),
+    "usr/local/bin/footprint": ("footprint", 0o755),
+}
+COMMON_APPEND = "console=ttyS0 rd.shell=0 rd.emergency=poweroff panic=-1"
+
+
+def sources() -> list[str]:
+    if SNAPSHOT:
+        base = f"http://snapshot.debian.org/archive/debian/{SNAPSHOT}"
+        sec = f"http://snapshot.debian.org/archive/debian-security/{SNAPSHOT}"
+        return [f"deb [check-valid-until=no] {base} {SUITE} main",
+                f"deb [check-valid-until=no] {base} {SUITE}-updates main",
+                f"deb [check-valid-until=no] {sec} {SUITE}-security main"]
+    # -updates and -security too: linux-image and linux-headers then both come from the
+    # newest point release, and match (mmdebstrap alone would take only the suite).
+    return [f"deb {MIRROR} {SUITE} main", f"deb {MIRROR} {SUITE}-updates main",
+            f"deb {SECURITY} {SUITE}-security main"]
+
+
+# ---------------------------------------------------------------- step: rootfs
+
+def _build_rootfs(out: Path) -> None:
+    C.require_tools("mmdebstrap", "unshare")
+    tree = out / "tree"
+    argv = [
+        "unshare", "--mount", "--propagation", "private",
+        "mmdebstrap", "--variant=minbase", "--mode=root",
+        "--aptopt=APT::Install-Recommends \"false\"",
+        "--include=" + ",".join(PACKAGES),
+        SUITE, str(tree), *sources(),
+    ]
+    # INITRD=No: skip the initramfs the kernel's postinst would build (the initramfs step
+    # builds ours); it would only end up in the tree.
+    env = dict(os.environ, INITRD="No", LC_ALL="C.UTF-8")
+    C.run_logged(argv, out / "mmdebstrap.log", "mmdebstrap", env=env)
+    for p in tree.glob("boot/initrd.img-*"):
+        p.unlink()
+    (tree / "etc/fstab").write_text("")  # a /dev/vda entry would break the live boot
+    (tree / "etc/hostname").write_text("footprint-guest\n")
+    shadow = tree / "etc/shadow"
+    lines = shadow.read_text().splitlines()
+    shadow.write_text("".join(
+        ("root::" + ln.split(":", 2)[2] if ln.startswith("root:") else ln) + "\n" for ln in lines))
+    for guest_path, (name, mode) in BAKED.items():
+        dst = tree / guest_path
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(GUEST_DIR / name, dst)
+        os.chmod(dst, mode)
+    wants = tree / "etc/systemd/system/sysinit.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / "footprint-agent.service").symlink_to("/etc/systemd/system/footprint-agent.service")
+    (tree / "opt/footprint").mkdir(parents=True, exist_ok=True)
+    kvers = sorted(p.name for p in (tree / "lib/modules").iterdir())
+    if len(kvers) != 1:
+        raise FootprintError(f"expected one guest kernel, found {kvers}: remove {out} and rebuild")
+    kver = kvers[0]
+    shutil.copyfile(tree / f"boot/vmlinuz-{kver}", out / "vmlinuz")
+    (out / "kver").write_text(kver + "\n")
+    pkgs = subprocess.run(["chroot", str(tree), "dpkg-query", "-W", "-f=${Package} ${Version}\n"],
+                          capture_output=True, text=True)
+    (out / "packages.txt").write_text(pkgs.stdout)
+
+
+def rootfs_key() -> str:
+    baked = [(k, (GUEST_DIR / n).read_bytes(), m) for k, (n, m) in BAKED.items()]
+    return C.digest("rootfs", SUITE, sources(), PACKAGES, baked, _build_rootfs)
+
+
+# ---------------------------------------------------------------- step: initramfs
+
+def _build_initramfs(out: Path, rootfs: Path) -> None:
+    C.require_tools("unshare")
+    kver = (rootfs / "kver").read_text().strip()
+    # In a private mount namespace: the tree is bind-mounted read-only over itself (the
+    # cached rootfs is never modified), tmpfs on the scratch dirs, `out` on /mnt.
+    script = r'''
+set -e
+R=$1; OUT=$2; K=$3; DRIVERS=$4
+mount --bind "$R" "$R"; mount -o remount,bind,ro "$R" "$R"
+mount --rbind /dev "$R/dev"
+mount -t proc proc "$R/proc"
+mount -t sysfs sysfs "$R/sys"
+for d in tmp var/tmp run; do mount -t tmpfs tmpfs "$R/$d"; done
+mount --bind "$OUT" "$R/mnt"
+chroot "$R" dracut --force --no-hostonly --add dmsquash-live --add-drivers "$DRIVERS" \
+    /mnt/initrd.img "$K"
+'''
+    C.run_logged(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                  str(rootfs / "tree"), str(out), kver, DRACUT_DRIVERS],
+                 out / "dracut.log", "dracut")
+    if not (out / "initrd.img").is_file():
+        raise FootprintError(f"dracut made no initramfs: see {out}/dracut.log")
+
+
+# ---------------------------------------------------------------- step: rootimg
+
+def _build_rootimg(out: Path, rootfs: Path) -> None:
+    C.require_tools("mkfs.ext4")
+    tree = rootfs / "tree"
+    du = subprocess.run(["du", "-sx", "--block-size=1M", str(tree)], capture_output=True, text=True)
+    used = int(du.stdout.split()[0])
+    size = max(2048, int(used * 1.4) + 512)
+    img = out / "rootfs.img"
+    with open(img, "wb") as f:
+        f.truncate(size << 20)
+    C.run_logged(["mkfs.ext4", "-F", "-L", "Root", "-d", str(tree), str(img)],
+                 out / "mkfs.log", "mkfs.ext4")
+
+
+# ---------------------------------------------------------------- steps: live / direct
+
+def _squash_iso(out: Path, src: Path, label: str, iso_name: str) -> None:
+    C.require_tools("mksquashfs", "xorriso")
+    isodir = out / "iso"
+    (isodir / "LiveOS").mkdir(parents=True)
+    squash = isodir / "LiveOS/squashfs.img"
+    C.run_logged(["mksquashfs", str(src), str(squash), "-comp", COMP, "-noappend",
+                  "-wildcards", "-e", "boot/initrd.img*"],
+                 out / "mksquashfs.log", f"mksquashfs ({COMP})", passthrough=True)
+    C.run_logged(["xorriso", "-as", "mkisofs", "-V", label, "-R", "-J", "-o",
+                  str(out / iso_name), str(isodir)], out / "xorriso.log", "xorriso")
+    (out / "squashfs.bytes").write_text(f"{squash.stat().st_size}\n")
+    shutil.rmtree(isodir)
+
+
+def _build_live(out: Path, rootimg: Path) -> None:
+    stage = out / "stage"
+    (stage / "LiveOS").mkdir(parents=True)
+    try:
+        os.link(rootimg / "rootfs.img", stage / "LiveOS/rootfs.img")
+    except OSError:
+        subprocess.run(["cp", "--sparse=always", str(rootimg / "rootfs.img"),
+                        str(stage / "LiveOS/rootfs.img")], check=True)
+    try:
+        _squash_iso(out, stage, LIVE_LABEL, "live.iso")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _build_direct(out: Path, rootfs: Path) -> None:
+    _squash_iso(out, rootfs / "tree", DIRECT_LABEL, "direct.iso")
+
+
+# ---------------------------------------------------------------- the pipeline
+
+@dataclass
+class Artefacts:
+    root: Path
+    rootfs: Path
+    initramfs: Path
+    rootimg: Path
+    live: Optional[Path] = None
+    direct: Optional[Path] = None
+
+    @property
+    def kernel(self) -> Path:
+        return self.rootfs / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.initramfs / "initrd.img"
+
+    @property
+    def kver(self) -> str:
+        return (self.rootfs / "kver").read_text().strip()
+
+
+def build(need: set[str], cache_dir: Optional[os.PathLike] = None) -> Artefacts:
+    """Builds (or finds in the cache) the steps needed for the image kinds in `need`
+    ({"plain", "live", "direct"})."""
+    root = C.cache_root(cache_dir)
+    rk = rootfs_key()
+    rootfs = C.step(root, "rootfs", rk, _build_rootfs)
+    ik = C.digest("initramfs", rk, DRACUT_DRIVERS, _build_initramfs)
+    initramfs = C.step(root, "initramfs", ik, lambda o: _build_initramfs(o, rootfs))
+    gk = C.digest("rootimg", rk, _build_rootimg)
+    rootimg = C.step(root, "rootimg", gk, lambda o: _build_rootimg(o, rootfs))
+    art = Artefacts(root, rootfs, initramfs, rootimg)
+    if "live" in need:
+        lk = C.digest("live", gk, COMP, LIVE_LABEL, _build_live, _squash_iso)
+        art.live = C.step(root, "live", lk, lambda o: _build_live(o, rootimg))
+    if "direct" in need:
+        dk = C.digest("direct", rk, COMP, DIRECT_LABEL, _build_direct, _squash_iso)
+        art.direct = C.step(root, "direct", dk, lambda o: _build_direct(o, rootfs))
+    return art
+
+
+# ---------------------------------------------------------------- boot specs
+
+@dataclass
+class BootSpec:
+    """Everything QEMU needs to boot one variant (paths are cached artefacts, read-only)."""
+    name: str
+    kernel: Path
+    initrd: Path
+    append: str
+    qemu_args: list[str]
+    delivery: Path
+    delivery_bytes: int
+    delivery_note: str
+    kver: str
+    extra: dict = field(default_factory=dict)
+
+
+# name -> (image kind, extra kernel args, description)
+VARIANTS = {
+    "plain": ("plain", "", "ext4 disk image, root=/dev/vda (virtio, snapshot=on)"),
+    "live": ("live", "", "LiveOS ISO: squashfs.img > rootfs.img, dm snapshot live-rw"),
+    "live-ram": ("live", "rd.live.ram=1", "as live, squashfs.img copied to RAM (rd.live.ram=1)"),
+    "live-overlayfs": ("live", "rd.live.overlay.overlayfs=1",
+                       "as live, overlayfs instead of the dm snapshot"),
+    "live-direct": ("direct", "", "LiveOS ISO: squashfs holds the root tree itself (overlayfs)"),
+}
+DEFAULT_BOOTS = ("plain", "live")
+
+
+def variant_names(spec: str) -> list[str]:
+    """'all' | 'a,b,c' -> validated names, in the given order."""
+    if spec.strip() == "all":
+        return list(VARIANTS)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for n in names:
+        if n not in VARIANTS:
+            raise FootprintError(
+                f"unknown variant {n!r}: use one of {', '.join(VARIANTS)} (or 'all')")
+    return names
+
+
+def _allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+def spec_for(name: str, art: Artefacts) -> BootSpec:
+    kind, extra, _ = VARIANTS[name]
+    if kind == "plain":
+        disk = art.rootimg / "rootfs.img"
+        return BootSpec(
+            name, art.kernel, art.initrd, f"root=/dev/vda rw {COMMON_APPEND}",
+            # root first and at a fixed PCI slot: it must be /dev/vda (the code disk follows)
+            ["-drive", f"file={disk},format=raw,if=none,id=root,snapshot=on",
+             "-device", "virtio-blk-pci,drive=root,addr=0x10"],
+            disk, _allocated(disk),
+            "plain: allocated (non-sparse) bytes of the ext4 disk image", art.kver,
+            {"apparent_bytes": disk.stat().st_size})
+    iso = art.live / "live.iso" if kind == "live" else art.direct / "direct.iso"
+    label = LIVE_LABEL if kind == "live" else DIRECT_LABEL
+    append = f"root=live:CDLABEL={label} rd.live.image rw {extra} {COMMON_APPEND}".replace("  ", " ")
+    return BootSpec(
+        name, art.kernel, art.initrd, append,
+        ["-drive", f"file={iso},format=raw,if=none,id=cd0,media=cdrom,readonly=on",
+         "-device", "ide-cd,drive=cd0"],
+        iso, iso.stat().st_size, f"{name}: ISO size", art.kver)
+
+
+def prepare(name: str, cache_dir: Optional[os.PathLike] = None) -> BootSpec:
+    """The BootSpec of variant `name`, building whatever is missing."""
+    if name not in VARIANTS:
+        variant_names(name)  # raises the one-line error
+    return spec_for(name, build({VARIANTS[name][0]}, cache_dir))
+
+
+def prepare_many(names: list[str], cache_dir: Optional[os.PathLike] = None) -> list[BootSpec]:
+    art = build({VARIANTS[n][0] for n in names}, cache_dir)
+    return [spec_for(n, art) for n in names]
