@@ -157,25 +157,3 @@ def topology(as_json):
         click.echo("\ndata that can be cached at several layers:")
         for ch in chains:
             click.echo(f"  {rep.inert(ch['label'])}")
-
-
-@main.command()
-@click.option("--variants", default="plain,live", show_default=True,
-              help="Boots to measure, comma-separated, or 'all': plain, live, live-ram, "
-                   "live-overlayfs, live-direct.")
-@click.option("--memory", type=int, default=2048, show_default=True, metavar="MIB",
-              help="Guest RAM in MiB.")
-@click.option("--timeout", type=click.FloatRange(min=30), default=1200, show_default=True,
-              help="Hard time limit per boot, seconds (QEMU is killed after it).")
-@click.option("--settle", type=click.FloatRange(min=0), default=5, show_default=True,
-              help="Seconds to wait after multi-user before measuring.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Image cache (default: $FOOTPRINT_CACHE or /var/cache/footprint).")
-@click.option("--keep-logs", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Keep each boot's serial console log in DIR.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
-def experiment(variants, memory, timeout, settle, cache_dir, keep_logs, as_json):
-    """Boot Debian guests (plain disk vs live ISO) under QEMU and redo the 2014 measurement."""
-    from vm.experiment import main_cli
-
-    main_cli(variants, memory, timeout, cache_dir, keep_logs, as_json, settle)
