@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import select
 import shutil
 import subprocess
@@ -260,6 +261,16 @@ class LiveStack:
             self.cleanup.pop()()
 
 
+@pytest.fixture
+def scratch():
+    """A private temporary directory. Not pytest's tmp_path: concurrent sessions running
+    pytest as root share /tmp/pytest-of-root, and its retention of 3 runs deletes another
+    session's directories (loop backing files included) from under it."""
+    d = tempfile.mkdtemp(prefix="fp-scratch-", dir="/var/tmp")
+    yield pathlib.Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def live_stack():
     if os.geteuid() != 0:
@@ -368,8 +379,8 @@ def test_live_bdev_pages_as_the_tracepoint_reports_them(live_stack):
 
 
 @root_only
-def test_uevents_for_a_new_loop(tmp_path):
-    img = tmp_path / "u.img"
+def test_uevents_for_a_new_loop(scratch):
+    img = scratch / "u.img"
     img.write_bytes(b"\0" * (1 << 20))
     with T.UeventWatcher() as w:
         assert w.poll() == [] or True  # drain whatever was queued

@@ -197,12 +197,15 @@ def _stack_devs(topo: Topology) -> List[str]:
     """Superblocks that belong to the storage stack (loop backing file systems, file
     systems on loop/dm devices), walked first so the budget goes where it matters."""
     devs: List[str] = []
+    # File systems on loop/dm devices first (the stack's own files, usually small),
+    # then those holding the backing images (often the big host root).
+    for bd in topo.block_devices.values():
+        if bd["kind"] in ("loop", "dm"):
+            devs.append(bd["dev"])
     for bd in topo.block_devices.values():
         lo = bd.get("loop") or {}
         if lo.get("backing_dev"):
             devs.append(lo["backing_dev"])
-        if bd["kind"] in ("loop", "dm"):
-            devs.append(bd["dev"])
     if topo.root:
         devs.append(topo.root["dev"])
     seen = set()
