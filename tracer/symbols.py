@@ -265,7 +265,7 @@ _STACK_CALLERS = frozenset({"alloc_thread_stack_node", "dup_task_struct", "copy_
 # mm/ and allocator internals: never an owner. Exact names, then prefixes.
 _MM_NAMES = frozenset({
     "get_page_from_freelist", "rmqueue", "rmqueue_bulk", "prep_new_page", "post_alloc_hook",
-    "__alloc_pages", "__alloc_pages_slowpath", "alloc_pages", "alloc_pages_mpol",
+    "__alloc_pages", "__alloc_frozen_pages", "alloc_frozen_pages", "alloc_frozen_pages_nolock", "__alloc_pages_slowpath", "alloc_pages", "alloc_pages_mpol",
     "alloc_pages_node", "__alloc_pages_node", "__folio_alloc", "folio_alloc",
     "folio_alloc_mpol", "vma_alloc_folio", "alloc_pages_exact", "alloc_pages_exact_nid",
     "__get_free_pages", "get_zeroed_page", "alloc_pages_bulk", "__alloc_pages_bulk",
@@ -288,6 +288,9 @@ _MM_NAMES = frozenset({
     "pagecache_get_page", "find_or_create_page", "read_cache_folio", "do_read_cache_folio",
     "__read_cache_page", "read_cache_page",
     "__get_user_pages", "get_user_pages", "faultin_page", "populate_vma_page_range",
+    "get_user_pages_remote", "__get_user_pages_locked", "get_user_pages_unlocked",
+    "pin_user_pages", "pin_user_pages_fast", "get_user_pages_fast", "__gup_longterm_locked",
+    "handle_userfault", "do_wp_page", "do_swap_page", "do_numa_page",
 })
 _MM_PREFIXES = (
     "__alloc_pages", "alloc_pages_", "__folio_alloc", "kmalloc_", "__kmalloc",
@@ -304,6 +307,18 @@ _FAULT_ENTRY = frozenset({"exc_page_fault", "asm_exc_page_fault", "do_user_addr_
 _MODULE_INIT = frozenset({"do_init_module", "do_one_initcall", "load_module",
                           "__do_sys_init_module", "__do_sys_finit_module", "init_module_from_file",
                           "idempotent_init_module"})
+
+
+# Frames of the tracing machinery itself (the tracepoint, perf, a BPF program and its
+# trampoline: JIT'ed programs are listed in kallsyms as `bpf_prog_<tag>_<name> [bpf]`).
+# They sit innermost in every captured stack and are nobody's allocation: dropped.
+_TRACING_PREFIXES = ("trace_event_raw_event_", "__traceiter_", "perf_trace_", "bpf_trace_run",
+                     "__bpf_trace_", "__bpf_prog_run", "perf_callchain",
+                     "perf_tp_event", "perf_swevent", "bpf_get_stack", "bpf_trampoline_")
+
+
+def _is_tracing(name: Optional[str], module: Optional[str]) -> bool:
+    return module == "bpf" or (name is not None and name.startswith(_TRACING_PREFIXES))
 
 
 def _is_mm(name: str) -> bool:
@@ -330,46 +345,41 @@ def classify_stack(addrs: Sequence[int], kallsyms: Kallsyms,
              (module, or built-in code by prefix: subsystem_of) owns the page. If none:
              the module being initialized (`loading_module`, or "module-init" when an
              init call is on the stack or a frame is unresolvable module text), "user"
-             for a user page fault, else "kernel:<func>" for the first frame outside mm/
-             and the allocators, else "kernel".
+             for a page fault (only frames inside the fault handler can own its pages:
+             the code it interrupted did not ask for them), else "kernel:<func>" for
+             the first frame outside mm/ and the allocators, else "kernel".
     """
     frames: List[Tuple[Optional[str], Optional[str]]] = []
     for a in addrs:
         if not a:
             continue
         sym, mod, _ = kallsyms.lookup(a)
-        frames.append((normalize(sym) if sym else None, mod))
+        name = normalize(sym) if sym else None
+        if _is_tracing(name, mod):
+            continue
+        frames.append((name, mod))
 
-    kind = "pages"
-    kind_at = -1
-    for i, (name, _mod) in enumerate(frames):
-        k = KIND_MARKERS.get(name) if name else None
-        if k:
-            kind, kind_at = k, i
-            break
+    kind = next((KIND_MARKERS[n] for n, _m in frames if n in KIND_MARKERS), "pages")
 
-    first_outside: Optional[str] = None
-    first_outside_at = -1
-    for i, (name, mod) in enumerate(frames):
-        if name and not mod and not _is_mm(name):
-            first_outside, first_outside_at = name, i
-            break
+    # The first frame that is neither mm/allocator code nor a module: the caller.
+    first_outside = next((n for n, m in frames if n and not m and not _is_mm(n)), None)
     if kind in ("vmalloc", "pages") and first_outside in _STACK_CALLERS:
+        # alloc_thread_stack_node/dup_task_struct are inlined on 6.18: copy_process calls
+        # the vmalloc (CONFIG_VMAP_STACK) or page allocator directly.
         kind = "kernel-stack"
-    elif kind == "pages":
-        # A thread stack may be allocated without any marker frame left (all inlined).
-        for name, _m in frames[: max(first_outside_at + 1, 0)]:
-            if name in _STACK_CALLERS:
-                kind = "kernel-stack"
-                break
+
+    # A page fault is its own context: frames outside it (ext4_readdir faulting on the
+    # user's buffer in copy_to_user) did not ask for the page; the faulting process did.
+    fault_at = next((i for i, (n, _m) in enumerate(frames) if n in _FAULT_ENTRY), None)
+    inner = frames if fault_at is None else frames[:fault_at]
 
     owner: Optional[str] = None
-    for name, mod in frames:
+    for name, mod in inner:
         sub = subsystem_of(name, mod)
         if sub:
             owner = sub
             break
-    if owner is None:
+    if owner is None and fault_at is None:
         names = {n for n, _ in frames if n}
         unresolved_module_text = any(n is None and m for n, m in frames)
         if names & _MODULE_INIT or unresolved_module_text:
@@ -377,9 +387,8 @@ def classify_stack(addrs: Sequence[int], kallsyms: Kallsyms,
                 owner = subsystem_of(None, loading_module) or loading_module
             elif unresolved_module_text or "do_init_module" in names:
                 owner = "module-init"
-    if owner is None and kind in ("anon", "page-tables", "pages"):
-        if any(n in _FAULT_ENTRY for n, _ in frames):
-            owner = "user"
+    if owner is None and fault_at is not None:
+        owner = "user"
     if owner is None:
         owner = f"kernel:{first_outside}" if first_outside else "kernel"
     return kind, owner
