@@ -252,6 +252,9 @@ for _kind, _names in {
     "anon": (
         "do_anonymous_page", "alloc_anon_folio", "do_huge_pmd_anonymous_page",
         "wp_page_copy", "do_cow_fault",
+        # 6.18 inlines wp_page_copy/do_cow_fault: an allocation directly under these is
+        # the private copy (page-cache and page-table markers are inner, so win first).
+        "do_wp_page", "do_fault", "do_swap_page",
     ),
 }.items():
     for _n in _names:
@@ -268,7 +271,8 @@ _MM_NAMES = frozenset({
     "__alloc_pages", "__alloc_frozen_pages", "alloc_frozen_pages", "alloc_frozen_pages_nolock", "__alloc_pages_slowpath", "alloc_pages", "alloc_pages_mpol",
     "alloc_pages_node", "__alloc_pages_node", "__folio_alloc", "folio_alloc",
     "folio_alloc_mpol", "vma_alloc_folio", "alloc_pages_exact", "alloc_pages_exact_nid",
-    "__get_free_pages", "get_zeroed_page", "alloc_pages_bulk", "__alloc_pages_bulk",
+    "__get_free_pages", "get_free_pages", "get_zeroed_page", "tlb_next_batch",
+    "tlb_remove_table", "__tlb_remove_folio_pages", "alloc_pages_bulk", "__alloc_pages_bulk",
     "alloc_pages_bulk_array_node", "alloc_pages_bulk_array_mempolicy",
     "kmalloc", "__kmalloc", "__kmalloc_node", "kmalloc_node", "kmalloc_trace",
     "kmalloc_node_trace", "__kmalloc_cache", "__kmalloc_cache_node", "__kmalloc_node_track_caller",
@@ -290,7 +294,7 @@ _MM_NAMES = frozenset({
     "__get_user_pages", "get_user_pages", "faultin_page", "populate_vma_page_range",
     "get_user_pages_remote", "__get_user_pages_locked", "get_user_pages_unlocked",
     "pin_user_pages", "pin_user_pages_fast", "get_user_pages_fast", "__gup_longterm_locked",
-    "handle_userfault", "do_wp_page", "do_swap_page", "do_numa_page",
+    "handle_userfault", "do_numa_page",
 })
 _MM_PREFIXES = (
     "__alloc_pages", "alloc_pages_", "__folio_alloc", "kmalloc_", "__kmalloc",
