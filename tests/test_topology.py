@@ -376,6 +376,7 @@ def test_live_bdev_pages_as_the_tracepoint_reports_them(live_stack):
     assert not topo.mounts_of(sdev)
     r = T.resolve(topo, sdev, want_ino)
     assert r["what"] == "bdev" and r["device"] == s.loop_a_name
+    assert T.learn_bdev_sb_dev(topo, sdev, want_ino) and topo.bdev_sb_dev == sdev
 
 
 @root_only
@@ -412,3 +413,24 @@ def test_uevents_for_a_new_loop(scratch):
         assert any(e.get("dev") == dev for e in more)
         assert w.overflows == 0
     assert loop not in _run("losetup", "-a")
+
+
+@root_only
+def test_deleted_backing_file_keeps_dev_ino(scratch):
+    """A loop whose backing file was unlinked (dracut's /overlay): sysfs shows
+    "path (deleted)", LOOP_GET_STATUS64 still gives the exact (dev, ino)."""
+    img = scratch / "overlay"
+    img.write_bytes(b"\0" * (1 << 20))
+    want = _st(str(img))
+    loop = _run("losetup", "-f", "--show", str(img))
+    try:
+        img.unlink()
+        bds = T.read_block_devices()
+        lo = bds[os.path.basename(loop)]["loop"]
+        assert lo["deleted"] and lo["backing_file"] == f"{img} (deleted)"
+        assert (lo["backing_dev"], lo["backing_ino"]) == want and lo["source"] == "LOOP_GET_STATUS64"
+        direct = T.loop_status(loop)
+        assert (direct["backing_dev"], direct["backing_ino"]) == want
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+    assert str(img) not in _run("losetup", "-a")

@@ -35,7 +35,7 @@ from .errors import FootprintError
 __all__ = [
     "Topology", "read_mounts", "parse_mountinfo", "read_block_devices", "read_dm_tables",
     "parse_dm_table", "loop_status", "read_topology", "merge", "resolve", "layer_of",
-    "path_of", "double_caching", "devstr", "kdev", "UeventWatcher", "parse_uevent",
+    "path_of", "double_caching", "devstr", "kdev", "learn_bdev_sb_dev", "UeventWatcher", "parse_uevent",
 ]
 
 # --- device numbers -------------------------------------------------------------------
@@ -530,6 +530,19 @@ def _bdev_of_inode(topo: Topology, dev: str, ino: int) -> Optional[Dict[str, Any
     if topo.bdev_sb_dev is None and (not dev.startswith("0:") or topo.mounts_of(dev)):
         return None
     return topo.device(devstr(ino, kernel=True))
+
+
+def learn_bdev_sb_dev(topo: Topology, dev: Any, ino: int) -> bool:
+    """Learn the bdev pseudo file system's s_dev from a page-cache event (dev, ino) that
+    can only be a block-device inode (see _bdev_of_inode); afterwards only that dev is
+    taken for bdev inodes. True when learned (or already known to be `dev`)."""
+    d = devstr(dev, kernel=True) if isinstance(dev, int) else devstr(dev)
+    if topo.bdev_sb_dev is not None:
+        return topo.bdev_sb_dev == d
+    if _bdev_of_inode(topo, d, ino) is not None:
+        topo.bdev_sb_dev = d
+        return True
+    return False
 
 
 def _fs_entry(topo: Topology, dev: str) -> Dict[str, Any]:
