@@ -77,6 +77,8 @@ def collect(g: Guest) -> dict:
     rc, dm, _ = g.run("dmsetup table 2>&1", timeout=60)
     rc, loops, _ = g.run("losetup --list --noheadings -O NAME,BACK-FILE,RO 2>&1", timeout=60)
     rc, rootmnt, _ = g.run("findmnt -n -o SOURCE,FSTYPE,OPTIONS /", timeout=60)
+    rc, sysloops, _ = g.run("for l in /sys/block/loop*; do [ -e $l/loop/backing_file ] && "
+                            "echo ${l##*/} $(cat $l/dev) $(cat $l/loop/backing_file); done", timeout=60)
     meminfo = parse_meminfo(meminfo_text)
     free = parse_free(free_out.decode())
     src, fstype, size, used, avail, _target = df_out.decode().split()[:6]
@@ -102,6 +104,7 @@ def collect(g: Guest) -> dict:
             "dmsetup_table": dm.decode().strip(),
             "losetup": loops.decode().strip(),
             "root_mount": rootmnt.decode().strip(),
+            "sysfs_loops": sysloops.decode().strip(),
         },
     }
 
@@ -190,19 +193,24 @@ def _fmt(v, width: int) -> str:
 
 
 def format_table(result: dict) -> str:
-    cols = [("boot", 24), ("delivery", 9), ("rootfs", 8), ("used", 8), ("buff/cache", 11), ("MemTotal", 10)]
-    sub = ["", "MiB", "df / MiB", "procps4", "MiB", "-MemFree"]
-    lines = ["".join(n.ljust(w) if i == 0 else n.rjust(w) for i, (n, w) in enumerate(cols)),
-             "".join(s.ljust(cols[i][1]) if i == 0 else s.rjust(cols[i][1]) for i, s in enumerate(sub))]
+    heads = [("boot", ""), ("delivery", "MiB"), ("rootfs", "df / MiB"), ("used", "procps 4"),
+             ("buff/cache", "MiB"), ("MemTotal-", "MemFree")]
+    widths = [30, 10, 10, 10, 12, 11]
+
+    def row(cells):
+        return "".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                       for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    lines = [row([h for h, _ in heads]), row([s for _, s in heads])]
     for b in result["boots"]:
         mem = b.get("memory_mib", 2048)
-        name = f"{b['name']} (now, {mem // 1024} GiB)" if mem % 1024 == 0 else f"{b['name']} (now)"
-        lines.append(name.ljust(24) + _fmt(b["delivery_mib"], 9) + _fmt(b["rootfs_mib"], 8)
-                     + _fmt(b["used_mib"], 8) + _fmt(b["buff_cache_mib"], 11) + _fmt(b["nonfree_mib"], 10))
+        name = f"{b['name']} (today, {mem} MiB)"
+        lines.append(row([name] + [_fmt(b[k], 0) for k in
+                                   ("delivery_mib", "rootfs_mib", "used_mib", "buff_cache_mib", "nonfree_mib")]))
     for s in result["seed"]["boots"]:
         label = "LiveCD (2014)" if s["name"].startswith("LiveCD") else "plain (2014)"
-        lines.append(label.ljust(24) + _fmt(s["delivery_mib"], 9) + _fmt(s["rootfs_mib"], 8)
-                     + _fmt(None, 8) + _fmt(None, 11) + _fmt(s["nonfree_mib"], 10))
+        lines.append(row([label, _fmt(s["delivery_mib"], 0), _fmt(s["rootfs_mib"], 0), "–", "–",
+                          _fmt(s["nonfree_mib"], 0)]))
     notes = [
         "",
         "used: procps 4 (today's free -m) prints used = MemTotal - MemAvailable. The 2014 procps",

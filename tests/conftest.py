@@ -1,0 +1,60 @@
+"""Shared fixtures. Keep each fixture small and documented; others add theirs below."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FOOTPRINT = [sys.executable, "-c", "from tracer.cli import main; main()"]
+
+
+# --------------------------------------------------------------------- guest lab (vm/)
+
+def qemu_skip_reason() -> str | None:
+    """Why guest tests cannot run here (None: they can and must)."""
+    if os.geteuid() != 0:
+        return "needs root (builds images with mmdebstrap --mode=root)"
+    if shutil.which("qemu-system-x86_64") is None:
+        return "no qemu-system-x86_64"
+    return None
+
+
+@pytest.fixture(scope="session")
+def lab_cache() -> Path:
+    """The image cache the guest tests share with `footprint experiment` (a cold build takes
+    ~6 min, then seconds). FOOTPRINT_CACHE overrides, as for the command."""
+    return Path(os.environ.get("FOOTPRINT_CACHE") or "/var/cache/footprint")
+
+
+@pytest.fixture(scope="session")
+def lab_logs():
+    """A private directory for serial logs (not /tmp/pytest-of-root: shared by sessions)."""
+    d = Path(tempfile.mkdtemp(prefix="fp-lab-logs-", dir="/var/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def experiment_json(lab_cache, lab_logs) -> dict:
+    """`footprint experiment --json` (plain and live), run ONCE per session as a subprocess
+    exactly as a user runs it; tests read the boots from its one JSON object. The serial
+    logs are in lab_logs/<name>.serial.log."""
+    reason = qemu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    p = subprocess.run(
+        [*FOOTPRINT, "experiment", "--json", "--variants", "plain,live", "--keep-logs", str(lab_logs),
+         "--cache-dir", str(lab_cache)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=3600,
+    )
+    sys.stderr.write(p.stderr[-4000:])
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout)
