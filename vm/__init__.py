@@ -5,6 +5,7 @@ Public API (what the rest of footprint calls):
     from vm import prepare, Guest, code_cpio, code_disk, VARIANTS
 
     spec = prepare("live")                       # builds what is missing, returns a BootSpec
+                                                 # (or: with guest("live") as g: ...)
     with Guest(spec, memory=2048) as g:          # boots; always cleans up (qemu, temp files)
         g.wait_ready(300)                        # the guest agent answers
         g.wait_system(300)                       # `systemctl is-system-running --wait`
@@ -20,4 +21,5 @@ Everything the user can fix raises tracer.errors.FootprintError with a one-line 
 
 from .images import VARIANTS, BootSpec, prepare, variant_names  # noqa: F401
 from .code import code_cpio, code_disk, code_tree  # noqa: F401
-from .qemu import Guest, GuestError  # noqa: F401
+from .qemu import Guest, GuestError, guest, terminate_as_interrupt  # noqa: F401
+from .experiment import collect, run_experiment  # noqa: F401

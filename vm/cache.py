@@ -153,7 +153,13 @@ def building(final: Path) -> Iterator[Path]:
         raise
     finally:
         if ok:
-            os.rename(tmp, final)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():  # else: a concurrent build finished first; keep its
+                    remove_tree(tmp)
+                    raise
+                remove_tree(tmp)
         else:
             remove_tree(tmp)
 

@@ -58,7 +58,7 @@ def _set_pdeathsig() -> None:
         pass
 
 
-def pick_accel(kernel: Path, cache_dir: Optional[os.PathLike] = None, probe_timeout: float = 20.0) -> str:
+def pick_accel(kernel: Path, cache_dir: Optional[os.PathLike] = None, probe_timeout: float = 12.0) -> str:
     """'kvm' if a KVM guest gets through early kernel boot within `probe_timeout`, else
     'tcg'. FOOTPRINT_ACCEL=kvm|tcg overrides. The verdict is cached per host kernel,
     QEMU binary and guest kernel."""
@@ -479,9 +479,8 @@ class Guest:
             self._kill()
 
 
-def boot(spec: BootSpec, **kw) -> Guest:
-    """Guest(spec, **kw) already started: use as `with boot(spec) as g:`."""
-    return Guest(spec, **kw)
+def guest(name: str, cache_dir: Optional[os.PathLike] = None, **kw) -> Guest:
+    """Guest of variant `name` (built if missing), to use as `with guest("live") as g:`."""
+    from .images import prepare
 
-
-GuestHook = Callable[[Guest], dict]
+    return Guest(prepare(name, cache_dir), cache_dir=cache_dir, **kw)
