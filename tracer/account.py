@@ -116,8 +116,26 @@ def _inventory(rec: Recording) -> tuple[dict, dict, dict]:
     return baseline, untracked_at, paths
 
 
+def _bdev_dev(state: dict, topo: Topology | None) -> str | None:
+    """The s_dev of the bdev pseudo file system, where block-device inodes live."""
+    if topo is None:
+        return None
+    if topo.bdev_sb_dev:
+        return topo.bdev_sb_dev
+    for key in state["files"]:
+        dev, ino = key.rsplit(":", 1)
+        if dev.startswith("0:") and resolve(topo, dev, int(ino)).get("what") == "bdev":
+            return dev
+    return None
+
+
 def _file_rows(rec: Recording, state: dict, topo: Topology | None) -> pd.DataFrame:
     baseline, untracked_at, inv_paths = _inventory(rec)
+    bdev = _bdev_dev(state, topo)
+    if bdev:  # inventory rows of block devices, recorded before that s_dev was known
+        for table in (baseline, untracked_at, inv_paths):
+            for key in [k for k in table if k.startswith("bdev:")]:
+                table[f"{bdev}:{key[5:]}"] = table.pop(key)
     tracer_files = {f"{d}:{i}" for d, i, _p in rec.header.get("tracer", {}).get("files", [])}
     tracer_paths = {f"{d}:{i}": p for d, i, p in rec.header.get("tracer", {}).get("files", [])}
     keys = set(state["files"]) | set(baseline)
@@ -132,11 +150,18 @@ def _file_rows(rec: Recording, state: dict, topo: Topology | None) -> pd.DataFra
             continue
         dev, ino = key.rsplit(":", 1)
         ino = int(ino)
-        info = resolve(topo, dev, ino) if topo is not None else {"what": "unknown", "layer": f"dev {dev}"}
+        if dev == "bdev" and topo is not None:  # no page of it traced: resolve by device
+            bd = topo.device(f"{ino >> 20}:{ino & 0xFFFFF}") or {"name": f"dev {ino}", "dev": None, "kind": None}
+            info = {"what": "bdev", "block_dev": bd["dev"], "layer": f"bdev {bd['name']}",
+                    "path": f"/dev/{bd['name']}", "fstype": None}
+        elif topo is not None:
+            info = resolve(topo, dev, ino)
+        else:
+            info = {"what": "unknown", "layer": f"dev {dev}"}
         fstype = info.get("fstype")
         if info.get("what") == "bdev":
             kind = "buffers"
-            bd = (topo.device(info["block_dev"]) or {}) if topo else {}
+            bd = (topo.device(info["block_dev"]) or {}) if topo and info.get("block_dev") else {}
             subsystem = BDEV_SUBSYSTEMS.get(bd.get("kind"), "block")
         else:
             kind = "shmem" if fstype in ("tmpfs", "devtmpfs") else "page-cache"

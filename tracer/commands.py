@@ -30,7 +30,7 @@ def _sizes(files, stacks, objs):
               help="File of phase marks to follow (lines 'BOOTTIME NAME').")
 @click.option("--stop-file", default=None, help="Stop when this file appears.")
 @click.option("--max-files", type=click.IntRange(min=64), default=65536, show_default=True)
-@click.option("--max-stacks", type=click.IntRange(min=64), default=4096, show_default=True)
+@click.option("--max-stacks", type=click.IntRange(min=64), default=16384, show_default=True)
 @click.option("--max-objects", type=click.IntRange(min=64), default=65536, show_default=True)
 @click.option("--ebpf", is_flag=True, help="Print the BPF program for this kernel and exit.")
 def record(output, duration, interval, no_inventory, slab, kernel_headers, marks, stop_file,

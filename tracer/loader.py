@@ -55,8 +55,8 @@ class MapSizes:
     """Capacity of each BPF map; a full map is counted, never silent."""
 
     files: int = 65536
-    stacks: int = 4096
-    stack_depth: int = 24
+    stacks: int = 16384  # hash buckets: a collision loses the stack (-EEXIST)
+    stack_depth: int = 20
     objs: int = 65536
     sites: int = 8192
 

@@ -68,7 +68,7 @@ def tracer_files() -> list[list]:
     return [[d, i, p] for (d, i), p in seen.items()]
 
 
-class _Stop(Exception):
+class _Stop(BaseException):  # not an Exception: no `except Exception` may swallow it
     pass
 
 
@@ -161,13 +161,15 @@ class Recorder:
         traced = self._read_files()
         files = []
         for row in rows:
-            key = f"{row['dev']}:{row['ino']}"
+            key = f"{row['dev'] or 'bdev'}:{row['ino']}"
             now = traced.get(key)
             baseline = row["resident_pages"] - (now[0] if now else 0)
             if baseline <= 0:
                 continue
             self.baseline_untracked[key] = now[4] if now else 0
-            files.append([row["dev"], row["ino"], baseline, row.get("path")])
+            # A block device's page cache lives on the bdev pseudo file system, whose
+            # s_dev is only known once the tracer has seen one of its pages: "bdev".
+            files.append([row["dev"] or "bdev", row["ino"], baseline, row.get("path")])
         method = sorted({r.get("method", "?") for r in rows})
         self.writer.write({"type": "inventory", "t": boottime(), "method": ",".join(method),
                            "seconds": round(boottime() - t0, 3), "stats": result.get("stats", {}),
@@ -243,9 +245,14 @@ class Recorder:
                "files": self._changed(files, self.last["files"]),
                "stacks": {str(k): v for k, v in self._changed(stacks, self.last["stacks"]).items()},
                "sites": self._changed(sites, self.last["sites"]),
-               "slab": _slab_summary(), "vmalloc": _vmalloc_summary(), "tracer": _own_memory()}
+               "tracer": _own_memory()}
+        # Slab and vmalloc totals are written whole, and only when they changed.
+        for name, now in (("slab", _slab_summary()), ("vmalloc", _vmalloc_summary())):
+            if now != self.last.get(name):
+                rec[name] = now
+                self.last[name] = now
         self.writer.write(rec)
-        self.last = {"files": files, "stacks": stacks, "sites": sites}
+        self.last.update(files=files, stacks=stacks, sites=sites)
         self.samples += 1
 
     def poll_marks(self) -> None:

@@ -20,7 +20,7 @@ Format (version 1). Every line is an object with a "type":
             since the previous sample, each [resident, peak, added, removed,
             untracked_removed]: files {"dev:ino": ...} (pages), stacks {id: ...} (pages),
             sites {key: ...} (bytes); slab {cache: [active_objs, objsize, pages]} and
-            vmalloc {caller: pages}, complete each time; tracer {anon_kb, file_kb, ...}:
+            vmalloc {caller: pages}, written whole when they changed (else absent); tracer {anon_kb, file_kb, ...}:
             the recorder's own process memory.
   phase     t, name: a mark on the timeline (dracut hook, switch_root, systemd target).
   uevent    t, action, devname, major, minor, ...
@@ -115,11 +115,16 @@ class Recording:
         files: dict[str, list[int]] = {}
         stacks: dict[int, list[int]] = {}
         sites: dict[str, list[int]] = {}
+        slab: dict = {}
+        vmalloc: dict = {}
         for s in self.samples:
+            slab = s["slab"] if s["slab"] is not None else slab
+            vmalloc = s["vmalloc"] if s["vmalloc"] is not None else vmalloc
             files.update(s["files"])
             stacks.update(s["stacks"])
             sites.update(s["sites"])
-            yield {**s, "files": files, "stacks": stacks, "sites": sites}
+            yield {**s, "files": files, "stacks": stacks, "sites": sites, "slab": slab,
+                   "vmalloc": vmalloc}
 
     def state(self, index: int = -1) -> dict | None:
         """The full state at sample `index` (default: the last one); a copy."""
@@ -179,6 +184,14 @@ def _counters(obj: Any, path: str, n: int, key_int: bool = False) -> dict:
     return out
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_slab(v) -> bool:
+    return isinstance(v, list) and len(v) == 3 and all(_is_int(x) for x in v)
+
+
 def read(path: str) -> Recording:
     """Parse a recording with bounds; raises FootprintError on anything malformed."""
     rec: Recording | None = None
@@ -209,12 +222,17 @@ def read(path: str) -> Recording:
         if t is not None and not isinstance(t, (int, float)):
             raise _bad(path, f"corrupt (bad time on line {n})")
         if kind == "sample":
-            for name in ("meminfo", "stats", "slab", "vmalloc"):
-                if not isinstance(obj.get(name, {}), dict):
+            if not isinstance(t, (int, float)):
+                raise _bad(path, f"corrupt (sample without a time on line {n})")
+            for name, check in (("meminfo", _is_int), ("stats", _is_int), ("vmalloc", _is_int),
+                                ("slab", _is_slab)):
+                value = obj.get(name, {})
+                if not isinstance(value, dict) or not all(
+                        isinstance(k, str) and check(v) for k, v in value.items()):
                     raise _bad(path, f"corrupt (bad {name} on line {n})")
             rec.samples.append({
                 "t": t, "meminfo": obj.get("meminfo", {}), "stats": obj.get("stats", {}),
-                "slab": obj.get("slab", {}), "vmalloc": obj.get("vmalloc", {}),
+                "slab": obj.get("slab"), "vmalloc": obj.get("vmalloc"),
                 "tracer": obj.get("tracer", {}) if isinstance(obj.get("tracer", {}), dict) else {},
                 "files": _counters(obj.get("files", {}), path, n),
                 "stacks": _counters(obj.get("stacks", {}), path, n, key_int=True),

@@ -1,0 +1,246 @@
+"""The tracer on this machine's own kernel (tracepoints only): a squashfs holding an ext4
+image, both loop-mounted, read while recording; footprint's resident pages per file must
+match fincore (mincore: the kernel's own answer) within 1 %."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.bpf
+
+FOOTPRINT = [sys.executable, "-m", "tracer"]
+
+
+def _need(tool):
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed (scripts/setup installs it)")
+
+
+@pytest.fixture(scope="module")
+def live_like_stack(tmp_path_factory):
+    """iso-less miniature of the live stack: host fs → squashfs.img on loopA → squashfs
+    → rootfs.img on loopB → ext4 with three files."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to loop-mount and load BPF")
+    for tool in ("mksquashfs", "mkfs.ext4", "losetup", "fincore"):
+        _need(tool)
+    base = tmp_path_factory.mktemp("stack")
+    tree, live = base / "tree", base / "iso" / "LiveOS"
+    tree.mkdir()
+    live.mkdir(parents=True)
+    for name, mib in (("a.bin", 16), ("b.bin", 16), ("c.bin", 16)):
+        with open(tree / name, "wb") as f:
+            f.write(os.urandom(mib << 20))
+    (tree / "small.txt").write_text("hello\n" * 100)
+    rootfs = live / "rootfs.img"
+    subprocess.run(["truncate", "-s", "96M", str(rootfs)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-L", "Root", "-d", str(tree), str(rootfs)], check=True)
+    squash = base / "squashfs.img"
+    subprocess.run(["mksquashfs", str(base / "iso"), str(squash), "-comp", "gzip", "-quiet",
+                    "-no-progress"], check=True, stdout=subprocess.DEVNULL)
+    rootfs.unlink()
+    mnt_sq, mnt_ext = base / "sq", base / "ext"
+    mnt_sq.mkdir()
+    mnt_ext.mkdir()
+    loops, mounts = [], []
+    try:
+        lo_a = subprocess.run(["losetup", "-f", "--show", "-r", str(squash)], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        loops.append(lo_a)
+        subprocess.run(["mount", "-t", "squashfs", "-o", "ro", lo_a, str(mnt_sq)], check=True)
+        mounts.append(mnt_sq)
+        inner = mnt_sq / "LiveOS" / "rootfs.img"
+        lo_b = subprocess.run(["losetup", "-f", "--show", "-r", str(inner)], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        loops.append(lo_b)
+        subprocess.run(["mount", "-t", "ext4", "-o", "ro", lo_b, str(mnt_ext)], check=True)
+        mounts.append(mnt_ext)
+        yield {"squash": squash, "inner": inner, "ext": mnt_ext, "loops": loops,
+               "files": [mnt_ext / n for n in ("a.bin", "b.bin", "c.bin", "small.txt")]}
+    finally:
+        # Top down; a detached loop lets go of its backing file asynchronously, so wait
+        # for it before unmounting the file system that holds that file.
+        if mnt_ext in mounts:
+            subprocess.run(["umount", str(mnt_ext)], check=False)
+        for lo in reversed(loops):
+            subprocess.run(["losetup", "-d", lo], check=False)
+            wait_loop_free(lo)
+            if lo == loops[-1] and mnt_sq in mounts:
+                subprocess.run(["umount", str(mnt_sq)], check=False)
+
+
+def wait_loop_free(lo, timeout=10.0):
+    backing = f"/sys/block/{os.path.basename(lo)}/loop/backing_file"
+    deadline = time.monotonic() + timeout
+    while os.path.exists(backing) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def drop_caches():
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def read_part(path, offset_mib, length_mib):
+    with open(path, "rb") as f:
+        f.seek(offset_mib << 20)
+        left = length_mib << 20
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            left -= len(chunk)
+
+
+def fincore_pages(path) -> int:
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "PAGES", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+
+def start_recorder(rec_path, extra=()):
+    proc = subprocess.Popen(FOOTPRINT + ["record", "-o", str(rec_path), "--interval", "0.2",
+                                         *extra], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if rec_path.exists() and '"type":"sample"' in rec_path.read_text(errors="replace"):
+            return proc
+        if proc.poll() is not None:
+            raise AssertionError(f"recorder exited: {proc.stderr.read()}")
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("recorder did not start within 120 s")
+
+
+def stop_recorder(proc):
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return err
+
+
+def report_json(rec_path, *extra):
+    out = subprocess.run(FOOTPRINT + ["report", "--json", str(rec_path), *extra], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def by_file(report):
+    return {(f["dev"], f["ino"]): f for f in report["files"]}
+
+
+def key_of(path):
+    st = os.stat(path)
+    return (f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", st.st_ino)
+
+
+def cachestat_pages(path) -> int:
+    from tracer.inventory import cachestat
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        cs = cachestat(fd)
+    finally:
+        os.close(fd)
+    if cs is None:
+        pytest.skip("cachestat(2) is not available (Linux < 6.5)")
+    return cs["nr_cache"]
+
+
+def ground_truth(paths) -> dict:
+    """Per path: (fincore pages, cachestat pages), taken at one moment."""
+    return {str(p): (fincore_pages(p), cachestat_pages(p)) for p in paths}
+
+
+def assert_matches_ground_truth(report, truths):
+    """footprint's resident pages equal the kernel's count of the file's page cache
+    (cachestat: every folio in the mapping, what meminfo's Cached counts) within 1 %,
+    and equal fincore within 1 % wherever fincore sees every page. fincore (mincore)
+    skips folios that are not uptodate: squashfs readahead leaves some of those in the
+    page cache of files inside it, where fincore < cachestat == footprint."""
+    files = by_file(report)
+    checked = 0
+    for path, (fincore, nr_cache) in truths.items():
+        row = files.get(key_of(path))
+        got = row["resident_pages"] if row else 0
+        assert abs(got - nr_cache) <= max(1, 0.01 * nr_cache), (path, got, nr_cache, fincore)
+        if fincore == nr_cache:
+            assert abs(got - fincore) <= max(1, 0.01 * fincore), (path, got, fincore)
+        else:
+            assert fincore < nr_cache, (path, fincore, nr_cache)
+        checked += nr_cache > 0
+    return checked
+
+
+def test_traced_pages_per_file_match_fincore(live_like_stack, tmp_path):
+    s = live_like_stack
+    drop_caches()
+    rec = tmp_path / "rec.jsonl"
+    proc = start_recorder(rec)
+    try:
+        read_part(s["files"][0], 0, 10)       # part of a
+        read_part(s["files"][1], 0, 16)       # all of b
+        read_part(s["files"][2], 5, 3)        # a slice of c
+        read_part(s["files"][3], 0, 1)
+        time.sleep(1.0)
+        truths = ground_truth([s["squash"], s["inner"], *s["files"]])
+    finally:
+        stop_recorder(proc)
+    assert os.stat(rec).st_mode & 0o777 == 0o600
+    report = report_json(rec)
+    checked = assert_matches_ground_truth(report, truths)
+    assert checked >= 5, truths
+    # The same data sits in three page caches: ext4 files, rootfs.img in squashfs, and the
+    # compressed squashfs.img on the host file system.
+    assert truths[str(s["inner"])][1] > 0 and truths[str(s["squash"])][1] > 0
+    lo_b = os.path.basename(s["loops"][1])
+    chains = [c for c in report["double_caching"] if lo_b in c["label"] and "squashfs" in c["label"]]
+    assert chains, [c["label"] for c in report["double_caching"]]
+    levels = chains[0]["levels"]
+    assert len(levels) >= 3 and chains[0]["layers_holding_data"] >= 3, levels
+    # Rows by subsystem: squashfs holds rootfs.img's decompressed pages.
+    squash_rows = [r for r in report["account"] if r["subsystem"] == "squashfs" and r["kind"] == "page-cache"]
+    assert sum(r["resident_pages"] for r in squash_rows) >= truths[str(s["inner"])][1] * 0.99
+    # It adds up: the rows are the whole of MemTotal - MemFree.
+    total = sum(r["resident_pages"] for r in report["account"])
+    assert abs(total * 4096 / 2**20 - report["meminfo"]["nonfree_mib"]) < 0.01
+    assert report["map_drops"] == 0
+
+
+def test_inventory_makes_resident_right_at_attach(live_like_stack, tmp_path):
+    """Pages read before the tracer attached come from the baseline inventory."""
+    s = live_like_stack
+    drop_caches()
+    read_part(s["files"][0], 2, 6)
+    read_part(s["files"][2], 0, 16)
+    rec = tmp_path / "rec.jsonl"
+    proc = start_recorder(rec)
+    try:
+        read_part(s["files"][1], 0, 4)  # and some traced on top
+        time.sleep(1.0)
+        truths = ground_truth([s["squash"], s["inner"], *s["files"]])
+    finally:
+        stop_recorder(proc)
+    report = report_json(rec)
+    assert assert_matches_ground_truth(report, truths) >= 4
+    files = by_file(report)
+    inventoried = files[key_of(s["files"][2])]
+    assert inventoried["baseline_pages"] > 0
+    assert any("inventoried" in n for n in report["notes"])
+
+
+def test_topology_shows_the_stack(live_like_stack):
+    out = subprocess.run(FOOTPRINT + ["topology"], check=True, capture_output=True, text=True).stdout
+    lo_a, lo_b = (os.path.basename(x) for x in live_like_stack["loops"])
+    assert f"ext4 on {lo_b}" in out
+    assert f"squashfs on {lo_a}" in out
+    assert "rootfs.img" in out and "squashfs.img" in out
