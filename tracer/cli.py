@@ -11,7 +11,22 @@ from .errors import EXIT_USAGE, FootprintError
 
 
 class _Group(click.Group):
-    """Turns every FootprintError (and Ctrl-C) into one line and exit status 2."""
+    """Turns every FootprintError, usage error (and Ctrl-C) into one line; exit status 2."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.UsageError as err:
+            cmd = err.ctx.command_path if err.ctx else "footprint"
+            click.echo(f"footprint: {err.format_message().rstrip('.')}: see `{cmd} --help`", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as err:
+            click.echo(f"footprint: {err.format_message()}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.Abort:
+            click.echo("footprint: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx):
         try:
