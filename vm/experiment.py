@@ -22,7 +22,7 @@ from tracer.errors import FootprintError
 
 from . import cache as C
 from .images import VARIANTS, BootSpec, prepare_many
-from .qemu import Guest, terminate_as_interrupt
+from .qemu import Guest, GuestError, terminate_as_interrupt
 
 MIB = 1 << 20
 Hook = Callable[[Guest, dict], dict]
@@ -83,13 +83,26 @@ def collect(g: Guest) -> dict:
     rc, rootmnt, _ = g.run("findmnt -n -o SOURCE,FSTYPE,OPTIONS /", timeout=60)
     rc, sysloops, _ = g.run("for l in /sys/block/loop*; do [ -e $l/loop/backing_file ] && "
                             "echo ${l##*/} $(cat $l/dev) $(cat $l/loop/backing_file); done", timeout=60)
+    src, fstype, size, used, avail, _target = df_out.decode().split()[:6]
+    lower = None
+    if fstype == "overlay":  # df / shows only the writable upper layer; measure the lower too
+        opts = rootmnt.decode().split()[-1] if rootmnt.strip() else ""
+        lowerdir = next((o.split("=", 1)[1].split(":")[0] for o in opts.split(",")
+                         if o.startswith("lowerdir=")), None)
+        if lowerdir:
+            rc, low, _ = g.run(f"df -B1 --output=source,fstype,size,used {lowerdir} | tail -n 1", timeout=60)
+            if rc == 0 and low.split():
+                lsrc, lfs, lsize, lused = low.decode().split()[:4]
+                lower = {"dir": lowerdir, "source": lsrc, "fstype": lfs, "used_mib": round(int(lused) / MIB, 1)}
     meminfo = parse_meminfo(meminfo_text)
     free = parse_free(free_out.decode())
-    src, fstype, size, used, avail, _target = df_out.decode().split()[:6]
     return {
         "kernel": uname.decode().strip(),
         "kernel_build": unamev.decode().strip(),
-        "rootfs_mib": round(int(used) / MIB, 1),
+        # df / used; on an overlayfs root, df of its lower layer (the upper is a tmpfs)
+        "rootfs_mib": lower["used_mib"] if lower else round(int(used) / MIB, 1),
+        "root_df_used_mib": round(int(used) / MIB, 1),
+        "rootfs_lower": lower,
         "rootfs_size_mib": round(int(size) / MIB, 1),
         "rootfs_source": src,
         "rootfs_fstype": fstype,
@@ -178,9 +191,15 @@ def run_experiment(
     try:
         with terminate_as_interrupt():
             specs = prepare_many(list(names), cache_dir)
-            boots = [boot_and_measure(s, memory=memory, timeout=timeout, settle=settle, keep_logs=keep,
-                                      hooks=hooks, guest_options=guest_options, cache_dir=cache_dir)
-                     for s in specs]
+            boots = []
+            for s in specs:
+                try:
+                    boots.append(boot_and_measure(
+                        s, memory=memory, timeout=timeout, settle=settle, keep_logs=keep,
+                        hooks=hooks, guest_options=guest_options, cache_dir=cache_dir))
+                except GuestError as err:  # one failed boot does not void the others
+                    C.say(f"  {s.name}: FAILED: {err}")
+                    boots.append({"name": s.name, "error": str(err)})
     except OSError as err:
         if err.errno == errno.ENOSPC:
             raise C.enospc(C.cache_root(cache_dir)) from None
@@ -207,6 +226,9 @@ def format_table(result: dict) -> str:
 
     lines = [row([h for h, _ in heads]), row([s for _, s in heads])]
     for b in result["boots"]:
+        if "error" in b:
+            lines.append(row([f"{b['name']} (FAILED)", "", "", "", "", ""]))
+            continue
         mem = b.get("memory_mib", 2048)
         name = f"{b['name']} (today, {mem} MiB)"
         lines.append(row([name] + [_fmt(b[k], 0) for k in
@@ -222,16 +244,20 @@ def format_table(result: dict) -> str:
         "  (626 MB LiveCD, 192 MB plain) sit in the MemTotal-MemFree column: compare like with like.",
         "delivery: live = ISO size; plain = allocated (non-sparse) bytes of the ext4 disk image",
         "  (the 2014 plain image size was not given). rootfs: `df /` used in the guest (live: the",
-        "  ext4 on dm live-rw; overlayfs variants: the overlay's upper tmpfs). 2014 figures in MB.",
+        "  ext4 on dm live-rw). 2014 figures as printed by free -m / df -h (MiB).",
     ]
     for b in result["boots"]:
-        if b.get("rootfs_fstype") == "overlay":
-            notes.append(f"  {b['name']}: root is overlayfs, df / shows its writable upper layer only.")
-    if result["boots"]:
-        b0 = result["boots"][0]
+        low = b.get("rootfs_lower")
+        if low:
+            what = " (compressed)" if low["fstype"] == "squashfs" else ""
+            notes.append(f"  {b['name']}: root is overlayfs; rootfs = df of its lower layer {low['dir']}, "
+                         f"{low['fstype']}{what} (df / = upper tmpfs: {b['root_df_used_mib']:.0f} MiB).")
+    ok = [b for b in result["boots"] if "error" not in b]
+    if ok:
+        b0 = ok[0]
         notes.append(f"guest: Debian bookworm, kernel {b0.get('kernel')}, {b0.get('accel')}, "
                      f"measured {b0.get('settle_seconds', 5):.0f} s after `systemctl is-system-running --wait`; boot seconds: "
-                     + ", ".join(f"{b['name']} {b['boot_seconds']:.0f}" for b in result["boots"]) + ".")
+                     + ", ".join(f"{b['name']} {b['boot_seconds']:.0f}" for b in ok) + ".")
     return "\n".join(lines + notes)
 
 
@@ -252,3 +278,6 @@ def main_cli(variants: str, memory: int, timeout: float, cache_dir: Optional[str
     else:
         print(format_table(result))
     sys.stdout.flush()
+    failed = [b for b in result["boots"] if "error" in b]
+    if failed:
+        raise FootprintError(f"{len(failed)} of {len(result['boots'])} boots failed, first: {failed[0]['error']}")

@@ -260,7 +260,11 @@ VARIANTS = {
     "live-ram": ("live", "rd.live.ram=1", "as live, squashfs.img copied to RAM (rd.live.ram=1)"),
     "live-overlayfs": ("live", "rd.live.overlay.overlayfs=1",
                        "as live, overlayfs instead of the dm snapshot"),
-    "live-direct": ("direct", "", "LiveOS ISO: squashfs holds the root tree itself (overlayfs)"),
+    # dracut 059 detects the tree-in-squashfs and wants overlayfs, but without the option
+    # its systemd sysroot.mount still waits for live-rw: "overlayfs: failed to resolve
+    # '/run/overlayfs'", "Can't mount root filesystem". Asking for overlayfs boots.
+    "live-direct": ("direct", "rd.live.overlay.overlayfs=1",
+                    "LiveOS ISO: squashfs holds the root tree itself, overlayfs root"),
 }
 DEFAULT_BOOTS = ("plain", "live")
 
