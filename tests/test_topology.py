@@ -434,3 +434,37 @@ def test_deleted_backing_file_keeps_dev_ino(scratch):
     finally:
         subprocess.run(["losetup", "-d", loop], check=True)
     assert str(img) not in _run("losetup", "-a")
+
+
+def test_unmounted_loop_gets_its_fstype_from_the_superblock_without_caching(tmp_path):
+    """dracut lazily unmounts the squashfs holding rootfs.img: no mountinfo line, yet its
+    pages are squashfs page cache. The probe reads the magic with O_DIRECT."""
+    if os.geteuid() != 0 or shutil.which("mksquashfs") is None:
+        pytest.skip("needs root and mksquashfs")
+    from tracer.inventory import cachestat
+    from tracer.topology import layer_of, probe_fstype, read_topology, resolve
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(1 << 16))
+    img = tmp_path / "sq.img"
+    subprocess.run(["mksquashfs", str(src), str(img), "-quiet", "-no-progress"], check=True,
+                   stdout=subprocess.DEVNULL)
+    lo = subprocess.run(["losetup", "-f", "--show", "-r", str(img)], check=True,
+                        capture_output=True, text=True).stdout.strip()
+    try:
+        fd = os.open(lo, os.O_RDONLY)
+        before = cachestat(fd)
+        assert probe_fstype(lo) == "squashfs"
+        topo = read_topology()
+        after = cachestat(fd)
+        os.close(fd)
+        if before is not None:
+            assert after["nr_cache"] == before["nr_cache"]
+        name = os.path.basename(lo)
+        dev = topo.block_devices[name]["dev"]
+        assert topo.block_devices[name]["probed_fstype"] == "squashfs"
+        assert layer_of(topo, dev) == f"squashfs on {name} (not mounted)"
+        assert resolve(topo, dev, 2)["fstype"] == "squashfs"
+    finally:
+        subprocess.run(["losetup", "-d", lo], check=False)

@@ -289,6 +289,47 @@ def read_block_devices(sys: str = "/sys", devdir: str = "/dev") -> Dict[str, Dic
     return out
 
 
+# File system signatures (offset, magic) for block devices that no mount shows — dracut
+# lazily unmounts the squashfs once rootfs.img is on its loop, so its superblock lives on
+# with no mountinfo line. Read with O_DIRECT: probing must not add page cache.
+_SIGNATURES = (
+    ("squashfs", 0, b"hsqs"),
+    ("ext4", 1080, b"\x53\xef"),
+    ("iso9660", 32769, b"CD001"),
+    ("xfs", 0, b"XFSB"),
+    ("btrfs", 65600, b"_BHRfS_M"),
+)
+
+
+def probe_fstype(devnode: str) -> Optional[str]:
+    """The file system type written on a block device, by superblock magic, or None."""
+    import mmap
+
+    try:
+        fd = os.open(devnode, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_DIRECT", 0))
+    except OSError:
+        return None
+    buf = mmap.mmap(-1, 4096)  # page aligned, as O_DIRECT wants
+    try:
+        blocks: Dict[int, bytes] = {}
+        for fstype, offset, magic in _SIGNATURES:
+            block = offset // 4096 * 4096
+            if block not in blocks:
+                try:
+                    n = os.preadv(fd, [buf], block)
+                except OSError:
+                    n = 0
+                blocks[block] = bytes(buf[:n])
+            data = blocks[block]
+            at = offset - block
+            if data[at:at + len(magic)] == magic:
+                return fstype
+        return None
+    finally:
+        buf.close()
+        os.close(fd)
+
+
 # dm targets whose table names other devices, and the role of each device argument
 # (drivers/md/dm-*.c constructors).
 _DM_ROLES = {
@@ -414,10 +455,18 @@ def _root_mount(mounts: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 
 def read_topology(proc: str = "/proc", sys: str = "/sys", devdir: str = "/dev",
                   dm: bool = True) -> Topology:
-    """Mounts + block devices + dm tables, stamped with CLOCK_BOOTTIME."""
+    """Mounts + block devices + dm tables, stamped with CLOCK_BOOTTIME. Loop, dm and
+    optical devices that no mount shows get `probed_fstype` from their superblock."""
     t = time.clock_gettime(time.CLOCK_BOOTTIME)
     mounts = read_mounts(proc)
     bds = read_block_devices(sys, devdir)
+    mounted = {m["dev"] for m in mounts}
+    for bd in bds.values():
+        bound = bd["kind"] != "loop" or bd.get("loop", {}).get("bound")
+        if bd["kind"] in ("loop", "dm", "rom") and bound and bd["dev"] not in mounted and bd["size_bytes"]:
+            fstype = probe_fstype(os.path.join(devdir, bd["name"]))
+            if fstype:
+                bd["probed_fstype"] = fstype
     if dm and any(bd["kind"] == "dm" for bd in bds.values()):
         tables = read_dm_tables()
         for bd in bds.values():
@@ -510,6 +559,8 @@ def layer_of(topo: Topology, dev: str) -> str:
         if bd:
             return f"{m['fstype']} on {_device_label(bd)}"
         return f"{m['fstype']} {m['mountpoint']}"
+    if bd and bd.get("probed_fstype"):
+        return f"{bd['probed_fstype']} on {_device_label(bd)} (not mounted)"
     if bd:
         return f"unmounted {_device_label(bd)}"
     return f"dev {dev}"
@@ -545,11 +596,19 @@ def learn_bdev_sb_dev(topo: Topology, dev: Any, ino: int) -> bool:
     return False
 
 
+def _fstype(topo: Topology, dev: str) -> Optional[str]:
+    ms = topo.mounts_of(dev)
+    if ms:
+        return ms[0]["fstype"]
+    bd = topo.device(dev)
+    return bd.get("probed_fstype") if bd else None
+
+
 def _fs_entry(topo: Topology, dev: str) -> Dict[str, Any]:
     ms = topo.mounts_of(dev)
     return {
         "type": "fs", "dev": dev, "label": layer_of(topo, dev),
-        "fstype": ms[0]["fstype"] if ms else None,
+        "fstype": _fstype(topo, dev),
         "mountpoints": [m["mountpoint"] for m in ms],
     }
 
@@ -664,7 +723,7 @@ def resolve(topo: Topology, dev: Any, ino: int) -> Dict[str, Any]:
         return res
     ms = topo.mounts_of(d)
     res.update(what="file" if ms or topo.device(d) else "unknown", layer=layer_of(topo, d),
-               fstype=ms[0]["fstype"] if ms else None, mountpoints=[m["mountpoint"] for m in ms])
+               fstype=_fstype(topo, d), mountpoints=[m["mountpoint"] for m in ms])
     loops = topo.loop_backed_by(d, ino)
     res["roles"] = [f"backing file of {lb['name']}" for lb in loops]
     res["path"] = next((lb["loop"].get("backing_file") for lb in loops), None)
