@@ -136,8 +136,11 @@ def _file_rows(rec: Recording, state: dict, topo: Topology | None) -> pd.DataFra
         for table in (baseline, untracked_at, inv_paths):
             for key in [k for k in table if k.startswith("bdev:")]:
                 table[f"{bdev}:{key[5:]}"] = table.pop(key)
-    tracer_files = {f"{d}:{i}" for d, i, _p in rec.header.get("tracer", {}).get("files", [])}
-    tracer_paths = {f"{d}:{i}": p for d, i, p in rec.header.get("tracer", {}).get("files", [])}
+    own = list(rec.header.get("tracer", {}).get("files", []))
+    for t in rec.tracer:
+        own += t.get("files", [])
+    tracer_paths = {f"{d}:{i}": p for d, i, p in own}
+    tracer_files = set(tracer_paths)
     keys = set(state["files"]) | set(baseline)
     rows = []
     for key in keys:

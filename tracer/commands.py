@@ -32,9 +32,12 @@ def _sizes(files, stacks, objs):
 @click.option("--max-files", type=click.IntRange(min=64), default=65536, show_default=True)
 @click.option("--max-stacks", type=click.IntRange(min=64), default=16384, show_default=True)
 @click.option("--max-objects", type=click.IntRange(min=64), default=65536, show_default=True)
+@click.option("--no-exec", is_flag=True,
+              help="Keep sampling in this process (default: exec into a lean sampler without "
+                   "bcc/LLVM once attached).")
 @click.option("--ebpf", is_flag=True, help="Print the BPF program for this kernel and exit.")
 def record(output, duration, interval, no_inventory, slab, kernel_headers, marks, stop_file,
-           max_files, max_stacks, max_objects, ebpf):
+           max_files, max_stacks, max_objects, no_exec, ebpf):
     """Trace page cache, kernel pages and slab objects into a recording."""
     from . import loader, recorder
 
@@ -47,7 +50,7 @@ def record(output, duration, interval, no_inventory, slab, kernel_headers, marks
     reason = recorder.record(recorder.Options(
         output=output, duration=duration, interval=interval, inventory=not no_inventory,
         marks=marks, stop_file=stop_file, slab=slab, kernel_headers=kernel_headers,
-        sizes=sizes))
+        sizes=sizes, exec=not no_exec))
     click.echo(f"footprint: recording {output} written ({reason})", err=True)
 
 
@@ -157,3 +160,43 @@ def topology(as_json):
         click.echo("\ndata that can be cached at several layers:")
         for ch in chains:
             click.echo(f"  {rep.inert(ch['label'])}")
+
+
+# --- comparing, answering, timelines, HTML (recordings only; the recorder imports none of it)
+
+
+def _load_account(path: str, index: int = -1):
+    """The recording at `path` and its account at sample `index`, or a one-line error."""
+    from . import account, recording as rec_mod
+    from .errors import FootprintError
+
+    rec = rec_mod.read(path)
+    if not rec.samples:
+        raise FootprintError(f"recording {path} holds no sample yet: record for at least one interval")
+    if not -len(rec.samples) <= index < len(rec.samples):
+        raise FootprintError(f"--at {index} is out of range: {path} has {len(rec.samples)} samples")
+    return rec, account.build(rec, index)
+
+
+@main.command()
+@click.argument("recording_a", metavar="A")
+@click.argument("recording_b", metavar="B")
+@click.option("--by", type=click.Choice(["subsystem", "layer"]), default="subsystem",
+              show_default=True, help="Compare per subsystem or per storage layer.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option("--csv", "as_csv", is_flag=True, help="The rows as CSV on stdout.")
+@click.option("--at-a", type=int, default=-1, show_default=True, help="Sample of A (-1 = last).")
+@click.option("--at-b", type=int, default=-1, show_default=True, help="Sample of B (-1 = last).")
+def compare(recording_a, recording_b, by, as_json, as_csv, at_a, at_b):
+    """Two recordings side by side (e.g. A plain disk, B live): MiB of A, of B, and B - A."""
+    from . import compare as cmp_mod, report as rep
+
+    rec_a, acc_a = _load_account(recording_a, at_a)
+    rec_b, acc_b = _load_account(recording_b, at_b)
+    result = cmp_mod.compare(acc_a, acc_b, by=by, rec_a=rec_a, rec_b=rec_b)
+    if as_json:
+        click.echo(rep.dumps_json(result))
+    elif as_csv:
+        click.echo(cmp_mod.to_csv(result), nl=False)
+    else:
+        click.echo(cmp_mod.text(result), nl=False)

@@ -9,6 +9,7 @@ partial recording.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from . import loader, procfs, recording
+from .bpfmaps import Maps
 from .errors import FootprintError, require_root
 from .symbols import Kallsyms, classify_stack, subsystem_of
 
@@ -83,6 +85,7 @@ class Options:
     slab: str = "kmalloc"
     kernel_headers: str | None = None
     sizes: loader.MapSizes | None = None
+    exec: bool = True  # hand off to the lean sampler after attaching
 
 
 class Recorder:
@@ -90,6 +93,9 @@ class Recorder:
         self.opts = opts
         self.log = log
         self.last: dict[str, dict] = {"files": {}, "stacks": {}, "sites": {}}
+        self.writer = None
+        self.maps = None
+        self.uevents = None
         self.known_stacks: set[int] = set()
         self.known_sites: set[str] = set()
         self.baseline_untracked: dict[str, int] = {}
@@ -97,14 +103,15 @@ class Recorder:
         self.samples = 0
 
     # -- set-up ------------------------------------------------------------------
-    def start(self) -> None:
+    def attach(self) -> None:
+        """Compile and attach with bcc, write the header; the maps are read by fd."""
         require_root("footprint record")
         opts = self.opts
         self.plan = loader.plan(sizes=opts.sizes, kernel_headers=opts.kernel_headers, slab=opts.slab)
-        self.kallsyms = Kallsyms.load()
         t0 = boottime()
         self.program = loader.Program(self.plan)
         attach_s = boottime() - t0
+        self.attached = t0
         self.writer = recording.Writer(opts.output, {
             "plan": {
                 "probes": self.plan.probes(),
@@ -120,11 +127,52 @@ class Recorder:
             "tracer": {"pid": os.getpid(), "files": tracer_files()},
             "stat_names": list(STAT_NAMES),
         })
+        self.map_fds = {name: self.program[name].map_fd for name in Maps.NAMES}
+        self.attach_fds = list(self.program.bpf.tracepoint_fds.values())
+        self.maps = Maps(self.map_fds)
         self.log(f"attached {len(self.plan.tracepoints)} tracepoints in {attach_s:.1f} s; "
                  f"headers: {self.plan.headers.describe()}")
+
+    def handoff(self) -> None:
+        """Exec into the lean sampler: same pid, the maps and the perf-event fds that keep
+        the programs attached are inherited; bcc, LLVM and clang leave memory. argv[0]
+        starts with '@' so that systemd spares the process at switch_root
+        (ROOT_STORAGE_DAEMONS). Returns only if exec failed (then sampling goes on here)."""
+        fds = list(self.map_fds.values()) + self.attach_fds
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        state = {"opts": {k: v for k, v in asdict(self.opts).items() if k != "sizes"},
+                 "map_fds": self.map_fds, "attach_fds": self.attach_fds,
+                 "attached": self.attached, "log_prefix": "footprint"}
+        env = dict(os.environ, FOOTPRINT_SAMPLER=json.dumps(state))
+        self.writer.detach()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execve(sys.executable, ["@footprint", "-m", "tracer.sampler"], env)
+        except OSError as err:
+            self.log(f"staying in-process (exec of the sampler failed: {err.strerror})")
+            self.writer = recording.Writer.append(self.opts.output)
+
+    @classmethod
+    def resume(cls, state: dict, log: Callable[[str], None]) -> "Recorder":
+        """The sampler side of handoff()."""
+        rec = cls(Options(**state["opts"]), log=log)
+        rec.map_fds = state["map_fds"]
+        rec.attach_fds = state["attach_fds"]
+        rec.attached = state["attached"]
+        rec.maps = Maps(rec.map_fds)
+        rec.writer = recording.Writer.append(rec.opts.output)
+        rec.writer.write({"type": "tracer", "t": boottime(), "stage": "sampler",
+                          "pid": os.getpid(), "files": tracer_files()})
+        return rec
+
+    def begin(self) -> None:
+        """What needs no bcc: symbols, topology, uevents, the inventory."""
+        self.kallsyms = Kallsyms.load()
         self.write_topology()
         self.uevents = self._uevent_watcher()
-        if opts.inventory:
+        if self.opts.inventory:
             self.take_inventory()
 
     def _uevent_watcher(self):
@@ -178,43 +226,18 @@ class Recorder:
                  f"already resident ({boottime() - t0:.1f} s)")
 
     # -- sampling ----------------------------------------------------------------
-    def _items(self, name: str):
-        table = self.program[name]
-        try:
-            return list(table.items_lookup_batch())
-        except Exception:  # kernels before 5.6, or array maps on old bcc
-            return list(table.items())
-
     def _read_files(self) -> dict[str, list[int]]:
-        out = {}
-        for k, v in self._items("files"):
-            c = v.c
-            out[f"{dev_str(k.dev)}:{k.ino}"] = [c.resident, c.peak, c.added, c.removed,
-                                                c.untracked_removed]
-        return out
+        return {f"{dev_str(dev)}:{ino}": list(c) for (dev, ino), c in self.maps.files().items()}
 
     def _read_stacks(self) -> dict[int, list[int]]:
-        out = {}
-        for k, c in self._items("stack_pages"):
-            out[getattr(k, "value", k)] = [c.resident, c.peak, c.added, c.removed, c.untracked_removed]
-        return out
+        return {sid: list(c) for sid, c in self.maps.stack_pages().items()}
 
     def _read_sites(self) -> dict[str, list[int]]:
-        out = {}
-        for k, c in self._items("sites"):
-            kind = "percpu" if k.kind else "slab"
-            out[f"{kind}:{k.call_site:#x}"] = [c.resident, c.peak, c.added, c.removed,
-                                               c.untracked_removed]
-        return out
+        return {f"{'percpu' if kind else 'slab'}:{addr:#x}": list(c)
+                for (addr, kind), c in self.maps.sites().items()}
 
     def _describe_stack(self, sid: int) -> None:
-        frames: list[int] = []
-        if sid > 0:
-            try:
-                st = self.program["stacks"][self.program["stacks"].Key(sid - 1)]
-                frames = [a for a in st.ip if a]
-            except KeyError:
-                frames = []
+        frames = self.maps.stack(sid - 1) if sid > 0 else []
         kind, owner = classify_stack(frames, self.kallsyms) if frames else ("pages", "unknown")
         self.writer.write({"type": "stack", "id": sid, "kind": kind, "owner": owner,
                            "frames": [self.kallsyms.symbolize(a) for a in frames]})
@@ -239,8 +262,7 @@ class Recorder:
         for key in sites.keys() - self.known_sites:
             self._describe_site(key)
             self.known_sites.add(key)
-        stats_table = self.program["stats"]
-        stats = {name: stats_table[stats_table.Key(i)].value for i, name in enumerate(STAT_NAMES)}
+        stats = dict(zip(STAT_NAMES, self.maps.stats(len(STAT_NAMES))))
         rec = {"type": "sample", "t": t, "meminfo": procfs.meminfo(), "stats": stats,
                "files": self._changed(files, self.last["files"]),
                "stacks": {str(k): v for k, v in self._changed(stacks, self.last["stacks"]).items()},
@@ -290,7 +312,10 @@ class Recorder:
             self.write_topology()
 
     # -- the loop ------------------------------------------------------------------
-    def run(self) -> str:
+    def run(self, stage: str = "attach") -> str:
+        """Record until the duration, a signal or the stop file. stage "attach" compiles
+        and attaches, then hands off to the sampler (exec) unless opts.exec is False;
+        stage "sample" is the sampler's side."""
         opts = self.opts
 
         def stop(signum, _frame):
@@ -299,8 +324,12 @@ class Recorder:
         old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         reason = "stopped"
         try:
-            self.start()
-            deadline = boottime() + opts.duration if opts.duration else None
+            if stage == "attach":
+                self.attach()
+                if opts.exec:
+                    self.handoff()
+            self.begin()
+            deadline = self.attached + opts.duration if opts.duration else None
             next_sample = boottime()
             while True:
                 now = boottime()
@@ -324,9 +353,11 @@ class Recorder:
             for s, h in old.items():
                 signal.signal(s, h)
         # The last word: one more sample so the end state is exact.
-        if hasattr(self, "writer"):
+        if getattr(self, "writer", None) is not None and getattr(self, "maps", None) is not None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
+                if not hasattr(self, "kallsyms"):
+                    self.kallsyms = Kallsyms.load()
                 self.poll_marks()
                 self.sample()
             except Exception as err:  # the recording stays readable; say what failed
@@ -366,7 +397,26 @@ def _vmalloc_summary() -> dict:
         return {}
 
 
+def _log(msg: str) -> None:
+    print(f"footprint: {msg}", file=sys.stderr, flush=True)
+
+
 def record(opts: Options) -> str:
     """Record until the duration, a signal or the stop file; returns why it stopped."""
-    rec = Recorder(opts, log=lambda m: print(f"footprint: {m}", file=sys.stderr))
-    return rec.run()
+    return Recorder(opts, log=_log).run()
+
+
+def sample_main() -> int:
+    """Entry of the lean sampler (python -m tracer.sampler), exec'd by handoff()."""
+    try:
+        state = json.loads(os.environ.pop("FOOTPRINT_SAMPLER"))
+    except (KeyError, ValueError):
+        _log("the sampler is started by `footprint record`, not by hand")
+        return 2
+    try:
+        reason = Recorder.resume(state, log=_log).run(stage="sample")
+    except FootprintError as err:
+        _log(str(err))
+        return 2
+    _log(f"recording {state['opts']['output']} written ({reason})")
+    return 0

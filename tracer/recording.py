@@ -22,6 +22,8 @@ Format (version 1). Every line is an object with a "type":
             sites {key: ...} (bytes); slab {cache: [active_objs, objsize, pages]} and
             vmalloc {caller: pages}, written whole when they changed (else absent); tracer {anon_kb, file_kb, ...}:
             the recorder's own process memory.
+  tracer    t, stage, pid, files: the recorder's own mapped files after it exec'd into
+            the lean sampler (their page cache is the tracer's cost).
   phase     t, name: a mark on the timeline (dracut hook, switch_root, systemd target).
   uevent    t, action, devname, major, minor, ...
   end       t, reason. Absent when the recorder did not stop cleanly: the recording is
@@ -68,6 +70,24 @@ class Writer:
         self.write(head)
         self.sync()
 
+    @classmethod
+    def append(cls, path: str) -> "Writer":
+        """Continue a recording (the sampler after exec, same file)."""
+        self = cls.__new__(cls)
+        self.path = path
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as err:
+            raise FootprintError(f"cannot append to recording {path}: {err.strerror}") from None
+        self._f = os.fdopen(fd, "a", encoding="utf-8", buffering=1 << 16)
+        return self
+
+    def detach(self) -> None:
+        """Flush and close without an end record: another process continues the file."""
+        self._f.flush()
+        self.sync()
+        self._f.close()
+
     def write(self, record: dict) -> None:
         try:
             self._f.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
@@ -109,6 +129,7 @@ class Recording:
     samples: list[dict] = field(default_factory=list)  # as recorded: counters are deltas
     phases: list[dict] = field(default_factory=list)
     uevents: list[dict] = field(default_factory=list)
+    tracer: list[dict] = field(default_factory=list)
 
     def states(self) -> Iterator[dict]:
         """Each sample with the full counter state at its time (replayed from deltas)."""
@@ -262,6 +283,13 @@ def read(path: str) -> Recording:
             rec.phases.append(obj)
         elif kind == "uevent":
             rec.uevents.append(obj)
+        elif kind == "tracer":
+            files = obj.get("files", [])
+            if not isinstance(files, list) or not all(
+                    isinstance(f, list) and len(f) == 3 and isinstance(f[0], str)
+                    and isinstance(f[1], int) for f in files):
+                raise _bad(path, f"corrupt (bad tracer record on line {n})")
+            rec.tracer.append(obj)
         elif kind == "end":
             rec.end = obj
         # Unknown record types from a newer minor revision are skipped on purpose.
