@@ -200,3 +200,24 @@ def compare(recording_a, recording_b, by, as_json, as_csv, at_a, at_b):
         click.echo(cmp_mod.to_csv(result), nl=False)
     else:
         click.echo(cmp_mod.text(result), nl=False)
+
+
+@main.command()
+@click.argument("recording")
+@click.argument("plain", required=False, default=None)
+@click.option("--json", "as_json", is_flag=True, help="The numbers behind the answer, as JSON.")
+@click.option("--at", "index", type=int, default=-1, show_default=True,
+              help="Which sample of RECORDING (-1 = last).")
+def answer(recording, plain, as_json, index):
+    """How many pages squashfs, device-mapper and loop claim (optionally against PLAIN)."""
+    import textwrap
+
+    from . import answer as ans_mod, report as rep
+
+    _rec, acc = _load_account(recording, index)
+    acc_plain = _load_account(plain)[1] if plain else None
+    result = ans_mod.answer(acc, acc_plain)
+    if as_json:
+        click.echo(rep.dumps_json(result))
+    else:
+        click.echo(textwrap.fill(result["paragraph"], width=100))

@@ -1,0 +1,210 @@
+"""The answer to the 2014 question, from an account: how many pages squashfs,
+device-mapper and loop claim, and of what; the page cache of each storage layer; how many
+times the same data is cached along the stack; and, given a plain-disk account, which
+subsystems explain the live boot's extra MemTotal − MemFree.
+
+Everything is read from the account's rows (which add up to MemTotal − MemFree), so the
+numbers here are the report's numbers, only regrouped and said in words.
+
+Use:  result = answer(acc_live, acc_plain)   # dict: "paragraph" (str) + the numbers
+"""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+from .account import Account
+from .report import inert
+
+# The subsystems the question names, and what each kind of page of theirs is, in words.
+QUESTION_SUBSYSTEMS = ("squashfs", "device-mapper", "loop")
+PARTS = {
+    "squashfs": {"page-cache": "page cache of files inside squashfs",
+                 "slab": "slab (squashfs_* caches, kmalloc)",
+                 "vmalloc": "vmalloc'd decompressor state",
+                 "pages": "kernel pages (read buffers)"},
+    "device-mapper": {"buffers": "page cache of dm block devices",
+                      "slab": "slab (dm_* caches, kmalloc)",
+                      "vmalloc": "vmalloc (snapshot exception tables)",
+                      "pages": "kernel pages (kcopyd, bufio)"},
+    "loop": {"buffers": "page cache of loop block devices",
+             "slab": "slab", "vmalloc": "vmalloc", "pages": "kernel pages (loop workers)"},
+}
+CACHE_KINDS = ("page-cache", "buffers", "shmem")
+# dracut's live image: LiveOS/squashfs.img holds the squashfs with LiveOS/rootfs.img.
+SQUASHFS_IMAGE = re.compile(r"(^|/)squashfs\.img$")
+
+
+def answer(acc_live: Account, acc_plain: Account | None = None) -> dict:
+    """The answer: {"paragraph": str, "in_use": {...}, "subsystems": {name: {pages, mib,
+    parts: [...]}}, "page_cache_by_layer": [...], "double_caching": [...],
+    "versus_plain": {...} | None, "inferred": [...]} — MiB and pages, never rounded."""
+    rows, inferred = _rows_with_squashfs_inferred(acc_live)
+    ps = acc_live.page_size
+    result = {
+        "t": acc_live.t,
+        "in_use": {k: acc_live.meminfo[k] for k in ("memtotal_mib", "nonfree_mib", "used_mib",
+                                                    "unattributed_mib", "unattributed_pct")},
+        "subsystems": {sub: _claims(rows, sub, ps) for sub in QUESTION_SUBSYSTEMS},
+        "page_cache_by_layer": _page_cache_by_layer(rows, ps),
+        "untraced_page_cache_mib": _mib(rows, ps, (rows["subsystem"] == "page cache")),
+        "double_caching": [_chain(c) for c in acc_live.chains],
+        "versus_plain": _versus_plain(acc_live, acc_plain) if acc_plain is not None else None,
+        "inferred": inferred,
+    }
+    result["paragraph"] = paragraph(result)
+    return result
+
+
+def _rows_with_squashfs_inferred(acc: Account) -> tuple[pd.DataFrame, list[str]]:
+    """The account's rows; page cache on an unmounted, unidentified loop device whose
+    backing file is dracut's squashfs.img is counted as squashfs.
+
+    Why: dracut mounts that squashfs lazily and unmounts it, so older recordings (before
+    the topology read superblock magics) call its files "unknown fs". The chain still
+    says what backs the loop device; the inference is named in the result.
+    """
+    rows = acc.rows.copy()
+    inferred = []
+    for ch in acc.chains:
+        levels = ch["levels"]
+        for upper, lower in zip(levels[1:], levels[2:]):
+            if not SQUASHFS_IMAGE.search(str(lower["what"])):
+                continue
+            hit = (rows["subsystem"] == "unknown fs") & rows["layer"].astype(str).str.startswith(
+                str(upper["layer"]))
+            if hit.any():
+                rows.loc[hit, "subsystem"] = "squashfs"
+                inferred.append(f"{upper['layer']} taken as squashfs: its loop device is backed "
+                                f"by {lower['what']} (re-record to have the superblock read)")
+    return rows, list(dict.fromkeys(inferred))
+
+
+def _mib(rows: pd.DataFrame, ps: int, mask) -> float:
+    return float(rows.loc[mask, "resident_pages"].sum()) * ps / (1 << 20)
+
+
+def _claims(rows: pd.DataFrame, sub: str, ps: int) -> dict:
+    """Pages a subsystem claims, by kind of page, each with the layers it is on."""
+    mine = rows[rows["subsystem"] == sub]
+    parts = []
+    for kind, what in PARTS[sub].items():
+        part = mine[mine["kind"] == kind]
+        pages = int(part["resident_pages"].sum())
+        layers = [str(x) for x in part.sort_values("resident_pages", ascending=False)["layer"]
+                  if str(x) not in ("slab caches", "kmalloc objects", "vmalloc", "kernel pages")]
+        parts.append({"kind": kind, "what": what, "pages": pages, "mib": pages * ps / (1 << 20),
+                      "layers": layers})
+    other = mine[~mine["kind"].isin(list(PARTS[sub]))]
+    if len(other):
+        pages = int(other["resident_pages"].sum())
+        parts.append({"kind": "other", "what": "other", "pages": pages,
+                      "mib": pages * ps / (1 << 20), "layers": [str(x) for x in other["layer"]]})
+    pages = int(mine["resident_pages"].sum())
+    return {"pages": pages, "mib": pages * ps / (1 << 20), "parts": parts}
+
+
+def _page_cache_by_layer(rows: pd.DataFrame, ps: int) -> list[dict]:
+    # The tracer's own files are its cost, not a storage layer's (they have their row).
+    cache = rows[rows["kind"].isin(CACHE_KINDS) & (rows["source"] == "traced")
+                 & (rows["subsystem"] != "tracer")]
+    g = (cache.groupby(["layer", "subsystem", "kind"], sort=False)["resident_pages"].sum()
+         .sort_values(ascending=False).reset_index())
+    return [{"layer": r.layer, "subsystem": r.subsystem, "kind": r.kind,
+             "pages": int(r.resident_pages), "mib": r.resident_pages * ps / (1 << 20)}
+            for r in g.itertuples(index=False) if r.resident_pages > 0]
+
+
+def _chain(ch: dict) -> dict:
+    return {"label": ch["label"], "layers_holding_data": ch["layers_holding_data"],
+            "levels": [{"layer": lv["layer"], "what": lv["what"], "pages": lv["resident_pages"],
+                        "mib": lv["resident_mib"]} for lv in ch["levels"]]}
+
+
+def _versus_plain(live: Account, plain: Account) -> dict:
+    """MemTotal − MemFree of live minus plain, and the subsystems that make it up."""
+    a = plain.by("subsystem").set_index("subsystem")["resident_mib"]
+    b = live.by("subsystem").set_index("subsystem")["resident_mib"]
+    both = a.index.union(b.index, sort=False)
+    delta = (b.reindex(both, fill_value=0.0) - a.reindex(both, fill_value=0.0))
+    delta = delta.reindex(delta.abs().sort_values(ascending=False, kind="stable").index)
+    nonfree_delta = live.meminfo["nonfree_mib"] - plain.meminfo["nonfree_mib"]
+    return {"plain_nonfree_mib": plain.meminfo["nonfree_mib"],
+            "live_nonfree_mib": live.meminfo["nonfree_mib"],
+            "plain_used_mib": plain.meminfo["used_mib"], "live_used_mib": live.meminfo["used_mib"],
+            "nonfree_delta_mib": nonfree_delta,
+            "by_subsystem": [{"subsystem": str(s), "delta_mib": float(d)} for s, d in delta.items()],
+            "residual_mib": nonfree_delta - float(delta.sum())}
+
+
+# --- in words ---------------------------------------------------------------------------
+
+
+def paragraph(r: dict) -> str:
+    """A short plain-language answer; names from the recording are made inert."""
+    use = r["in_use"]
+    say = [f"{use['nonfree_mib']:.1f} MiB of {use['memtotal_mib']:.1f} MiB are in use "
+           f"(MemTotal − MemFree; free -m \"used\", MemTotal − MemAvailable: {use['used_mib']:.1f} MiB); "
+           f"{use['unattributed_pct']:.1f} % of it is unattributed."]
+    for sub in QUESTION_SUBSYSTEMS:
+        c = r["subsystems"][sub]
+        parts = [p for p in c["parts"] if p["pages"]]
+        detail = "; ".join(_part_words(p) for p in parts)
+        say.append(f"{sub} claims {c['pages']:,} pages ({c['mib']:.1f} MiB)"
+                   + (f": {detail}." if detail else "."))
+    layers = r["page_cache_by_layer"][:6]
+    if layers:
+        say.append("Page cache per storage layer: " + ", ".join(
+            f"{inert(lv['layer'])} {lv['mib']:.1f} MiB" for lv in layers) + ".")
+    if r["untraced_page_cache_mib"] >= 0.05 * use["nonfree_mib"]:
+        say.append(f"{r['untraced_page_cache_mib']:.1f} MiB of page cache was resident before the "
+                   "tracer attached and is not assigned to a layer.")
+    stacked = [c for c in r["double_caching"] if c["layers_holding_data"] > 1]
+    if stacked:
+        worst = max(stacked, key=lambda c: (c["layers_holding_data"],
+                                            sum(lv["mib"] for lv in c["levels"])))
+        levels = ", ".join(f"{lv['mib']:.1f} MiB in {inert(lv['layer'])}"
+                           + (f" ({inert(_basename(lv['what']))})" if lv["what"] != "all files" else "")
+                           for lv in worst["levels"])
+        say.append(f"The same data is cached at {worst['layers_holding_data']} layers along "
+                   f"{inert(worst['label'])}: {levels}.")
+    elif r["double_caching"]:
+        say.append("No data is cached at more than one layer of the stack.")
+    vs = r["versus_plain"]
+    if vs:
+        grew = [d for d in vs["by_subsystem"] if abs(d["delta_mib"]) >= 0.05][:6]
+        more = "more" if vs["nonfree_delta_mib"] >= 0 else "less"
+        say.append(f"Against the plain disk ({vs['plain_nonfree_mib']:.1f} MiB in use), this boot uses "
+                   f"{abs(vs['nonfree_delta_mib']):.1f} MiB {more}: "
+                   + ", ".join(f"{inert(d['subsystem'])} {d['delta_mib']:+.1f}" for d in grew)
+                   + f" MiB (the differences add up to it; residual {vs['residual_mib']:+.1f} MiB).")
+    if r["inferred"]:
+        say.append("Inferred: " + "; ".join(inert(x) for x in r["inferred"]) + ".")
+    return " ".join(say)
+
+
+def _part_words(p: dict) -> str:
+    where = ""
+    if p["layers"]:
+        where = " (" + ", ".join(inert(_short_layer(x)) for x in p["layers"][:3]) + ")"
+    return f"{_amount(p['pages'], p['mib'])} {p['what']}{where}"
+
+
+def _amount(pages: int, mib: float) -> str:
+    """MiB, or pages when there are too few to show in MiB (so non-zero never reads 0.0)."""
+    return f"{mib:.1f} MiB" if abs(mib) >= 0.05 or pages == 0 else f"{pages} pages"
+
+
+def _short_layer(layer: str) -> str:
+    """"unmounted loop0 [rootfs.img: backing file of loop1]" → "rootfs.img";
+    "bdev dm live-rw" → "dm live-rw"."""
+    m = re.search(r"\[([^:\]]+):", layer)
+    if m:
+        return m.group(1)
+    return layer[5:] if layer.startswith("bdev ") else layer
+
+
+def _basename(path) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
