@@ -221,3 +221,61 @@ def answer(recording, plain, as_json, index):
         click.echo(rep.dumps_json(result))
     else:
         click.echo(textwrap.fill(result["paragraph"], width=100))
+
+
+@main.command("html")
+@click.argument("recording")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The HTML file to write (one self-contained file, opens offline).")
+@click.option("--compare", "plain", default=None, type=click.Path(dir_okay=False),
+              help="A plain-disk recording to compare against.")
+@click.option("--png", default=None, type=click.Path(dir_okay=False),
+              help="Also write the timeline plot to this PNG file.")
+@click.option("--at", "index", type=int, default=-1, show_default=True,
+              help="Which sample the account is taken at (-1 = last).")
+def html_report(recording, output, plain, png, index):
+    """Write the report as one HTML file: account, answer, double caching, timeline plot."""
+    from . import render_html
+
+    rec, acc = _load_account(recording, index)
+    plain_pair = _load_account(plain) if plain else None
+    plot = render_html.plot_png(rec)
+    page = render_html.render(rec, acc, plain=plain_pair, png=plot)
+    for path, data in ((output, page.encode("utf-8")), (png, plot)):
+        if path:
+            _write_file(path, data)
+    click.echo(f"footprint: wrote {output}" + (f" and {png}" if png else ""), err=True)
+
+
+@main.command("timeline")
+@click.argument("recording")
+@click.option("--json", "as_json", is_flag=True, help="Rows as JSON (with the phases).")
+@click.option("--png", default=None, type=click.Path(dir_okay=False), help="Write the plot here.")
+@click.option("--since-start", is_flag=True, help="Seconds since the first sample, not since boot.")
+def timeline_cmd(recording, as_json, png, since_start):
+    """Resident MiB per subsystem at every sample (CSV), with the phase marks."""
+    import io
+
+    from . import recording as rec_mod, report as rep, timeline
+
+    frame = timeline.build(rec_mod.read(recording), origin="start" if since_start else "boot")
+    if png:
+        buf = io.BytesIO()
+        timeline.plot(frame, buf, fmt="png")
+        _write_file(png, buf.getvalue())
+    if as_json:
+        click.echo(rep.dumps_json({"origin": frame.attrs["origin"], "phases": frame.attrs["phases"],
+                                   "rows": rep._records(frame)}))
+    elif not png:
+        click.echo(frame.to_csv(index=False), nl=False)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Write all of `data`, or a one-line error naming the path."""
+    from .errors import FootprintError
+
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as err:
+        raise FootprintError(f"cannot write {path}: {err.strerror}; choose another path") from None

@@ -189,3 +189,76 @@ def sample_pages(rec: Recording, state: dict, files: dict, ps: int) -> dict[str,
     nonfree = _kb_pages(mi, "MemTotal", ps) - _kb_pages(mi, "MemFree", ps)
     add("unattributed", nonfree - sum(out.values()))
     return out
+
+
+# --- the plot -------------------------------------------------------------------------
+
+# The first colour is the largest subsystem's; it is distinctive on purpose, so that a
+# screenshot test can find the plot by it.
+COLOURS = ("#2a6fdb", "#e8871e", "#3aa655", "#d64545", "#8e5cc4", "#8c6d31", "#e377c2",
+           "#17becf", "#bcbd22", "#7f7f7f")
+OTHER_COLOUR = "#c7c7c7"
+UNATTRIBUTED_COLOUR = "#eeeeee"
+
+
+def plot(frame: pd.DataFrame, out, fmt: str = "png", top: int = len(COLOURS), title: str = "",
+         width_in: float = 11.0, height_in: float = 5.0, dpi: int = 100) -> None:
+    """A stacked area of resident MiB per subsystem over time, the `top` largest named
+    and the rest summed as "other", unattributed on top; phases as labelled vertical
+    lines. Writes to `out` (a path or a binary file object) in `fmt` (png, svg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display, ever: this runs in tests and over ssh
+    import matplotlib.pyplot as plt
+
+    subs = [s for s in subsystems(frame) if s != "unattributed"]
+    named, rest = subs[:top], subs[top:]
+    x = frame["t_s"].to_numpy(dtype=float)
+    bands = [frame[s].to_numpy(dtype=float) for s in named]
+    labels, colours = list(named), list(COLOURS[:len(named)])
+    if rest:
+        bands.append(frame[rest].sum(axis=1).to_numpy(dtype=float))
+        labels.append(f"other ({len(rest)} subsystems)")
+        colours.append(OTHER_COLOUR)
+    if "unattributed" in frame:
+        # Over-attribution would be negative; a stacked area cannot draw it.
+        bands.append(frame["unattributed"].clip(lower=0).to_numpy(dtype=float))
+        labels.append("unattributed")
+        colours.append(UNATTRIBUTED_COLOUR)
+    if len(x) == 1:  # one sample: draw it as a one-second-wide block, not as nothing
+        x = [x[0] - 0.5, x[0] + 0.5]
+        bands = [[b[0], b[0]] for b in bands]
+
+    fig, ax = plt.subplots(figsize=(width_in, height_in), dpi=dpi)
+    try:
+        if len(x):
+            ax.stackplot(x, bands, labels=[_plain(lab, legend=True) for lab in labels], colors=colours,
+                         linewidth=0)
+        ax.set_xlabel("seconds since boot" if frame.attrs.get("origin", "boot") == "boot"
+                      else "seconds since the first sample")
+        ax.set_ylabel("resident MiB")
+        ax.set_ylim(bottom=0)
+        if title:
+            ax.set_title(_plain(title), parse_math=False)
+        for ph in frame.attrs.get("phases", []):
+            ax.axvline(ph["t_s"], color="#333333", linestyle="--", linewidth=0.8)
+            ax.text(ph["t_s"], 0.98, " " + _plain(ph["name"])[:40], rotation=90, va="top",
+                    ha="right", fontsize=8, transform=ax.get_xaxis_transform(),
+                    parse_math=False, color="#333333")
+        handles, leg_labels = ax.get_legend_handles_labels()
+        # Legend top-down in the order of the stack (largest at the bottom of the plot).
+        ax.legend(handles[::-1], leg_labels[::-1], loc="center left", bbox_to_anchor=(1.01, 0.5),
+                  fontsize=8, frameon=False)
+        ax.margins(x=0)
+        fig.tight_layout()
+        fig.savefig(out, format=fmt)
+    finally:
+        plt.close(fig)
+
+
+def _plain(name, legend: bool = False) -> str:
+    """A name from a recording as literal text in matplotlib: no control characters, and
+    in legend labels (which cannot turn mathtext off) no bare `$`."""
+    from .report import inert
+
+    return inert(name).replace("$", r"\$") if legend else inert(name)
