@@ -1,0 +1,185 @@
+"""The timeline, its plot, and the HTML report — rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from html.parser import HTMLParser
+
+import pytest
+
+import synthetic_live as live
+from tracer import account, recording, timeline
+
+FOOTPRINT = [sys.executable, "-m", "tracer"]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+PLOT_RGB = tuple(int(timeline.COLOURS[0][i:i + 2], 16) for i in (1, 3, 5))  # largest band
+# A name that would run script if it reached the page raw: any of these changes the title.
+HOSTILE = ("<script>document.title='pwned'</script>"
+           "<img src=x onerror=\"document.title='pwned'\">&amp;")
+
+
+# --- the timeline ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("writer", [live.write_live, live.write_plain])
+def test_timeline_is_the_account_at_every_sample(tmp_path, writer):
+    rec = recording.read(writer(tmp_path / "r.jsonl"))
+    frame = timeline.build(rec)
+    assert len(frame) == len(rec.samples)
+    for i in range(len(rec.samples)):
+        want = account.build(rec, i).by("subsystem").set_index("subsystem")["resident_mib"]
+        want = want[want != 0].to_dict()
+        got = frame.iloc[i][timeline.subsystems(frame)]
+        assert got[got != 0].to_dict() == pytest.approx(want)
+        assert got.sum() == pytest.approx(frame.iloc[i]["nonfree_mib"])
+
+
+def test_timeline_times_and_phases(tmp_path):
+    rec = recording.read(live.write_live(tmp_path / "r.jsonl"))
+    boot = timeline.build(rec)
+    assert list(boot["t_s"]) == [s["t"] for s in rec.samples]
+    assert [p["name"] for p in boot.attrs["phases"]] == ["initqueue", "switch_root"]
+    start = timeline.build(rec, origin="start")
+    assert start["t_s"].iloc[0] == 0
+    assert start.attrs["phases"][0]["t_s"] == pytest.approx(rec.phases[0]["t"] - rec.samples[0]["t"])
+    # the root file system is read in over the samples: squashfs grows
+    assert list(boot["squashfs"]) == sorted(boot["squashfs"]) and boot["squashfs"].iloc[-1] > 0
+
+
+def test_plot_png_has_the_largest_band(tmp_path):
+    from PIL import Image
+
+    frame = timeline.build(recording.read(live.write_live(tmp_path / "r.jsonl")))
+    timeline.plot(frame, str(tmp_path / "p.png"))
+    assert _pixels_of(Image.open(tmp_path / "p.png"), PLOT_RGB) > 5000
+
+
+# --- the HTML report -------------------------------------------------------------------
+
+
+def _pixels_of(img, rgb) -> int:
+    import numpy as np
+
+    return int((np.asarray(img.convert("RGB")) == rgb).all(axis=-1).sum())
+
+
+def _chromium(tmp_path, *args) -> subprocess.CompletedProcess:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip("chromium is not installed (scripts/setup installs it)")
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
+    cmd = [CHROMIUM, "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", *args]
+    if os.geteuid() == 0:
+        cmd.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+
+class _Page(HTMLParser):
+    """Tags, attributes and text of a DOM as Chromium dumps it after scripts ran."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags, self.text, self.title, self._in_title = [], [], "", False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._in_title = tag == "title"
+
+    def handle_endtag(self, tag):
+        self._in_title = False
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._in_title:
+            self.title += data
+
+
+@pytest.fixture
+def hostile_report(tmp_path):
+    """`footprint html` of a live recording whose file path, dm name, phase name and
+    hostname are all HOSTILE, compared against a plain one; with the plot as PNG too."""
+    rec = live.write_live(tmp_path / "live.jsonl", hostile=HOSTILE)
+    plain = live.write_plain(tmp_path / "plain.jsonl")
+    out, png = tmp_path / "report.html", tmp_path / "plot.png"
+    t = time.monotonic()
+    subprocess.run(FOOTPRINT + ["html", rec, "-o", str(out), "--png", str(png), "--compare", plain],
+                   check=True, capture_output=True, text=True)
+    return out, png, time.monotonic() - t
+
+
+def test_html_is_self_contained_and_names_are_escaped(hostile_report):
+    out, png, seconds = hostile_report
+    page = out.read_text(encoding="utf-8")
+    assert HOSTILE not in page and "<script" not in page.lower()
+    assert html.escape(HOSTILE, quote=True) in page  # shown, as text
+    assert re.search(r"\b(src|href)\s*=\s*\"(?!data:)", page) is None and "<link" not in page
+    assert "http://" not in page and "https://" not in page
+    for section in ("In use (MemTotal − MemFree)", "unattributed", "Account by subsystem",
+                    "Account by storage layer", "Top files", "The same data cached at several layers",
+                    "squashfs claims", "device-mapper claims", "Probes active", "map drops",
+                    "Against the plain recording"):
+        assert section in page, section
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert seconds < 30
+
+
+def test_html_renders_in_chromium_with_the_plot_and_no_script_runs(hostile_report, tmp_path):
+    from PIL import Image
+
+    out, png, _ = hostile_report
+    url = out.resolve().as_uri()
+    shot = tmp_path / "shot.png"
+    r = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", url)
+    assert shot.exists(), r.stderr[-2000:]
+    # the plot is on the page: its largest band's colour, as in the PNG it was made from
+    assert _pixels_of(Image.open(png), PLOT_RGB) > 5000
+    assert _pixels_of(Image.open(shot), PLOT_RGB) > 5000
+
+    dom = _chromium(tmp_path, "--dump-dom", url)
+    assert dom.returncode == 0 and "</html>" in dom.stdout, dom.stderr[-2000:]
+    parsed = _Page()
+    parsed.feed(dom.stdout)
+    assert parsed.title == "footprint: live.jsonl"  # the payloads would have set 'pwned'
+    assert "pwned" not in parsed.title
+    tags = [t for t, _ in parsed.tags]
+    assert "script" not in tags
+    images = [a for t, a in parsed.tags if t == "img"]
+    assert len(images) == 1 and images[0]["src"].startswith("data:image/png;base64,")
+    assert not any(k.startswith("on") for _, a in parsed.tags for k in a)
+    assert HOSTILE in "".join(parsed.text)  # the name reads as itself, inert
+
+
+def test_timeline_command(tmp_path):
+    rec = live.write_live(tmp_path / "live.jsonl")
+    csv = subprocess.run(FOOTPRINT + ["timeline", rec], check=True, capture_output=True, text=True).stdout
+    head = csv.splitlines()[0].split(",")
+    assert head[:2] == ["t_s", "nonfree_mib"] and "squashfs" in head and len(csv.splitlines()) == 4
+
+
+@pytest.mark.bpf
+def test_real_recording_timeline_and_html(tmp_path):
+    """Record on this host for real, then: the timeline equals the account at the first
+    and last sample, and the HTML report is written."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to load BPF")
+    rec_path = tmp_path / "host.jsonl"
+    subprocess.run(FOOTPRINT + ["record", "-o", str(rec_path), "-d", "2", "-i", "0.25", "--no-inventory",
+                                "--marks", str(tmp_path / "marks")],
+                   check=True, capture_output=True, text=True, timeout=300)
+    rec = recording.read(str(rec_path))
+    frame = timeline.build(rec)
+    for i in (0, -1):
+        want = account.build(rec, i).by("subsystem").set_index("subsystem")["resident_mib"]
+        got = frame.iloc[i][timeline.subsystems(frame)]
+        assert got[got != 0].to_dict() == pytest.approx(want[want != 0].to_dict())
+    out = tmp_path / "host.html"
+    subprocess.run(FOOTPRINT + ["html", str(rec_path), "-o", str(out)], check=True, capture_output=True)
+    assert "Account by subsystem" in out.read_text(encoding="utf-8")
