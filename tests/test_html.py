@@ -164,6 +164,16 @@ def test_timeline_command(tmp_path):
     assert head[:2] == ["t_s", "nonfree_mib"] and "squashfs" in head and len(csv.splitlines()) == 4
 
 
+def test_recorder_imports_none_of_this():
+    """The recorder runs in early boot without matplotlib: it must not pull in the
+    report side (nor pandas) when it is imported with the CLI."""
+    code = ("import sys, tracer.cli, tracer.recorder, tracer.sampler; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'PIL', 'pandas') "
+            "or m in ('tracer.timeline', 'tracer.render_html', 'tracer.answer', 'tracer.compare')))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
+
+
 @pytest.mark.bpf
 def test_real_recording_timeline_and_html(tmp_path):
     """Record on this host for real, then: the timeline equals the account at the first

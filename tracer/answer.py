@@ -157,7 +157,7 @@ def paragraph(r: dict) -> str:
     layers = r["page_cache_by_layer"][:6]
     if layers:
         say.append("Page cache per storage layer: " + ", ".join(
-            f"{inert(lv['layer'])} {lv['mib']:.1f} MiB" for lv in layers) + ".")
+            f"{inert(lv['layer'])} {_amount(lv['pages'], lv['mib'])}" for lv in layers) + ".")
     if r["untraced_page_cache_mib"] >= 0.05 * use["nonfree_mib"]:
         say.append(f"{r['untraced_page_cache_mib']:.1f} MiB of page cache was resident before the "
                    "tracer attached and is not assigned to a layer.")
