@@ -468,3 +468,15 @@ def test_unmounted_loop_gets_its_fstype_from_the_superblock_without_caching(tmp_
         assert resolve(topo, dev, 2)["fstype"] == "squashfs"
     finally:
         subprocess.run(["losetup", "-d", lo], check=False)
+
+
+def test_builtin_uevent_parser_agrees_with_pyroute2():
+    """The recorder parses uevents itself (pyroute2 would cost it ~17 MiB); both must agree."""
+    pytest.importorskip("pyroute2")
+    data = (b"add@/devices/virtual/block/loop3\0ACTION=add\0DEVPATH=/devices/virtual/block/loop3\0"
+            b"SUBSYSTEM=block\0MAJOR=7\0MINOR=3\0DEVNAME=loop3\0DEVTYPE=disk\0SEQNUM=4242\0")
+    builtin = T.parse_uevent(data)
+    w = T.UeventWatcher.__new__(T.UeventWatcher)
+    via_pyroute2 = w._pick_parser()(data)
+    for key in ("ACTION", "DEVNAME", "MAJOR", "MINOR", "SUBSYSTEM", "SEQNUM"):
+        assert builtin[key] == via_pyroute2[key]

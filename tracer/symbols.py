@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import os
 import re
+from array import array
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import FootprintError
@@ -50,54 +51,63 @@ class Kallsyms:
     (the core text address; init text is freed after init and has no symbols).
     """
 
-    def __init__(self, addrs: List[int], names: List[str], modules: List[Optional[str]],
+    def __init__(self, addrs: Sequence[int], names: Sequence[str], modules: Sequence[Optional[str]],
                  module_ranges: Optional[List[Tuple[int, int, str]]] = None) -> None:
-        self.addrs = addrs
-        self.names = names
-        self.modules = modules
+        # Compact on purpose: the recorder keeps this for its whole life, and 120k
+        # symbols as Python lists cost ~30 MB; as arrays and one bytes blob ~4 MB.
+        self.addrs = addrs if isinstance(addrs, array) else array("Q", addrs)
+        self.names = names if isinstance(names, _Names) else _Names.of(names)
+        self.modules = modules if isinstance(modules, _Modules) else _Modules.of(modules)
         self.module_ranges = sorted(module_ranges or [])
         self._mod_starts = [r[0] for r in self.module_ranges]
 
     # -- loading --------------------------------------------------------------------
 
     @classmethod
-    def from_text(cls, kallsyms_text: str, modules_text: str = "") -> "Kallsyms":
-        """Parse kallsyms/modules text (live files or copies stored in a recording)."""
-        rows: List[Tuple[int, str, Optional[str]]] = []
+    def from_lines(cls, lines: Iterable[str], modules_text: str = "") -> "Kallsyms":
+        """Parse kallsyms lines (live file or a stored copy), streaming."""
+        addrs, names, mods = array("Q"), _NamesBuilder(), _ModulesBuilder()
         nonzero = False
-        for line in kallsyms_text.splitlines():
+        for line in lines:
             parts = line.split()
             if len(parts) < 3 or parts[1] not in _TEXT_TYPES:
                 continue
             addr = int(parts[0], 16)
-            if addr:
-                nonzero = True
-            mod = parts[3][1:-1] if len(parts) > 3 else None
-            rows.append((addr, parts[2], mod))
-        if rows and not nonzero:
+            nonzero = nonzero or addr != 0
+            addrs.append(addr)
+            names.append(parts[2])
+            mods.append(parts[3][1:-1] if len(parts) > 3 else None)
+        if addrs and not nonzero:
             raise FootprintError(
                 "kernel symbol addresses are hidden (all zero in /proc/kallsyms): "
                 "run as root, or set sysctl kernel.kptr_restrict=0")
-        if not rows:
+        if not addrs:
             raise FootprintError("no text symbols in /proc/kallsyms: check that /proc is mounted "
                                  "and the kernel has CONFIG_KALLSYMS")
+        names_, mods_ = names.build(), mods.build()
         # vmlinux symbols come sorted; module symbols follow unsorted by module load order.
-        rows.sort(key=lambda r: r[0])
-        ranges = parse_modules(modules_text)
-        return cls([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], ranges)
+        if any(addrs[i] > addrs[i + 1] for i in range(len(addrs) - 1)):
+            order = sorted(range(len(addrs)), key=addrs.__getitem__)
+            addrs = array("Q", (addrs[i] for i in order))
+            names_ = _Names.of(names_[i] for i in order)
+            mods_ = _Modules.of(mods_[i] for i in order)
+        return cls(addrs, names_, mods_, parse_modules(modules_text))
+
+    @classmethod
+    def from_text(cls, kallsyms_text: str, modules_text: str = "") -> "Kallsyms":
+        return cls.from_lines(kallsyms_text.splitlines(), modules_text)
 
     @classmethod
     def load(cls, proc: str = "/proc") -> "Kallsyms":
         """Read /proc/kallsyms and /proc/modules (the latter is absent on kernels built
         without module support, like this host's)."""
-        with open(os.path.join(proc, "kallsyms"), "r", encoding="ascii", errors="replace") as f:
-            text = f.read()
         try:
             with open(os.path.join(proc, "modules"), "r", encoding="ascii", errors="replace") as f:
                 mods = f.read()
         except OSError:
             mods = ""
-        return cls.from_text(text, mods)
+        with open(os.path.join(proc, "kallsyms"), "r", encoding="ascii", errors="replace") as f:
+            return cls.from_lines(f, mods)
 
     def __len__(self) -> int:
         return len(self.addrs)
@@ -132,6 +142,86 @@ class Kallsyms:
         if sym is None:
             return f"0x{addr:x}" + (f" [{mod}]" if mod else "")
         return f"{sym}+0x{off:x}" + (f" [{mod}]" if mod else "")
+
+
+class _Names:
+    """Symbol names packed into one bytes blob with an offsets array."""
+
+    def __init__(self, blob: bytes, offsets: array):
+        self.blob, self.offsets = blob, offsets
+
+    @classmethod
+    def of(cls, names: Iterable[str]) -> "_Names":
+        b = _NamesBuilder()
+        for n in names:
+            b.append(n)
+        return b.build()
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return self.blob[self.offsets[i]:self.offsets[i + 1]].decode("ascii", "replace")
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def index(self, name: str) -> int:
+        for i, n in enumerate(self):
+            if n == name:
+                return i
+        raise ValueError(f"{name!r} is not a symbol")
+
+
+class _NamesBuilder:
+    def __init__(self):
+        self.parts: List[bytes] = []
+        self.offsets = array("I", [0])
+
+    def append(self, name: str) -> None:
+        b = name.encode("ascii", "replace")
+        self.parts.append(b)
+        self.offsets.append(self.offsets[-1] + len(b))
+
+    def build(self) -> _Names:
+        return _Names(b"".join(self.parts), self.offsets)
+
+
+class _Modules:
+    """Per-symbol module as a small index into the list of module names (0: vmlinux)."""
+
+    def __init__(self, index: array, names: List[Optional[str]]):
+        self.index, self.names = index, names
+
+    @classmethod
+    def of(cls, mods: Iterable[Optional[str]]) -> "_Modules":
+        b = _ModulesBuilder()
+        for m in mods:
+            b.append(m)
+        return b.build()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Optional[str]:
+        return self.names[self.index[i]]
+
+
+class _ModulesBuilder:
+    def __init__(self):
+        self.index = array("H")
+        self.names: List[Optional[str]] = [None]
+        self.ids: Dict[Optional[str], int] = {None: 0}
+
+    def append(self, mod: Optional[str]) -> None:
+        i = self.ids.get(mod)
+        if i is None:
+            i = self.ids[mod] = len(self.names)
+            self.names.append(mod)
+        self.index.append(i)
+
+    def build(self) -> _Modules:
+        return _Modules(self.index, self.names)
 
 
 def parse_modules(text: str) -> List[Tuple[int, int, str]]:

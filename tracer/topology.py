@@ -875,7 +875,8 @@ class UeventWatcher:
     `overflows` counts ENOBUFS (the kernel dropped events: the buffer was full).
     """
 
-    def __init__(self, subsystems: Tuple[str, ...] = ("block",), rcvbuf: int = 4 << 20) -> None:
+    def __init__(self, subsystems: Tuple[str, ...] = ("block",), rcvbuf: int = 4 << 20,
+                 use_pyroute2: bool = True) -> None:
         self.subsystems = subsystems
         self.overflows = 0
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
@@ -893,7 +894,7 @@ class UeventWatcher:
                 raise FootprintError("cannot listen to kernel uevents: run footprint as root") from None
             raise
         self.sock.setblocking(False)
-        self._parse = self._pick_parser()
+        self._parse = self._pick_parser() if use_pyroute2 else parse_uevent
 
     @staticmethod
     def _pick_parser():
