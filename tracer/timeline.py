@@ -4,7 +4,8 @@ Why not `account.build` per sample: it resolves every file through the storage t
 each time (~0.15 s per sample on a host with 4,000 cached files), so a 100-sample
 recording would take 15 s. Here the expensive part — which subsystem and kind of page
 cache each (s_dev, inode) is — is decided once per topology epoch by the account's own
-`_file_rows`, and each sample only adds numbers with the account's arithmetic. The
+`_file_rows`; each sample then only updates the owners whose counters changed (samples
+are deltas) and adds the other categories with the account's arithmetic. The
 per-sample sums are the account's (tests compare them with `account.build` at every
 sample), so the columns add up to MemTotal − MemFree at each sample, like the report.
 
@@ -36,10 +37,10 @@ def build(rec: Recording, origin: str = "boot") -> pd.DataFrame:
         raise ValueError(f"origin must be 'boot' or 'start', not {origin!r}")
     ps = int(rec.header.get("page_size", 4096))
     t0 = rec.samples[0]["t"] if origin == "start" and rec.samples else 0.0
-    classify = _FileClassifier(rec)
+    page_cache = _PageCacheSums(rec)
     rows = []
-    for state in rec.states():
-        pages = sample_pages(rec, state, classify.at(state["t"]), ps)
+    for recorded, state in zip(rec.samples, rec.states()):
+        pages = sample_pages(rec, state, page_cache.update(state, recorded["files"]), ps)
         nonfree = _kb_pages(state["meminfo"], "MemTotal", ps) - _kb_pages(state["meminfo"], "MemFree", ps)
         row = {"t_s": state["t"] - t0, "nonfree_mib": nonfree * ps / MIB}
         row.update({sub: p * ps / MIB for sub, p in pages.items()})
@@ -60,12 +61,13 @@ def subsystems(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in NOT_SUBSYSTEMS]
 
 
-class _FileClassifier:
-    """(subsystem, kind) of each page-cache owner key "dev:ino", per topology epoch.
+class _PageCacheSums:
+    """Page cache per subsystem, kept up to date sample by sample.
 
-    A topology recorded later knows more (switch_root hides the initramfs mounts, so
-    the recorder adds views as it goes); a sample is classified with the topologies
-    recorded up to its time, as `account.build` does.
+    Which subsystem and kind each owner key "dev:ino" is comes from the topologies
+    recorded up to the sample's time, as in `account.build` (a later topology knows more:
+    switch_root hides the initramfs mounts, so the recorder adds views as it goes). Within
+    one such epoch only the keys a sample changed are recomputed.
     """
 
     def __init__(self, rec: Recording):
@@ -75,13 +77,40 @@ class _FileClassifier:
         for s in rec.samples:
             self.every_key.update(s["files"])
         self.epoch_times = sorted(t.get("t", 0) for t in rec.topologies)
-        self._epochs: dict[int, dict] = {}
+        self.epoch = None
+        self.owners: dict = {}
+        self.resident: dict[str, tuple[str, str, int]] = {}  # key → (subsystem, kind, pages)
+        self.sums = {"by_subsystem": {}, "shmem": 0, "cache": 0}
 
-    def at(self, t: float) -> dict:
-        epoch = bisect.bisect_right(self.epoch_times, t + 1e-6)
-        if epoch not in self._epochs:
-            self._epochs[epoch] = self._classify(t)
-        return self._epochs[epoch]
+    def update(self, state: dict, changed: dict) -> dict:
+        """{"by_subsystem": {sub: pages}, "shmem": pages, "cache": pages} at this sample."""
+        epoch = bisect.bisect_right(self.epoch_times, state["t"] + 1e-6)
+        if epoch != self.epoch:
+            self.epoch, self.owners = epoch, self._classify(state["t"])
+            self.resident, self.sums = {}, {"by_subsystem": {}, "shmem": 0, "cache": 0}
+            changed = set(state["files"]) | set(self.owners["baseline"])
+        for key in changed:
+            self._set(key, state["files"].get(key, (0, 0, 0, 0, 0)))
+        return self.sums
+
+    def _set(self, key: str, c) -> None:
+        """The owner's resident pages with the account's arithmetic: traced counter plus
+        what is left of its inventory baseline after deletes the tracer did not see added."""
+        o = self.owners
+        base = o["baseline"].get(key, 0)
+        base_left = max(0, base - (c[4] - o["untracked_at"].get(key, 0))) if base else 0
+        resident = c[0] + base_left
+        if resident <= 0 and c[1] <= 0:
+            resident = 0  # the account drops such rows
+        sub, kind = o["kinds"].get(key, ("unknown fs", "page-cache"))
+        self._add(*self.resident.pop(key, (sub, kind, 0)), sign=-1)
+        self.resident[key] = (sub, kind, resident)
+        self._add(sub, kind, resident, sign=1)
+
+    def _add(self, sub: str, kind: str, pages: int, sign: int) -> None:
+        by = self.sums["by_subsystem"]
+        by[sub] = by.get(sub, 0) + sign * pages
+        self.sums["shmem" if kind == "shmem" else "cache"] += sign * pages
 
     def _classify(self, t: float) -> dict:
         """Ask the account's own file-row builder about every key the recording has, once:
@@ -103,36 +132,24 @@ class _FileClassifier:
         return {"kinds": kinds, "baseline": baseline, "untracked_at": untracked_at}
 
 
-def sample_pages(rec: Recording, state: dict, files: dict, ps: int) -> dict[str, int]:
+def sample_pages(rec: Recording, state: dict, page_cache: dict, ps: int) -> dict[str, int]:
     """Pages per subsystem at one sample, with `account.build`'s arithmetic: page cache
-    by owner plus remainders, slab, vmalloc, kernel pages, meminfo's other categories,
-    and the unattributed rest of MemTotal − MemFree."""
+    by owner (`page_cache`, from _PageCacheSums) plus remainders, slab, vmalloc, kernel
+    pages, meminfo's other categories, and the unattributed rest of MemTotal − MemFree."""
     mi = state["meminfo"]
     out: dict[str, int] = {}
 
     def add(sub: str, pages: int) -> None:
         out[sub] = out.get(sub, 0) + int(pages)
 
-    # --- page cache per owner: traced counter + what is left of the inventory baseline.
-    kinds, baseline, untracked_at = files["kinds"], files["baseline"], files["untracked_at"]
-    seen_shmem = seen_cache = 0
-    for key in set(state["files"]) | set(baseline):
-        c = state["files"].get(key, (0, 0, 0, 0, 0))
-        base = baseline.get(key, 0)
-        base_left = max(0, base - (c[4] - untracked_at.get(key, 0))) if base else 0
-        resident = c[0] + base_left
-        if resident <= 0 and c[1] <= 0:
-            continue
-        sub, kind = kinds.get(key, ("unknown fs", "page-cache"))
-        add(sub, resident)
-        if kind == "shmem":
-            seen_shmem += resident
-        else:
-            seen_cache += resident
+    # --- page cache: by owner; the rest of Cached+Buffers (and Shmem) as remainders.
+    for sub, pages in page_cache["by_subsystem"].items():
+        if pages:
+            add(sub, pages)
     file_pages = _kb_pages(mi, "Cached", ps) + _kb_pages(mi, "Buffers", ps)
     shmem = _kb_pages(mi, "Shmem", ps)
-    add("shmem", max(0, shmem - seen_shmem))
-    add("page cache", max(0, file_pages - shmem - seen_cache))
+    add("shmem", max(0, shmem - page_cache["shmem"]))
+    add("page cache", max(0, file_pages - shmem - page_cache["cache"]))
 
     # --- slab: named caches, kmalloc objects by call site, the remainder.
     slab_seen = 0
