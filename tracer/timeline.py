@@ -213,12 +213,14 @@ def sample_pages(rec: Recording, state: dict, page_cache: dict, ps: int) -> dict
 # The first colour is the largest subsystem's; it is distinctive on purpose, so that a
 # screenshot test can find the plot by it.
 COLOURS = ("#2a6fdb", "#e8871e", "#3aa655", "#d64545", "#8e5cc4", "#8c6d31", "#e377c2",
-           "#17becf", "#bcbd22", "#7f7f7f")
+           "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#ad494a", "#637939")
+# The 2014 question's subsystems keep a band of their own even when small.
+ALWAYS_NAMED = ("squashfs", "device-mapper", "loop")
 OTHER_COLOUR = "#c7c7c7"
 UNATTRIBUTED_COLOUR = "#eeeeee"
 
 
-def plot(frame: pd.DataFrame, out, fmt: str = "png", top: int = len(COLOURS), title: str = "",
+def plot(frame: pd.DataFrame, out, fmt: str = "png", top: int = 10, title: str = "",
          width_in: float = 11.0, height_in: float = 5.0, dpi: int = 100) -> None:
     """A stacked area of resident MiB per subsystem over time, the `top` largest named
     and the rest summed as "other", unattributed on top; phases as labelled vertical
@@ -229,7 +231,12 @@ def plot(frame: pd.DataFrame, out, fmt: str = "png", top: int = len(COLOURS), ti
     import matplotlib.pyplot as plt
 
     subs = [s for s in subsystems(frame) if s != "unattributed"]
-    named, rest = subs[:top], subs[top:]
+    named = subs[:top] + [s for s in subs[top:] if s in ALWAYS_NAMED]
+    rest = [s for s in subs if s not in named]
+    if len(rest) == 1:  # a band called "other (1 subsystem)" would hide its name
+        named, rest = named + rest, []
+    named = named[:len(COLOURS)]
+    rest = [s for s in subs if s not in named]
     x = frame["t_s"].to_numpy(dtype=float)
     bands = [frame[s].to_numpy(dtype=float) for s in named]
     labels, colours = list(named), list(COLOURS[:len(named)])
