@@ -73,8 +73,9 @@ def _rows_with_squashfs_inferred(acc: Account) -> tuple[pd.DataFrame, list[str]]
         for upper, lower in zip(levels[1:], levels[2:]):
             if not SQUASHFS_IMAGE.search(str(lower["what"])):
                 continue
-            hit = (rows["subsystem"] == "unknown fs") & rows["layer"].astype(str).str.startswith(
-                str(upper["layer"]))
+            layer = rows["layer"].astype(str)  # "unmounted loop0" or "unmounted loop0 [...]"
+            hit = (rows["subsystem"] == "unknown fs") & (
+                (layer == str(upper["layer"])) | layer.str.startswith(str(upper["layer"]) + " ["))
             if hit.any():
                 rows.loc[hit, "subsystem"] = "squashfs"
                 inferred.append(f"{upper['layer']} taken as squashfs: its loop device is backed "
