@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -191,11 +192,17 @@ def _counter(value: Any, path: str, n: int) -> list[int]:
     return value
 
 
-def _counters(obj: Any, path: str, n: int, key_int: bool = False) -> dict:
+_FILE_KEY = re.compile(r"^(\d+:\d+|bdev):\d+$")
+_SITE_KEY = re.compile(r"^(slab|percpu):0x[0-9a-f]+$")
+
+
+def _counters(obj: Any, path: str, n: int, key_int: bool = False, key_re=None) -> dict:
     if not isinstance(obj, dict):
         raise _bad(path, f"corrupt (bad counters on line {n})")
     out = {}
     for k, v in obj.items():
+        if key_re is not None and not key_re.match(k):
+            raise _bad(path, f"corrupt (bad key on line {n})")
         if key_int:
             try:
                 k = int(k)
@@ -203,6 +210,88 @@ def _counters(obj: Any, path: str, n: int, key_int: bool = False) -> dict:
                 raise _bad(path, f"corrupt (bad stack id on line {n})") from None
         out[k] = _counter(v, path, n)
     return out
+
+
+# The topology's shape, as far as the account reads it: (key, allowed types, required).
+_STR, _INT, _NONE = (str,), (int,), (type(None),)
+_MOUNT = (("id", _INT, True), ("dev", _STR, True), ("root", _STR, True),
+          ("mountpoint", _STR, True), ("fstype", _STR, True), ("source", _STR + _NONE, False))
+_BLOCK = (("name", _STR, True), ("dev", _STR, True), ("kind", _STR, True),
+          ("slaves", (list,), False), ("holders", (list,), False), ("parent", _STR + _NONE, False),
+          ("probed_fstype", _STR + _NONE, False), ("loop", (dict,), False), ("dm", (dict,), False))
+_LOOP = (("backing_dev", _STR + _NONE, False), ("backing_ino", _INT + _NONE, False),
+         ("backing_file", _STR + _NONE, False), ("backing_file_initramfs", _STR + _NONE, False))
+_DM = (("name", _STR + _NONE, False), ("table", (list,), False))
+
+
+def _fields_ok(obj, spec) -> bool:
+    if not isinstance(obj, dict):
+        return False
+    for key, types, required in spec:
+        if key not in obj:
+            if required:
+                return False
+            continue
+        if not isinstance(obj[key], types) or isinstance(obj[key], bool):
+            return False
+    return True
+
+
+def _topology_ok(t) -> bool:
+    """Bounded check of a topology from a recording (it is data from another machine)."""
+    if not isinstance(t, dict) or not isinstance(t.get("time"), (int, float)):
+        return False
+    mounts, bds = t.get("mounts"), t.get("block_devices")
+    if not isinstance(mounts, list) or not isinstance(bds, dict):
+        return False
+    if not all(_fields_ok(m, _MOUNT) for m in mounts):
+        return False
+    if not isinstance(t.get("bdev_sb_dev"), _STR + _NONE) or not isinstance(t.get("history", []), list):
+        return False
+    if t.get("root") is not None and not _fields_ok(t["root"], (("dev", _STR, True),)):
+        return False
+    for name, bd in bds.items():
+        if not _fields_ok(bd, _BLOCK):
+            return False
+        if not all(isinstance(x, str) for x in bd.get("slaves", []) + bd.get("holders", [])):
+            return False
+        if "loop" in bd and not _fields_ok(bd["loop"], _LOOP):
+            return False
+        if "dm" in bd:
+            if not _fields_ok(bd["dm"], _DM):
+                return False
+            for tgt in bd["dm"].get("table", []):
+                if not _fields_ok(tgt, (("target", _STR, True), ("devices", (list,), False))):
+                    return False
+                if not all(_fields_ok(d, (("dev", _STR, True), ("role", _STR + _NONE, False)))
+                           for d in tgt.get("devices", [])):
+                    return False
+    return True
+
+
+_TIMED = ("sample", "topology", "inventory", "phase", "uevent", "tracer")
+
+
+def _header_ok(h: dict) -> bool:
+    ps = h.get("page_size", 4096)
+    if not _is_int(ps) or ps < 512 or ps & (ps - 1):
+        return False
+    if not isinstance(h.get("attached", 0), (int, float)) or isinstance(h.get("attached"), bool):
+        return False
+    plan, tracer = h.get("plan", {}), h.get("tracer", {})
+    if not isinstance(plan, dict) or not isinstance(tracer, dict):
+        return False
+    if not isinstance(plan.get("probes", []), list) or not all(
+            isinstance(p, dict) and isinstance(p.get("probe"), str) for p in plan.get("probes", [])):
+        return False
+    files = tracer.get("files", [])
+    if not isinstance(files, list) or not all(
+            isinstance(f, list) and len(f) == 3 and isinstance(f[0], str) and _is_int(f[1])
+            for f in files):
+        return False
+    created = h.get("created", {})
+    return isinstance(created, dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in created.values())
 
 
 def _is_int(v) -> bool:
@@ -237,10 +326,12 @@ def read(path: str) -> Recording:
             if version > VERSION:
                 raise FootprintError(f"recording {path} is format version {version}, newer "
                                      f"than this footprint reads ({VERSION}): upgrade footprint")
+            if not _header_ok(obj):
+                raise _bad(path, "corrupt (bad header)")
             rec = Recording(path=path, header=obj)
             continue
         t = obj.get("t")
-        if t is not None and not isinstance(t, (int, float)):
+        if (t is not None or kind in _TIMED) and (not isinstance(t, (int, float)) or isinstance(t, bool)):
             raise _bad(path, f"corrupt (bad time on line {n})")
         if kind == "sample":
             if not isinstance(t, (int, float)):
@@ -254,31 +345,36 @@ def read(path: str) -> Recording:
             rec.samples.append({
                 "t": t, "meminfo": obj.get("meminfo", {}), "stats": obj.get("stats", {}),
                 "slab": obj.get("slab"), "vmalloc": obj.get("vmalloc"),
-                "tracer": obj.get("tracer", {}) if isinstance(obj.get("tracer", {}), dict) else {},
-                "files": _counters(obj.get("files", {}), path, n),
+                "tracer": obj.get("tracer") if isinstance(obj.get("tracer"), dict)
+                and all(_is_int(v) for v in obj["tracer"].values()) else {},
+                "files": _counters(obj.get("files", {}), path, n, key_re=_FILE_KEY),
                 "stacks": _counters(obj.get("stacks", {}), path, n, key_int=True),
-                "sites": _counters(obj.get("sites", {}), path, n)})
+                "sites": _counters(obj.get("sites", {}), path, n, key_re=_SITE_KEY)})
         elif kind == "stack":
-            if not isinstance(obj.get("id"), int) or not isinstance(obj.get("frames", []), list):
+            if not (isinstance(obj.get("id"), int) and isinstance(obj.get("frames", []), list)
+                    and isinstance(obj.get("kind", ""), str) and isinstance(obj.get("owner", ""), str)):
                 raise _bad(path, f"corrupt (bad stack on line {n})")
             rec.stacks[obj["id"]] = obj
         elif kind == "site":
-            if not isinstance(obj.get("key"), str):
+            if not (isinstance(obj.get("key"), str) and isinstance(obj.get("kind", ""), str)
+                    and isinstance(obj.get("owner", ""), (str, type(None)))):
                 raise _bad(path, f"corrupt (bad site on line {n})")
             rec.sites[obj["key"]] = obj
         elif kind == "topology":
-            if not isinstance(obj.get("topology"), dict):
+            if not _topology_ok(obj.get("topology")):
                 raise _bad(path, f"corrupt (bad topology on line {n})")
             rec.topologies.append(obj)
         elif kind == "inventory":
             rows = obj.get("files")
             if not isinstance(rows, list) or not all(
                     isinstance(r, list) and len(r) == 4 and isinstance(r[0], str)
-                    and isinstance(r[1], int) and isinstance(r[2], int) for r in rows):
+                    and _FILE_KEY.match(f"{r[0]}:0") and _is_int(r[1]) and _is_int(r[2]) and isinstance(r[3], (str, type(None)))
+                    for r in rows) or not isinstance(obj.get("untracked_at_inventory", {}), dict) \
+                    or not all(_is_int(v) for v in obj.get("untracked_at_inventory", {}).values()):
                 raise _bad(path, f"corrupt (bad inventory on line {n})")
             rec.inventories.append(obj)
         elif kind == "phase":
-            if not isinstance(obj.get("name"), str):
+            if not isinstance(obj.get("name"), str) or not isinstance(t, (int, float)):
                 raise _bad(path, f"corrupt (bad phase on line {n})")
             rec.phases.append(obj)
         elif kind == "uevent":
