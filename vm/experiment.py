@@ -245,6 +245,7 @@ def format_table(result: dict) -> str:
         "delivery: live = ISO size; plain = allocated (non-sparse) bytes of the ext4 disk image",
         "  (the 2014 plain image size was not given). rootfs: `df /` used in the guest (live: the",
         "  ext4 on dm live-rw). 2014 figures as printed by free -m / df -h (MiB).",
+        "every guest also runs footprint's agent (python3, ~11 MiB RSS) and mounts its 16 MiB code disk.",
     ]
     for b in result["boots"]:
         low = b.get("rootfs_lower")

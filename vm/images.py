@@ -5,6 +5,8 @@ changed; a step's hash includes its parent's hash and the text of its build func
 
     rootfs     mmdebstrap tree + the baked guest files (agent unit) -> tree/, vmlinuz, kver
     initramfs  dracut in the chroot (dmsquash-live + drivers)      -> initrd.img
+    initramfs-footprint  as initramfs, plus the dracut module vm/dracut/95footprint (the
+               tracer from the cmdline hook through switch_root) -> initrd.img, manifest
     rootimg    ext4 image of the tree, label Root                    -> rootfs.img (also the plain disk)
     live       LiveOS/squashfs.img holding LiveOS/rootfs.img, ISO    -> live.iso
     direct     LiveOS/squashfs.img holding the tree itself, ISO      -> direct.iso
@@ -16,6 +18,7 @@ size for build time (it changes the hash, so both can be cached side by side).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -143,6 +146,114 @@ chroot "$R" dracut --force --no-hostonly --add dmsquash-live --add-drivers "$DRI
         raise FootprintError(f"dracut made no initramfs: see {out}/dracut.log")
 
 
+# ---------------------------------------------------------------- step: initramfs-footprint
+
+DRACUT_MODULE = Path(__file__).parent / "dracut" / "95footprint"
+TRACED_APPEND = "rd.footprint=1"
+
+
+def dracut_module_files() -> list[tuple[str, bytes]]:
+    return [(p.name, p.read_bytes()) for p in sorted(DRACUT_MODULE.iterdir()) if p.is_file()]
+
+
+def _build_initramfs_footprint(out: Path, rootfs: Path) -> None:
+    """dracut --add "dmsquash-live footprint" in the chroot. The read-only tree gets the
+    module through a bind-mounted copy of its modules.d (the cached rootfs stays as it is).
+    footprint's code is not in it: code_cpio() is appended at boot."""
+    C.require_tools("unshare")
+    kver = (rootfs / "kver").read_text().strip()
+    mods = out / "modules.d"
+    shutil.copytree(rootfs / "tree/usr/lib/dracut/modules.d", mods, symlinks=True)
+    shutil.copytree(DRACUT_MODULE, mods / "95footprint")
+    script = r'''
+set -e
+R=$1; OUT=$2; K=$3; DRIVERS=$4
+mount --bind "$R" "$R"; mount -o remount,bind,ro "$R" "$R"
+mount --bind "$OUT/modules.d" "$R/usr/lib/dracut/modules.d"
+mount --rbind /dev "$R/dev"
+mount -t proc proc "$R/proc"
+mount -t sysfs sysfs "$R/sys"
+for d in tmp var/tmp run; do mount -t tmpfs tmpfs "$R/$d"; done
+mount --bind "$OUT" "$R/mnt"
+chroot "$R" dracut --force --no-hostonly --add "dmsquash-live footprint" \
+    --add-drivers "$DRIVERS" /mnt/initrd.img "$K"
+'''
+    try:
+        C.run_logged(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                      str(rootfs / "tree"), str(out), kver, DRACUT_DRIVERS],
+                     out / "dracut.log", "dracut (footprint)")
+    finally:
+        shutil.rmtree(mods, ignore_errors=True)
+    if not (out / "initrd.img").is_file():
+        raise FootprintError(f"dracut made no initramfs: see {out}/dracut.log")
+    facts = initramfs_facts(out / "initrd.img", want="usr/lib/footprint/manifest")
+    (out / "manifest").write_bytes(facts.pop("file") or b"")
+    (out / "sizes.json").write_text(json.dumps(facts) + "\n")
+
+
+def _cpio_members(data: bytes, pos: int = 0):
+    """(name, file data, end offset) of the newc members of the archive at `pos`."""
+    while data[pos:pos + 6] in (b"070701", b"070702"):
+        f = [int(data[pos + 6 + 8 * i: pos + 14 + 8 * i], 16) for i in range(13)]
+        size, namesize = f[6], f[11]
+        name_end = pos + 110 + namesize
+        name = data[pos + 110: name_end - 1].decode(errors="replace")
+        start = name_end + (-name_end) % 4
+        end = start + size
+        yield name, f[1], data[start:end], end + (-end) % 4
+        pos = end + (-end) % 4
+        if name == "TRAILER!!!":
+            return
+
+
+def initramfs_facts(path: Path, want: Optional[str] = None) -> dict:
+    """Sizes of an initramfs: compressed (the file), unpacked (the sum of its members'
+    data, what the initramfs file system holds), member count; and `want`'s content."""
+    import gzip
+    import lzma
+
+    raw = path.read_bytes()
+    pos, parts = 0, []
+    while pos < len(raw):
+        while pos < len(raw) and raw[pos] == 0:
+            pos += 1
+        if pos >= len(raw):
+            break
+        if raw[pos:pos + 6] in (b"070701", b"070702"):  # an uncompressed (early) archive
+            end = pos
+            for _n, _m, _d, end in _cpio_members(raw, pos):
+                pass
+            parts.append(raw[pos:end])
+            pos = end
+            continue
+        head = raw[pos:pos + 4]
+        if head[:2] == b"\x1f\x8b":
+            parts.append(gzip.decompress(raw[pos:]))
+        elif head == b"\x28\xb5\x2f\xfd":
+            parts.append(subprocess.run(["zstd", "-dc"], input=raw[pos:], capture_output=True).stdout)
+        elif head[:3] == b"\xfd7z":
+            parts.append(lzma.decompress(raw[pos:]))
+        break
+    unpacked, members, content = 0, 0, None
+    for part in parts:
+        p = 0
+        while p < len(part):
+            while p < len(part) and part[p] == 0:
+                p += 1
+            if part[p:p + 6] not in (b"070701", b"070702"):
+                break
+            for name, mode, data, p in _cpio_members(part, p):
+                if name == "TRAILER!!!":
+                    continue
+                members += 1
+                if mode & 0o170000 == 0o100000:
+                    unpacked += len(data)
+                if want and name.lstrip("./") == want:
+                    content = data
+    return {"compressed_bytes": len(raw), "unpacked_bytes": unpacked, "members": members,
+            "file": content}
+
+
 # ---------------------------------------------------------------- step: rootimg
 
 def _build_rootimg(out: Path, rootfs: Path) -> None:
@@ -202,6 +313,7 @@ class Artefacts:
     rootimg: Path
     live: Optional[Path] = None
     direct: Optional[Path] = None
+    initramfs_footprint: Optional[Path] = None
 
     @property
     def kernel(self) -> Path:
@@ -212,13 +324,20 @@ class Artefacts:
         return self.initramfs / "initrd.img"
 
     @property
+    def initrd_traced(self) -> Path:
+        assert self.initramfs_footprint is not None, "build(..., traced=True)"
+        return self.initramfs_footprint / "initrd.img"
+
+    @property
     def kver(self) -> str:
         return (self.rootfs / "kver").read_text().strip()
 
 
-def build(need: set[str], cache_dir: Optional[os.PathLike] = None) -> Artefacts:
+def build(need: set[str], cache_dir: Optional[os.PathLike] = None,
+          traced: bool = False) -> Artefacts:
     """Builds (or finds in the cache) the steps needed for the image kinds in `need`
-    ({"plain", "live", "direct"})."""
+    ({"plain", "live", "direct"}); with `traced`, also the initramfs with footprint's
+    dracut module."""
     root = C.cache_root(cache_dir)
     rk = rootfs_key()
     rootfs = C.step(root, "rootfs", rk, _build_rootfs)
@@ -227,6 +346,10 @@ def build(need: set[str], cache_dir: Optional[os.PathLike] = None) -> Artefacts:
     gk = C.digest("rootimg", rk, _build_rootimg)
     rootimg = C.step(root, "rootimg", gk, lambda o: _build_rootimg(o, rootfs))
     art = Artefacts(root, rootfs, initramfs, rootimg)
+    if traced:
+        fk = C.digest("initramfs-footprint", ik, dracut_module_files(), _build_initramfs_footprint)
+        art.initramfs_footprint = C.step(root, "initramfs-footprint", fk,
+                                         lambda o: _build_initramfs_footprint(o, rootfs))
     if "live" in need:
         lk = C.digest("live", gk, COMP, LIVE_LABEL, _build_live, _squash_iso)
         art.live = C.step(root, "live", lk, lambda o: _build_live(o, rootimg))
@@ -251,6 +374,10 @@ class BootSpec:
     delivery_note: str
     kver: str
     extra: dict = field(default_factory=dict)
+    # traced: the initramfs holds footprint's dracut module, the command line enables it
+    # (rd.footprint=1) and footprint's code rides along as a cpio appended to the initrd.
+    traced: bool = False
+    initrd_append: list = field(default_factory=list)
 
 
 # name -> (image kind, extra kernel args, description)
@@ -285,7 +412,7 @@ def _allocated(path: Path) -> int:
     return path.stat().st_blocks * 512
 
 
-def spec_for(name: str, art: Artefacts) -> BootSpec:
+def _spec_untraced(name: str, art: Artefacts) -> BootSpec:
     kind, extra, _ = VARIANTS[name]
     if kind == "plain":
         disk = art.rootimg / "rootfs.img"
@@ -307,13 +434,33 @@ def spec_for(name: str, art: Artefacts) -> BootSpec:
         iso, iso.stat().st_size, f"{name}: ISO size", art.kver)
 
 
-def prepare(name: str, cache_dir: Optional[os.PathLike] = None) -> BootSpec:
-    """The BootSpec of variant `name`, building whatever is missing."""
+def spec_for(name: str, art: Artefacts, traced: bool = False, append: str = "") -> BootSpec:
+    """The BootSpec of variant `name`; `traced`: footprint's initramfs, rd.footprint=1 and
+    the code cpio (from the same cache) appended; `append`: more kernel arguments (e.g.
+    rd.footprint.stop=never)."""
+    spec = _spec_untraced(name, art)
+    if traced:
+        from .code import code_cpio
+
+        spec.initrd = art.initrd_traced
+        spec.append = f"{spec.append} {TRACED_APPEND}"
+        spec.traced = True
+        spec.initrd_append = [code_cpio(art.root.parent)]
+    if append:
+        spec.append = f"{spec.append} {append}"
+    return spec
+
+
+def prepare(name: str, cache_dir: Optional[os.PathLike] = None, traced: bool = False,
+            append: str = "") -> BootSpec:
+    """The BootSpec of variant `name`, building whatever is missing. traced=True: boots
+    with footprint recording from the initramfs on (see vm/dracut/95footprint)."""
     if name not in VARIANTS:
         variant_names(name)  # raises the one-line error
-    return spec_for(name, build({VARIANTS[name][0]}, cache_dir))
+    return spec_for(name, build({VARIANTS[name][0]}, cache_dir, traced=traced), traced, append)
 
 
-def prepare_many(names: list[str], cache_dir: Optional[os.PathLike] = None) -> list[BootSpec]:
-    art = build({VARIANTS[n][0] for n in names}, cache_dir)
-    return [spec_for(n, art) for n in names]
+def prepare_many(names: list[str], cache_dir: Optional[os.PathLike] = None,
+                 traced: bool = False, append: str = "") -> list[BootSpec]:
+    art = build({VARIANTS[n][0] for n in names}, cache_dir, traced=traced)
+    return [spec_for(n, art, traced, append) for n in names]

@@ -218,13 +218,14 @@ class Guest:
         self.accel_used = accel
         accel_args = ["-accel", "kvm"] if accel == "kvm" else ["-accel", "tcg,thread=multi"]
         initrd = spec.initrd
-        if self.initrd_append:
+        extra_cpios = [*getattr(spec, "initrd_append", []), *self.initrd_append]
+        if extra_cpios:
             initrd = self.workdir / "initrd.img"
             with open(initrd, "wb") as out:
                 with open(spec.initrd, "rb") as f:
                     shutil.copyfileobj(f, out)
                 out.write(b"\0" * ((-out.tell()) % 512))
-                for extra in self.initrd_append:
+                for extra in extra_cpios:
                     with open(extra, "rb") as f:
                         shutil.copyfileobj(f, out)
                     out.write(b"\0" * ((-out.tell()) % 512))

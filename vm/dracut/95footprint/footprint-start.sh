@@ -1,0 +1,156 @@
+#!/bin/bash
+# footprint-start: start `footprint record` in the initramfs and wait until it attached.
+#
+# Never fails and never hangs the boot: it exits 0 in every case, gives up after
+# rd.footprint.timeout seconds, and says in ONE console line (/dev/kmsg) either that it
+# traces or why it does not ("footprint: not tracing: <reason>").
+#
+# The recorder runs
+#   * with argv[0] "@footprint": systemd spares such root-owned processes when it kills the
+#     initramfs's leftovers at switch_root (systemd's ROOT_STORAGE_DAEMONS.md);
+#   * in its own mount namespace, a slave of the initramfs's: mounts made while the live
+#     root is assembled propagate into it, but systemd's move of /proc, /sys, /dev and /run
+#     into the new root at switch_root does not take them away from it (its root stays the
+#     initramfs's). /run is the same tmpfs on both sides: the recording, the marks and the
+#     stop file are shared with the booted system (/run/footprint/).
+# After the recorder attached, units are put in /run/systemd/system for the booted system's
+# systemd (they survive switch_root with /run): phase marks when sysinit, basic and
+# multi-user are reached, and the stop (rd.footprint.stop).
+
+DIR=/run/footprint
+REC=$DIR/recording.jsonl
+LOG=$DIR/recorder.log
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+
+say() {
+    # one line on the console and in the kernel log; <3> (error) shows even with "quiet"
+    local level=$1
+    shift
+    if [ -w /dev/kmsg ]; then
+        echo "<$level>footprint: $*" > /dev/kmsg
+    else
+        echo "footprint: $*" >&2
+    fi
+    echo "footprint: $*" >> "$DIR/start.log" 2> /dev/null
+}
+
+# the value of option $1 on the kernel command line (the last one wins), or $2
+arg() {
+    local a v=$2
+    for a in $(cat /proc/cmdline); do
+        case $a in
+            "$1="*) v=${a#*=} ;;
+        esac
+    done
+    echo "$v"
+}
+
+enabled=$(arg rd.footprint 0)
+case $enabled in 1 | yes | on | true) ;; *) exit 0 ;; esac
+if [ -e "$DIR/recorder.pid" ] && kill -0 "$(cat "$DIR/recorder.pid")" 2> /dev/null; then
+    exit 0  # already started (systemd unit and cmdline hook both present)
+fi
+
+mkdir -p "$DIR"
+interval=$(arg rd.footprint.interval 1)
+stop=$(arg rd.footprint.stop multi-user)
+slab=$(arg rd.footprint.slab kmalloc)
+timeout=$(arg rd.footprint.timeout 240)
+preload=$(arg rd.footprint.preload 1)
+brk=$(arg rd.footprint.break 0)
+case $stop in multi-user | basic | sysinit | never) ;; *)
+    say 4 "rd.footprint.stop=$stop is not one of multi-user, basic, sysinit, never: using multi-user"
+    stop=multi-user ;;
+esac
+case $timeout in '' | *[!0-9]*) timeout=240 ;; esac
+
+read -r t_start _ < /proc/uptime
+
+if ! command -v python3 > /dev/null 2>&1; then
+    say 3 "not tracing: python3 is not in the initramfs"
+    exit 0
+fi
+if [ ! -f /opt/footprint/run.py ]; then
+    say 3 "not tracing: no /opt/footprint/run.py (append footprint's code cpio to the initramfs)"
+    exit 0
+fi
+
+# The storage modules, loaded before attaching so that the recorder's symbol table knows
+# them (it reads /proc/kallsyms once): their load-time allocations are then not traced,
+# their mount-time ones are.
+if [ "$preload" != 0 ]; then
+    modprobe -q -a squashfs loop dm_mod dm_snapshot overlay iso9660 2> /dev/null
+fi
+
+set -- python3 /opt/footprint/run.py record -o "$REC" --interval "$interval" --slab "$slab" \
+    --marks "$DIR/marks" --stop-file "$DIR/stop"
+case $brk in
+    1) set -- python3 -c 'raise SystemExit("deliberately broken (rd.footprint.break=1)")' ;;
+    hang) set -- sleep 100000 ;;
+esac
+: > "$DIR/marks"
+: > "$LOG"
+# argv[0] "@footprint" for the recorder itself (bash's exec -a, in the last exec of the
+# chain); PYTHONHOME since python cannot find its prefix from that argv[0]. Neither unshare
+# (no --fork) nor setsid (not a process group leader here) forks: $pid is the recorder.
+(
+    exec < /dev/null >> "$LOG" 2>&1
+    export PYTHONHOME=/usr PYTHONPATH=/opt/footprint PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+    ns=
+    command -v unshare > /dev/null 2>&1 && ns="unshare --mount --propagation slave --"
+    # shellcheck disable=SC2016
+    exec $ns setsid /bin/bash -c 'exec -a @footprint "$@"' footprint "$@"
+) &
+pid=$!
+
+# Wait for the first sample (the recorder attached) or its end, bounded.
+reason=
+waited=0
+while :; do
+    if [ -f "$REC" ] && grep -q '"type": *"sample"' "$REC" 2> /dev/null; then
+        break
+    fi
+    if ! kill -0 "$pid" 2> /dev/null; then
+        reason="the recorder exited: $(grep -v '^[[:space:]]*$' "$LOG" | tail -n 1 | tr -d '\r' | head -c 300)"
+        break
+    fi
+    if [ "$waited" -ge $((timeout * 5)) ]; then
+        kill -KILL "$pid" 2> /dev/null
+        reason="no sample after ${timeout} s (rd.footprint.timeout): recorder killed"
+        break
+    fi
+    sleep 0.2
+    waited=$((waited + 1))
+done
+read -r t_now _ < /proc/uptime
+if [ -n "$reason" ]; then
+    rm -f "$DIR/marks"
+    say 3 "not tracing: $reason"
+    exit 0
+fi
+echo "$pid" > "$DIR/recorder.pid"
+echo "$t_start $t_now" > "$DIR/attach"
+/bin/sh /usr/lib/footprint/footprint-mark attached
+
+# The booted system's part (systemd): marks at its targets and the stop.
+if [ -d /run/systemd/system ] || [ -n "$DRACUT_SYSTEMD" ]; then
+    mkdir -p "$DIR/bin" /run/systemd/system
+    cp /usr/lib/footprint/footprint-mark "$DIR/bin/mark"
+    cp /usr/lib/footprint/units/footprint-mark@.service /run/systemd/system/
+    # the unit that holds the recorder, so that the booted system stops it at shutdown
+    [ -f /usr/lib/systemd/system/footprint.service ] \
+        && cp /usr/lib/systemd/system/footprint.service /run/systemd/system/
+    for t in sysinit basic multi-user; do
+        mkdir -p "/run/systemd/system/$t.target.wants"
+        ln -sf ../footprint-mark@.service "/run/systemd/system/$t.target.wants/footprint-mark@$t.service"
+    done
+    if [ "$stop" != never ]; then
+        sed "s/@STOP@/$stop/g" /usr/lib/footprint/units/footprint-stop.service \
+            > /run/systemd/system/footprint-stop.service
+        mkdir -p "/run/systemd/system/$stop.target.wants"
+        ln -sf ../footprint-stop.service "/run/systemd/system/$stop.target.wants/footprint-stop.service"
+    fi
+fi
+say 5 "tracing since ${t_now} s (pid $pid, started at ${t_start} s; stop: $stop)"
+exit 0
