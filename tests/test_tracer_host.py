@@ -14,6 +14,9 @@ import time
 
 import pytest
 
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent.parent / 'bench'))
+import livestack  # noqa: E402
+
 pytestmark = pytest.mark.bpf
 
 FOOTPRINT = [sys.executable, "-m", "tracer"]
@@ -26,68 +29,17 @@ def _need(tool):
 
 @pytest.fixture(scope="module")
 def live_like_stack(tmp_path_factory):
-    """iso-less miniature of the live stack: host fs → squashfs.img on loopA → squashfs
-    → rootfs.img on loopB → ext4 with three files."""
+    """A miniature of the live stack: host fs → squashfs.img on loopA → squashfs →
+    rootfs.img on loopB → ext4 with three 16 MiB files (bench/livestack.py)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to loop-mount and load BPF")
     for tool in ("mksquashfs", "mkfs.ext4", "losetup", "fincore"):
         _need(tool)
-    base = tmp_path_factory.mktemp("stack")
-    tree, live = base / "tree", base / "iso" / "LiveOS"
-    tree.mkdir()
-    live.mkdir(parents=True)
-    for name, mib in (("a.bin", 16), ("b.bin", 16), ("c.bin", 16)):
-        with open(tree / name, "wb") as f:
-            f.write(os.urandom(mib << 20))
-    (tree / "small.txt").write_text("hello\n" * 100)
-    rootfs = live / "rootfs.img"
-    subprocess.run(["truncate", "-s", "96M", str(rootfs)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-L", "Root", "-d", str(tree), str(rootfs)], check=True)
-    squash = base / "squashfs.img"
-    subprocess.run(["mksquashfs", str(base / "iso"), str(squash), "-comp", "gzip", "-quiet",
-                    "-no-progress"], check=True, stdout=subprocess.DEVNULL)
-    rootfs.unlink()
-    mnt_sq, mnt_ext = base / "sq", base / "ext"
-    mnt_sq.mkdir()
-    mnt_ext.mkdir()
-    loops, mounts = [], []
-    try:
-        lo_a = subprocess.run(["losetup", "-f", "--show", "-r", str(squash)], check=True,
-                              capture_output=True, text=True).stdout.strip()
-        loops.append(lo_a)
-        subprocess.run(["mount", "-t", "squashfs", "-o", "ro", lo_a, str(mnt_sq)], check=True)
-        mounts.append(mnt_sq)
-        inner = mnt_sq / "LiveOS" / "rootfs.img"
-        lo_b = subprocess.run(["losetup", "-f", "--show", "-r", str(inner)], check=True,
-                              capture_output=True, text=True).stdout.strip()
-        loops.append(lo_b)
-        subprocess.run(["mount", "-t", "ext4", "-o", "ro", lo_b, str(mnt_ext)], check=True)
-        mounts.append(mnt_ext)
-        yield {"squash": squash, "inner": inner, "ext": mnt_ext, "loops": loops,
-               "files": [mnt_ext / n for n in ("a.bin", "b.bin", "c.bin", "small.txt")]}
-    finally:
-        # Top down; a detached loop lets go of its backing file asynchronously, so wait
-        # for it before unmounting the file system that holds that file.
-        if mnt_ext in mounts:
-            subprocess.run(["umount", str(mnt_ext)], check=False)
-        for lo in reversed(loops):
-            subprocess.run(["losetup", "-d", lo], check=False)
-            wait_loop_free(lo)
-            if lo == loops[-1] and mnt_sq in mounts:
-                subprocess.run(["umount", str(mnt_sq)], check=False)
+    with livestack.live_like_stack(tmp_path_factory.mktemp("stack")) as stack:
+        yield stack
 
 
-def wait_loop_free(lo, timeout=10.0):
-    backing = f"/sys/block/{os.path.basename(lo)}/loop/backing_file"
-    deadline = time.monotonic() + timeout
-    while os.path.exists(backing) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def drop_caches():
-    subprocess.run(["sync"], check=True)
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
+drop_caches = livestack.drop_caches
 
 
 def read_part(path, offset_mib, length_mib):

@@ -1,0 +1,227 @@
+"""footprint's benchmarks: overhead, accuracy and scale, each a ratio or a count measured
+in one run (machines are noisy: ratios of interleaved runs, medians).
+
+    scripts/bench [--json] [--guest] [--runs N]
+
+Host part (this machine's kernel, tracepoints only):
+  workload_overhead_ratio_host  cold read of a file tree on a squashfs-in-ext4 loop
+                                stack, traced / untraced (median of interleaved runs)
+  max_file_error_pct            worst per-file error of footprint vs the kernel's own
+                                count (cachestat; fincore where it sees every page)
+  report_seconds_1m_pages       `footprint report --json` on a recording holding
+                                1 million resident pages (median wall time)
+Guest part (--guest: the bookworm live guest under QEMU/TCG, traced from early boot):
+  boot_overhead_ratio, workload_overhead_ratio, lost_events, map_drops,
+  tracer_own_mib, unattributed_pct
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+
+import livestack  # noqa: E402
+
+FOOTPRINT = [sys.executable, "-m", "tracer"]
+GOALS = {"workload_overhead_ratio": 1.03, "workload_overhead_ratio_host": 1.03,
+         "boot_overhead_ratio": 1.10, "lost_events": 0, "map_drops": 0, "tracer_own_mib": 8,
+         "report_seconds_1m_pages": 2.0, "max_file_error_pct": 1.0, "unattributed_pct": 3.0}
+
+
+def say(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# --- host ---------------------------------------------------------------------------------
+
+
+def _start_recorder(rec: Path) -> subprocess.Popen:
+    p = subprocess.Popen(FOOTPRINT + ["record", "-o", str(rec), "--interval", "1", "--no-inventory"],
+                         stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if rec.exists() and b'"type":"sample"' in rec.read_bytes():
+            return p
+        time.sleep(0.1)
+    p.kill()
+    raise RuntimeError("recorder did not start")
+
+
+def _stop(p: subprocess.Popen) -> None:
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=120)
+
+
+def _cold_read(root: Path) -> float:
+    livestack.drop_caches()
+    t0 = time.perf_counter()
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                while f.read(1 << 20):
+                    pass
+    return time.perf_counter() - t0
+
+
+def host_workload_and_accuracy(runs: int) -> dict:
+    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="fp-bench-") as tmp, \
+            livestack.live_like_stack(Path(tmp), tree_mib=256) as stack:
+        untraced, traced = [], []
+        for i in range(runs):  # interleaved, so drift hits both alike
+            untraced.append(_cold_read(stack["ext"]))
+            rec = Path(tmp) / f"r{i}.jsonl"
+            p = _start_recorder(rec)
+            try:
+                traced.append(_cold_read(stack["ext"]))
+            finally:
+                _stop(p)
+        ratio = statistics.median(traced) / statistics.median(untraced)
+        say(f"cold read {statistics.median(untraced):.3f} s untraced, "
+            f"{statistics.median(traced):.3f} s traced")
+        error = _max_file_error(stack, Path(tmp))
+    return {"workload_overhead_ratio_host": round(ratio, 3), "max_file_error_pct": error,
+            "cold_read_seconds_untraced": round(statistics.median(untraced), 3)}
+
+
+def _max_file_error(stack: dict, tmp: Path) -> float:
+    from tracer.inventory import cachestat
+
+    livestack.drop_caches()
+    rec = tmp / "acc.jsonl"
+    p = _start_recorder(rec)
+    try:
+        for path, (off, length) in zip(stack["files"], ((0, 10), (0, 16), (5, 3), (0, 1))):
+            with open(path, "rb") as f:
+                f.seek(off << 20)
+                f.read(length << 20)
+        time.sleep(1.0)
+        truth = {}
+        for path in [stack["squash"], stack["inner"], *stack["files"]]:
+            fd = os.open(path, os.O_RDONLY)
+            cs = cachestat(fd)
+            os.close(fd)
+            st = os.stat(path)
+            truth[(f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", st.st_ino)] = cs["nr_cache"]
+    finally:
+        _stop(p)
+    rep = json.loads(subprocess.run(FOOTPRINT + ["report", "--json", str(rec)], check=True,
+                                    capture_output=True, text=True).stdout)
+    got = {(f["dev"], f["ino"]): f["resident_pages"] for f in rep["files"]}
+    errs = [abs(got.get(k, 0) - v) / v * 100 for k, v in truth.items() if v]
+    return round(max(errs), 3)
+
+
+def synthetic_recording(path: Path, pages: int = 1_000_000, files: int = 50_000,
+                        samples: int = 60) -> None:
+    """A recording in the real format holding `pages` resident pages over `files` files
+    on the live stack, delta-encoded over `samples` samples."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from synthetic_live import live_topology
+
+    from tracer import recording
+
+    w = recording.Writer(str(path), {"plan": {"probes": []}, "attached": 0.0,
+                                     "tracer": {"pid": 1, "files": []}})
+    w.write({"type": "topology", "t": 0.5, "topology": live_topology()})
+    per = pages // files
+    devs = ["254:0", "7:0", "11:0"]
+    mi = {"MemTotal": 8 << 20, "MemFree": 2 << 20, "MemAvailable": 5 << 20,
+          "Cached": pages * 4 + 4096, "Buffers": 0, "AnonPages": 100000, "Slab": 50000}
+    for s in range(samples):
+        chunk = range(s * files // samples, (s + 1) * files // samples)
+        w.write({"type": "sample", "t": 1.0 + s, "meminfo": mi, "stats": {},
+                 "files": {f"{devs[i % 3]}:{1000 + i}": [per, per, per, 0, 0] for i in chunk}})
+    w.close("duration")
+
+
+def report_scale(runs: int) -> dict:
+    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="fp-bench-") as tmp:
+        rec = Path(tmp) / "big.jsonl"
+        synthetic_recording(rec)
+        times = []
+        for _ in range(max(3, runs)):
+            t0 = time.perf_counter()
+            subprocess.run(FOOTPRINT + ["report", "--json", str(rec)], check=True,
+                           stdout=subprocess.DEVNULL)
+            times.append(time.perf_counter() - t0)
+        size_mib = rec.stat().st_size / 2**20
+    return {"report_seconds_1m_pages": round(statistics.median(times), 3),
+            "recording_mib_1m_pages": round(size_mib, 1)}
+
+
+# --- guest ------------------------------------------------------------------------------------
+
+
+def guest(runs: int) -> dict:
+    """Traced vs untraced boots of the live guest, and a cold read inside it."""
+    from vm import experiment
+
+    if not hasattr(experiment, "run_experiment"):
+        raise SystemExit("vm.experiment is missing")
+    out: dict = {}
+    boots = {"traced": [], "untraced": []}
+    for i in range(runs):
+        for mode in ("untraced", "traced"):
+            res = experiment.run_experiment(["live"], **({"traced": mode == "traced"}))
+            boots[mode].append(res["boots"][0])
+    out["boot_overhead_ratio"] = round(
+        statistics.median(b["boot_seconds"] for b in boots["traced"])
+        / statistics.median(b["boot_seconds"] for b in boots["untraced"]), 3)
+    last = boots["traced"][-1]
+    acc = last.get("account_report") or {}
+    out["lost_events"] = acc.get("lost_events")
+    out["map_drops"] = acc.get("map_drops")
+    out["unattributed_pct"] = round(acc.get("meminfo", {}).get("unattributed_pct", float("nan")), 2)
+    tracer_rows = [r for r in acc.get("account", []) if r["subsystem"] == "tracer"]
+    out["tracer_own_mib"] = round(sum(r["resident_mib"] for r in tracer_rows), 1)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ap.add_argument("--guest", action="store_true", help="also the QEMU guest benchmarks (slow)")
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench: needs root (loop devices, BPF): run it as root", file=sys.stderr)
+        return 2
+    results: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} "
+                     f"{platform.release()} {os.cpu_count()} CPUs"}
+    say("host: cold-read overhead and per-file accuracy")
+    results.update(host_workload_and_accuracy(args.runs))
+    say("report on 1M resident pages")
+    results.update(report_scale(args.runs))
+    if args.guest:
+        say("guest: traced vs untraced live boots")
+        results.update(guest(max(1, args.runs // 2)))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"{'metric':<32}{'value':>12}{'goal':>10}")
+        for k, v in results.items():
+            if k in ("date", "machine"):
+                continue
+            goal = GOALS.get(k)
+            mark = "" if goal is None or v is None else ("  ok" if v <= goal else "  OVER")
+            print(f"{k:<32}{str(v):>12}{'' if goal is None else ('≤ ' + str(goal)):>10}{mark}")
+        print(f"({results['date']}, {results['machine']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
