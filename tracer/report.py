@@ -8,7 +8,6 @@ CSV are produced by their libraries, which quote properly.
 from __future__ import annotations
 
 import json
-import math
 import re
 
 import pandas as pd

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import os
-import re
 from array import array
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
