@@ -86,11 +86,15 @@ def mark(name, marks):
 @click.option("--keep-logs", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Keep each boot's serial console log in DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
-def experiment(variants, memory, timeout, settle, cache_dir, keep_logs, as_json):
+@click.option("--untraced", is_flag=True,
+              help="Boot without footprint in the initramfs (plain measurements); by default "
+                   "each boot is traced from the initramfs on and gains account and phases.")
+def experiment(variants, memory, timeout, settle, cache_dir, keep_logs, as_json, untraced):
     """Boot Debian guests (plain disk vs live ISO) under QEMU and redo the 2014 measurement."""
     from vm.experiment import main_cli
 
-    main_cli(variants, memory, timeout, cache_dir, keep_logs, as_json, settle)
+    main_cli(variants, memory, timeout, cache_dir, keep_logs, as_json, settle,
+             traced=not untraced)
 
 
 DEFAULT_RECORDING = "/run/footprint/recording.jsonl"

@@ -166,6 +166,14 @@ def boot_and_measure(
         rec["extra"] = {}
         for name, hook in hooks.items():
             rec["extra"][name] = hook(g, rec)
+        rec["traced"] = bool(getattr(spec, "traced", False))
+        fp = rec["extra"].get("footprint")
+        if isinstance(fp, dict):  # traced boots: the account and phases at the top level
+            rec["account"] = fp.get("account")
+            rec["phases"] = fp.get("phases")
+            rec["tracer"] = fp.get("recorder")
+            if fp.get("error"):
+                rec["tracer_error"] = fp["error"]
         g.shutdown(timeout=60)
     C.say(f"  {spec.name}: used {rec['used_mib']} MiB, MemTotal-MemFree {rec['nonfree_mib']:.0f} MiB")
     return rec
@@ -181,16 +189,24 @@ def run_experiment(
     keep_logs: Optional[os.PathLike] = None,
     hooks: Mapping[str, Hook] = {},
     guest_options: Optional[dict] = None,
+    traced: bool = False,
 ) -> dict:
     """Builds what is missing, boots each variant in `names` in turn, returns
-    {"boots": [...], "seed": SEED}."""
+    {"boots": [...], "seed": SEED}. traced: boots with footprint recording from the
+    initramfs on (vm/dracut/95footprint); each boot then has "account" and "phases"."""
     C.require_tools("qemu-system-x86_64", "mkfs.ext4")
     keep = Path(keep_logs) if keep_logs else None
     if keep:
         keep.mkdir(parents=True, exist_ok=True)
     try:
         with terminate_as_interrupt():
-            specs = prepare_many(list(names), cache_dir)
+            if traced:
+                from .traced import EXPERIMENT_APPEND, footprint_hook
+
+                specs = prepare_many(list(names), cache_dir, traced=True, append=EXPERIMENT_APPEND)
+                hooks = {"footprint": lambda g, r: footprint_hook(g, r, keep), **hooks}
+            else:
+                specs = prepare_many(list(names), cache_dir)
             boots = []
             for s in specs:
                 try:
@@ -263,7 +279,8 @@ def format_table(result: dict) -> str:
 
 
 def main_cli(variants: str, memory: int, timeout: float, cache_dir: Optional[str],
-             keep_logs: Optional[str], as_json: bool, settle: float) -> None:
+             keep_logs: Optional[str], as_json: bool, settle: float,
+             traced: bool = True) -> None:
     from tracer.errors import require_root
 
     from .images import variant_names
@@ -273,7 +290,7 @@ def main_cli(variants: str, memory: int, timeout: float, cache_dir: Optional[str
         raise FootprintError(f"--memory {memory} is too small to boot: use at least 512 (MiB)")
     require_root("footprint experiment")
     result = run_experiment(names, memory=memory, timeout=timeout, settle=settle,
-                            cache_dir=cache_dir, keep_logs=keep_logs)
+                            cache_dir=cache_dir, keep_logs=keep_logs, traced=traced)
     if as_json:
         print(json.dumps(result, indent=2))
     else:

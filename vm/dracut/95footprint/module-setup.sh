@@ -128,9 +128,10 @@ install() {
 
     # -- start, marks, units
     inst_multiple bash sh cat grep sed sleep mkdir ln cp rm kill setsid unshare modprobe mount \
-        tail head tr date
+        tail head tr date nsenter readlink ldconfig
     inst_script "$moddir/footprint-start.sh" /usr/lib/footprint/footprint-start
     inst_script "$moddir/footprint-mark.sh" /usr/lib/footprint/footprint-mark
+    inst_script "$moddir/footprint-detach.sh" /usr/lib/footprint/footprint-detach
     inst_simple "$moddir/footprint-mark@.service" /usr/lib/footprint/units/footprint-mark@.service
     inst_simple "$moddir/footprint-stop.service" /usr/lib/footprint/units/footprint-stop.service
     if dracut_module_included "systemd"; then
@@ -144,7 +145,10 @@ install() {
     # One tiny mark per dracut hook; the cmdline one also starts the tracer when the
     # initramfs has no systemd.
     inst_hook cmdline 00 "$moddir/footprint-cmdline.sh"
-    for k in pre-udev pre-trigger pre-mount mount pre-pivot cleanup; do
+    printf '#!/bin/sh\n/bin/sh /usr/lib/footprint/footprint-detach\n[ -e /run/footprint/marks ] && /bin/sh /usr/lib/footprint/footprint-mark cleanup\n' \
+        > "$DRACUT_TMPDIR/footprint-mark-cleanup.sh"
+    inst_hook cleanup 00 "$DRACUT_TMPDIR/footprint-mark-cleanup.sh"
+    for k in pre-udev pre-trigger pre-mount mount pre-pivot; do
         printf '#!/bin/sh\n[ -e /run/footprint/marks ] && /bin/sh /usr/lib/footprint/footprint-mark %s\n' \
             "$k" > "$DRACUT_TMPDIR/footprint-mark-$k.sh"
         inst_hook "$k" 00 "$DRACUT_TMPDIR/footprint-mark-$k.sh"

@@ -1,0 +1,143 @@
+"""Traced boots: the recording footprint's dracut module made, fetched and accounted.
+
+A traced boot (BootSpec.traced, see vm/dracut/95footprint) starts `footprint record` in the
+initramfs before dracut-cmdline and udev, and it keeps recording through switch_root into
+/run/footprint/recording.jsonl. `footprint_hook` is an experiment per-boot hook
+(vm.experiment hooks: `hook(guest, boot_record) -> dict`): it reads the recorder's own
+memory while it still runs, stops it (the stop file), fetches the recording and builds the
+account on the host.
+
+    from vm.traced import footprint_hook, fetch_recording
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from .qemu import Guest
+
+RUN = "/run/footprint"
+RECORDING = f"{RUN}/recording.jsonl"
+# Boots for `footprint experiment`: the recorder runs until the hook stops it, so the
+# account is taken at the moment the other figures are (and its own memory can be read).
+EXPERIMENT_APPEND = "rd.footprint.stop=never"
+
+
+def recorder_state(g: Guest) -> dict:
+    """What the initramfs said (start.log), when it started and attached (uptime seconds),
+    and the running recorder's pid, argv[0] and memory (kB) from /proc/PID/status."""
+    out: dict = {}
+    rc, log, _ = g.run(f"cat {RUN}/start.log 2>/dev/null", timeout=60)
+    out["start_log"] = log.decode(errors="replace").strip()
+    rc, att, _ = g.run(f"cat {RUN}/attach 2>/dev/null", timeout=60)
+    parts = att.split()
+    if len(parts) == 2:
+        out["started_s"], out["attached_s"] = float(parts[0]), float(parts[1])
+        out["attach_seconds"] = round(out["attached_s"] - out["started_s"], 2)
+    rc, pid, _ = g.run(f"cat {RUN}/recorder.pid 2>/dev/null", timeout=60)
+    pid = pid.decode().strip()
+    if pid.isdigit():
+        out["pid"] = int(pid)
+        rc, status, _ = g.run(f"cat /proc/{pid}/status 2>/dev/null; echo; "
+                              f"tr '\\0' ' ' < /proc/{pid}/cmdline 2>/dev/null", timeout=60)
+        text = status.decode(errors="replace")
+        mem = {}
+        for line in text.splitlines():
+            key, _, val = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM", "VmSize"):
+                mem[key] = int(val.split()[0])
+        out["running"] = bool(mem)
+        if mem:
+            out["memory_kb"] = mem
+            out["argv"] = text.strip().splitlines()[-1][:300]
+    return out
+
+
+def stop_recorder(g: Guest, pid: Optional[int], timeout: float = 120.0) -> str:
+    """Touch the stop file and wait for the recorder to write its last sample and exit;
+    SIGTERM (same effect) if it does not."""
+    g.run(f"echo experiment > {RUN}/stop", timeout=60)
+    if not pid:
+        return "not running"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rc, _, _ = g.run(f"kill -0 {pid} 2>/dev/null", timeout=60)
+        if rc != 0:
+            return "stop-file"
+        time.sleep(1)
+    g.run(f"kill -TERM {pid}", timeout=60)
+    time.sleep(5)
+    return "SIGTERM"
+
+
+def normalize(path: Path) -> None:
+    """Recordings from recorders whose uevent records carry "time" (topology's uevent
+    watcher) instead of the reader's "t": rewritten in place so recording.read accepts
+    them. A no-op on recordings that already agree."""
+    lines = path.read_bytes().split(b"\n")
+    changed = False
+    for i, line in enumerate(lines):
+        if b'"type":"uevent"' not in line and b'"type": "uevent"' not in line:
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if "t" not in obj and isinstance(obj.get("time"), (int, float)):
+            obj["t"] = obj["time"]
+            lines[i] = json.dumps(obj, separators=(",", ":")).encode()
+            changed = True
+    if changed:
+        path.write_bytes(b"\n".join(lines))
+
+
+def account_of(path: Path) -> dict:
+    """`footprint report --json` of a recording file (the last sample)."""
+    from tracer import account, recording, report
+
+    normalize(path)
+    rec = recording.read(str(path))
+    acc = account.build(rec)
+    return json.loads(report.dumps_json(report.to_json(rec, acc), pretty=False))
+
+
+def fetch_recording(g: Guest, host_path: Path) -> Path:
+    g.get_file(RECORDING, host_path, timeout=300)
+    return host_path
+
+
+def footprint_hook(g: Guest, boot: dict, keep: Optional[Path] = None) -> dict:
+    """Experiment hook for traced boots: {"recorder": state, "account": rows, "phases":
+    [{"name", "t_s"}] in boot order, "recording": summary}; {"error": why} if the boot
+    was not traced (the console line of footprint-start says why)."""
+    state = recorder_state(g)
+    result: dict = {"recorder": state}
+    if not state.get("running") and "not tracing" in state.get("start_log", ""):
+        result["error"] = state["start_log"].splitlines()[-1]
+        return result
+    result["stopped_by"] = stop_recorder(g, state.get("pid"))
+    with tempfile.TemporaryDirectory(prefix="footprint-rec-") as tmp:
+        path = Path(tmp) / "recording.jsonl"
+        try:
+            fetch_recording(g, path)
+        except Exception as err:  # noqa: BLE001 - the boot's other figures still count
+            result["error"] = f"no recording: {err}"
+            return result
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            (keep / f"{boot.get('name', 'boot')}.recording.jsonl").write_bytes(path.read_bytes())
+        try:
+            rep = account_of(path)
+        except Exception as err:  # noqa: BLE001
+            result["error"] = f"recording not readable: {err}"
+            return result
+    result["account"] = rep["account"]
+    result["phases"] = sorted(rep["phases"], key=lambda p: p["t_s"])
+    result["recording"] = rep["recording"]
+    result["map_drops"] = rep.get("map_drops")
+    result["meminfo"] = rep.get("meminfo")
+    return result
