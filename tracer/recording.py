@@ -91,7 +91,8 @@ class Writer:
 
     def write(self, record: dict) -> None:
         try:
-            self._f.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
+            # ensure_ascii: names that are not UTF-8 (surrogate escapes) stay valid JSON text.
+            self._f.write(json.dumps(record, separators=(",", ":"), ensure_ascii=True))
             self._f.write("\n")
             self._f.flush()
         except OSError as err:
@@ -294,6 +295,28 @@ def _header_ok(h: dict) -> bool:
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in created.values())
 
 
+def _valid_unicode(obj):
+    """Names that were not UTF-8 on the traced machine arrive as lone surrogates (the
+    writer's surrogateescape): shown as \\xNN from here on, so every format (pandas'
+    Arrow strings, JSON, HTML) gets valid text."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+            return obj
+        except UnicodeEncodeError:
+            pass
+        try:  # the original bytes, as the traced machine had them
+            raw = obj.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # surrogates that no byte produced
+            raw = obj.encode("utf-8", "surrogatepass")
+        return raw.decode("utf-8", "backslashreplace")
+    if isinstance(obj, dict):
+        return {_valid_unicode(k): _valid_unicode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_valid_unicode(v) for v in obj]
+    return obj
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -316,6 +339,8 @@ def read(path: str) -> Recording:
         if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
             raise _bad(path, f"corrupt (line {n} has no record type)")
         kind = obj["type"]
+        if kind != "sample":
+            obj = _valid_unicode(obj)
         if rec is None:
             if kind != "header" or obj.get("format") != FORMAT:
                 raise FootprintError(f"{path} is not a footprint recording: "

@@ -161,5 +161,10 @@ def _fit(s: str, width: int) -> str:
 
 
 def to_csv(acc: Account, by: str) -> str:
-    df = acc.files if by == "file" else acc.by(by)
+    """CSV for people and spreadsheets: names quoted by the csv writer and made inert like
+    the text report (a terminal showing it runs no escape sequence). JSON keeps them exact."""
+    df = (acc.files if by == "file" else acc.by(by)).copy()
+    for col in df.columns:
+        if not pd.api.types.is_numeric_dtype(df[col]):
+            df[col] = df[col].map(lambda v: inert(v) if isinstance(v, str) else v)
     return df.to_csv(index=False)
