@@ -283,3 +283,36 @@ def _write_file(path: str, data: bytes) -> None:
             f.write(data)
     except OSError as err:
         raise FootprintError(f"cannot write {path}: {err.strerror}; choose another path") from None
+
+
+@main.group()
+def dracut():
+    """Install footprint's dracut module (dracut --add footprint, boot with rd.footprint=1)."""
+
+
+@dracut.command("install")
+@click.option("--root", type=click.Path(file_okay=False, exists=True), default="/", show_default=True,
+              help="System tree to install into (an image's root, or / for this machine).")
+@click.option("--force", is_flag=True, help="Replace a different module of the same name.")
+def dracut_install(root, force):
+    """Copy the module into the directory dracut takes modules from."""
+    from pathlib import Path
+
+    from . import dracut as mod
+
+    dest = mod.install(Path(root), force=force)
+    click.echo(f"installed {dest}")
+    click.echo("next: dracut --force --add footprint   (rebuilds the initramfs; not done for you)")
+    click.echo("then boot with rd.footprint=1; after boot: footprint report")
+
+
+@dracut.command("uninstall")
+@click.option("--root", type=click.Path(file_okay=False, exists=True), default="/", show_default=True)
+def dracut_uninstall(root):
+    """Remove the module (initramfs images already built keep their copy)."""
+    from pathlib import Path
+
+    from . import dracut as mod
+
+    dest = mod.uninstall(Path(root))
+    click.echo(f"removed {dest}" if dest else "footprint's dracut module was not installed")
