@@ -253,7 +253,7 @@ def _wait_for(pred, timeout: float, what: str):
 
 @pytest.mark.qemu
 @needs_qemu
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_boot_leaves_nothing(lab_cache, sig):
     images.prepare("plain", lab_cache)  # built beforehand: this test interrupts the boot
     loops, mounts, dirs = _loops(), _mounts(), _guest_dirs()
@@ -269,6 +269,13 @@ def test_interrupted_boot_leaves_nothing(lab_cache, sig):
         p.send_signal(sig)
         p.wait(timeout=60)
         err = p.stderr.read().decode()
+        if sig == signal.SIGKILL:  # no cleanup code runs: QEMU dies through PR_SET_PDEATHSIG
+            _wait_for(lambda: not _alive(qemu), 10, "QEMU to die with its parent")
+            from vm.qemu import _sweep_workdirs
+
+            _sweep_workdirs()  # what the next Guest does first: the dead run's temp dir goes
+            assert not glob.glob(os.path.join(tempfile.gettempdir(), f"footprint-guest-{p.pid}-*"))
+            return
         assert p.returncode == 130, err
         assert err.strip().splitlines()[-1] == "footprint: interrupted"
         assert not _alive(qemu)

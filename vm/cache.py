@@ -214,6 +214,7 @@ def run_logged(
             start_new_session=True,
             env=env,
             cwd=cwd,
+            preexec_fn=_term_with_parent,  # a SIGKILLed footprint still stops the build
         )
         try:
             last = t0
@@ -237,6 +238,15 @@ def run_logged(
         if any("No space left on device" in line for line in _tail(log, 200)):
             raise enospc(log.parent)
         raise FootprintError(f"{what} failed (exit {rc}): see {log}, fix the cause and rerun")
+
+
+def _term_with_parent() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -139,6 +139,22 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 # ------------------------------------------------------------------ the guest
 
+def _sweep_workdirs() -> None:
+    """Removes temp dirs of guests whose footprint process died without cleaning up
+    (SIGKILL; QEMU itself died with it through PR_SET_PDEATHSIG)."""
+    for d in Path(tempfile.gettempdir()).glob("footprint-guest-*-*"):
+        try:
+            pid = int(d.name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
 Cmd = Union[str, Sequence[str]]
 
 
@@ -256,7 +272,8 @@ class Guest:
 
     def start(self) -> None:
         C.require_tools(QEMU)
-        self.workdir = Path(tempfile.mkdtemp(prefix="footprint-guest-"))
+        _sweep_workdirs()
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"footprint-guest-{os.getpid()}-"))
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self.log_path.write_bytes(b"")
