@@ -1,0 +1,56 @@
+"""The package as a user installs it: a wheel (python -m build) carrying the BPF source
+and the dracut module, pip-installed into a fresh venv that sees Debian's bcc."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    pytest.importorskip("build")
+    out = tmp_path_factory.mktemp("dist")
+    src = tmp_path_factory.mktemp("src") / "footprint"
+    # Build from a clean copy of the tracked files, as a release would.
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for f in files:
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, src / f)
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(src)],
+                   check=True, capture_output=True)
+    return next(out.glob("footprint-*.whl"))
+
+
+def test_wheel_carries_bpf_source_and_dracut_module(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "tracer/bpf/footprint.c" in names
+    assert "vm/dracut/95footprint/module-setup.sh" in names
+    assert "tracer/sampler.py" in names
+
+
+def test_wheel_installs_into_a_venv_that_sees_debians_bcc(wheel, tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
+                   check=True, capture_output=True, timeout=900)
+    if Path("/usr/lib/python3/dist-packages/bcc").is_dir():
+        subprocess.run(["bash", str(REPO / "scripts" / "link-bcc"), str(venv)], check=True)
+        subprocess.run([str(py), "-c", "import bcc"], check=True, cwd=tmp_path)
+    # Run from elsewhere: the installed copy, not the repo, must serve.
+    out = subprocess.run([str(venv / "bin" / "footprint"), "--version"], capture_output=True,
+                         text=True, check=True, cwd=tmp_path).stdout
+    assert "footprint" in out
+    src = subprocess.run([str(py), "-c", "from tracer import loader, dracut; "
+                          "print(len(loader.bpf_source())); print(dracut.module_source())"],
+                         capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
+    assert int(src[0]) > 1000 and str(venv) in src[1]
