@@ -44,14 +44,15 @@ def lab_logs():
 
 @pytest.fixture(scope="session")
 def experiment_json(lab_cache, lab_logs) -> dict:
-    """`footprint experiment --json` (plain and live), run ONCE per session as a subprocess
-    exactly as a user runs it; tests read the boots from its one JSON object. The serial
-    logs are in lab_logs/<name>.serial.log."""
+    """`footprint experiment --untraced --json` (plain and live), run ONCE per session as a
+    subprocess exactly as a user runs it; tests read the boots from its one JSON object.
+    Untraced: the lab's own figures, independent of the recorder (traced boots have their
+    own tests). The serial logs are in lab_logs/<name>.serial.log."""
     reason = qemu_skip_reason()
     if reason:
         pytest.skip(reason)
     p = subprocess.run(
-        [*FOOTPRINT, "experiment", "--json", "--variants", "plain,live", "--keep-logs", str(lab_logs),
+        [*FOOTPRINT, "experiment", "--untraced", "--json", "--variants", "plain,live", "--keep-logs", str(lab_logs),
          "--cache-dir", str(lab_cache)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=3600,
     )
