@@ -258,7 +258,7 @@ def test_interrupted_boot_leaves_nothing(lab_cache, sig):
     images.prepare("plain", lab_cache)  # built beforehand: this test interrupts the boot
     loops, mounts, dirs = _loops(), _mounts(), _guest_dirs()
     logs = tempfile.mkdtemp(prefix="fp-int-", dir="/var/tmp")
-    p = subprocess.Popen([*FOOTPRINT, "experiment", "--variants", "plain", "--cache-dir", str(lab_cache),
+    p = subprocess.Popen([*FOOTPRINT, "experiment", "--untraced", "--variants", "plain", "--cache-dir", str(lab_cache),
                           "--keep-logs", logs], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         qemu = _wait_for(lambda: [c for c in _children(p.pid) if _comm(c).startswith("qemu-system")],
@@ -295,7 +295,7 @@ def test_interrupted_build_leaves_nothing():
     artefact, no mount, no loop device, no process of the build left."""
     cache = tempfile.mkdtemp(prefix="fp-cold-", dir="/var/tmp")
     loops, mounts = _loops(), _mounts()
-    p = subprocess.Popen([*FOOTPRINT, "experiment", "--variants", "plain", "--cache-dir", cache],
+    p = subprocess.Popen([*FOOTPRINT, "experiment", "--untraced", "--variants", "plain", "--cache-dir", cache],
                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for(lambda: any("mmdebstrap" in " ".join(_cmdline(c)) for c in _children(p.pid)), 120,
