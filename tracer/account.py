@@ -86,8 +86,10 @@ class Account:
         """Rows grouped by "subsystem", "layer" (subsystem+layer+kind) or "kind"."""
         keys = {"subsystem": ["subsystem"], "layer": ["subsystem", "layer", "kind"],
                 "kind": ["kind"]}[what]
-        g = (self.rows.groupby(keys, sort=False, dropna=False)
-             [["resident_pages", "peak_pages", "allocated_pages"]].sum().reset_index())
+        grouped = self.rows.groupby(keys, sort=False, dropna=False)
+        g = grouped[["resident_pages", "peak_pages", "allocated_pages"]].sum().reset_index()
+        if what == "layer":  # where each row's figure comes from
+            g["source"] = grouped["source"].agg(lambda s: "+".join(sorted(set(s)))).values
         g["resident_mib"] = self.pages_to_mib(g["resident_pages"])
         return g.sort_values("resident_pages", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -192,11 +194,20 @@ def _file_rows(rec: Recording, state: dict, topo: Topology | None) -> pd.DataFra
         rows.append({"dev": dev, "ino": ino, "path": path, "fstype": fstype, "kind": kind,
                      "subsystem": subsystem, "layer": layer, "resident_pages": resident,
                      "peak_pages": max(c[1] + base_left, resident), "allocated_pages": c[2],
-                     "baseline_pages": base_left, "traced_pages": c[0]})
+                     "baseline_pages": base_left, "traced_pages": c[0],
+                     "source": _source(base_left, c)})
     cols = ["dev", "ino", "path", "fstype", "kind", "subsystem", "layer", "resident_pages",
-            "peak_pages", "allocated_pages", "baseline_pages", "traced_pages"]
+            "peak_pages", "allocated_pages", "baseline_pages", "traced_pages", "source"]
     df = pd.DataFrame(rows, columns=cols)
     return df.sort_values("resident_pages", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _source(baseline: int, c: list) -> str:
+    """traced: every page seen arriving; inventoried: resident before attach (no
+    history); both: some of each."""
+    if baseline and (c[0] or c[2]):
+        return "inventoried+traced"
+    return "inventoried" if baseline else "traced"
 
 
 def _kb_pages(meminfo: dict, name: str, page_size: int) -> int:
@@ -227,10 +238,11 @@ def build(rec: Recording, index: int = -1) -> Account:
     shmem = _kb_pages(mi, "Shmem", ps)
     if len(files):
         grouped = files.groupby(["subsystem", "layer", "kind"], sort=False)[
-            ["resident_pages", "peak_pages", "allocated_pages"]].sum().reset_index()
+            ["resident_pages", "peak_pages", "allocated_pages", "baseline_pages"]].sum().reset_index()
         for r in grouped.itertuples(index=False):
             add(r.subsystem, r.layer, r.kind, r.resident_pages, r.peak_pages, r.allocated_pages,
-                source="traced")
+                source=_source(r.baseline_pages, [r.resident_pages - r.baseline_pages, 0,
+                                                  r.allocated_pages]))
     seen_shmem = int(files.loc[files["kind"] == "shmem", "resident_pages"].sum()) if len(files) else 0
     seen_cache = int(files["resident_pages"].sum()) - seen_shmem if len(files) else 0
     add("shmem", "tmpfs, shm (not traced per file)", "shmem", max(0, shmem - seen_shmem))

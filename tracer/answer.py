@@ -109,7 +109,7 @@ def _claims(rows: pd.DataFrame, sub: str, ps: int) -> dict:
 
 def _page_cache_by_layer(rows: pd.DataFrame, ps: int) -> list[dict]:
     # The tracer's own files are its cost, not a storage layer's (they have their row).
-    cache = rows[rows["kind"].isin(CACHE_KINDS) & (rows["source"] == "traced")
+    cache = rows[rows["kind"].isin(CACHE_KINDS) & (rows["source"] != "meminfo")
                  & (rows["subsystem"] != "tracer")]
     g = (cache.groupby(["layer", "subsystem", "kind"], sort=False)["resident_pages"].sum()
          .sort_values(ascending=False).reset_index())

@@ -22,6 +22,8 @@ def _sizes(files, stacks, objs):
               help="Seconds between samples of the in-kernel account.")
 @click.option("--no-inventory", is_flag=True,
               help="Skip the baseline of pages already resident at attach time.")
+@click.option("--inventory-seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Time budget of the baseline walk over the stack's file systems.")
 @click.option("--slab", type=click.Choice(["off", "kmalloc", "all"]), default="kmalloc",
               show_default=True, help="Which slab objects to follow by address.")
 @click.option("--kernel-headers", type=click.Path(file_okay=False), default=None,
@@ -36,7 +38,7 @@ def _sizes(files, stacks, objs):
               help="Keep sampling in this process (default: exec into a lean sampler without "
                    "bcc/LLVM once attached).")
 @click.option("--ebpf", is_flag=True, help="Print the BPF program for this kernel and exit.")
-def record(output, duration, interval, no_inventory, slab, kernel_headers, marks, stop_file,
+def record(output, duration, interval, no_inventory, inventory_seconds, slab, kernel_headers, marks, stop_file,
            max_files, max_stacks, max_objects, no_exec, ebpf):
     """Trace page cache, kernel pages and slab objects into a recording."""
     from . import loader, recorder
@@ -49,6 +51,7 @@ def record(output, duration, interval, no_inventory, slab, kernel_headers, marks
         return
     reason = recorder.record(recorder.Options(
         output=output, duration=duration, interval=interval, inventory=not no_inventory,
+        inventory_seconds=inventory_seconds,
         marks=marks, stop_file=stop_file, slab=slab, kernel_headers=kernel_headers,
         sizes=sizes, exec=not no_exec))
     click.echo(f"footprint: recording {output} written ({reason})", err=True)

@@ -80,6 +80,7 @@ class Options:
     duration: float | None = None
     interval: float = 1.0
     inventory: bool = True
+    inventory_seconds: float = 10.0  # the walk's time budget (it says what it skipped)
     marks: str | None = DEFAULT_MARKS
     stop_file: str | None = None  # recording ends when this file appears
     slab: str = "kmalloc"
@@ -207,17 +208,22 @@ class Recorder:
         from .topology import read_topology
 
         t0 = boottime()
-        result = inventory(read_topology())
+        # Resident pages as traced just before the walk: mincore/cachestat sees those too.
+        # The walk reads no file data, so few traced adds land on a file between this and
+        # its measurement (block devices, whose metadata pages the walk does add, are
+        # measured first). Untraced deletes are counted from after the walk.
+        before = self._read_files()
+        result = inventory(read_topology(), budget=(1_000_000, self.opts.inventory_seconds))
         rows = result["rows"]
-        traced = self._read_files()
+        after = self._read_files()
         files = []
         for row in rows:
             key = f"{row['dev'] or 'bdev'}:{row['ino']}"
-            now = traced.get(key)
-            baseline = row["resident_pages"] - (now[0] if now else 0)
+            was = before.get(key)
+            baseline = row["resident_pages"] - (was[0] if was else 0)
             if baseline <= 0:
                 continue
-            self.baseline_untracked[key] = now[4] if now else 0
+            self.baseline_untracked[key] = after[key][4] if key in after else 0
             # A block device's page cache lives on the bdev pseudo file system, whose
             # s_dev is only known once the tracer has seen one of its pages: "bdev".
             files.append([row["dev"] or "bdev", row["ino"], baseline, row.get("path")])

@@ -20,6 +20,11 @@ DROP_STATS = ("stack_lost", "files_full", "pfn_out_of_range", "objects_full", "s
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
+# How each row's figure is known, as the text report abbreviates it.
+_SOURCES = {"traced": "traced", "inventoried": "inventory", "inventoried+traced": "inv+traced",
+            "meminfo": "meminfo"}
+
+
 def inert(text) -> str:
     """Text safe to print on a terminal: control characters and bidi overrides escaped."""
     if text is None:
@@ -54,7 +59,7 @@ def to_json(rec: Recording, acc: Account, by: str = "layer") -> dict:
         "by": {by: _records(acc.by(by))} if by != "layer" else None,
         "files": _records(files[["dev", "ino", "path", "fstype", "subsystem", "layer", "kind",
                                  "resident_pages", "resident_mib", "peak_pages", "allocated_pages",
-                                 "baseline_pages", "traced_pages"]]),
+                                 "baseline_pages", "traced_pages", "source"]]),
         "meminfo": acc.meminfo,
         "double_caching": acc.chains,
         "probes": acc.probes,
@@ -108,11 +113,14 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15) -
         cols = {"subsystem": 22, "layer": 58, "kind": 12}
         keys = [c for c in cols if c in table.columns]
         head = "".join(f"{c:<{cols[c]}}" for c in keys)
-        out.append(f"{head}{'MiB':>10}{'pages':>10}{'peak MiB':>10}{'alloc MiB':>10}")
+        src = "source" in table.columns
+        out.append(f"{head}{'MiB':>10}{'pages':>10}{'peak MiB':>10}{'alloc MiB':>10}"
+                   + ("  source" if src else ""))
         for r in table.itertuples(index=False):
             cells = "".join(f"{_fit(inert(getattr(r, c)), cols[c] - 1):<{cols[c]}}" for c in keys)
             out.append(f"{cells}{_mib(r.resident_mib)}{r.resident_pages:>10d}"
-                       f"{_mib(r.peak_pages * ps / MIB)}{_mib(r.allocated_pages * ps / MIB)}")
+                       f"{_mib(r.peak_pages * ps / MIB)}{_mib(r.allocated_pages * ps / MIB)}"
+                       + (f"  {_SOURCES.get(r.source, r.source)}" if src else ""))
         total = int(table["resident_pages"].sum())
         out.append(f"{'total':<{sum(cols[c] for c in keys)}}{_mib(total * ps / MIB)}{total:>10d}")
         out.append("")
