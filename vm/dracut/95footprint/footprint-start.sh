@@ -8,11 +8,11 @@
 # The recorder runs
 #   * with argv[0] "@footprint": systemd spares such root-owned processes when it kills the
 #     initramfs's leftovers at switch_root (systemd's ROOT_STORAGE_DAEMONS.md);
-#   * in its own mount namespace, a slave of the initramfs's: mounts made while the live
-#     root is assembled propagate into it, but systemd's move of /proc, /sys, /dev and /run
-#     into the new root at switch_root does not take them away from it (its root stays the
-#     initramfs's). /run is the same tmpfs on both sides: the recording, the marks and the
-#     stop file are shared with the booted system (/run/footprint/).
+#   * in its own mount namespace and chroot (footprint-ns, rd.footprint.ns=0 to skip):
+#     systemd's move of /proc, /sys, /dev and /run into the new root and its deletion of
+#     the initramfs's files at switch_root do not take /proc and /sys away from it. /run
+#     is the same tmpfs on both sides: the recording, the marks and the stop file are
+#     shared with the booted system (/run/footprint/).
 # After the recorder attached, units are put in /run/systemd/system for the booted system's
 # systemd (they survive switch_root with /run): phase marks when sysinit, basic and
 # multi-user are reached, and the stop (rd.footprint.stop).
@@ -92,15 +92,18 @@ esac
 : > "$DIR/marks"
 : > "$LOG"
 # argv[0] "@footprint" for the recorder itself (bash's exec -a, in the last exec of the
-# chain); PYTHONHOME since python cannot find its prefix from that argv[0]. Neither unshare
+# chain); PYTHONHOME since python does not derive its prefix from that argv[0]. Neither unshare
 # (no --fork) nor setsid (not a process group leader here) forks: $pid is the recorder.
 (
     exec < /dev/null >> "$LOG" 2>&1
     export PYTHONHOME=/usr PYTHONPATH=/opt/footprint PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-    ns=
-    command -v unshare > /dev/null 2>&1 && ns="unshare --mount --propagation slave --"
+    # argv[0] "@footprint" resolves through PATH to python (sys.executable, for re-exec)
+    PATH=/usr/lib/footprint/bin:$PATH
+    if command -v unshare > /dev/null 2>&1 && [ "$(arg rd.footprint.ns 1)" != 0 ]; then
+        exec unshare --mount --propagation slave -- /bin/bash /usr/lib/footprint/footprint-ns "$@"
+    fi
     # shellcheck disable=SC2016
-    exec $ns setsid /bin/bash -c 'exec -a @footprint "$@"' footprint "$@"
+    exec setsid /bin/bash -c 'exec -a @footprint "$@"' footprint "$@"
 ) &
 pid=$!
 

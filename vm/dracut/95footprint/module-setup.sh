@@ -128,10 +128,15 @@ install() {
 
     # -- start, marks, units
     inst_multiple bash sh cat grep sed sleep mkdir ln cp rm kill setsid unshare modprobe mount \
-        tail head tr date nsenter readlink ldconfig
+        tail head tr date nsenter readlink ldconfig chroot chmod
     inst_script "$moddir/footprint-start.sh" /usr/lib/footprint/footprint-start
     inst_script "$moddir/footprint-mark.sh" /usr/lib/footprint/footprint-mark
     inst_script "$moddir/footprint-detach.sh" /usr/lib/footprint/footprint-detach
+    inst_script "$moddir/footprint-ns.sh" /usr/lib/footprint/footprint-ns
+    # python finds its sys.executable by looking up argv[0] in PATH: "@footprint" is there,
+    # so the recorder can re-exec itself (its lean sampler) under that name
+    mkdir -p "$initdir/usr/lib/footprint/bin"
+    ln -sfn "$(readlink -f "$(command -v python3)")" "$initdir/usr/lib/footprint/bin/@footprint"
     inst_simple "$moddir/footprint-mark@.service" /usr/lib/footprint/units/footprint-mark@.service
     inst_simple "$moddir/footprint-stop.service" /usr/lib/footprint/units/footprint-stop.service
     if dracut_module_included "systemd"; then

@@ -1,0 +1,158 @@
+"""footprint from the initramfs on: the dracut module vm/dracut/95footprint on a live boot.
+
+Two boots under QEMU (TCG: a few minutes each), shared by the tests of this module:
+  traced_live   live ISO, traced initramfs, rd.footprint=1 rd.footprint.stop=never: the
+                recorder attaches before dracut-cmdline and udev, traces through
+                switch_root; the hook reads its memory, stops it, fetches the recording.
+  broken_live   the same with rd.footprint.break=1 (the start script runs a failing
+                command instead of the recorder): the boot must go on, the console say why.
+They skip only without root or qemu-system-x86_64.
+    .venv/bin/python -m pytest tests/test_early_boot.py -m qemu     # ~6 min, images cached
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import qemu_skip_reason
+from vm import images
+from vm.traced import EXPERIMENT_APPEND, footprint_hook, normalize
+
+pytestmark = pytest.mark.qemu
+needs_qemu = pytest.mark.skipif(qemu_skip_reason() is not None, reason=qemu_skip_reason() or "")
+
+# dracut's hooks in boot order, then switch_root and the booted system's targets. The mount
+# hook has no mark on a systemd initramfs whose root is not mounted by dracut-mount.service.
+BOOT_ORDER = ["attached", "cmdline", "pre-udev", "pre-trigger", "initqueue", "pre-mount", "mount",
+              "pre-pivot", "cleanup", "switch_root", "sysinit", "basic", "multi-user"]
+REQUIRED = ["attached", "cmdline", "pre-udev", "pre-trigger", "initqueue", "pre-mount",
+            "pre-pivot", "cleanup", "switch_root", "sysinit", "basic", "multi-user"]
+
+
+def _boot(name: str, append: str, cache: Path, logs: Path) -> dict:
+    from vm import Guest
+
+    spec = images.prepare("live", cache, traced=True, append=append)
+    log = logs / f"{name}.serial.log"
+    out: dict = {"log": log}
+    with Guest(spec, memory=2048, timeout=1800, log=log, cache_dir=cache) as g:
+        g.wait_ready(1500)
+        out["state"] = g.wait_system(900)
+        out["boot_seconds"] = time.monotonic() - g.started_at
+        out["hook"] = footprint_hook(g, {"name": name}, keep=logs)
+        rc, mounts, _ = g.run("findmnt -n -o TARGET,SOURCE,FSTYPE", timeout=60)
+        out["findmnt"] = mounts.decode()
+        g.shutdown(timeout=60)
+    out["serial"] = log.read_text(errors="replace")
+    rec = logs / f"{name}.recording.jsonl"
+    out["recording"] = rec if rec.exists() else None
+    return out
+
+
+@pytest.fixture(scope="module")
+def traced_live(lab_cache, lab_logs) -> dict:
+    reason = qemu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    return _boot("traced-live", EXPERIMENT_APPEND, lab_cache, lab_logs)
+
+
+@pytest.fixture(scope="module")
+def broken_live(lab_cache, lab_logs) -> dict:
+    reason = qemu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    return _boot("broken-live", "rd.footprint.break=1", lab_cache, lab_logs)
+
+
+def _records(path: Path) -> list[dict]:
+    normalize(path)
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+# ------------------------------------------------------------------ (a) a traced live boot
+
+@needs_qemu
+def test_traced_boot_reaches_multi_user_with_a_recording(traced_live):
+    assert traced_live["state"] in ("running", "degraded"), traced_live["state"]
+    hook = traced_live["hook"]
+    assert "error" not in hook, hook.get("error")
+    assert re.search(r"footprint: tracing since [\d.]+ s", traced_live["serial"])
+    rec = hook["recorder"]
+    # still recording after boot, under argv[0] '@footprint' (spared at switch_root)
+    assert rec["running"] and rec["argv"].startswith("@"), rec
+    assert hook["recording"]["samples"] > 10
+    assert hook["recording"]["end"] == "stop-file", hook["recording"]
+
+
+@needs_qemu
+def test_attached_before_the_first_loop_device(traced_live):
+    recs = _records(traced_live["recording"])
+    samples = [r["t"] for r in recs if r.get("type") == "sample"]
+    loops = [r["t"] for r in recs if r.get("type") == "uevent"
+             and str(r.get("DEVNAME", "")).startswith("loop") and r.get("ACTION") == "add"]
+    dms = [r["t"] for r in recs if r.get("type") == "uevent"
+           and str(r.get("DEVNAME", "")).startswith("dm-")]
+    assert samples and loops and dms, (len(samples), loops, dms)
+    assert samples[0] < min(loops) < min(dms)
+    # and the samples go on after switch_root until the booted system's multi-user
+    phases = {p["name"]: p["t_s"] for p in traced_live["hook"]["phases"]}
+    assert max(samples) > phases["multi-user"] > phases["switch_root"]
+
+
+@needs_qemu
+def test_phases_in_boot_order(traced_live):
+    names = [p["name"] for p in traced_live["hook"]["phases"]]  # sorted by time
+    seen = [n for n in names if n in BOOT_ORDER]
+    assert all(n in seen for n in REQUIRED), (REQUIRED, names)
+    assert seen == sorted(seen, key=BOOT_ORDER.index), names
+    assert len(seen) == len(set(seen)), f"a mark came twice: {names}"  # initqueue once
+
+
+def _rows(account: list[dict], pattern: str) -> list[dict]:
+    rx = re.compile(pattern, re.I)
+    return [r for r in account if rx.search(f"{r.get('subsystem')} {r.get('layer')} {r.get('source')}")
+            and (r.get("resident_pages") or 0) > 0]
+
+
+@needs_qemu
+def test_account_holds_squashfs_and_device_mapper(traced_live):
+    account = traced_live["hook"]["account"]
+    squash = _rows(account, r"squashfs")
+    dm = _rows(account, r"device-mapper|\bdm\b|dm-|live-rw|dm_snapshot")
+    assert squash, json.dumps(account, indent=1)[:3000]
+    assert dm, json.dumps(account, indent=1)[:3000]
+    # squashfs's own memory, not only the page cache of files on it: its caches and
+    # decompressor buffers are slab/vmalloc/kernel pages allocated at mount time
+    own = [r for r in squash if r.get("kind") not in ("page cache", "pagecache", "file")]
+    assert own, json.dumps(squash, indent=1)
+
+
+@needs_qemu
+def test_recorder_memory_is_reported(traced_live):
+    mem = traced_live["hook"]["recorder"]["memory_kb"]
+    assert mem["VmRSS"] > 0 and {"RssAnon", "RssFile"} <= set(mem)
+
+
+# ------------------------------------------------------------------ (b) a broken tracer
+
+@needs_qemu
+def test_broken_tracer_does_not_block_the_boot(broken_live):
+    assert broken_live["state"] in ("running", "degraded"), broken_live["state"]
+    lines = [ln for ln in broken_live["serial"].splitlines() if "footprint: not tracing:" in ln]
+    assert len(lines) == 1, lines
+    assert "deliberately broken" in lines[0]
+    hook = broken_live["hook"]
+    assert "not tracing" in hook.get("error", ""), hook
+    assert not hook["recorder"].get("running")
