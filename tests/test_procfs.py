@@ -103,3 +103,12 @@ def test_live_files():
         assert sum(r["pages"] for r in slabs) * 4 <= m.get("Slab", 1 << 62) * 2
         v = P.vmallocinfo()
         assert sum(r["pages"] for r in v.values()) > 0
+
+
+def test_pcp_pages_sum_count_lines_of_every_pageset():
+    from tracer.procfs import parse_zoneinfo_pcp_pages
+
+    text = ("Node 0, zone   Normal\n  pagesets\n    cpu: 0\n              count:    205\n"
+            "              high:     1444\n    cpu: 1\n              count:    56\n"
+            "Node 0, zone DMA32\n  pagesets\n    cpu: 0\n              count: 7\n")
+    assert parse_zoneinfo_pcp_pages(text) == 268

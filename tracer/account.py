@@ -233,9 +233,7 @@ def build(rec: Recording, index: int = -1) -> Account:
                      "resident_pages": int(pages), "peak_pages": int(peak if peak is not None else pages),
                      "allocated_pages": int(allocated), "source": source})
 
-    # --- page cache: files by layer; the rest of Cached+Buffers (and Shmem) as remainders.
-    file_pages = _kb_pages(mi, "Cached", ps) + _kb_pages(mi, "Buffers", ps)
-    shmem = _kb_pages(mi, "Shmem", ps)
+    # --- page cache: files by layer (the remainders come with the other categories).
     if len(files):
         grouped = files.groupby(["subsystem", "layer", "kind"], sort=False)[
             ["resident_pages", "peak_pages", "allocated_pages", "baseline_pages"]].sum().reset_index()
@@ -245,85 +243,10 @@ def build(rec: Recording, index: int = -1) -> Account:
                                                   r.allocated_pages]))
     seen_shmem = int(files.loc[files["kind"] == "shmem", "resident_pages"].sum()) if len(files) else 0
     seen_cache = int(files["resident_pages"].sum()) - seen_shmem if len(files) else 0
-    add("shmem", "tmpfs, shm (not traced per file)", "shmem", max(0, shmem - seen_shmem))
-    add("page cache", "files not seen by the tracer", "page-cache",
-        max(0, file_pages - shmem - seen_cache))
-
-    # --- slab: named caches by name, kmalloc objects by call site, remainder.
-    slab_total = _kb_pages(mi, "Slab", ps)
-    named = {}
-    for name, (_active, _objsize, pages) in state["slab"].items():
-        if not KMALLOC_CACHE.match(name):
-            sub = cache_subsystem(name)
-            named[sub] = named.get(sub, 0) + pages
-    for sub, pages in named.items():
-        add(sub, "slab caches", "slab", pages)
-    traced_slab = {}
-    for key, c in state["sites"].items():
-        site = rec.sites.get(key, {})
-        if site.get("kind", key.split(":", 1)[0]) != "slab":
-            continue
-        sub = _owner_subsystem(site.get("owner") or "kernel")
-        a = traced_slab.setdefault(sub, [0, 0, 0])
-        a[0] += c[0]
-        a[1] += c[1]
-        a[2] += c[2]
-    for sub, (res, peak, alloc) in traced_slab.items():
-        if res > 0:
-            add(sub, "kmalloc objects", "slab", res // ps, peak // ps, alloc // ps, source="traced")
-    slab_seen = sum(named.values()) + sum(v[0] // ps for v in traced_slab.values() if v[0] > 0)
-    add("slab", "free objects, untraced kmalloc", "slab", max(0, slab_total - slab_seen))
-
-    # --- vmalloc by caller; thread stacks belong to KernelStack.
-    vm_total = _kb_pages(mi, "VmallocUsed", ps)
-    vm_rows: dict[str, int] = {}
-    stack_vm = 0
-    for caller, pages in state["vmalloc"].items():
-        name, _, mod = caller.partition(" [")
-        if name in ("alloc_thread_stack_node", "dup_task_struct"):
-            stack_vm += pages
-            continue
-        sub = _owner_subsystem(subsystem_of(name, mod.rstrip("]") or None) or f"kernel:{name}")
-        vm_rows[sub] = vm_rows.get(sub, 0) + pages
-    for sub, pages in vm_rows.items():
-        add(sub, "vmalloc", "vmalloc", pages)
-    kernel_stack = _kb_pages(mi, "KernelStack", ps)
-    vm_other = vm_total - sum(vm_rows.values()) - min(stack_vm, kernel_stack)
-    add("vmalloc", "areas without a caller", "vmalloc", max(0, vm_other))
-
-    # --- kernel pages by allocation stack (the category meminfo has no line for).
-    direct: dict[str, list[int]] = {}
-    for sid, c in state["stacks"].items():
-        st = rec.stacks.get(sid, {})
-        if st.get("kind", "pages") != "pages":
-            continue  # slab, vmalloc, page tables ... are in their meminfo category
-        sub = _owner_subsystem(st.get("owner", "unknown"))
-        a = direct.setdefault(sub, [0, 0, 0])
-        a[0] += c[0]
-        a[1] += c[1]
-        a[2] += c[2]
-    for sub, (res, peak, alloc) in direct.items():
-        if res > 0 or peak > 0:
-            add(sub, "kernel pages", "pages", max(res, 0), peak, alloc, source="traced")
-
-    # --- the rest of meminfo's categories.
-    anon = _kb_pages(mi, "AnonPages", ps)
-    tracer_anon = int(state.get("tracer", {}).get("anon_kb", 0)) * 1024 // ps
-    if tracer_anon:
-        add("tracer", "recorder process (anon)", "anon", tracer_anon)
-    add("processes", "anonymous memory", "anon", max(0, anon - tracer_anon))
-    add("kernel stacks", "-", "kernel-stack", kernel_stack)
-    add("page tables", "-", "page-tables",
-        _kb_pages(mi, "PageTables", ps) + _kb_pages(mi, "SecPageTables", ps))
-    add("percpu", "-", "percpu", _kb_pages(mi, "Percpu", ps))
-    hugetlb = _kb_pages(mi, "Hugetlb", ps)
-    if hugetlb:
-        add("hugetlb", "-", "hugetlb", hugetlb)
-
+    rows += category_rows(rec, state, ps, seen_cache, seen_shmem)
     nonfree = _kb_pages(mi, "MemTotal", ps) - _kb_pages(mi, "MemFree", ps)
-    accounted = sum(r["resident_pages"] for r in rows)
-    unattributed = nonfree - accounted
-    add("unattributed", "in use, in no category above", "other", unattributed)
+    unattributed = rows[-1]["resident_pages"]
+    accounted = nonfree - unattributed
 
     df = pd.DataFrame(rows)
     df = df[(df["resident_pages"] != 0) | (df["peak_pages"] != 0)].reset_index(drop=True)
@@ -351,6 +274,104 @@ def build(rec: Recording, index: int = -1) -> Account:
         acc.notes.append(f"{n} files were inventoried at attach (pages resident before tracing, "
                          "no history); the rest is traced")
     return acc
+
+
+def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_shmem: int) -> list[dict]:
+    """Every row but the per-file page cache, given the pages those file rows hold
+    (seen_cache, seen_shmem): the page-cache remainders, slab, vmalloc, kernel pages,
+    meminfo's other categories, the per-CPU free lists, and last the unattributed rest
+    of MemTotal − MemFree. Shared by build() and the timeline (one arithmetic)."""
+    mi = state["meminfo"]
+    rows: list[dict] = []
+
+    def add(subsystem, layer, kind, pages, peak=None, allocated=0, source="meminfo"):
+        rows.append({"subsystem": subsystem, "layer": layer, "kind": kind,
+                     "resident_pages": int(pages), "peak_pages": int(peak if peak is not None else pages),
+                     "allocated_pages": int(allocated), "source": source})
+
+    # --- the rest of Cached+Buffers (which include Shmem) beyond the files seen.
+    file_pages = _kb_pages(mi, "Cached", ps) + _kb_pages(mi, "Buffers", ps)
+    shmem = _kb_pages(mi, "Shmem", ps)
+    add("shmem", "tmpfs, shm (not traced per file)", "shmem", max(0, shmem - seen_shmem))
+    add("page cache", "files not seen by the tracer", "page-cache",
+        max(0, file_pages - shmem - seen_cache))
+
+    # --- slab: named caches by name, kmalloc objects by call site, remainder.
+    slab_total = _kb_pages(mi, "Slab", ps)
+    named = {}
+    for name, (_active, _objsize, pages) in state["slab"].items():
+        if not KMALLOC_CACHE.match(name):
+            sub = cache_subsystem(name)
+            named[sub] = named.get(sub, 0) + pages
+    for sub, pages in named.items():
+        add(sub, "slab caches", "slab", pages)
+    traced_slab = _by_owner(
+        (rec.sites.get(key, {}).get("owner") or "kernel", c) for key, c in state["sites"].items()
+        if rec.sites.get(key, {}).get("kind", key.split(":", 1)[0]) == "slab")
+    for sub, (res, peak, alloc) in traced_slab.items():
+        if res > 0:
+            add(sub, "kmalloc objects", "slab", res // ps, peak // ps, alloc // ps, source="traced")
+    slab_seen = sum(named.values()) + sum(v[0] // ps for v in traced_slab.values() if v[0] > 0)
+    add("slab", "free objects, untraced kmalloc", "slab", max(0, slab_total - slab_seen))
+
+    # --- vmalloc by caller; thread stacks belong to KernelStack.
+    vm_total = _kb_pages(mi, "VmallocUsed", ps)
+    vm_rows: dict[str, int] = {}
+    stack_vm = 0
+    for caller, pages in state["vmalloc"].items():
+        name, _, mod = caller.partition(" [")
+        if name in ("alloc_thread_stack_node", "dup_task_struct"):
+            stack_vm += pages
+            continue
+        sub = _owner_subsystem(subsystem_of(name, mod.rstrip("]") or None) or f"kernel:{name}")
+        vm_rows[sub] = vm_rows.get(sub, 0) + pages
+    for sub, pages in vm_rows.items():
+        add(sub, "vmalloc", "vmalloc", pages)
+    kernel_stack = _kb_pages(mi, "KernelStack", ps)
+    vm_other = vm_total - sum(vm_rows.values()) - min(stack_vm, kernel_stack)
+    add("vmalloc", "areas without a caller", "vmalloc", max(0, vm_other))
+
+    # --- kernel pages by allocation stack (the category meminfo has no line for);
+    # slab, vmalloc, page tables ... stacks are in their meminfo category.
+    direct = _by_owner(
+        (rec.stacks.get(sid, {}).get("owner", "unknown"), c) for sid, c in state["stacks"].items()
+        if rec.stacks.get(sid, {}).get("kind", "pages") == "pages")
+    for sub, (res, peak, alloc) in direct.items():
+        if res > 0 or peak > 0:
+            add(sub, "kernel pages", "pages", max(res, 0), peak, alloc, source="traced")
+
+    # --- the rest of meminfo's categories.
+    anon = _kb_pages(mi, "AnonPages", ps)
+    tracer_anon = int(state.get("tracer", {}).get("anon_kb", 0)) * 1024 // ps
+    if tracer_anon:
+        add("tracer", "recorder process (anon)", "anon", tracer_anon)
+    add("processes", "anonymous memory", "anon", max(0, anon - tracer_anon))
+    add("kernel stacks", "-", "kernel-stack", kernel_stack)
+    add("page tables", "-", "page-tables",
+        _kb_pages(mi, "PageTables", ps) + _kb_pages(mi, "SecPageTables", ps))
+    add("percpu", "-", "percpu", _kb_pages(mi, "Percpu", ps))
+    hugetlb = _kb_pages(mi, "Hugetlb", ps)
+    if hugetlb:
+        add("hugetlb", "-", "hugetlb", hugetlb)
+    pcp = int(state.get("pcp_pages", 0))
+    if pcp:
+        add("free lists", "per-CPU page lists: free, yet outside MemFree", "pcp", pcp)
+
+    nonfree = _kb_pages(mi, "MemTotal", ps) - _kb_pages(mi, "MemFree", ps)
+    unattributed = nonfree - seen_cache - seen_shmem - sum(r["resident_pages"] for r in rows)
+    add("unattributed", "in use, in no category above", "other", unattributed)
+    return rows
+
+
+def _by_owner(pairs) -> dict[str, list[int]]:
+    """[resident, peak, added] summed per subsystem of (owner, counter) pairs."""
+    out: dict[str, list[int]] = {}
+    for owner, c in pairs:
+        a = out.setdefault(_owner_subsystem(owner), [0, 0, 0])
+        a[0] += c[0]
+        a[1] += c[1]
+        a[2] += c[2]
+    return out
 
 
 def _add_peaks(rec: Recording, df: pd.DataFrame, ps: int) -> None:

@@ -200,6 +200,26 @@ def zone_max_pfn(proc: str = "/proc") -> int:
     return parse_zoneinfo_max_pfn(_read(os.path.join(proc, "zoneinfo")))
 
 
+def parse_zoneinfo_pcp_pages(text: str) -> int:
+    """Pages sitting on the per-CPU free lists (`count:` under each zone's `pagesets`).
+    They left NR_FREE_PAGES when moved there (mm/page_alloc.c, rmqueue_bulk), so
+    MemTotal − MemFree counts them as used though they are free."""
+    total = 0
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) == 2 and f[0] == "count:":
+            try:
+                total += int(f[1])
+            except ValueError:
+                continue
+    return total
+
+
+def zone_pcp_pages(proc: str = "/proc") -> int:
+    """/proc/zoneinfo: free pages held on per-CPU lists, in pages."""
+    return parse_zoneinfo_pcp_pages(_read(os.path.join(proc, "zoneinfo")))
+
+
 # --- clock -----------------------------------------------------------------------------
 
 

@@ -129,9 +129,11 @@ class Recorder:
             "stat_names": list(STAT_NAMES),
         })
         self.map_fds = {name: self.program[name].map_fd for name in Maps.NAMES}
-        self.attach_fds = list(self.program.bpf.tracepoint_fds.values())
+        self.attach_fds = self.program.attach_fds()
         self.maps = Maps(self.map_fds)
-        self.log(f"attached {len(self.plan.tracepoints)} tracepoints in {attach_s:.1f} s; "
+        self.log(f"attached {len(self.plan.tracepoints)} tracepoints"
+                 + (f" and kprobes {', '.join(self.plan.kprobes)}" if self.plan.kprobes else "")
+                 + f" in {attach_s:.1f} s; "
                  f"headers: {self.plan.headers.describe()}")
 
     def handoff(self) -> None:
@@ -273,6 +275,7 @@ class Recorder:
             self.known_sites.add(key)
         stats = dict(zip(STAT_NAMES, self.maps.stats(len(STAT_NAMES))))
         rec = {"type": "sample", "t": t, "meminfo": procfs.meminfo(), "stats": stats,
+               "pcp_pages": procfs.zone_pcp_pages(),
                "files": self._changed(files, self.last["files"]),
                "stacks": {str(k): v for k, v in self._changed(stacks, self.last["stacks"]).items()},
                "sites": self._changed(sites, self.last["sites"]),

@@ -16,7 +16,8 @@ Format (version 1). Every line is an object with a "type":
   stack     id, kind, owner, frames: [symbol, ...]: a kernel stack of non-movable page
             allocations, classified once when first seen.
   site      key ("kind:0xaddr"), kind ("slab"|"percpu"), symbol, module, owner.
-  sample    t, meminfo {field: kB}, stats {name: count}, and the counters that changed
+  sample    t, meminfo {field: kB}, stats {name: count}, pcp_pages (free pages on the
+            per-CPU lists, outside MemFree), and the counters that changed
             since the previous sample, each [resident, peak, added, removed,
             untracked_removed]: files {"dev:ino": ...} (pages), stacks {id: ...} (pages),
             sites {key: ...} (bytes); slab {cache: [active_objs, objsize, pages]} and
@@ -370,6 +371,7 @@ def read(path: str) -> Recording:
             rec.samples.append({
                 "t": t, "meminfo": obj.get("meminfo", {}), "stats": obj.get("stats", {}),
                 "slab": obj.get("slab"), "vmalloc": obj.get("vmalloc"),
+                "pcp_pages": obj.get("pcp_pages") if _is_int(obj.get("pcp_pages")) else 0,
                 "tracer": obj.get("tracer") if isinstance(obj.get("tracer"), dict)
                 and all(_is_int(v) for v in obj["tracer"].values()) else {},
                 "files": _counters(obj.get("files", {}), path, n, key_re=_FILE_KEY),

@@ -22,9 +22,8 @@ import bisect
 import pandas as pd
 
 from . import account
-from .account import KMALLOC_CACHE, MIB, _kb_pages, _owner_subsystem, cache_subsystem
+from .account import MIB, _kb_pages
 from .recording import Recording
-from .symbols import subsystem_of
 
 NOT_SUBSYSTEMS = ("t_s", "nonfree_mib")  # the frame's columns that are not subsystems
 
@@ -136,75 +135,12 @@ def sample_pages(rec: Recording, state: dict, page_cache: dict, ps: int) -> dict
     """Pages per subsystem at one sample, with `account.build`'s arithmetic: page cache
     by owner (`page_cache`, from _PageCacheSums) plus remainders, slab, vmalloc, kernel
     pages, meminfo's other categories, and the unattributed rest of MemTotal − MemFree."""
-    mi = state["meminfo"]
     out: dict[str, int] = {}
-
-    def add(sub: str, pages: int) -> None:
-        out[sub] = out.get(sub, 0) + int(pages)
-
-    # --- page cache: by owner; the rest of Cached+Buffers (and Shmem) as remainders.
     for sub, pages in page_cache["by_subsystem"].items():
         if pages:
-            add(sub, pages)
-    file_pages = _kb_pages(mi, "Cached", ps) + _kb_pages(mi, "Buffers", ps)
-    shmem = _kb_pages(mi, "Shmem", ps)
-    add("shmem", max(0, shmem - page_cache["shmem"]))
-    add("page cache", max(0, file_pages - shmem - page_cache["cache"]))
-
-    # --- slab: named caches, kmalloc objects by call site, the remainder.
-    slab_seen = 0
-    for name, (_active, _objsize, pages) in state["slab"].items():
-        if not KMALLOC_CACHE.match(name):
-            add(cache_subsystem(name), pages)
-            slab_seen += pages
-    traced_slab: dict[str, int] = {}
-    for key, c in state["sites"].items():
-        site = rec.sites.get(key, {})
-        if site.get("kind", key.split(":", 1)[0]) == "slab":
-            sub = _owner_subsystem(site.get("owner") or "kernel")
-            traced_slab[sub] = traced_slab.get(sub, 0) + c[0]
-    for sub, resident_bytes in traced_slab.items():
-        if resident_bytes > 0:
-            add(sub, resident_bytes // ps)
-            slab_seen += resident_bytes // ps
-    add("slab", max(0, _kb_pages(mi, "Slab", ps) - slab_seen))
-
-    # --- vmalloc by caller; thread stacks are KernelStack's.
-    vm_seen = stack_vm = 0
-    for caller, pages in state["vmalloc"].items():
-        name, _, mod = caller.partition(" [")
-        if name in ("alloc_thread_stack_node", "dup_task_struct"):
-            stack_vm += pages
-            continue
-        add(_owner_subsystem(subsystem_of(name, mod.rstrip("]") or None) or f"kernel:{name}"), pages)
-        vm_seen += pages
-    kernel_stack = _kb_pages(mi, "KernelStack", ps)
-    add("vmalloc", max(0, _kb_pages(mi, "VmallocUsed", ps) - vm_seen - min(stack_vm, kernel_stack)))
-
-    # --- kernel pages by allocation stack.
-    direct: dict[str, list[int]] = {}
-    for sid, c in state["stacks"].items():
-        st = rec.stacks.get(sid, {})
-        if st.get("kind", "pages") == "pages":
-            a = direct.setdefault(_owner_subsystem(st.get("owner", "unknown")), [0, 0])
-            a[0] += c[0]
-            a[1] += c[1]
-    for sub, (resident, peak) in direct.items():
-        if resident > 0 or peak > 0:
-            add(sub, max(resident, 0))
-
-    # --- meminfo's other categories; the tracer's own process memory by name.
-    tracer_anon = int(state.get("tracer", {}).get("anon_kb", 0)) * 1024 // ps
-    if tracer_anon:
-        add("tracer", tracer_anon)
-    add("processes", max(0, _kb_pages(mi, "AnonPages", ps) - tracer_anon))
-    add("kernel stacks", kernel_stack)
-    add("page tables", _kb_pages(mi, "PageTables", ps) + _kb_pages(mi, "SecPageTables", ps))
-    add("percpu", _kb_pages(mi, "Percpu", ps))
-    add("hugetlb", _kb_pages(mi, "Hugetlb", ps))
-
-    nonfree = _kb_pages(mi, "MemTotal", ps) - _kb_pages(mi, "MemFree", ps)
-    add("unattributed", nonfree - sum(out.values()))
+            out[sub] = out.get(sub, 0) + int(pages)
+    for row in account.category_rows(rec, state, ps, page_cache["cache"], page_cache["shmem"]):
+        out[row["subsystem"]] = out.get(row["subsystem"], 0) + row["resident_pages"]
     return out
 
 
