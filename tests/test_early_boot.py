@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,8 +24,14 @@ from conftest import qemu_skip_reason
 from vm import images
 from vm.traced import EXPERIMENT_APPEND, footprint_hook, normalize
 
-pytestmark = pytest.mark.qemu
-needs_qemu = pytest.mark.skipif(qemu_skip_reason() is not None, reason=qemu_skip_reason() or "")
+_skip = pytest.mark.skipif(qemu_skip_reason() is not None, reason=qemu_skip_reason() or "")
+
+
+def needs_qemu(fn):
+    return pytest.mark.qemu(_skip(fn))
+
+
+MODULE = Path(images.DRACUT_MODULE)
 
 # dracut's hooks in boot order, then switch_root and the booted system's targets. The mount
 # hook has no mark on a systemd initramfs whose root is not mounted by dracut-mount.service.
@@ -79,6 +86,82 @@ def _records(path: Path) -> list[dict]:
         except ValueError:
             pass
     return out
+
+
+# ------------------------------------------------------------------ unit: the module's files
+
+def test_module_scripts_parse():
+    for f in sorted(MODULE.glob("*.sh")):
+        shell = "bash" if f.read_text().startswith("#!/bin/bash") else "sh"
+        p = subprocess.run([shell, "-n", str(f)], capture_output=True, text=True)
+        assert p.returncode == 0, (f.name, p.stderr)
+
+
+def _unit(name: str) -> dict:
+    out: dict = {}
+    for line in (MODULE / name).read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            out.setdefault(k.strip(), []).append(v.strip())
+    return out
+
+
+def test_unit_never_blocks_the_boot():
+    u = _unit("footprint.service")
+    assert u["DefaultDependencies"] == ["no"]
+    assert "ConditionKernelCommandLine" in u and "rd.footprint=1" in u["ConditionKernelCommandLine"]
+    before = " ".join(u["Before"])
+    assert "dracut-cmdline.service" in before and "systemd-udevd.service" in before
+    assert u["IgnoreOnIsolate"] == ["yes"]  # survives the isolate to initrd-switch-root.target
+    assert all(cmd.startswith("-") for cmd in u["ExecStart"])  # failure is not the unit's
+    assert int(u["TimeoutStartSec"][0]) > 0
+    assert "Requires" not in u and "RequiredBy" not in u and "WantedBy" not in u
+    start = (MODULE / "footprint-start.sh").read_text()
+    # the start script's own wait is bounded below the unit's timeout
+    m = re.search(r"timeout=\$\(arg rd.footprint.timeout (\d+)\)", start)
+    assert m and int(m.group(1)) < int(u["TimeoutStartSec"][0])
+    assert "exit 1" not in start  # it always exits 0
+
+
+def test_module_check_asks_to_be_named():
+    text = (MODULE / "module-setup.sh").read_text()
+    assert re.search(r"check\(\) \{.*?return 255", text, re.S)
+    for f in ("footprint-start.sh", "footprint-mark.sh", "footprint-ns.sh", "footprint-detach.sh",
+              "footprint.service", "footprint-switch-root.service", "footprint-mark@.service",
+              "footprint-stop.service", "footprint-cmdline.sh"):
+        assert f in text, f"module-setup.sh does not install {f}"
+
+
+def test_initramfs_facts_reads_concatenated_archives(tmp_path):
+    import gzip
+
+    from vm.code import _cpio_entry
+
+    def archive(files: dict) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        for i, (name, data) in enumerate(files.items()):
+            _cpio_entry(buf, name, 0o100644, data, 100 + i, 1)
+        _cpio_entry(buf, "TRAILER!!!", 0, b"", 0, 1)
+        return buf.getvalue() + b"\0" * ((-buf.tell()) % 512)
+
+    early = archive({"kernel/x86/microcode/GenuineIntel.bin": b"u" * 10})
+    main = gzip.compress(archive({"usr/lib/footprint/manifest": b"/a\n/b\n", "init": b"x" * 1000}))
+    p = tmp_path / "initrd.img"
+    p.write_bytes(early + main)
+    f = images.initramfs_facts(p, want="usr/lib/footprint/manifest")
+    assert f["file"] == b"/a\n/b\n" and f["members"] == 3
+    assert f["unpacked_bytes"] == 10 + 6 + 1000 and f["compressed_bytes"] == len(early + main)
+
+
+def test_normalize_gives_uevents_a_time(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text('{"type":"header"}\n{"type":"uevent","time":1.5,"DEVNAME":"loop0"}\n'
+                 '{"type":"uevent","t":2.0}\n')
+    normalize(p)
+    lines = [json.loads(x) for x in p.read_text().splitlines()]
+    assert lines[1]["t"] == 1.5 and lines[2]["t"] == 2.0 and lines[0] == {"type": "header"}
 
 
 # ------------------------------------------------------------------ (a) a traced live boot
