@@ -19,21 +19,21 @@
  *   FP_OBJS_MAX     live slab objects tracked by address
  *   FP_SITES_MAX    distinct slab/percpu call sites
  *   FP_PCPU_MAX     live percpu allocations tracked by address
- *   FP_TRACK_SLAB   1 to attach the kmem:kmalloc/kmem_cache_* probes
+ *   FP_KPROBE_SHMEM defined when the shmem kprobe extra is attached
  */
 #include <uapi/linux/ptrace.h>
 
 /* A pfn's state word: kind in the low 2 bits, order in the next 5, id above. */
-#define KIND_NONE 0
-#define KIND_PAGECACHE 1 /* id = file id (index into file_of) */
-#define KIND_KPAGE 2     /* id = stack id (+1; 0 = stack unknown) */
-#define STATE(kind, order, id) ((u32)(kind) | ((u32)(order) << 2) | ((u32)(id) << 7))
-#define STATE_KIND(s) ((s) & 3)
-#define STATE_ORDER(s) (((s) >> 2) & 31)
-#define STATE_ID(s) ((s) >> 7)
+#define FP_KIND_NONE 0
+#define FP_KIND_PAGECACHE 1 /* id = file id (index into file_of) */
+#define FP_KIND_KPAGE 2     /* id = stack id (+1; 0 = stack unknown) */
+#define FP_STATE(kind, order, id) ((u32)(kind) | ((u32)(order) << 2) | ((u32)(id) << 7))
+#define FP_STATE_KIND(s) ((s) & 3)
+#define FP_STATE_ORDER(s) (((s) >> 2) & 31)
+#define FP_STATE_ID(s) ((s) >> 7)
 
 /* Counters the report prints: nothing is dropped silently. */
-enum stat {
+enum fp_stat {
     ST_PC_ADD,             /* page-cache folios added */
     ST_PC_DEL,             /* deleted, pfn known */
     ST_PC_DEL_UNTRACKED,   /* deleted, pfn not known (added before attach, or a split folio) */
@@ -51,13 +51,13 @@ enum stat {
     ST_MAX,
 };
 
-struct file_key {
+struct fp_file_key {
     u64 ino;
     u32 dev;   /* the kernel's dev_t: major << 20 | minor */
     u32 pad;
 };
 
-struct counter {
+struct fp_counter {
     s64 resident;  /* pages (files, stacks) or bytes (sites) */
     s64 peak;
     u64 added;     /* pages or bytes added since attach */
@@ -65,19 +65,20 @@ struct counter {
     s64 untracked_removed; /* pages deleted whose add was not seen */
 };
 
-struct file_val {
-    struct counter c;
+struct fp_file_val {
+    struct fp_counter c;
     u32 id;
-    u32 pad;
+    u32 flags;  /* FILE_ADDS_BY_KPROBE: adds come without pfns (tmpfs) */
 };
+#define FILE_ADDS_BY_KPROBE 1
 
-struct site_key {
+struct fp_site_key {
     u64 call_site;
     u32 kind;  /* 0 slab object, 1 percpu */
     u32 pad;
 };
 
-struct obj_val {
+struct fp_obj_val {
     u64 call_site;
     u32 bytes;
     u32 kind;
@@ -90,15 +91,15 @@ struct fp_stack {
 BPF_ARRAY(pfn_state, u32, FP_MAX_PFN);
 BPF_ARRAY(stats, u64, ST_MAX);
 BPF_PERCPU_ARRAY(next_file_id, u32, 1);
-BPF_F_TABLE("hash", struct file_key, struct file_val, files, FP_FILES_MAX, BPF_F_NO_PREALLOC);
-BPF_ARRAY(file_of, struct file_key, FP_FILES_MAX);
+BPF_F_TABLE("hash", struct fp_file_key, struct fp_file_val, files, FP_FILES_MAX, BPF_F_NO_PREALLOC);
+BPF_ARRAY(file_of, struct fp_file_key, FP_FILES_MAX);
 BPF_TABLE("stacktrace", int, struct fp_stack, stacks, FP_STACKS_MAX);
-BPF_F_TABLE("hash", u32, struct counter, stack_pages, FP_STACKS_MAX + 1, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", u32, struct fp_counter, stack_pages, FP_STACKS_MAX + 1, BPF_F_NO_PREALLOC);
 /* Preallocated on purpose: these are updated from the kmalloc tracepoints, and a
  * no-prealloc map refills itself with kmalloc (bpf_mem_alloc), which would fire the
  * same tracepoints again: a feedback loop measured at 24 MB in two seconds. */
-BPF_HASH(objs, u64, struct obj_val, FP_OBJS_MAX);
-BPF_HASH(sites, struct site_key, struct counter, FP_SITES_MAX);
+BPF_HASH(objs, u64, struct fp_obj_val, FP_OBJS_MAX);
+BPF_HASH(sites, struct fp_site_key, struct fp_counter, FP_SITES_MAX);
 
 static __always_inline void stat_inc(int which)
 {
@@ -108,7 +109,7 @@ static __always_inline void stat_inc(int which)
         lock_xadd(v, 1);
 }
 
-static __always_inline void counter_add(struct counter *c, s64 n)
+static __always_inline void counter_add(struct fp_counter *c, s64 n)
 {
     lock_xadd(&c->resident, n);
     lock_xadd(&c->added, n);
@@ -117,7 +118,7 @@ static __always_inline void counter_add(struct counter *c, s64 n)
         c->peak = c->resident;
 }
 
-static __always_inline void counter_sub(struct counter *c, s64 n)
+static __always_inline void counter_sub(struct fp_counter *c, s64 n)
 {
     lock_xadd(&c->resident, -n);
     lock_xadd(&c->removed, n);
@@ -134,10 +135,10 @@ static __always_inline u32 *pfn_slot(u64 pfn)
 }
 
 /* The file's counter, created on first sight with a fresh id. */
-static __always_inline struct file_val *file_get(u32 dev, u64 ino, bool create)
+static __always_inline struct fp_file_val *file_get(u32 dev, u64 ino, bool create)
 {
-    struct file_key key = {.ino = ino, .dev = dev};
-    struct file_val *fv = files.lookup(&key);
+    struct fp_file_key key = {.ino = ino, .dev = dev};
+    struct fp_file_val *fv = files.lookup(&key);
     if (fv || !create)
         return fv;
 
@@ -157,7 +158,7 @@ static __always_inline struct file_val *file_get(u32 dev, u64 ino, bool create)
         stat_inc(ST_FILES_FULL);
         return 0;
     }
-    struct file_val init = {.id = id};
+    struct fp_file_val init = {.id = id};
     /* Two CPUs may race here; the loser's id stays unused, which is harmless. */
     files.insert(&key, &init);
     fv = files.lookup(&key);
@@ -177,20 +178,20 @@ static __always_inline void pfn_release(u32 *slot, bool freed)
     if (s == 0)
         return;
     *slot = 0;
-    s64 pages = 1LL << STATE_ORDER(s);
-    if (STATE_KIND(s) == KIND_KPAGE) {
-        u32 sid = STATE_ID(s);
-        struct counter *c = stack_pages.lookup(&sid);
+    s64 pages = 1LL << FP_STATE_ORDER(s);
+    if (FP_STATE_KIND(s) == FP_KIND_KPAGE) {
+        u32 sid = FP_STATE_ID(s);
+        struct fp_counter *c = stack_pages.lookup(&sid);
         if (c)
             counter_sub(c, pages);
         if (freed)
             stat_inc(ST_KPAGE_FREE);
-    } else if (STATE_KIND(s) == KIND_PAGECACHE) {
-        int idx = STATE_ID(s);
-        struct file_key *key = file_of.lookup(&idx);
+    } else if (FP_STATE_KIND(s) == FP_KIND_PAGECACHE) {
+        int idx = FP_STATE_ID(s);
+        struct fp_file_key *key = file_of.lookup(&idx);
         if (!key)
             return;
-        struct file_val *fv = files.lookup(key);
+        struct fp_file_val *fv = files.lookup(key);
         if (fv)
             counter_sub(&fv->c, pages);
         if (freed)
@@ -210,11 +211,11 @@ TRACEPOINT_PROBE(filemap, mm_filemap_add_to_page_cache)
         return 0;
     /* A page allocated for the kernel (e.g. block-device buffers) now belongs to a file. */
     pfn_release(slot, false);
-    struct file_val *fv = file_get(args->s_dev, args->i_ino, true);
+    struct fp_file_val *fv = file_get(args->s_dev, args->i_ino, true);
     if (!fv)
         return 0;
     counter_add(&fv->c, 1LL << order);
-    *slot = STATE(KIND_PAGECACHE, order, fv->id);
+    *slot = FP_STATE(FP_KIND_PAGECACHE, order, fv->id);
     return 0;
 }
 
@@ -224,7 +225,7 @@ TRACEPOINT_PROBE(filemap, mm_filemap_delete_from_page_cache)
     if (!slot)
         return 0;
     u32 s = *slot;
-    if (STATE_KIND(s) == KIND_PAGECACHE) {
+    if (FP_STATE_KIND(s) == FP_KIND_PAGECACHE) {
         stat_inc(ST_PC_DEL);
         pfn_release(slot, false);
         return 0;
@@ -235,12 +236,43 @@ TRACEPOINT_PROBE(filemap, mm_filemap_delete_from_page_cache)
     order = args->order;
 #endif
     stat_inc(ST_PC_DEL_UNTRACKED);
-    struct file_val *fv = file_get(args->s_dev, args->i_ino, true);
-    if (fv) {
+    struct fp_file_val *fv = file_get(args->s_dev, args->i_ino, true);
+    if (!fv)
+        return 0;
+    if (fv->flags & FILE_ADDS_BY_KPROBE)
+        counter_sub(&fv->c, 1LL << order);  /* its adds were counted without pfns */
+    else
         lock_xadd(&fv->c.untracked_removed, 1LL << order);
-    }
     return 0;
 }
+
+#ifdef FP_KPROBE_SHMEM
+/* Optional extra (kernels with kprobes and headers that match): tmpfs/shmem adds folios
+ * with shmem_add_to_page_cache(), which does not fire the filemap add tracepoint while
+ * removals fire the delete one. Counted per file without pfns; deletes subtract. Needs
+ * struct layouts (mapping->host->i_ino, ->i_sb->s_dev), hence matching headers only. */
+#include <linux/fs.h>
+#include <linux/mm_types.h>
+
+int kprobe__shmem_add_to_page_cache(struct pt_regs *ctx, struct folio *folio,
+                                    struct address_space *mapping)
+{
+    struct inode *host = mapping->host;
+    u64 ino = host->i_ino;
+    u32 dev = host->i_sb->s_dev;
+    /* folio_nr_pages(): a large folio keeps its order in the first tail page. */
+    u64 nr = 1;
+    unsigned long flags = folio->flags;
+    if (flags & (1UL << PG_head))
+        nr = 1UL << folio->_folio_order;
+    struct fp_file_val *fv = file_get(dev, ino, true);
+    if (!fv)
+        return 0;
+    fv->flags |= FILE_ADDS_BY_KPROBE;
+    counter_add(&fv->c, nr);
+    return 0;
+}
+#endif
 
 TRACEPOINT_PROBE(kmem, mm_page_alloc)
 {
@@ -257,12 +289,12 @@ TRACEPOINT_PROBE(kmem, mm_page_alloc)
         stat_inc(ST_STACK_LOST);
     else
         id = sid + 1;
-    struct counter zero = {};
-    struct counter *c = stack_pages.lookup_or_try_init(&id, &zero);
+    struct fp_counter zero = {};
+    struct fp_counter *c = stack_pages.lookup_or_try_init(&id, &zero);
     if (!c)
         return 0;
     counter_add(c, 1LL << args->order);
-    *slot = STATE(KIND_KPAGE, args->order, id);
+    *slot = FP_STATE(FP_KIND_KPAGE, args->order, id);
     stat_inc(ST_KPAGE_ALLOC);
     return 0;
 }
@@ -275,19 +307,18 @@ TRACEPOINT_PROBE(kmem, mm_page_free)
     return 0;
 }
 
-#if 1  /* object probes are selected one by one with FP_HAS_* */
 static __always_inline void obj_alloc(u64 ptr, u64 call_site, u32 bytes, u32 kind)
 {
     if (!ptr)
         return;
-    struct site_key sk = {.call_site = call_site, .kind = kind};
-    struct counter zero = {};
-    struct counter *c = sites.lookup_or_try_init(&sk, &zero);
+    struct fp_site_key sk = {.call_site = call_site, .kind = kind};
+    struct fp_counter zero = {};
+    struct fp_counter *c = sites.lookup_or_try_init(&sk, &zero);
     if (!c) {
         stat_inc(ST_SITES_FULL);
         return;
     }
-    struct obj_val ov = {.call_site = call_site, .bytes = bytes, .kind = kind};
+    struct fp_obj_val ov = {.call_site = call_site, .bytes = bytes, .kind = kind};
     if (objs.update(&ptr, &ov) != 0) {
         stat_inc(kind ? ST_PCPU_FULL : ST_OBJS_FULL);
         return;
@@ -298,11 +329,11 @@ static __always_inline void obj_alloc(u64 ptr, u64 call_site, u32 bytes, u32 kin
 
 static __always_inline void obj_free(u64 ptr)
 {
-    struct obj_val *ov = objs.lookup(&ptr);
+    struct fp_obj_val *ov = objs.lookup(&ptr);
     if (!ov)
         return;
-    struct site_key sk = {.call_site = ov->call_site, .kind = ov->kind};
-    struct counter *c = sites.lookup(&sk);
+    struct fp_site_key sk = {.call_site = ov->call_site, .kind = ov->kind};
+    struct fp_counter *c = sites.lookup(&sk);
     if (c)
         counter_sub(c, ov->bytes);
     objs.delete(&ptr);
@@ -360,5 +391,4 @@ TRACEPOINT_PROBE(percpu, percpu_free_percpu)
     obj_free((u64)args->ptr);
     return 0;
 }
-#endif
 #endif

@@ -26,7 +26,12 @@ def live_recording(tmp_path_factory, lab_cache):
     with guest("live", cache_dir=lab_cache) as g:
         g.wait_ready(900)
         g.wait_system(900)
-        rc, so, se = g.run("footprint record -o /run/fp-after-boot.jsonl -d 6 --interval 1", timeout=900)
+        rc, so, se = g.run(
+            "footprint record -o /run/fp-after-boot.jsonl -d 20 --interval 1 >/run/fp.log 2>&1 & "
+            "for i in $(seq 600); do grep -q '\"type\":\"sample\"' /run/fp-after-boot.jsonl 2>/dev/null && break; sleep 1; done; "
+            # a tmpfs file written while tracing: the shmem kprobe extra must see it
+            "dd if=/dev/urandom of=/run/fp-tmpfs.bin bs=1M count=8 status=none; "
+            "wait; cat /run/fp.log", timeout=1500)
         assert rc == 0, (so + se).decode(errors="replace")[-2000:]
         g.get_file("/run/fp-after-boot.jsonl", str(out))
         rc, text, _ = g.run("footprint report /run/fp-after-boot.jsonl", timeout=600)
@@ -63,3 +68,15 @@ def test_live_double_caching_is_named(live_recording):
                   and "rootfs.img" in c["label"] and "squashfs.img" in c["label"]), None)
     assert chain is not None, labels
     assert chain["layers_holding_data"] >= 2, json.dumps(chain)[:2000]
+
+
+def test_kprobe_extra_sees_tmpfs_pages(live_recording):
+    """The guest kernel has kprobes and matching headers: shmem adds are traced per file."""
+    path, _ = live_recording
+    rec = recording.read(str(path))
+    probes = {p["probe"]: p for p in rec.header["plan"]["probes"]}
+    assert probes["kprobe:shmem_add_to_page_cache"]["active"], probes
+    acc = account.build(rec)
+    tmpfs = acc.files[acc.files["kind"] == "shmem"]
+    biggest = int(tmpfs["resident_pages"].max()) if len(tmpfs) else 0
+    assert 8 * 256 <= biggest <= 8 * 256 + 16, tmpfs.head().to_dict("records")

@@ -86,6 +86,8 @@ class Plan:
     tracepoints: list[tuple[str, str]] = field(default_factory=list)
     missing: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    kprobes: list[str] = field(default_factory=list)  # optional extras, attached by bcc
+    kprobes_missing: list[tuple[str, str]] = field(default_factory=list)  # (function, why)
     folio_order: bool = False
     percpu_call_site: bool = False
     slab: str = "kmalloc"  # off | kmalloc | all (see SLAB_MODES)
@@ -105,6 +107,8 @@ class Plan:
         ]
         if self.folio_order:
             flags.append("-DFP_HAS_FOLIO_ORDER")
+        if "shmem_add_to_page_cache" in self.kprobes:
+            flags.append("-DFP_KPROBE_SHMEM")
         flags += [f"-DFP_HAS_{g}_{e}" for g, e in self.tracepoints]
         return flags
 
@@ -115,6 +119,9 @@ class Plan:
                  for g, e in self.missing]
         rows += [{"probe": f"tracepoint:{g}:{e}", "active": False, "why": f"--slab {self.slab}"}
                  for g, e in self.skipped]
+        rows += [{"probe": f"kprobe:{f}", "active": True} for f in self.kprobes]
+        rows += [{"probe": f"kprobe:{f}", "active": False, "why": why}
+                 for f, why in self.kprobes_missing]
         return rows
 
 
@@ -225,6 +232,7 @@ def plan(sizes: MapSizes | None = None, kernel_headers: str | None = None,
         p.tracepoints.append((group, event))
         if group == "filemap" and "order" in fields:
             p.folio_order = True
+    _plan_kprobes(p)
     for group, event in OPTIONAL_TRACEPOINTS:
         fields = tracepoint_fields(tfs, group, event)
         if fields is None:
@@ -258,6 +266,39 @@ def _stderr_captured():
         os.close(saved)
 
 
+# Optional kprobe extras: function → what it adds. Attached only where kprobes exist and
+# the header tree matches the running kernel (they read struct fields).
+KPROBE_EXTRAS = {"shmem_add_to_page_cache": "tmpfs/shmem page-cache adds (no tracepoint)"}
+
+
+def _text_symbols(names) -> set:
+    found = set()
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] in "tT" and parts[2] in names:
+                    found.add(parts[2])
+    except OSError:
+        pass
+    return found
+
+
+def _plan_kprobes(p: Plan) -> None:
+    if not os.path.exists(os.path.join(p.tracefs, "kprobe_events")):
+        p.kprobes_missing += [(f, "no kprobes in this kernel") for f in KPROBE_EXTRAS]
+        return
+    if not p.headers.matches_kernel:
+        p.kprobes_missing += [(f, "headers do not match the kernel") for f in KPROBE_EXTRAS]
+        return
+    present = _text_symbols(set(KPROBE_EXTRAS))
+    for f in KPROBE_EXTRAS:
+        if f in present:
+            p.kprobes.append(f)
+        else:
+            p.kprobes_missing.append((f, "not a probeable function here (inlined?)"))
+
+
 class Program:
     """The compiled, attached program; a thin owner of the bcc object and its maps."""
 
@@ -271,19 +312,40 @@ class Program:
                                  "and run scripts/setup") from None
         if p.headers.path:
             os.environ["BCC_KERNEL_SOURCE"] = p.headers.path
-        # clang prints pages of warnings about a header tree that is not the running
-        # kernel's; keep them out of the way and show the last error line on failure.
+        err = self._load(BPF, p)
+        if err is not None and p.kprobes:
+            # The extras read kernel structs: if they do not compile here, go without.
+            why = f"failed to load: {self._last_error(err)}"
+            p.kprobes_missing += [(f, why) for f in p.kprobes]
+            p.kprobes = []
+            err = self._load(BPF, p)
+        if err is not None:
+            msg = self._last_error(err)
+            raise FootprintError(f"BPF program failed to load ({msg}): check the kernel "
+                                 "headers (--kernel-headers) and that BPF is enabled")
+
+    def _load(self, BPF, p: Plan):
+        """Compile and attach; returns the exception (clang's chatter kept in _stderr:
+        a header tree that is not the running kernel's gives pages of warnings)."""
         with _stderr_captured() as captured:
             try:
                 self.bpf = BPF(text=bpf_source(), cflags=p.cflags())
                 err = None
             except Exception as exc:  # bcc raises plain Exception on compile/load failure
                 err = exc
-        if err is not None:
-            lines = [ln for ln in captured().splitlines() if "error" in ln.lower()]
-            msg = (lines[-1] if lines else str(err).strip().splitlines()[-1]).strip()
-            raise FootprintError(f"BPF program failed to load ({msg}): check the kernel "
-                                 "headers (--kernel-headers) and that BPF is enabled")
+            self._stderr = captured()
+        return err
+
+    def _last_error(self, err: Exception) -> str:
+        lines = [ln for ln in self._stderr.splitlines() if "error" in ln.lower()]
+        return (lines[-1] if lines else (str(err).strip().splitlines() or ["?"])[-1]).strip()[:300]
+
+    def attach_fds(self) -> list[int]:
+        """The perf-event fds that keep the programs attached (inherited across exec)."""
+        fds = list(self.bpf.tracepoint_fds.values())
+        for per_event in self.bpf.kprobe_fds.values():
+            fds += list(per_event.values())
+        return fds
 
     def __getitem__(self, name):
         return self.bpf[name]

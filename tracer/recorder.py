@@ -341,7 +341,8 @@ class Recorder:
                 if opts.exec:
                     self.handoff()
             self.begin()
-            deadline = self.attached + opts.duration if opts.duration else None
+            # --duration counts from here: attaching takes a minute under emulation.
+            deadline = boottime() + opts.duration if opts.duration else None
             next_sample = boottime()
             while True:
                 now = boottime()
