@@ -134,8 +134,8 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15) -
                 out.append(f"    {_fit(inert(lv['layer']), 40):<41}{_fit(inert(lv['what']), 40):<41}"
                            f"{lv['resident_mib']:8.1f} MiB")
     out.append("")
-    active = [p["probe"].split(":", 1)[1] for p in acc.probes if p.get("active")]
-    inactive = [f"{p['probe'].split(':', 1)[1]} ({p.get('why', '')})" for p in acc.probes
+    active = [p["probe"].removeprefix("tracepoint:") for p in acc.probes if p.get("active")]
+    inactive = [f"{p['probe'].removeprefix('tracepoint:')} ({p.get('why', '')})" for p in acc.probes
                 if not p.get("active")]
     out.append(f"probes active: {', '.join(active) or 'none'}")
     if inactive:
