@@ -153,7 +153,9 @@ TRACED_APPEND = "rd.footprint=1"
 
 
 def dracut_module_files() -> list[tuple[str, bytes]]:
-    return [(p.name, p.read_bytes()) for p in sorted(DRACUT_MODULE.iterdir()) if p.is_file()]
+    """The module's files that go into the initramfs (its README does not)."""
+    return [(p.name, p.read_bytes()) for p in sorted(DRACUT_MODULE.iterdir())
+            if p.is_file() and p.suffix != ".md"]
 
 
 def _build_initramfs_footprint(out: Path, rootfs: Path) -> None:
