@@ -185,7 +185,7 @@ def _file_rows(rec: Recording, state: dict, topo: Topology | None) -> pd.DataFra
         else:
             kind = "shmem" if fstype in ("tmpfs", "devtmpfs") else "page-cache"
             subsystem = FS_SUBSYSTEMS.get(fstype or "", fstype or "unknown fs")
-        path = info.get("path") or inv_paths.get(key) or tracer_paths.get(key)
+        path = info.get("path") or inv_paths.get(key) or tracer_paths.get(key) or rec.paths.get(key)
         layer = info.get("layer", f"dev {dev}")
         if info.get("roles"):
             layer += f" [{path.rsplit('/', 1)[-1] if path else 'inode %d' % ino}: {', '.join(info['roles'])}]"

@@ -96,6 +96,7 @@ class Recorder:
         self.last: dict[str, dict] = {"files": {}, "stacks": {}, "sites": {}}
         self.writer = None
         self.maps = None
+        self.named_files: set[str] = set()  # "dev:ino" the inventory already has a path for
         self.uevents = None
         self.known_stacks: set[int] = set()
         self.known_sites: set[str] = set()
@@ -218,6 +219,7 @@ class Recorder:
         result = inventory(read_topology(), budget=(1_000_000, self.opts.inventory_seconds))
         rows = result["rows"]
         after = self._read_files()
+        self.named_files = {f"{r['dev'] or 'bdev'}:{r['ino']}" for r in rows if r.get("path")}
         files = []
         for row in rows:
             key = f"{row['dev'] or 'bdev'}:{row['ino']}"
@@ -288,6 +290,25 @@ class Recorder:
         self.writer.write(rec)
         self.last.update(files=files, stacks=stacks, sites=sites)
         self.samples += 1
+
+    def name_top_files(self, count: int = 64, seconds: float = 5.0) -> None:
+        """Paths for the biggest files the tracer knows only as (dev, ino), found here
+        where the files are (a report may be read on another machine)."""
+        from .topology import paths_of, read_topology
+
+        top = sorted(((v[0], k) for k, v in self.last["files"].items() if k not in self.named_files),
+                     reverse=True)[:count]
+        wanted: dict[str, set] = {}
+        for pages, key in top:
+            dev, ino = key.rsplit(":", 1)
+            if pages > 0:
+                wanted.setdefault(dev, set()).add(int(ino))
+        if not wanted:
+            return
+        found = paths_of(read_topology(), wanted, budget=(300_000, seconds))
+        if found:
+            self.writer.write({"type": "paths", "t": boottime(),
+                               "paths": [[d, i, p] for (d, i), p in found.items()]})
 
     def poll_marks(self) -> None:
         """Phase marks appended by `footprint mark NAME` (or a dracut hook) to a file."""
@@ -373,6 +394,7 @@ class Recorder:
                     self.kallsyms = Kallsyms.load()
                 self.poll_marks()
                 self.sample()
+                self.name_top_files()
             except Exception as err:  # the recording stays readable; say what failed
                 self.log(f"last sample failed: {err}")
                 reason += f"; last sample failed: {err}"

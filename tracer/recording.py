@@ -25,6 +25,8 @@ Format (version 1). Every line is an object with a "type":
             the recorder's own process memory.
   tracer    t, stage, pid, files: the recorder's own mapped files after it exec'd into
             the lean sampler (their page cache is the tracer's cost).
+  paths     t, paths: [[dev, ino, path], ...]: names for the biggest files known only by
+            inode, found by the recorder at the end, where the files are.
   phase     t, name: a mark on the timeline (dracut hook, switch_root, systemd target).
   uevent    t, action, devname, major, minor, ...
   end       t, reason. Absent when the recorder did not stop cleanly: the recording is
@@ -133,6 +135,7 @@ class Recording:
     phases: list[dict] = field(default_factory=list)
     uevents: list[dict] = field(default_factory=list)
     tracer: list[dict] = field(default_factory=list)
+    paths: dict[str, str] = field(default_factory=dict)  # "dev:ino" → path, named at the end
 
     def states(self) -> Iterator[dict]:
         """Each sample with the full counter state at its time (replayed from deltas)."""
@@ -406,6 +409,13 @@ def read(path: str) -> Recording:
             rec.phases.append(obj)
         elif kind == "uevent":
             rec.uevents.append(obj)
+        elif kind == "paths":
+            rows = obj.get("paths")
+            if not isinstance(rows, list) or not all(
+                    isinstance(p, list) and len(p) == 3 and isinstance(p[0], str)
+                    and _is_int(p[1]) and isinstance(p[2], str) for p in rows):
+                raise _bad(path, f"corrupt (bad paths on line {n})")
+            rec.paths.update({f"{d}:{i}": p for d, i, p in rows})
         elif kind == "tracer":
             files = obj.get("files", [])
             if not isinstance(files, list) or not all(

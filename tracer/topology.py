@@ -784,6 +784,43 @@ def path_of(topo: Topology, dev: Any, ino: int, budget: Tuple[int, float] = (200
     return None
 
 
+def paths_of(topo: Topology, wanted: Dict[str, set], budget: Tuple[int, float] = (300_000, 5.0)
+             ) -> Dict[Tuple[str, int], str]:
+    """Paths for many inodes at once: one bounded walk per mounted superblock in `wanted`
+    ({dev: {ino, ...}}), stopping early once every inode of a superblock is found."""
+    found: Dict[Tuple[str, int], str] = {}
+    max_files, max_secs = budget
+    deadline = time.monotonic() + max_secs
+    count = 0
+    for dev, inos in wanted.items():
+        left = set(inos)
+        for m in topo.mounts_of(dev):
+            if not left or m.get("gone"):
+                break
+            stack = [m["mountpoint"]]
+            while stack and left:
+                try:
+                    it = os.scandir(stack.pop())
+                except OSError:
+                    continue
+                with it:
+                    for e in it:
+                        count += 1
+                        if count > max_files or time.monotonic() > deadline:
+                            return found
+                        try:
+                            ino = e.inode()
+                            if ino in left and devstr(e.stat(follow_symlinks=False).st_dev) == dev:
+                                found[(dev, ino)] = e.path
+                                left.discard(ino)
+                            if e.is_dir(follow_symlinks=False) and \
+                                    devstr(e.stat(follow_symlinks=False).st_dev) == dev:
+                                stack.append(e.path)
+                        except OSError:
+                            continue
+    return found
+
+
 # --- double caching ----------------------------------------------------------------------
 
 
