@@ -10,7 +10,7 @@ from .cli import main
 def _sizes(files, stacks, objs):
     from .loader import MapSizes
 
-    return MapSizes(files=files, stacks=stacks, objs=objs)
+    return MapSizes(files=files, stacks=stacks, objs=objs or 0)
 
 
 @main.command()
@@ -33,7 +33,8 @@ def _sizes(files, stacks, objs):
 @click.option("--stop-file", default=None, help="Stop when this file appears.")
 @click.option("--max-files", type=click.IntRange(min=64), default=65536, show_default=True)
 @click.option("--max-stacks", type=click.IntRange(min=64), default=16384, show_default=True)
-@click.option("--max-objects", type=click.IntRange(min=64), default=65536, show_default=True)
+@click.option("--max-objects", type=click.IntRange(min=64), default=None,
+              help="Live slab objects followed (default: 1 per 16 pages of RAM, at least 65536).")
 @click.option("--no-exec", is_flag=True,
               help="Keep sampling in this process (default: exec into a lean sampler without "
                    "bcc/LLVM once attached).")
