@@ -6,8 +6,10 @@ Two boots under QEMU (TCG: a few minutes each), shared by the tests of this modu
                 switch_root; the hook reads its memory, stops it, fetches the recording.
   broken_live   the same with rd.footprint.break=1 (the start script runs a failing
                 command instead of the recorder): the boot must go on, the console say why.
+  hung_live     rd.footprint.break=hang rd.footprint.timeout=20: a "recorder" that never
+                attaches is killed after 20 s, the boot goes on.
 They skip only without root or qemu-system-x86_64.
-    .venv/bin/python -m pytest tests/test_early_boot.py -m qemu     # ~6 min, images cached
+    .venv/bin/python -m pytest tests/test_early_boot.py -m qemu     # ~10 min, images cached
 """
 
 from __future__ import annotations
@@ -75,6 +77,14 @@ def broken_live(lab_cache, lab_logs) -> dict:
     if reason:
         pytest.skip(reason)
     return _boot("broken-live", "rd.footprint.break=1", lab_cache, lab_logs)
+
+
+@pytest.fixture(scope="module")
+def hung_live(lab_cache, lab_logs) -> dict:
+    reason = qemu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    return _boot("hung-live", "rd.footprint.break=hang rd.footprint.timeout=20", lab_cache, lab_logs)
 
 
 def _records(path: Path) -> list[dict]:
@@ -239,3 +249,11 @@ def test_broken_tracer_does_not_block_the_boot(broken_live):
     hook = broken_live["hook"]
     assert "not tracing" in hook.get("error", ""), hook
     assert not hook["recorder"].get("running")
+
+
+@needs_qemu
+def test_hung_tracer_is_given_up_on(hung_live):
+    assert hung_live["state"] in ("running", "degraded"), hung_live["state"]
+    lines = [ln for ln in hung_live["serial"].splitlines() if "footprint: not tracing:" in ln]
+    assert len(lines) == 1 and "no sample after 20 s" in lines[0], lines
+    assert not hung_live["hook"]["recorder"].get("running")

@@ -57,7 +57,10 @@ interval=$(arg rd.footprint.interval 1)
 stop=$(arg rd.footprint.stop multi-user)
 slab=$(arg rd.footprint.slab kmalloc)
 timeout=$(arg rd.footprint.timeout 240)
-preload=$(arg rd.footprint.preload 1)
+# preload the storage modules by default only where the boot loads them anyway (live)
+preload=0
+case " $(cat /proc/cmdline) " in *" rd.live.image"* | *" root=live:"*) preload=1 ;; esac
+preload=$(arg rd.footprint.preload $preload)
 brk=$(arg rd.footprint.break 0)
 case $stop in multi-user | basic | sysinit | never) ;; *)
     say 4 "rd.footprint.stop=$stop is not one of multi-user, basic, sysinit, never: using multi-user"
