@@ -269,6 +269,18 @@ def format_table(result: dict) -> str:
             what = " (compressed)" if low["fstype"] == "squashfs" else ""
             notes.append(f"  {b['name']}: root is overlayfs; rootfs = df of its lower layer {low['dir']}, "
                          f"{low['fstype']}{what} (df / = upper tmpfs: {b['root_df_used_mib']:.0f} MiB).")
+    for b in result["boots"]:
+        if not b.get("traced"):
+            continue
+        t = b.get("tracer") or {}
+        if b.get("tracer_error"):
+            notes.append(f"  {b['name']}: traced boot, but {b['tracer_error']}")
+        elif t:
+            mem = t.get("memory_kb", {})
+            notes.append(f"  {b['name']}: traced from the initramfs (recorder attached in "
+                         f"{t.get('attach_seconds', '?')} s, RSS after boot "
+                         f"{mem.get('VmRSS', 0) / 1024:.0f} MiB);")
+            notes.append("    the figures include the tracer's cost (--untraced: without it).")
     ok = [b for b in result["boots"] if "error" not in b]
     if ok:
         b0 = ok[0]
