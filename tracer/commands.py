@@ -93,12 +93,23 @@ def mark(name, marks):
 @click.option("--untraced", is_flag=True,
               help="Boot without footprint in the initramfs (plain measurements); by default "
                    "each boot is traced from the initramfs on and gains account and phases.")
-def experiment(variants, memory, timeout, settle, cache_dir, keep_logs, as_json, untraced):
-    """Boot Debian guests (plain disk vs live ISO) under QEMU and redo the 2014 measurement."""
+@click.option("--workload", "workloads", default="all", show_default=True,
+              help="Moments to measure each boot at, comma-separated: after-boot, after-read "
+                   "(cold read of --workload-mib MiB of /usr/bin and /usr/lib after dropping "
+                   "caches), after-write (write that much to a file on /, sync, drop caches).")
+@click.option("--workload-mib", type=int, default=None, metavar="N",
+              help="MiB read and written by the workloads  [default: 128]")
+@click.option("--out", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Write recordings, experiment.json, side-by-side.csv, report.html and "
+                   "plot.png here (default: a timestamped directory under the cache).")
+def experiment(variants, memory, timeout, settle, cache_dir, keep_logs, as_json, untraced,
+               workloads, workload_mib, out):
+    """Boot Debian guests (plain disk vs live ISO) under QEMU and redo the 2014 measurement:
+    live vs plain side by side at each moment, the answer, the boots ranked."""
     from vm.experiment import main_cli
 
     main_cli(variants, memory, timeout, cache_dir, keep_logs, as_json, settle,
-             traced=not untraced)
+             traced=not untraced, workloads=workloads, workload_mib=workload_mib, out=out)
 
 
 DEFAULT_RECORDING = "/run/footprint/recording.jsonl"

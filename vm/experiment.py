@@ -137,6 +137,7 @@ def boot_and_measure(
     hooks: Mapping[str, Hook] = {},
     guest_options: Optional[dict] = None,
     cache_dir: Optional[os.PathLike] = None,
+    moments: Optional[Callable[[Guest], list]] = None,
 ) -> dict:
     log = keep_logs / f"{spec.name}.serial.log" if keep_logs else None
     C.say(f"booting {spec.name} ({VARIANTS[spec.name][2]})")
@@ -163,6 +164,12 @@ def boot_and_measure(
         if spec.extra.get("apparent_bytes"):
             rec["delivery_apparent_mib"] = round(spec.extra["apparent_bytes"] / MIB, 1)
         rec.update(collect(g))
+        if moments is not None:  # vm/workloads.py: after-boot, after-read, after-write
+            try:
+                rec["moments"] = moments(g)
+            except FootprintError as err:
+                C.say(f"  {spec.name}: workloads FAILED: {err}")
+                rec["moments_error"] = str(err)
         rec["extra"] = {}
         for name, hook in hooks.items():
             rec["extra"][name] = hook(g, rec)
@@ -190,12 +197,35 @@ def run_experiment(
     hooks: Mapping[str, Hook] = {},
     guest_options: Optional[dict] = None,
     traced: bool = False,
+    workloads: Optional[Sequence[str]] = None,
+    workload_mib: Optional[int] = None,
+    out: Optional[os.PathLike] = None,
 ) -> dict:
     """Builds what is missing, boots each variant in `names` in turn, returns
     {"boots": [...], "seed": SEED}. traced: boots with footprint recording from the
-    initramfs on (vm/dracut/95footprint); each boot then has "account" and "phases"."""
+    initramfs on (vm/dracut/95footprint); each boot then has "account" and "phases".
+    workloads (vm/workloads.py MOMENTS): each boot is measured at these moments
+    ("moments"); traced, each moment gets its account, and the result "side_by_side",
+    "answer" and "ranking" (vm/sidebyside.py). out: recordings, experiment.json, CSV,
+    report.html and plot.png are written there."""
     C.require_tools("qemu-system-x86_64", "mkfs.ext4")
     keep = Path(keep_logs) if keep_logs else None
+    run_moments = None
+    if workloads:
+        from . import workloads as W
+
+        mib = workload_mib or W.DEFAULT_MIB
+        run_moments = lambda g: W.run_moments(g, workloads, mib, say=C.say)  # noqa: E731
+    # the recordings, kept where the moments' accounts are built from
+    rec_dir = Path(out) if out else keep
+    tmp_rec = None
+    if traced and workloads and rec_dir is None:
+        import tempfile
+
+        tmp_rec = tempfile.TemporaryDirectory(prefix="footprint-recordings-")
+        rec_dir = Path(tmp_rec.name)
+    if rec_dir:
+        rec_dir.mkdir(parents=True, exist_ok=True)
     if keep:
         keep.mkdir(parents=True, exist_ok=True)
     try:
@@ -204,7 +234,7 @@ def run_experiment(
                 from .traced import EXPERIMENT_APPEND, footprint_hook
 
                 specs = prepare_many(list(names), cache_dir, traced=True, append=EXPERIMENT_APPEND)
-                hooks = {"footprint": lambda g, r: footprint_hook(g, r, keep), **hooks}
+                hooks = {"footprint": lambda g, r: footprint_hook(g, r, rec_dir), **hooks}
             else:
                 specs = prepare_many(list(names), cache_dir)
             boots = []
@@ -212,7 +242,8 @@ def run_experiment(
                 try:
                     boots.append(boot_and_measure(
                         s, memory=memory, timeout=timeout, settle=settle, keep_logs=keep,
-                        hooks=hooks, guest_options=guest_options, cache_dir=cache_dir))
+                        hooks=hooks, guest_options=guest_options, cache_dir=cache_dir,
+                        moments=run_moments))
                 except GuestError as err:  # one failed boot does not void the others
                     C.say(f"  {s.name}: FAILED: {err}")
                     boots.append({"name": s.name, "error": str(err)})
@@ -220,7 +251,19 @@ def run_experiment(
         if err.errno == errno.ENOSPC:
             raise C.enospc(C.cache_root(cache_dir)) from None
         raise
-    return {"boots": boots, "seed": SEED}
+    result = {"boots": boots, "seed": SEED}
+    if workloads:
+        from . import sidebyside
+
+        try:
+            an = sidebyside.analyse(result, rec_dir if traced else None)
+            if out:
+                files = sidebyside.write_out(result, an, Path(out))
+                C.say(f"reports in {out}: " + ", ".join(Path(p).name for p in files.values()))
+        finally:
+            if tmp_rec is not None:
+                tmp_rec.cleanup()
+    return result
 
 
 def _fmt(v, width: int) -> str:
@@ -292,21 +335,30 @@ def format_table(result: dict) -> str:
 
 def main_cli(variants: str, memory: int, timeout: float, cache_dir: Optional[str],
              keep_logs: Optional[str], as_json: bool, settle: float,
-             traced: bool = True) -> None:
+             traced: bool = True, workloads: str = "all", workload_mib: Optional[int] = None,
+             out: Optional[str] = None) -> None:
     from tracer.errors import require_root
 
     from .images import variant_names
 
+    from . import sidebyside, workloads as W
+
     names = variant_names(variants)
+    moments = W.parse(workloads)
+    if workload_mib is not None and workload_mib < 1:
+        raise FootprintError(f"--workload-mib {workload_mib}: use at least 1 (MiB)")
     if memory < 256:
         raise FootprintError(f"--memory {memory} is too small to boot: use at least 512 (MiB)")
     require_root("footprint experiment")
     result = run_experiment(names, memory=memory, timeout=timeout, settle=settle,
-                            cache_dir=cache_dir, keep_logs=keep_logs, traced=traced)
+                            cache_dir=cache_dir, keep_logs=keep_logs, traced=traced,
+                            workloads=moments, workload_mib=workload_mib,
+                            out=out or sidebyside.default_out(cache_dir))
     if as_json:
         print(json.dumps(result, indent=2))
     else:
         print(format_table(result))
+        print(sidebyside.text(result))
     sys.stdout.flush()
     failed = [b for b in result["boots"] if "error" in b]
     if failed:

@@ -1,0 +1,313 @@
+"""The experiment's answer: live vs plain side by side at each moment, the plain-language
+answer, the ranking of the boots, and the reports on disk.
+
+Everything is computed from the traced boots' recordings with tracer's own functions
+(account.build at the sample of each moment, compare.compare, answer.answer,
+render_html.render); this module only picks the samples, lays the results out and writes
+them. The rows of each account add up to its MemTotal − MemFree, so the per-row
+differences add up to the difference in MemTotal − MemFree; the residual is printed.
+
+    an = analyse(result, recordings_dir)      # adds moments' accounts, side_by_side,
+                                              # answer, ranking to the experiment result
+    print(text(result)); write_out(result, an, out_dir)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from tracer import account as account_mod, answer as answer_mod, compare as compare_mod
+from tracer import recording as recording_mod, report as report_mod
+from tracer.report import inert
+
+from .workloads import moment_index
+
+QUESTION = ("squashfs", "device-mapper", "loop")
+MIB = 1 << 20
+
+
+@dataclass
+class Analysis:
+    recs: dict = field(default_factory=dict)        # boot name -> Recording
+    accounts: dict = field(default_factory=dict)    # (boot name, moment) -> Account
+    paths: dict = field(default_factory=dict)       # boot name -> recording path
+
+
+def _plain_json(obj):
+    return json.loads(report_mod.dumps_json(obj, pretty=False))
+
+
+def recording_path(recordings_dir: Path, name: str) -> Path:
+    """Where vm.traced.footprint_hook keeps a boot's recording."""
+    return Path(recordings_dir) / f"{name}.recording.jsonl"
+
+
+def analyse(result: dict, recordings_dir: Optional[Path]) -> Analysis:
+    """Adds to each traced boot's moments their account, and to `result` "side_by_side",
+    "answer" and "ranking". Returns the accounts and recordings (for the reports)."""
+    an = Analysis()
+    boots = [b for b in result["boots"] if "error" not in b]
+    for b in boots:
+        path = recording_path(recordings_dir, b["name"]) if recordings_dir else None
+        if not b.get("moments") or path is None or not path.exists():
+            continue
+        try:
+            from .traced import normalize
+
+            normalize(path)
+            rec = recording_mod.read(str(path))
+            for m in b["moments"]:
+                index, why = moment_index(rec, m["t_s"])
+                acc = account_mod.build(rec, index)
+                an.accounts[(b["name"], m["name"])] = acc
+                m.update({"sample_index": index, "sample_t_s": acc.t,
+                          "account": _plain_json(report_mod.to_json(rec, acc)["account"]),
+                          "account_meminfo": _plain_json(acc.meminfo)})
+                if why:
+                    m["note"] = why
+        except Exception as err:  # noqa: BLE001 - the boot's other figures still count
+            b["moments_error"] = f"recording not readable: {err}"
+            continue
+        an.recs[b["name"]] = rec
+        an.paths[b["name"]] = path
+    result["side_by_side"] = side_by_side(result, an)
+    result["answer"] = answer_of(result, an)
+    result["ranking"] = ranking(result)
+    return an
+
+
+def _pairs(result: dict, an: Analysis) -> list[tuple[str, str]]:
+    """(plain, other) for every other boot with accounts; plain first in the result."""
+    names = [b["name"] for b in result["boots"] if b["name"] in an.recs]
+    if "plain" not in names:
+        return []
+    return [("plain", n) for n in names if n != "plain"]
+
+
+def _moments(result: dict) -> list[str]:
+    seen: list[str] = []
+    for b in result["boots"]:
+        for m in b.get("moments") or []:
+            if m["name"] not in seen:
+                seen.append(m["name"])
+    return seen
+
+
+def side_by_side(result: dict, an: Analysis) -> list[dict]:
+    """Per moment and pair (plain, other): compare.compare by subsystem and by layer."""
+    out = []
+    for moment in _moments(result):
+        for a, b in _pairs(result, an):
+            acc_a, acc_b = an.accounts.get((a, moment)), an.accounts.get((b, moment))
+            if acc_a is None or acc_b is None:
+                continue
+            entry = {"moment": moment, "a": a, "b": b}
+            for by in ("subsystem", "layer"):
+                entry[by] = _plain_json(compare_mod.compare(acc_a, acc_b, by=by))
+            out.append(entry)
+    return out
+
+
+def _live_name(result: dict, an: Analysis) -> Optional[str]:
+    pairs = [b for _a, b in _pairs(result, an)]
+    return "live" if "live" in pairs else (pairs[0] if pairs else None)
+
+
+def answer_of(result: dict, an: Analysis) -> Optional[dict]:
+    """answer.answer(live, plain) right after boot, and at every other moment in by_moment."""
+    live = _live_name(result, an)
+    if live is None:
+        return None
+    by_moment = {}
+    for moment in _moments(result):
+        acc_l, acc_p = an.accounts.get((live, moment)), an.accounts.get(("plain", moment))
+        if acc_l is not None and acc_p is not None:
+            by_moment[moment] = _plain_json(answer_mod.answer(acc_l, acc_p))
+    if not by_moment:
+        return None
+    first = "after-boot" if "after-boot" in by_moment else next(iter(by_moment))
+    return {**by_moment[first], "boot": live, "against": "plain", "moment": first,
+            "by_moment": by_moment}
+
+
+def _question_mib(moment: dict) -> dict:
+    rows = moment.get("account") or []
+    return {sub: sum(r["resident_mib"] for r in rows if r["subsystem"] == sub) for sub in QUESTION}
+
+
+def ranking(result: dict) -> dict:
+    """The boots ranked by memory in use after boot (MemTotal − MemFree; procps 4 used)
+    and by delivery size: the 2014 trade-off."""
+    rows = []
+    for b in result["boots"]:
+        if "error" in b:
+            continue
+        row = {"name": b["name"], "nonfree_mib": b["nonfree_mib"], "used_mib": b["used_mib"],
+               "delivery_mib": b["delivery_mib"], "rootfs_mib": b.get("rootfs_mib"),
+               "moments": {m["name"]: {"nonfree_mib": m["nonfree_mib"], "used_mib": m["used_mib"],
+                                       **({"question_mib": _question_mib(m)} if m.get("account") else {})}
+                           for m in b.get("moments") or []}}
+        rows.append(row)
+    rows.sort(key=lambda r: r["nonfree_mib"])
+    for i, r in enumerate(rows, 1):
+        r["rank"] = i
+
+    def order(key):
+        return [r["name"] for r in sorted(rows, key=lambda r: (r[key] is None, r[key] or 0))]
+
+    return {"by": "nonfree_mib after boot (MemTotal - MemFree), smallest first", "rows": rows,
+            "by_nonfree": order("nonfree_mib"), "by_used": order("used_mib"),
+            "by_delivery": order("delivery_mib")}
+
+
+# --- text ------------------------------------------------------------------------------
+
+
+def text(result: dict) -> str:
+    out = []
+    moments_t = moments_table(result)
+    if moments_t:
+        out += ["", "Moments (MiB): in use at each moment and what squashfs, device-mapper and loop claim",
+                moments_t]
+    for e in result.get("side_by_side") or []:
+        sub, lay = e["subsystem"], e["layer"]
+        out += ["", f"== {e['moment']}: {inert(e['a'])} vs {inert(e['b'])} (MiB) ==", "",
+                compare_mod.text(sub, e["a"], e["b"]).rstrip(), "",
+                compare_mod.text(lay, e["a"], e["b"]).rstrip(), "",
+                f"{e['moment']}: the per-subsystem differences add up to the difference in MemTotal − MemFree: "
+                f"{inert(e['b'])} − {inert(e['a'])} = {sub['nonfree_delta_mib']:+.1f} MiB in use, sum of the "
+                f"differences {sub['sum_of_deltas_mib']:+.1f} MiB, residual {sub['residual_mib']:+.1f} MiB "
+                f"(by layer: residual {lay['residual_mib']:+.1f} MiB)."]
+    ans = result.get("answer")
+    if ans:
+        out += ["", f"The answer ({inert(ans['boot'])} against {inert(ans['against'])}):"]
+        for moment, a in ans["by_moment"].items():
+            out += ["", f"{moment}: {a['paragraph']}"]
+    rk = ranking_table(result)
+    if rk:
+        out += ["", "Ranking: memory in use after boot against delivery size (the 2014 trade-off)", rk]
+    files = result.get("files")
+    if files:
+        out += ["", f"Written to {inert(os.path.dirname(files['json']))}: "
+                + ", ".join(inert(os.path.basename(p)) for p in files.values())]
+    return "\n".join(out)
+
+
+def moments_table(result: dict) -> str:
+    lines = []
+    head = f"{'moment':<13}{'boot':<16}{'MemTotal-MemFree':>17}{'used':>8}{'squashfs':>10}{'dm':>8}{'loop':>8}"
+    for moment in _moments(result):
+        for b in result["boots"]:
+            m = next((x for x in b.get("moments") or [] if x["name"] == moment), None)
+            if m is None:
+                continue
+            q = _question_mib(m) if m.get("account") else None
+            cells = "".join(f"{q[s]:>{w}.1f}" if q else f"{'-':>{w}}"
+                            for s, w in zip(QUESTION, (10, 8, 8)))
+            lines.append(f"{moment:<13}{inert(b['name'])[:15]:<16}{m['nonfree_mib']:>17.1f}"
+                         f"{m['used_mib']:>8.1f}{cells}")
+    return "\n".join([head] + lines) if lines else ""
+
+
+def ranking_table(result: dict) -> str:
+    rk = result.get("ranking")
+    if not rk or not rk["rows"]:
+        return ""
+    extra = [m for m in _moments(result) if m != "after-boot"]
+    head = (f"{'rank':<6}{'boot':<16}{'MemTotal-MemFree':>17}{'used':>10}{'delivery':>10}{'rootfs':>8}"
+            + "".join(f"{m:>14}" for m in extra))
+    lines = [head, f"{'':<22}{'after boot':>17}{'procps 4':>10}{'MiB':>10}{'df MiB':>8}"
+             + "".join(f"{'in use':>14}" for _ in extra)]
+    for r in rk["rows"]:
+        cells = "".join(f"{r['moments'][m]['nonfree_mib']:>14.1f}" if m in r["moments"] else f"{'-':>14}"
+                        for m in extra)
+        rootfs = f"{r['rootfs_mib']:>8.0f}" if r["rootfs_mib"] is not None else f"{'-':>8}"
+        lines.append(f"{r['rank']:<6}{inert(r['name'])[:15]:<16}{r['nonfree_mib']:>17.1f}{r['used_mib']:>10.1f}"
+                     f"{r['delivery_mib']:>10.1f}{rootfs}{cells}")
+    for s in result.get("seed", {}).get("boots", []):
+        label = "LiveCD 2014" if s["name"].startswith("LiveCD") else "plain 2014"
+        d = f"{s['delivery_mib']:>10.0f}" if s["delivery_mib"] is not None else f"{'-':>10}"
+        lines.append(f"{'':<6}{label:<16}{s['nonfree_mib']:>17.0f}{'-':>10}{d}{s['rootfs_mib']:>8.0f}")
+    by_d = rk["by_delivery"]
+    lines.append(f"smallest delivery first: {', '.join(inert(n) for n in by_d)}; "
+                 f"least memory first: {', '.join(inert(n) for n in rk['by_nonfree'])}.")
+    return "\n".join(lines)
+
+
+# --- on disk ---------------------------------------------------------------------------
+
+
+def csv_text(result: dict) -> str:
+    """The per-moment side-by-side table: one line per moment, pair, grouping and row, plus
+    the in-use, sum-of-rows and residual lines. Names made inert (as footprint's CSV)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["moment", "a", "b", "by", "subsystem", "layer", "kind", "a_mib", "b_mib", "delta_mib"])
+    for e in result.get("side_by_side") or []:
+        for by in ("subsystem", "layer"):
+            c = e[by]
+            pre = [e["moment"], inert(e["a"]), inert(e["b"]), by]
+            w.writerow(pre + ["in use (MemTotal-MemFree)", "", "", c["a"]["nonfree_mib"], c["b"]["nonfree_mib"],
+                              c["nonfree_delta_mib"]])
+            for r in c["rows"]:
+                w.writerow(pre + [inert(r["subsystem"]), inert(r.get("layer", "")), inert(r.get("kind", "")),
+                                  r["a_mib"], r["b_mib"], r["delta_mib"]])
+            w.writerow(pre + ["sum of rows", "", "", sum(r["a_mib"] for r in c["rows"]),
+                              sum(r["b_mib"] for r in c["rows"]), c["sum_of_deltas_mib"]])
+            w.writerow(pre + ["residual (in-use delta - sum)", "", "", "", "", c["residual_mib"]])
+    return buf.getvalue()
+
+
+def write_out(result: dict, an: Analysis, out: Path) -> dict:
+    """experiment.json, side-by-side.csv, plot.png and report.html (the live boot with the
+    plain one to compare, at its last moment) plus report-<moment>.html per moment.
+    Recordings are already there (<name>.recording.jsonl) when out is the recordings dir.
+    Returns {what: path}."""
+    from tracer import render_html
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, path in an.paths.items():
+        dest = recording_path(out, name)
+        if Path(path).resolve() != dest.resolve():
+            dest.write_bytes(Path(path).read_bytes())
+        files[f"recording {name}"] = str(dest)
+    (out / "side-by-side.csv").write_text(csv_text(result))
+    files["side-by-side csv"] = str(out / "side-by-side.csv")
+    live = _live_name(result, an)
+    if live and live in an.recs:
+        rec_l, rec_p = an.recs[live], an.recs.get("plain")
+        png = render_html.plot_png(rec_l)
+        (out / "plot.png").write_bytes(png)
+        files["plot"] = str(out / "plot.png")
+        moments = [m for m in _moments(result) if (live, m) in an.accounts]
+        for moment in moments:
+            plain = ((rec_p, an.accounts[("plain", moment)])
+                     if rec_p is not None and ("plain", moment) in an.accounts else None)
+            page = render_html.render(rec_l, an.accounts[(live, moment)], plain=plain, png=png)
+            (out / f"report-{moment}.html").write_text(page, encoding="utf-8")
+            files[f"report {moment}"] = str(out / f"report-{moment}.html")
+            if moment == moments[-1]:
+                (out / "report.html").write_text(page, encoding="utf-8")
+                files["report"] = str(out / "report.html")
+    files["json"] = str(out / "experiment.json")
+    result["files"] = files
+    (out / "experiment.json").write_text(json.dumps(result, indent=2))
+    return files
+
+
+def default_out(cache_dir: Optional[os.PathLike]) -> Path:
+    """A timestamped directory under the cache (next to the images)."""
+    import time
+
+    from . import cache as C
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return C.cache_root(cache_dir).parent / "experiments" / stamp
