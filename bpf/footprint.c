@@ -18,7 +18,6 @@
  *   FP_STACK_DEPTH  frames kept per stack
  *   FP_OBJS_MAX     live slab objects tracked by address
  *   FP_SITES_MAX    distinct slab/percpu call sites
- *   FP_PCPU_MAX     live percpu allocations tracked by address
  *   FP_KPROBE_SHMEM defined when the shmem kprobe extra is attached
  */
 #include <uapi/linux/ptrace.h>
@@ -91,13 +90,14 @@ struct fp_stack {
 BPF_ARRAY(pfn_state, u32, FP_MAX_PFN);
 BPF_ARRAY(stats, u64, ST_MAX);
 BPF_PERCPU_ARRAY(next_file_id, u32, 1);
-BPF_F_TABLE("hash", struct fp_file_key, struct fp_file_val, files, FP_FILES_MAX, BPF_F_NO_PREALLOC);
+/* Every hash map is preallocated on purpose. A no-prealloc map refills itself with
+ * kmalloc (bpf_mem_alloc) from irq_work: updated from the kmalloc tracepoints that was a
+ * feedback loop (24 MB in two seconds), and from the others it made the kernel skip our
+ * kmalloc program while one of ours was running (lost events, counted per program). */
+BPF_HASH(files, struct fp_file_key, struct fp_file_val, FP_FILES_MAX);
 BPF_ARRAY(file_of, struct fp_file_key, FP_FILES_MAX);
 BPF_TABLE("stacktrace", int, struct fp_stack, stacks, FP_STACKS_MAX);
-BPF_F_TABLE("hash", u32, struct fp_counter, stack_pages, FP_STACKS_MAX + 1, BPF_F_NO_PREALLOC);
-/* Preallocated on purpose: these are updated from the kmalloc tracepoints, and a
- * no-prealloc map refills itself with kmalloc (bpf_mem_alloc), which would fire the
- * same tracepoints again: a feedback loop measured at 24 MB in two seconds. */
+BPF_HASH(stack_pages, u32, struct fp_counter, FP_STACKS_MAX + 1);
 BPF_HASH(objs, u64, struct fp_obj_val, FP_OBJS_MAX);
 BPF_HASH(sites, struct fp_site_key, struct fp_counter, FP_SITES_MAX);
 

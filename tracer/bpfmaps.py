@@ -150,6 +150,23 @@ class Map:
                 out.append((key.raw, value))
 
 
+class _ProgInfo(ctypes.Structure):
+    # struct bpf_prog_info up to recursion_misses (offsets 192/200/208, uapi linux/bpf.h;
+    # the kernel fills what it knows and zeroes the rest of a longer buffer).
+    _fields_ = [("head", ctypes.c_uint8 * 192), ("run_time_ns", ctypes.c_uint64),
+                ("run_cnt", ctypes.c_uint64), ("recursion_misses", ctypes.c_uint64),
+                ("tail", ctypes.c_uint8 * 16)]
+
+
+def prog_misses(fd: int) -> int:
+    """Events a program did not run for because another BPF program was already running
+    on that CPU (bpf_prog_active / recursion protection, Linux 5.12+): lost events."""
+    info = _ProgInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return int(info.recursion_misses)
+
+
 class Maps:
     """footprint's maps, decoded: the sampler's whole view of the kernel-side account."""
 

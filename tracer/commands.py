@@ -10,7 +10,7 @@ from .cli import main
 def _sizes(files, stacks, objs):
     from .loader import MapSizes
 
-    return MapSizes(files=files, stacks=stacks, objs=objs or 0)
+    return MapSizes(files=files or 0, stacks=stacks, objs=objs or 0)
 
 
 @main.command()
@@ -31,7 +31,8 @@ def _sizes(files, stacks, objs):
 @click.option("--marks", default="/run/footprint/marks", show_default=True,
               help="File of phase marks to follow (lines 'BOOTTIME NAME').")
 @click.option("--stop-file", default=None, help="Stop when this file appears.")
-@click.option("--max-files", type=click.IntRange(min=64), default=65536, show_default=True)
+@click.option("--max-files", type=click.IntRange(min=64), default=None,
+              help="Files with page cache followed (default: 1 per 32 pages of RAM, at least 32768).")
 @click.option("--max-stacks", type=click.IntRange(min=64), default=16384, show_default=True)
 @click.option("--max-objects", type=click.IntRange(min=64), default=None,
               help="Live slab objects followed (default: 1 per 16 pages of RAM, at least 65536).")

@@ -54,20 +54,20 @@ OPTIONAL_TRACEPOINTS = (
 class MapSizes:
     """Capacity of each BPF map; a full map is counted, never silent."""
 
-    files: int = 65536
+    files: int = 0  # 0: sized to the machine (resolved)
     stacks: int = 16384  # hash buckets: a collision loses the stack (-EEXIST)
     stack_depth: int = 20
     objs: int = 0  # 0: sized to the machine (auto_objs)
     sites: int = 8192
 
     def resolved(self, mem_pages: int) -> "MapSizes":
-        """Live slab objects scale with memory: 1 slot per 16 pages, at least 65536
-        (~72 bytes a slot, preallocated): 4.5 MiB on a 2 GiB guest, 27 MiB at 24 GiB."""
+        """Maps are preallocated, so they scale with memory. Live slab objects: 1 slot per
+        16 pages, at least 65536 (~72 bytes a slot: 4.5 MiB on a 2 GiB guest, 27 MiB at
+        24 GiB). Files with page cache: 1 per 32 pages, at least 32768 (~110 bytes)."""
         from dataclasses import replace
 
-        if self.objs:
-            return self
-        return replace(self, objs=max(65536, mem_pages // 16))
+        return replace(self, objs=self.objs or max(65536, mem_pages // 16),
+                       files=self.files or max(32768, mem_pages // 32))
 
 
 @dataclass
@@ -350,6 +350,11 @@ class Program:
     def _last_error(self, err: Exception) -> str:
         lines = [ln for ln in self._stderr.splitlines() if "error" in ln.lower()]
         return (lines[-1] if lines else (str(err).strip().splitlines() or ["?"])[-1]).strip()[:300]
+
+    def prog_fds(self) -> dict[str, int]:
+        """The loaded programs' fds (for their recursion-miss counters: lost events)."""
+        return {name.decode() if isinstance(name, bytes) else name: fn.fd
+                for name, fn in self.bpf.funcs.items()}
 
     def attach_fds(self) -> list[int]:
         """The perf-event fds that keep the programs attached (inherited across exec)."""

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from . import loader, procfs, recording
-from .bpfmaps import Maps
+from .bpfmaps import Maps, prog_misses
 from .errors import FootprintError, require_root
 from .symbols import Kallsyms, classify_stack, subsystem_of
 
@@ -96,7 +96,8 @@ class Recorder:
         self.last: dict[str, dict] = {"files": {}, "stacks": {}, "sites": {}}
         self.writer = None
         self.maps = None
-        self.named_files: set[str] = set()  # "dev:ino" the inventory already has a path for
+        self.named_files: set[str] = set()
+        self.prog_fds: dict[str, int] = {}  # "dev:ino" the inventory already has a path for
         self.uevents = None
         self.known_stacks: set[int] = set()
         self.known_sites: set[str] = set()
@@ -131,6 +132,7 @@ class Recorder:
         })
         self.map_fds = {name: self.program[name].map_fd for name in Maps.NAMES}
         self.attach_fds = self.program.attach_fds()
+        self.prog_fds = self.program.prog_fds()
         self.maps = Maps(self.map_fds)
         self.log(f"attached {len(self.plan.tracepoints)} tracepoints"
                  + (f" and kprobes {', '.join(self.plan.kprobes)}" if self.plan.kprobes else "")
@@ -142,11 +144,12 @@ class Recorder:
         the programs attached are inherited; bcc, LLVM and clang leave memory. argv[0]
         starts with '@' so that systemd spares the process at switch_root
         (ROOT_STORAGE_DAEMONS). Returns only if exec failed (then sampling goes on here)."""
-        fds = list(self.map_fds.values()) + self.attach_fds
+        fds = list(self.map_fds.values()) + self.attach_fds + list(self.prog_fds.values())
         for fd in fds:
             os.set_inheritable(fd, True)
         state = {"opts": {k: v for k, v in asdict(self.opts).items() if k != "sizes"},
                  "map_fds": self.map_fds, "attach_fds": self.attach_fds,
+                 "prog_fds": self.prog_fds,
                  "attached": self.attached, "log_prefix": "footprint"}
         env = dict(os.environ, FOOTPRINT_SAMPLER=json.dumps(state))
         self.writer.detach()
@@ -164,6 +167,7 @@ class Recorder:
         rec = cls(Options(**state["opts"]), log=log)
         rec.map_fds = state["map_fds"]
         rec.attach_fds = state["attach_fds"]
+        rec.prog_fds = state.get("prog_fds", {})
         rec.attached = state["attached"]
         rec.maps = Maps(rec.map_fds)
         rec.writer = recording.Writer.append(rec.opts.output)
@@ -262,6 +266,15 @@ class Recorder:
         self.writer.write({"type": "site", "key": key, "kind": kind, "symbol": sym,
                            "module": mod, "owner": owner})
 
+    def _lost_events(self) -> int:
+        total = 0
+        for fd in getattr(self, "prog_fds", {}).values():
+            try:
+                total += prog_misses(fd)
+            except OSError:  # kernels before 5.12 do not count them
+                pass
+        return total
+
     @staticmethod
     def _changed(now: dict, before: dict) -> dict:
         return {k: v for k, v in now.items() if before.get(k) != v}
@@ -276,6 +289,7 @@ class Recorder:
             self._describe_site(key)
             self.known_sites.add(key)
         stats = dict(zip(STAT_NAMES, self.maps.stats(len(STAT_NAMES))))
+        stats["lost_events"] = self._lost_events()
         rec = {"type": "sample", "t": t, "meminfo": procfs.meminfo(), "stats": stats,
                "pcp_pages": procfs.zone_pcp_pages(),
                "files": self._changed(files, self.last["files"]),

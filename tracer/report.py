@@ -63,7 +63,9 @@ def to_json(rec: Recording, acc: Account, by: str = "layer") -> dict:
         "meminfo": acc.meminfo,
         "double_caching": acc.chains,
         "probes": acc.probes,
-        "lost_events": 0,  # nothing is streamed: the account lives in maps
+        # Nothing is streamed; an event is lost when the kernel skipped our program
+        # (another BPF program was running on that CPU): the programs' recursion misses.
+        "lost_events": int(acc.stats.get("lost_events", 0)),
         "map_drops": map_drops(acc.stats),
         "stats": acc.stats,
         "phases": [{"name": p["name"], "t_s": p["t"]} for p in rec.phases],
@@ -141,7 +143,8 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15) -
     if inactive:
         out.append(f"probes inactive: {', '.join(inactive)}")
     drops = {k: acc.stats.get(k, 0) for k in DROP_STATS if acc.stats.get(k, 0)}
-    out.append(f"lost events: 0 (none streamed); map drops: {map_drops(acc.stats)}"
+    out.append(f"lost events: {int(acc.stats.get('lost_events', 0))} (programs skipped by the kernel); "
+               f"map drops: {map_drops(acc.stats)}"
                + (f" ({', '.join(f'{k} {v}' for k, v in drops.items())})" if drops else ""))
     for note in acc.notes:
         out.append(f"note: {note}")
