@@ -166,6 +166,7 @@ def test_traced_pages_per_file_match_fincore(live_like_stack, tmp_path):
     total = sum(r["resident_pages"] for r in report["account"])
     assert abs(total * 4096 / 2**20 - report["meminfo"]["nonfree_mib"]) < 0.01
     assert report["map_drops"] == 0
+    assert report["lost_events"] == 0  # no program of ours was skipped by the kernel
 
 
 def test_inventory_makes_resident_right_at_attach(live_like_stack, tmp_path):
