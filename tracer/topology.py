@@ -455,15 +455,17 @@ def _root_mount(mounts: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 
 def read_topology(proc: str = "/proc", sys: str = "/sys", devdir: str = "/dev",
                   dm: bool = True) -> Topology:
-    """Mounts + block devices + dm tables, stamped with CLOCK_BOOTTIME. Loop, dm and
-    optical devices that no mount shows get `probed_fstype` from their superblock."""
+    """Mounts + block devices + dm tables, stamped with CLOCK_BOOTTIME. Loop, dm, optical
+    and disk devices that no mount shows get `probed_fstype` from their superblock (a
+    recorder in a mount namespace of its own may not see the real root's mount: a plain
+    boot's root disk then still reads "ext4 on vda (not mounted)", not "unmounted vda")."""
     t = time.clock_gettime(time.CLOCK_BOOTTIME)
     mounts = read_mounts(proc)
     bds = read_block_devices(sys, devdir)
     mounted = {m["dev"] for m in mounts}
     for bd in bds.values():
         bound = bd["kind"] != "loop" or bd.get("loop", {}).get("bound")
-        if bd["kind"] in ("loop", "dm", "rom") and bound and bd["dev"] not in mounted and bd["size_bytes"]:
+        if bd["kind"] in ("loop", "dm", "rom", "disk", "part") and bound and bd["dev"] not in mounted and bd["size_bytes"]:
             fstype = probe_fstype(os.path.join(devdir, bd["name"]))
             if fstype:
                 bd["probed_fstype"] = fstype

@@ -278,6 +278,7 @@ def write_out(result: dict, an: Analysis, out: Path) -> dict:
         dest = recording_path(out, name)
         if Path(path).resolve() != dest.resolve():
             dest.write_bytes(Path(path).read_bytes())
+        os.chmod(dest, 0o600)  # recordings are the guest's file names: private, as recorded
         files[f"recording {name}"] = str(dest)
     (out / "side-by-side.csv").write_text(csv_text(result))
     files["side-by-side csv"] = str(out / "side-by-side.csv")
