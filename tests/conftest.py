@@ -53,7 +53,7 @@ def experiment_json(lab_cache, lab_logs) -> dict:
         pytest.skip(reason)
     p = subprocess.run(
         [*FOOTPRINT, "experiment", "--untraced", "--json", "--variants", "plain,live", "--keep-logs", str(lab_logs),
-         "--cache-dir", str(lab_cache)],
+         "--cache-dir", str(lab_cache), "--out", str(lab_logs / "out")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=3600,
     )
     sys.stderr.write(p.stderr[-4000:])
