@@ -251,3 +251,19 @@ def test_real_ranking_and_files(answered):
                  "live.recording.jsonl", "plain.recording.jsonl"):
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / "experiment.json").read_text())["answer"]["paragraph"] == result["answer"]["paragraph"]
+
+
+def test_chain_from_a_root_no_mount_shows():
+    """A recorder in its own mount namespace does not see the root mounted after
+    switch_root: ext4 on dm live-rw, known by its superblock, still tops the chain
+    rootfs.img → squashfs.img (the same data cached at three layers)."""
+    from tracer.topology import Topology, double_caching
+
+    t = live.live_topology()
+    t["mounts"] = [m for m in t["mounts"] if m["mountpoint"] != "/"]
+    t["block_devices"]["dm-0"]["probed_fstype"] = "ext4"
+    chains = double_caching(Topology.from_dict(t))
+    top = [c for c in chains if c["top"]["dev"] == "254:0"]
+    assert top and top[0]["top"]["mountpoints"] == []
+    assert "(not mounted)" in top[0]["top"]["layer"]
+    assert [lv["dev"] for lv in top[0]["levels"]][:2] == ["7:0", "11:0"]  # rootfs.img, squashfs.img

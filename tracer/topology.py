@@ -876,6 +876,21 @@ def double_caching(topo: Topology) -> List[Dict[str, Any]]:
                    "mountpoints": [x["mountpoint"] for x in topo.mounts_of(d)]}
             label = " → ".join([top["layer"]] + [lv["label"] for lv in levels])
             chains.append({"top": top, "levels": levels, "label": label})
+    # File systems no mount shows but whose superblock was read (probed_fstype): a
+    # recorder in a mount namespace of its own does not see the root mounted after
+    # switch_root, yet ext4 on dm live-rw still caches the data rootfs.img holds. Devices
+    # held by others (loop1 under the dm snapshot) are not a file system in use.
+    for bd in topo.block_devices.values():
+        d = bd.get("dev")
+        if not bd.get("probed_fstype") or bd.get("holders") or d in done or bd.get("gone"):
+            continue
+        done.add(d)
+        for levels in _file_levels(topo, d, set()):
+            if not levels:
+                continue
+            top = {"dev": d, "fstype": bd["probed_fstype"], "layer": layer_of(topo, d), "mountpoints": []}
+            label = " → ".join([top["layer"]] + [lv["label"] for lv in levels])
+            chains.append({"top": top, "levels": levels, "label": label})
     return chains
 
 
