@@ -79,6 +79,9 @@ install() {
            -o -name ensurepip -o -name pydoc_data -o -name lib2to3 -o -name 'config-*' \
            -o -name venv -o -name sqlite3 -o -name curses -o -name dbm -o -name xmlrpc \
            -o -name wsgiref -o -name dist-packages -o -name lib-dynload \) -prune -o
+    # stdlib scripts with a "#!/usr/local/bin/python" line (cgi.py ...) are no programs
+    # here: without their x bit dracut does not try to install that interpreter
+    find "$initdir$pylib" -name '*.py' -perm /111 -exec chmod a-x {} +
     # shellcheck disable=SC2046
     _fp_inst_libs $(find "$pylib/lib-dynload" -name '*.so' ! -name '*_test*' \
         ! -name '_tkinter*' ! -name '_curses*' ! -name '_sqlite3*' ! -name '_dbm*' \
