@@ -111,10 +111,27 @@ def parse_mountinfo(data: bytes) -> List[Dict[str, Any]]:
 
 
 def read_mounts(proc: str = "/proc") -> List[Dict[str, Any]]:
-    """The calling process's mounts from /proc/self/mountinfo (only those reachable from
-    its root: after switch_root the initramfs mounts disappear — see `merge`)."""
-    with open(os.path.join(proc, "self", "mountinfo"), "rb") as f:
-        return parse_mountinfo(f.read())
+    """The system's mounts: init's (/proc/1/mountinfo), not the caller's — the early-boot
+    recorder runs in a mount namespace and chroot of its own, which would hide them.
+    Falls back to /proc/self/mountinfo where init's is not readable (not root). After
+    switch_root the initramfs mounts disappear from it — see `merge`."""
+    for who in ("1", "self"):
+        try:
+            with open(os.path.join(proc, who, "mountinfo"), "rb") as f:
+                return parse_mountinfo(f.read())
+        except OSError:
+            continue
+    raise FootprintError(f"cannot read {proc}/self/mountinfo: mount /proc")
+
+
+def system_root() -> str:
+    """Prefix under which the system's paths are reachable from here: "" normally,
+    "/proc/1/root" in a chroot of our own (the early-boot recorder)."""
+    try:
+        mine, init = os.stat("/"), os.stat("/proc/1/root")
+    except OSError:
+        return ""
+    return "" if (mine.st_dev, mine.st_ino) == (init.st_dev, init.st_ino) else "/proc/1/root"
 
 
 # --- block devices -------------------------------------------------------------------------
@@ -794,12 +811,13 @@ def paths_of(topo: Topology, wanted: Dict[str, set], budget: Tuple[int, float] =
     max_files, max_secs = budget
     deadline = time.monotonic() + max_secs
     count = 0
+    root = system_root()
     for dev, inos in wanted.items():
         left = set(inos)
         for m in topo.mounts_of(dev):
             if not left or m.get("gone"):
                 break
-            stack = [m["mountpoint"]]
+            stack = [root + m["mountpoint"]]
             while stack and left:
                 try:
                     it = os.scandir(stack.pop())
@@ -813,7 +831,7 @@ def paths_of(topo: Topology, wanted: Dict[str, set], budget: Tuple[int, float] =
                         try:
                             ino = e.inode()
                             if ino in left and devstr(e.stat(follow_symlinks=False).st_dev) == dev:
-                                found[(dev, ino)] = e.path
+                                found[(dev, ino)] = e.path[len(root):]
                                 left.discard(ino)
                             if e.is_dir(follow_symlinks=False) and \
                                     devstr(e.stat(follow_symlinks=False).st_dev) == dev:
