@@ -203,3 +203,28 @@ def test_topology_shows_the_stack(live_like_stack):
     assert f"ext4 on {lo_b}" in out
     assert f"squashfs on {lo_a}" in out
     assert "rootfs.img" in out and "squashfs.img" in out
+
+
+def test_uevents_land_on_the_recording_clock(tmp_path):
+    """A loop device configured while recording: its uevents are in the recording, on the
+    samples' clock, and the topology is re-read (the recording stays readable)."""
+    rec = tmp_path / "rec.jsonl"
+    img = tmp_path / "img"
+    img.write_bytes(b"\0" * (4 << 20))
+    proc = start_recorder(rec, extra=("--no-inventory",))
+    lo = None
+    try:
+        lo = subprocess.run(["losetup", "-f", "--show", str(img)], check=True, capture_output=True,
+                            text=True).stdout.strip()
+        time.sleep(1.5)
+    finally:
+        if lo:
+            subprocess.run(["losetup", "-d", lo], check=False)
+        stop_recorder(proc)
+    from tracer import recording
+
+    r = recording.read(str(rec))
+    mine = [u for u in r.uevents if u.get("DEVNAME") == os.path.basename(lo)]
+    assert mine, r.uevents[:3]
+    assert r.samples[0]["t"] <= mine[0]["t"] <= r.samples[-1]["t"]
+    assert len(r.topologies) >= 2

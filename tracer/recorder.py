@@ -156,7 +156,9 @@ class Recorder:
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            os.execve(sys.executable, ["@footprint", "-m", "tracer.sampler"], env)
+            # sys.executable is empty when our own argv[0] was "@footprint" (early boot).
+            python = sys.executable or os.readlink("/proc/self/exe")
+            os.execve(python, ["@footprint", "-m", "tracer.sampler"], env)
         except OSError as err:
             self.log(f"staying in-process (exec of the sampler failed: {err.strerror})")
             self.writer = recording.Writer.append(self.opts.output)
@@ -177,6 +179,7 @@ class Recorder:
 
     def begin(self) -> None:
         """What needs no bcc: symbols, topology, uevents, the inventory."""
+        self._refresh_symbols()
         self.kallsyms = Kallsyms.load()
         self.write_topology()
         self.uevents = self._uevent_watcher()
@@ -253,6 +256,19 @@ class Recorder:
         return {f"{'percpu' if kind else 'slab'}:{addr:#x}": list(c)
                 for (addr, kind), c in self.maps.sites().items()}
 
+    def _refresh_symbols(self) -> None:
+        """Reload kallsyms when modules came or went since it was read: a stack or call
+        site inside a module loaded after attach must still be named."""
+        try:
+            with open("/proc/modules") as f:
+                modules = f.read()
+        except OSError:
+            return
+        if modules != getattr(self, "_modules_seen", None):
+            if hasattr(self, "_modules_seen"):
+                self.kallsyms = Kallsyms.load()
+            self._modules_seen = modules
+
     def _describe_stack(self, sid: int) -> None:
         frames = self.maps.stack(sid - 1) if sid > 0 else []
         kind, owner = classify_stack(frames, self.kallsyms) if frames else ("pages", "unknown")
@@ -282,6 +298,8 @@ class Recorder:
     def sample(self) -> None:
         t = boottime()
         files, stacks, sites = self._read_files(), self._read_stacks(), self._read_sites()
+        if stacks.keys() - self.known_stacks or sites.keys() - self.known_sites:
+            self._refresh_symbols()
         for sid in stacks.keys() - self.known_stacks:
             self._describe_stack(sid)
             self.known_stacks.add(sid)
@@ -353,7 +371,8 @@ class Recorder:
             return
         topology_changed = False
         for ev in self.uevents.poll():
-            self.writer.write({"type": "uevent", **{k: v for k, v in ev.items() if k != "type"}})
+            fields = {k: v for k, v in ev.items() if k not in ("type", "time")}
+            self.writer.write({"type": "uevent", "t": ev.get("time", boottime()), **fields})
             topology_changed = True
         if topology_changed:
             self.write_topology()
