@@ -96,14 +96,14 @@ class Recorder:
         self.last: dict[str, dict] = {"files": {}, "stacks": {}, "sites": {}}
         self.writer = None
         self.maps = None
-        self.named_files: set[str] = set()
-        self.prog_fds: dict[str, int] = {}  # "dev:ino" the inventory already has a path for
+        self.named_files: set[str] = set()  # "dev:ino" the inventory already has a path for
+        self.prog_fds: dict[str, int] = {}
+        self._modules_seen: str | None = None
         self.uevents = None
         self.known_stacks: set[int] = set()
         self.known_sites: set[str] = set()
         self.baseline_untracked: dict[str, int] = {}
         self.marks_pos = 0
-        self.samples = 0
 
     # -- set-up ------------------------------------------------------------------
     def attach(self) -> None:
@@ -264,8 +264,8 @@ class Recorder:
                 modules = f.read()
         except OSError:
             return
-        if modules != getattr(self, "_modules_seen", None):
-            if hasattr(self, "_modules_seen"):
+        if modules != self._modules_seen:
+            if self._modules_seen is not None:
                 self.kallsyms = Kallsyms.load()
             self._modules_seen = modules
 
@@ -284,7 +284,7 @@ class Recorder:
 
     def _lost_events(self) -> int:
         total = 0
-        for fd in getattr(self, "prog_fds", {}).values():
+        for fd in self.prog_fds.values():
             try:
                 total += prog_misses(fd)
             except OSError:  # kernels before 5.12 do not count them
@@ -321,7 +321,6 @@ class Recorder:
                 self.last[name] = now
         self.writer.write(rec)
         self.last.update(files=files, stacks=stacks, sites=sites)
-        self.samples += 1
 
     def name_top_files(self, count: int = 64, seconds: float = 5.0) -> None:
         """Paths for the biggest files the tracer knows only as (dev, ino), found here
