@@ -175,6 +175,9 @@ def text(result: dict) -> str:
     if moments_t:
         out += ["", "Moments (MiB): in use at each moment and what squashfs, device-mapper and loop claim",
                 moments_t]
+    if moments_t and not result.get("side_by_side"):
+        out += ["", "No side by side: it needs the recordings of a plain and another traced boot "
+                "(boot without --untraced; a boot whose recorder failed says why in its tracer_error)."]
     for e in result.get("side_by_side") or []:
         sub, lay = e["subsystem"], e["layer"]
         out += ["", f"== {e['moment']}: {inert(e['a'])} vs {inert(e['b'])} (MiB) ==", "",
