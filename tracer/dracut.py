@@ -81,7 +81,13 @@ def modules_dir(root: Path = Path("/")) -> Path:
 
 
 def install(root: Path = Path("/"), force: bool = False) -> Path:
-    dest = modules_dir(root) / MODULE
+    """Into the modules dir of the dracut under `root` (refusing without a usable one)."""
+    return install_into(modules_dir(root), force=force)
+
+
+def install_into(mods: Path, force: bool = False) -> Path:
+    """Into a given modules dir (e.g. a writable copy of an image's, as the lab does)."""
+    dest = mods / MODULE
     if dest.exists() and not force:
         if _same_tree(module_source(), dest):
             return dest
@@ -89,8 +95,8 @@ def install(root: Path = Path("/"), force: bool = False) -> Path:
     tmp = dest.with_name(f".{MODULE}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(module_source(), tmp)
-    for f in tmp.iterdir():
-        f.chmod(0o755 if f.suffix == ".sh" else 0o644)
+    for f in tmp.iterdir():  # scripts executable whatever the wheel kept of modes
+        f.chmod(0o755 if f.read_bytes().startswith(b"#!") else 0o644)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest

@@ -164,9 +164,13 @@ def _build_initramfs_footprint(out: Path, rootfs: Path) -> None:
     footprint's code is not in it: code_cpio() is appended at boot."""
     C.require_tools("unshare")
     kver = (rootfs / "kver").read_text().strip()
+    from tracer import dracut
+
     mods = out / "modules.d"
-    shutil.copytree(rootfs / "tree/usr/lib/dracut/modules.d", mods, symlinks=True)
-    shutil.copytree(DRACUT_MODULE, mods / "95footprint")
+    # What a user's `footprint dracut install --root TREE` does, into a writable copy of
+    # the tree's modules dir (dracut's own, from its dracut.pc; its version checked).
+    shutil.copytree(dracut.modules_dir(rootfs / "tree"), mods, symlinks=True)
+    dracut.install_into(mods)
     script = r'''
 set -e
 R=$1; OUT=$2; K=$3; DRIVERS=$4
