@@ -24,7 +24,7 @@ import pytest
 
 from conftest import qemu_skip_reason
 from vm import images
-from vm.traced import EXPERIMENT_APPEND, footprint_hook, normalize
+from vm.traced import EXPERIMENT_APPEND, footprint_hook
 
 _skip = pytest.mark.skipif(qemu_skip_reason() is not None, reason=qemu_skip_reason() or "")
 
@@ -88,7 +88,6 @@ def hung_live(lab_cache, lab_logs) -> dict:
 
 
 def _records(path: Path) -> list[dict]:
-    normalize(path)
     out = []
     for line in path.read_text().splitlines():
         try:
@@ -163,15 +162,6 @@ def test_initramfs_facts_reads_concatenated_archives(tmp_path):
     f = images.initramfs_facts(p, want="usr/lib/footprint/manifest")
     assert f["file"] == b"/a\n/b\n" and f["members"] == 3
     assert f["unpacked_bytes"] == 10 + 6 + 1000 and f["compressed_bytes"] == len(early + main)
-
-
-def test_normalize_gives_uevents_a_time(tmp_path):
-    p = tmp_path / "r.jsonl"
-    p.write_text('{"type":"header"}\n{"type":"uevent","time":1.5,"DEVNAME":"loop0"}\n'
-                 '{"type":"uevent","t":2.0}\n')
-    normalize(p)
-    lines = [json.loads(x) for x in p.read_text().splitlines()]
-    assert lines[1]["t"] == 1.5 and lines[2]["t"] == 2.0 and lines[0] == {"type": "header"}
 
 
 # ------------------------------------------------------------------ (a) a traced live boot

@@ -58,9 +58,6 @@ def analyse(result: dict, recordings_dir: Optional[Path]) -> Analysis:
         if not b.get("moments") or path is None or not path.exists():
             continue
         try:
-            from .traced import normalize
-
-            normalize(path)
             rec = recording_mod.read(str(path))
             for m in b["moments"]:
                 index, why = moment_index(rec, m["t_s"])

@@ -76,32 +76,10 @@ def stop_recorder(g: Guest, pid: Optional[int], timeout: float = 120.0) -> str:
     return "SIGTERM"
 
 
-def normalize(path: Path) -> None:
-    """Recordings from recorders whose uevent records carry "time" (topology's uevent
-    watcher) instead of the reader's "t": rewritten in place so recording.read accepts
-    them. A no-op on recordings that already agree."""
-    lines = path.read_bytes().split(b"\n")
-    changed = False
-    for i, line in enumerate(lines):
-        if b'"type":"uevent"' not in line and b'"type": "uevent"' not in line:
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if "t" not in obj and isinstance(obj.get("time"), (int, float)):
-            obj["t"] = obj["time"]
-            lines[i] = json.dumps(obj, separators=(",", ":")).encode()
-            changed = True
-    if changed:
-        path.write_bytes(b"\n".join(lines))
-
-
 def account_of(path: Path) -> dict:
     """`footprint report --json` of a recording file (the last sample)."""
     from tracer import account, recording, report
 
-    normalize(path)
     rec = recording.read(str(path))
     acc = account.build(rec)
     return json.loads(report.dumps_json(report.to_json(rec, acc), pretty=False))
