@@ -11,7 +11,7 @@ import pytest
 
 from tracer import inventory as I
 from tracer import topology as T
-from test_topology import live_stack, scratch  # noqa: F401  (fixtures)
+from test_topology import _evict, live_stack, scratch  # noqa: F401  (fixtures)
 
 PAGE = I.PAGE_SIZE
 needs_fincore = pytest.mark.skipif(not shutil.which("fincore"), reason="fincore not installed")
@@ -32,14 +32,6 @@ def fincore_json(path: str) -> int:
 
 def close_enough(a: int, b: int) -> bool:
     return abs(a - b) <= max(1, 0.01 * max(a, b))
-
-
-def _evict(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 @needs_fincore
