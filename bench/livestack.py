@@ -70,7 +70,17 @@ def live_like_stack(base: Path, files=(("a.bin", 16), ("b.bin", 16), ("c.bin", 1
             subprocess.run(["losetup", "-d", lo], check=False)
             wait_loop_free(lo)
             if lo == loops[-1] and mnt_sq in mounted:
-                subprocess.run(["umount", str(mnt_sq)], check=False)
+                _umount_retrying(mnt_sq)
+
+
+def _umount_retrying(path: Path, timeout: float = 20.0) -> None:
+    """The squashfs stays busy until the kernel has really let go of the inner loop."""
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            subprocess.run(["umount", "-l", str(path)], check=False)  # never leave it behind
+            return
+        time.sleep(0.2)
 
 
 def drop_caches() -> None:
