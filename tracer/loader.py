@@ -148,9 +148,9 @@ def possible_cpus() -> int:
 
 
 def bpf_source() -> str:
-    return (Path(__file__).resolve().parent.parent / "bpf" / "footprint.c").read_text() \
-        if (Path(__file__).resolve().parent.parent / "bpf" / "footprint.c").exists() \
-        else _packaged_source()
+    """bpf/footprint.c of the checkout, or the copy packaged in the wheel."""
+    in_repo = Path(__file__).resolve().parent.parent / "bpf" / "footprint.c"
+    return in_repo.read_text() if in_repo.exists() else _packaged_source()
 
 
 def _packaged_source() -> str:

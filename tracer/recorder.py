@@ -21,7 +21,9 @@ from typing import Callable
 from . import loader, procfs, recording
 from .bpfmaps import Maps, prog_misses
 from .errors import FootprintError, require_root
+from .procfs import boottime
 from .symbols import Kallsyms, classify_stack, subsystem_of
+from .topology import devstr
 
 STAT_NAMES = (
     "pagecache_added", "pagecache_deleted", "pagecache_deleted_untracked",
@@ -29,19 +31,7 @@ STAT_NAMES = (
     "stack_lost", "files_full", "pfn_out_of_range", "objects_allocated",
     "objects_freed", "objects_full", "sites_full", "percpu_full",
 )
-# The counters that mean something was not counted: printed as map_drops.
-DROP_STATS = ("stack_lost", "files_full", "pfn_out_of_range", "objects_full",
-              "sites_full", "percpu_full")
 DEFAULT_MARKS = "/run/footprint/marks"
-
-
-def boottime() -> float:
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
-def dev_str(dev: int) -> str:
-    """The kernel's internal dev_t (major << 20 | minor) as "major:minor"."""
-    return f"{dev >> 20}:{dev & 0xFFFFF}"
 
 
 def _as_dict(obj):
@@ -247,7 +237,8 @@ class Recorder:
 
     # -- sampling ----------------------------------------------------------------
     def _read_files(self) -> dict[str, list[int]]:
-        return {f"{dev_str(dev)}:{ino}": list(c) for (dev, ino), c in self.maps.files().items()}
+        return {f"{devstr(dev, kernel=True)}:{ino}": list(c)
+                for (dev, ino), c in self.maps.files().items()}
 
     def _read_stacks(self) -> dict[int, list[int]]:
         return {sid: list(c) for sid, c in self.maps.stack_pages().items()}
