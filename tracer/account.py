@@ -25,7 +25,7 @@ import pandas as pd
 
 from .recording import Recording
 from .symbols import subsystem_of
-from .topology import Topology, merge, resolve
+from .topology import Topology, devstr, merge, resolve
 
 # Slab cache name prefix → subsystem. Named caches carry their owner in their name.
 CACHE_SUBSYSTEMS = (
@@ -165,7 +165,7 @@ def _file_rows(rec: Recording, state: dict, topo: Topology | None) -> pd.DataFra
         dev, ino = key.rsplit(":", 1)
         ino = int(ino)
         if dev == "bdev" and topo is not None:  # no page of it traced: resolve by device
-            bd = topo.device(f"{ino >> 20}:{ino & 0xFFFFF}") or {"name": f"dev {ino}", "dev": None, "kind": None}
+            bd = topo.device(devstr(ino, kernel=True)) or {"name": f"dev {ino}", "dev": None, "kind": None}
             info = {"what": "bdev", "block_dev": bd["dev"], "layer": f"bdev {bd['name']}",
                     "path": f"/dev/{bd['name']}", "fstype": None}
         elif topo is not None and ((dev, ino) in special or dev.startswith("0:")):
