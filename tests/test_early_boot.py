@@ -8,6 +8,10 @@ Two boots under QEMU (TCG: a few minutes each), shared by the tests of this modu
                 command instead of the recorder): the boot must go on, the console say why.
   hung_live     rd.footprint.break=hang rd.footprint.timeout=20: a "recorder" that never
                 attaches is killed after 20 s, the boot goes on.
+  oom_live      traced like traced_live, and as soon as the guest agent answers (sysinit),
+                a memory hog runs in a unit multi-user.target waits for: the machine runs
+                out of memory during the boot; the OOM killer must take the hog, the boot
+                complete, and the recording say who was killed and what it missed.
 They skip only without root or qemu-system-x86_64.
     .venv/bin/python -m pytest tests/test_early_boot.py -m qemu     # ~10 min, images cached
 """
@@ -43,7 +47,9 @@ REQUIRED = ["attached", "cmdline", "pre-udev", "pre-trigger", "initqueue", "pre-
             "pre-pivot", "cleanup", "switch_root", "sysinit", "basic", "multi-user"]
 
 
-def _boot(name: str, append: str, cache: Path, logs: Path) -> dict:
+def _boot(name: str, append: str, cache: Path, logs: Path, during_boot=None) -> dict:
+    """One traced live boot; `during_boot(guest, out)` runs as soon as the agent answers
+    (sysinit), before multi-user."""
     from vm import Guest
 
     spec = images.prepare("live", cache, traced=True, append=append)
@@ -51,7 +57,13 @@ def _boot(name: str, append: str, cache: Path, logs: Path) -> dict:
     out: dict = {"log": log}
     with Guest(spec, memory=2048, timeout=1800, log=log, cache_dir=cache) as g:
         g.wait_ready(1500)
+        if during_boot is not None:
+            during_boot(g, out)
         out["state"] = g.wait_system(900)
+        if during_boot is not None:
+            rc, show, _ = g.run("systemctl show fp-hog -p Result -p ExecMainPID -p ExecMainStatus",
+                                timeout=60)
+            out["hog"] = dict(ln.split("=", 1) for ln in show.decode().split("\n") if "=" in ln)
         out["boot_seconds"] = time.monotonic() - g.started_at
         out["hook"] = footprint_hook(g, {"name": name}, keep=logs)
         rc, mounts, _ = g.run("findmnt -n -o TARGET,SOURCE,FSTYPE", timeout=60)
@@ -85,6 +97,36 @@ def hung_live(lab_cache, lab_logs) -> dict:
     if reason:
         pytest.skip(reason)
     return _boot("hung-live", "rd.footprint.break=hang rd.footprint.timeout=20", lab_cache, lab_logs)
+
+
+# The hog: locked memory (mlockall), so it cannot be reclaimed and its own code is not
+# evicted and re-read from squashfs: the machine runs out within seconds instead of
+# thrashing for many minutes; oom_score_adj makes it the OOM killer's first choice.
+HOG = """
+import ctypes, os
+open("/proc/self/oom_score_adj", "w").write("1000")
+ctypes.CDLL(None).mlockall(3)  # MCL_CURRENT | MCL_FUTURE
+hold = []
+while True:
+    hold.append(bytearray(32 << 20))
+"""
+
+
+def _start_hog(g, out: dict) -> None:
+    """Runs HOG in a unit that multi-user.target is ordered after, so it happens during
+    the boot whatever the timing: the boot reaches multi-user only once the hog is gone."""
+    g.put_file("/run/fp-hog.py", HOG.encode())
+    g.run("systemd-run --unit=fp-hog --service-type=oneshot --no-block "
+          "-p DefaultDependencies=no -p Before=multi-user.target python3 /run/fp-hog.py",
+          timeout=120, check=True)
+
+
+@pytest.fixture(scope="module")
+def oom_live(lab_cache, lab_logs) -> dict:
+    reason = qemu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    return _boot("oom-live", EXPERIMENT_APPEND, lab_cache, lab_logs, during_boot=_start_hog)
 
 
 def _records(path: Path) -> list[dict]:
@@ -247,3 +289,38 @@ def test_hung_tracer_is_given_up_on(hung_live):
     lines = [ln for ln in hung_live["serial"].splitlines() if "footprint: not tracing:" in ln]
     assert len(lines) == 1 and "no sample after 20 s" in lines[0], lines
     assert not hung_live["hook"]["recorder"].get("running")
+
+
+# ------------------------------------------------------------------ (c) out of memory while booting
+
+@needs_qemu
+def test_out_of_memory_during_a_traced_boot(oom_live):
+    from tracer import account, recording, report
+
+    # The boot completes ("degraded": the hog's unit failed), the OOM killer took the hog.
+    assert oom_live["state"] in ("running", "degraded"), oom_live["state"]
+    hog = oom_live["hog"]
+    assert hog.get("Result") == "oom-kill", hog
+    hog_pid = int(hog["ExecMainPID"])
+    # The recorder lived through it and ended cleanly, with a readable recording.
+    hook = oom_live["hook"]
+    assert "error" not in hook, hook.get("error")
+    assert hook["recorder"]["running"] and hook["recording"]["end"] == "stop-file", hook
+    rec = recording.read(str(oom_live["recording"]))
+    acc = account.build(rec)
+    rep = report.to_json(rec, acc)
+    # It says who was killed, and when: during the boot, before multi-user.
+    victims = [v for v in rep["oom"] if v["pid"] == hog_pid]
+    assert victims, (hog_pid, rep["oom"])
+    phases = {p["name"]: p["t_s"] for p in rep["phases"]}
+    assert rec.header["attached"] < victims[0]["t"] < phases["multi-user"], (victims, phases)
+    assert rep["stats"]["oom_kills"] >= 1
+    # And what it missed: events the kernel skipped, map drops, the longest sampling gap.
+    assert rep["lost_events"] >= 0 and rep["map_drops"] >= 0
+    assert rep["recording"]["max_sample_gap_s"] >= rep["recording"]["interval_s"]
+    text = report.text(rec, acc)
+    assert re.search(rf"OOM killer: \d+ victims? while recording: pid {hog_pid} ", text), text
+    assert re.search(r"lost events: \d+ .*map drops: \d+", text), text
+    # The account still adds up after the storm.
+    total = sum(r["resident_pages"] for r in rep["account"])
+    assert abs(total * rec.header["page_size"] / 2**20 - rep["meminfo"]["nonfree_mib"]) < 0.01

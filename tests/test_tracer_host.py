@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -228,3 +229,68 @@ def test_uevents_land_on_the_recording_clock(tmp_path):
     assert mine, r.uevents[:3]
     assert r.samples[0]["t"] <= mine[0]["t"] <= r.samples[-1]["t"]
     assert len(r.topologies) >= 2
+
+
+HOG = ("import os\n"
+       "open('/proc/self/oom_score_adj', 'w').write('1000')\n"
+       "hold = []\n"
+       "while True:\n"
+       "    hold.append(bytearray(8 << 20))\n")
+
+
+def _memory_cgroup(name: str, limit: int) -> tuple[str, str]:
+    """A memory cgroup limited to `limit` bytes without swap (v2 where its memory
+    controller is enabled, else v1); returns (its directory, its cgroup.procs)."""
+    v2, v1 = "/sys/fs/cgroup", "/sys/fs/cgroup/memory"
+    try:
+        on_v2 = "memory" in open(os.path.join(v2, "cgroup.controllers")).read().split()
+    except OSError:
+        on_v2 = False
+    if on_v2:
+        limits = {"memory.max": limit, "memory.swap.max": 0}
+        d = os.path.join(v2, name)
+    elif os.path.exists(os.path.join(v1, "memory.limit_in_bytes")):
+        limits = {"memory.limit_in_bytes": limit}
+        d = os.path.join(v1, name)
+    else:
+        pytest.skip("no memory cgroup controller (v1 or v2) to contain an OOM")
+    os.makedirs(d, exist_ok=True)
+    for knob, value in limits.items():
+        with open(os.path.join(d, knob), "w") as f:
+            f.write(str(value))
+    return d, os.path.join(d, "cgroup.procs")
+
+
+def test_oom_victim_is_recorded(tmp_path):
+    """An OOM kill while recording (here a memory cgroup's: the same mark_victim event as
+    the whole machine's) lands in the recording with the victim's pid and name, and the
+    report says so; the recording itself goes on and ends cleanly."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to load BPF and make a cgroup")
+    d, procs = _memory_cgroup(f"footprint-test-oom-{os.getpid()}", 48 << 20)
+    rec = tmp_path / "rec.jsonl"
+    proc = start_recorder(rec, ["--no-inventory"])
+    try:
+        hog = subprocess.Popen([sys.executable, "-c", "import os, sys; "
+                                f"open({procs!r}, 'w').write(str(os.getpid())); "
+                                f"exec({HOG!r})"], stderr=subprocess.DEVNULL)
+        hog.wait(timeout=120)
+        time.sleep(1.0)  # a sample after the kill
+    finally:
+        stop_recorder(proc)
+        for _ in range(50):
+            try:
+                os.rmdir(d)
+                break
+            except OSError:
+                time.sleep(0.1)
+    assert hog.returncode == -signal.SIGKILL, hog.returncode
+    report = report_json(rec)
+    victims = [v for v in report["oom"] if v["pid"] == hog.pid]
+    assert victims, report["oom"]
+    assert victims[0]["comm"].startswith("python"), victims
+    assert report["stats"]["oom_kills"] >= 1 and report["recording"]["oom_kills"] >= 1
+    assert not report["recording"]["partial"]
+    text = subprocess.run(FOOTPRINT + ["report", str(rec)], check=True, capture_output=True,
+                          text=True).stdout
+    assert re.search(rf"OOM killer: \d+ victims? while recording: .*pid {hog.pid} python", text), text

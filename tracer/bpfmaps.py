@@ -27,6 +27,7 @@ COUNTER = struct.Struct("<qqQQq")          # struct counter
 FILE_KEY = struct.Struct("<QII")           # struct file_key {ino, dev, pad}
 FILE_VAL = struct.Struct("<qqQQqII")       # struct file_val {counter, id, pad}
 SITE_KEY = struct.Struct("<QII")           # struct site_key {call_site, kind, pad}
+OOM_VICTIM = struct.Struct("<QII16s16s")   # struct fp_oom_victim
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
 
@@ -170,33 +171,69 @@ def prog_misses(fd: int) -> int:
 class Maps:
     """footprint's maps, decoded: the sampler's whole view of the kernel-side account."""
 
-    NAMES = ("files", "stack_pages", "sites", "stacks", "stats")
+    NAMES = ("files", "stack_pages", "sites", "stacks", "stacks_alt", "stats")
+    OPTIONAL = ("oom_victims",)  # only where the kernel has the tracepoint
 
     def __init__(self, fds: dict[str, int]):
         self.maps = {name: Map(fd) for name, fd in fds.items()}
 
+    # Each map is read raw and compared as bytes with the previous read: only the entries
+    # that changed are decoded (a sample of 10k files decodes tens, not 10k).
+    def raw(self, name: str) -> dict[bytes, bytes]:
+        return dict(self.maps[name].items())
+
+    @staticmethod
+    def file_entry(k: bytes, v: bytes) -> tuple[tuple[int, int], tuple]:
+        ino, dev, _ = FILE_KEY.unpack(k)
+        return (dev, ino), FILE_VAL.unpack(v)[:5]
+
+    @staticmethod
+    def stack_entry(k: bytes, v: bytes) -> tuple[int, tuple]:
+        return U32.unpack(k)[0], COUNTER.unpack(v)
+
+    @staticmethod
+    def site_entry(k: bytes, v: bytes) -> tuple[tuple[int, int], tuple]:
+        call_site, kind, _ = SITE_KEY.unpack(k)
+        return (call_site, kind), COUNTER.unpack(v)
+
     def files(self) -> dict[tuple[int, int], tuple]:
-        out = {}
-        for k, v in self.maps["files"].items():
-            ino, dev, _ = FILE_KEY.unpack(k)
-            out[(dev, ino)] = FILE_VAL.unpack(v)[:5]
-        return out
+        return dict(self.file_entry(k, v) for k, v in self.maps["files"].items())
 
     def stack_pages(self) -> dict[int, tuple]:
-        return {U32.unpack(k)[0]: COUNTER.unpack(v) for k, v in self.maps["stack_pages"].items()}
+        return dict(self.stack_entry(k, v) for k, v in self.maps["stack_pages"].items())
 
     def sites(self) -> dict[tuple[int, int], tuple]:
-        out = {}
-        for k, v in self.maps["sites"].items():
-            call_site, kind, _ = SITE_KEY.unpack(k)
-            out[(call_site, kind)] = COUNTER.unpack(v)
-        return out
+        return dict(self.site_entry(k, v) for k, v in self.maps["sites"].items())
 
-    def stack(self, stack_id: int) -> list[int]:
-        raw = self.maps["stacks"].lookup(U32.pack(stack_id))
+    def stack(self, sid: int) -> list[int]:
+        """Frames of stack id `sid` as the program stores it: 1..N the first stack map,
+        above N the second (see bpf/footprint.c), 0 none."""
+        per_map = self.maps["stacks"].max_entries
+        if sid <= 0:
+            return []
+        name, key = ("stacks", sid - 1) if sid <= per_map else ("stacks_alt", sid - 1 - per_map)
+        if name not in self.maps:
+            return []
+        raw = self.maps[name].lookup(U32.pack(key))
         if raw is None:
             return []
         return [a for a in struct.unpack(f"<{len(raw) // 8}Q", raw) if a]
+
+    def oom_victims(self, first: int, count: int) -> list[dict]:
+        """Victims number first..count-1 (kept in a ring: older ones are overwritten)."""
+        m = self.maps.get("oom_victims")
+        if m is None:
+            return []
+        out = []
+        for i in range(max(first, count - m.max_entries), count):
+            raw = m.lookup(U32.pack(i % m.max_entries))
+            if raw is None:
+                continue
+            ns, pid, _, comm, trigger = OOM_VICTIM.unpack(raw[:OOM_VICTIM.size])
+            out.append({"t": ns / 1e9, "pid": pid,
+                        "comm": comm.split(b"\0", 1)[0].decode(errors="replace"),
+                        "trigger": trigger.split(b"\0", 1)[0].decode(errors="replace")})
+        return out
 
     def stats(self, count: int) -> list[int]:
         m = self.maps["stats"]

@@ -33,7 +33,8 @@ def _sizes(files, stacks, objs):
 @click.option("--stop-file", default=None, help="Stop when this file appears.")
 @click.option("--max-files", type=click.IntRange(min=64), default=None,
               help="Files with page cache followed (default: 1 per 32 pages of RAM, at least 32768).")
-@click.option("--max-stacks", type=click.IntRange(min=64), default=16384, show_default=True)
+@click.option("--max-stacks", type=click.IntRange(min=64), default=16384, show_default=True,
+              help="Distinct kernel stacks of page allocations (two stack maps of half each).")
 @click.option("--max-objects", type=click.IntRange(min=64), default=None,
               help="Live slab objects followed (default: 1 per 16 pages of RAM, at least 65536).")
 @click.option("--no-exec", is_flag=True,

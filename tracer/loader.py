@@ -47,7 +47,11 @@ OPTIONAL_TRACEPOINTS = (
     ("kmem", "kmem_cache_free"),
     ("percpu", "percpu_alloc_percpu"),
     ("percpu", "percpu_free_percpu"),
+    ("oom", "mark_victim"),
 )
+# Attached whatever --slab says: they cost nothing until they fire.
+ALWAYS_OPTIONAL = {"mark_victim"}
+OOM_SLOTS = 16  # the last victims kept in the kernel between two samples
 
 
 @dataclass
@@ -55,10 +59,16 @@ class MapSizes:
     """Capacity of each BPF map; a full map is counted, never silent."""
 
     files: int = 0  # 0: sized to the machine (resolved)
-    stacks: int = 16384  # hash buckets: a collision loses the stack (-EEXIST)
+    stacks: int = 16384  # hash buckets, split over two stack maps (see bpf/footprint.c)
     stack_depth: int = 20
     objs: int = 0  # 0: sized to the machine (auto_objs)
     sites: int = 8192
+
+    @property
+    def stacks_per_map(self) -> int:
+        """Each of the two stack maps: half the stacks, a power of two (the kernel rounds
+        the buckets up to one, and ids above the map size would run into the second)."""
+        return 1 << max(5, (max(1, self.stacks // 2) - 1).bit_length())
 
     def resolved(self, mem_pages: int) -> "MapSizes":
         """Maps are preallocated, so they scale with memory. Live slab objects: 1 slot per
@@ -99,6 +109,7 @@ class Plan:
     kprobes_missing: list[tuple[str, str]] = field(default_factory=list)  # (function, why)
     folio_order: bool = False
     percpu_call_site: bool = False
+    oom_victim_comm: bool = False  # oom:mark_victim names its victim (6.8+)
     slab: str = "kmalloc"  # off | kmalloc | all (see SLAB_MODES)
 
     def cflags(self) -> list[str]:
@@ -106,14 +117,17 @@ class Plan:
             f"-DFP_MAX_PFN={self.max_pfn}",
             f"-DFP_FILES_MAX={self.sizes.files}",
             f"-DFP_FILES_PER_CPU={max(1, self.sizes.files // possible_cpus())}",
-            f"-DFP_STACKS_MAX={self.sizes.stacks}",
+            f"-DFP_STACKS_MAX={self.sizes.stacks_per_map}",
             f"-DFP_STACK_DEPTH={self.sizes.stack_depth}",
             f"-DFP_OBJS_MAX={self.sizes.objs}",
             f"-DFP_SITES_MAX={self.sizes.sites}",
             f"-DFP_MIGRATE_MOVABLE={MIGRATE_MOVABLE}",
             f"-DFP_TRACK_SLAB={0 if self.slab == 'off' else 1}",
             "-DFP_PERCPU_CALL_SITE=" + ("args->call_site" if self.percpu_call_site else "0"),
+            f"-DFP_OOM_SLOTS={OOM_SLOTS}",
         ]
+        if self.oom_victim_comm:
+            flags.append("-DFP_OOM_VICTIM_COMM")
         if self.folio_order:
             flags.append("-DFP_HAS_FOLIO_ORDER")
         if "shmem_add_to_page_cache" in self.kprobes:
@@ -249,12 +263,14 @@ def plan(sizes: MapSizes | None = None, kernel_headers: str | None = None,
         if fields is None:
             p.missing.append((group, event))
             continue
-        if event not in SLAB_MODES[slab]:
+        if event not in SLAB_MODES[slab] and event not in ALWAYS_OPTIONAL:
             p.skipped.append((group, event))
             continue
         p.tracepoints.append((group, event))
         if event == "percpu_alloc_percpu" and "call_site" in fields:
             p.percpu_call_site = True
+        if event == "mark_victim" and "comm" in fields:
+            p.oom_victim_comm = True
     return p
 
 

@@ -22,14 +22,14 @@ from . import loader, procfs, recording
 from .bpfmaps import Maps, prog_misses
 from .errors import FootprintError, require_root
 from .procfs import boottime
-from .symbols import Kallsyms, classify_stack, subsystem_of
+from .symbols import Kallsyms, classify_stack, parse_modules, subsystem_of
 from .topology import devstr
 
 STAT_NAMES = (
     "pagecache_added", "pagecache_deleted", "pagecache_deleted_untracked",
     "pagecache_freed_without_delete", "kernel_pages_allocated", "kernel_pages_freed",
     "stack_lost", "files_full", "pfn_out_of_range", "objects_allocated",
-    "objects_freed", "objects_full", "sites_full", "percpu_full",
+    "objects_freed", "objects_full", "sites_full", "percpu_full", "oom_kills",
 )
 DEFAULT_MARKS = "/run/footprint/marks"
 
@@ -83,17 +83,18 @@ class Recorder:
     def __init__(self, opts: Options, log: Callable[[str], None] = lambda m: None):
         self.opts = opts
         self.log = log
-        self.last: dict[str, dict] = {"files": {}, "stacks": {}, "sites": {}}
+        self.last: dict[str, dict] = {}  # slab, vmalloc: as last written
+        self.last_raw: dict[str, dict[bytes, bytes]] = {"files": {}, "stack_pages": {}, "sites": {}}
         self.writer = None
         self.maps = None
         self.named_files: set[str] = set()  # "dev:ino" the inventory already has a path for
         self.prog_fds: dict[str, int] = {}
-        self._modules_seen: str | None = None
         self.uevents = None
         self.known_stacks: set[int] = set()
         self.known_sites: set[str] = set()
         self.baseline_untracked: dict[str, int] = {}
         self.marks_pos = 0
+        self.oom_seen = 0
 
     # -- set-up ------------------------------------------------------------------
     def attach(self) -> None:
@@ -121,6 +122,11 @@ class Recorder:
             "stat_names": list(STAT_NAMES),
         })
         self.map_fds = {name: self.program[name].map_fd for name in Maps.NAMES}
+        for name in Maps.OPTIONAL:
+            try:
+                self.map_fds[name] = self.program[name].map_fd
+            except KeyError:  # its tracepoint is absent here: the map was not compiled
+                pass
         self.attach_fds = self.program.attach_fds()
         self.prog_fds = self.program.prog_fds()
         self.maps = Maps(self.map_fds)
@@ -169,7 +175,6 @@ class Recorder:
 
     def begin(self) -> None:
         """What needs no bcc: symbols, topology, uevents, the inventory."""
-        self._refresh_symbols()
         self.kallsyms = Kallsyms.load()
         self.write_topology()
         self.uevents = self._uevent_watcher()
@@ -240,28 +245,42 @@ class Recorder:
         return {f"{devstr(dev, kernel=True)}:{ino}": list(c)
                 for (dev, ino), c in self.maps.files().items()}
 
-    def _read_stacks(self) -> dict[int, list[int]]:
-        return {sid: list(c) for sid, c in self.maps.stack_pages().items()}
+    def _changed(self, name: str) -> dict:
+        """The entries of map `name` that changed since the last sample, decoded to the
+        recording's keys; the raw read becomes the new reference."""
+        now = self.maps.raw(name)
+        before = self.last_raw[name]
+        out = {}
+        for k, v in now.items():
+            if before.get(k) == v:
+                continue
+            if name == "files":
+                (dev, ino), c = self.maps.file_entry(k, v)
+                out[f"{devstr(dev, kernel=True)}:{ino}"] = list(c)
+            elif name == "stack_pages":
+                sid, c = self.maps.stack_entry(k, v)
+                out[sid] = list(c)
+            else:
+                (addr, kind), c = self.maps.site_entry(k, v)
+                out[f"{'percpu' if kind else 'slab'}:{addr:#x}"] = list(c)
+        self.last_raw[name] = now
+        return out
 
-    def _read_sites(self) -> dict[str, list[int]]:
-        return {f"{'percpu' if kind else 'slab'}:{addr:#x}": list(c)
-                for (addr, kind), c in self.maps.sites().items()}
-
-    def _refresh_symbols(self) -> None:
-        """Reload kallsyms when modules came or went since it was read: a stack or call
-        site inside a module loaded after attach must still be named."""
+    def _symbols_cover(self, addrs: list[int]) -> None:
+        """Reload kallsyms if one of `addrs` lies in a module loaded after it was read: a
+        stack or call site there must still be named. Only then: a boot loads a module
+        every few seconds, and a reload parses ~100k symbols."""
         try:
             with open("/proc/modules") as f:
-                modules = f.read()
+                ranges = parse_modules(f.read())
         except OSError:
             return
-        if modules != self._modules_seen:
-            if self._modules_seen is not None:
-                self.kallsyms = Kallsyms.load()
-            self._modules_seen = modules
+        known = set(self.kallsyms.module_ranges)
+        if any(r not in known and any(r[0] <= a < r[1] for a in addrs) for r in ranges):
+            self.kallsyms = Kallsyms.load()
+            _release_memory()  # the old table's arrays: back to the kernel
 
-    def _describe_stack(self, sid: int) -> None:
-        frames = self.maps.stack(sid - 1) if sid > 0 else []
+    def _describe_stack(self, sid: int, frames: list[int]) -> None:
         kind, owner = classify_stack(frames, self.kallsyms) if frames else ("pages", "unknown")
         self.writer.write({"type": "stack", "id": sid, "kind": kind, "owner": owner,
                            "frames": [self.kallsyms.symbolize(a) for a in frames]})
@@ -282,28 +301,28 @@ class Recorder:
                 pass
         return total
 
-    @staticmethod
-    def _changed(now: dict, before: dict) -> dict:
-        return {k: v for k, v in now.items() if before.get(k) != v}
-
     def sample(self) -> None:
         t = boottime()
-        files, stacks, sites = self._read_files(), self._read_stacks(), self._read_sites()
-        if stacks.keys() - self.known_stacks or sites.keys() - self.known_sites:
-            self._refresh_symbols()
-        for sid in stacks.keys() - self.known_stacks:
-            self._describe_stack(sid)
+        files, stacks, sites = self._changed("files"), self._changed("stack_pages"), self._changed("sites")
+        new_stacks = [sid for sid in stacks if sid not in self.known_stacks]
+        new_sites = [key for key in sites if key not in self.known_sites]
+        frames = {sid: self.maps.stack(sid) for sid in new_stacks}
+        if new_stacks or new_sites:
+            self._symbols_cover([a for f in frames.values() for a in f]
+                                + [int(k.split(":", 1)[1], 16) for k in new_sites])
+        for sid in new_stacks:
+            self._describe_stack(sid, frames[sid])
             self.known_stacks.add(sid)
-        for key in sites.keys() - self.known_sites:
+        for key in new_sites:
             self._describe_site(key)
             self.known_sites.add(key)
         stats = dict(zip(STAT_NAMES, self.maps.stats(len(STAT_NAMES))))
         stats["lost_events"] = self._lost_events()
+        if stats["oom_kills"] > self.oom_seen:
+            self._record_oom_victims(stats["oom_kills"])
         rec = {"type": "sample", "t": t, "meminfo": procfs.meminfo(), "stats": stats,
                "pcp_pages": procfs.zone_pcp_pages(),
-               "files": self._changed(files, self.last["files"]),
-               "stacks": {str(k): v for k, v in self._changed(stacks, self.last["stacks"]).items()},
-               "sites": self._changed(sites, self.last["sites"]),
+               "files": files, "stacks": {str(k): v for k, v in stacks.items()}, "sites": sites,
                "tracer": _own_memory()}
         # Slab and vmalloc totals are written whole, and only when they changed.
         for name, now in (("slab", _slab_summary()), ("vmalloc", _vmalloc_summary())):
@@ -311,15 +330,30 @@ class Recorder:
                 rec[name] = now
                 self.last[name] = now
         self.writer.write(rec)
-        self.last.update(files=files, stacks=stacks, sites=sites)
+
+    def _record_oom_victims(self, count: int) -> None:
+        """The OOM killer's victims since the last sample, named while /proc may still
+        have them (before 6.8 the event carries only the pid)."""
+        for v in self.maps.oom_victims(self.oom_seen, count):
+            if not v["comm"]:
+                try:
+                    with open(f"/proc/{v['pid']}/comm") as f:
+                        v["comm"] = f.read().strip()
+                except OSError:
+                    pass
+            self.writer.write({"type": "oom", **v})
+            self.log(f"OOM killer chose pid {v['pid']} ({v['comm'] or '?'}; "
+                     f"{v['trigger']} ran out)")
+        self.oom_seen = count
 
     def name_top_files(self, count: int = 64, seconds: float = 5.0) -> None:
         """Paths for the biggest files the tracer knows only as (dev, ino), found here
         where the files are (a report may be read on another machine)."""
         from .topology import paths_of, read_topology
 
-        top = sorted(((v[0], k) for k, v in self.last["files"].items() if k not in self.named_files),
-                     reverse=True)[:count]
+        resident = ((c[0], f"{devstr(dev, kernel=True)}:{ino}") for (dev, ino), c in
+                    (self.maps.file_entry(k, v) for k, v in self.last_raw["files"].items()))
+        top = sorted(((n, k) for n, k in resident if k not in self.named_files), reverse=True)[:count]
         wanted: dict[str, set] = {}
         for pages, key in top:
             dev, ino = key.rsplit(":", 1)

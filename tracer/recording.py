@@ -28,6 +28,9 @@ Format (version 1). Every line is an object with a "type":
   paths     t, paths: [[dev, ino, path], ...]: names for the biggest files known only by
             inode, found by the recorder at the end, where the files are.
   phase     t, name: a mark on the timeline (dracut hook, switch_root, systemd target).
+  oom       t, pid, comm, trigger: a victim of the OOM killer (oom:mark_victim) while
+            recording; comm is the victim's name where the kernel or /proc still had it,
+            trigger the task whose allocation ran out.
   uevent    t, action, devname, major, minor, ...
   end       t, reason. Absent when the recorder did not stop cleanly: the recording is
             then "partial", and says so.
@@ -135,6 +138,7 @@ class Recording:
     phases: list[dict] = field(default_factory=list)
     uevents: list[dict] = field(default_factory=list)
     tracer: list[dict] = field(default_factory=list)
+    oom: list[dict] = field(default_factory=list)
     paths: dict[str, str] = field(default_factory=dict)  # "dev:ino" → path, named at the end
 
     def states(self) -> Iterator[dict]:
@@ -274,7 +278,7 @@ def _topology_ok(t) -> bool:
     return True
 
 
-_TIMED = ("sample", "topology", "inventory", "phase", "uevent", "tracer")
+_TIMED = ("sample", "topology", "inventory", "phase", "uevent", "tracer", "oom")
 
 
 def _header_ok(h: dict) -> bool:
@@ -409,6 +413,12 @@ def read(path: str) -> Recording:
             rec.phases.append(obj)
         elif kind == "uevent":
             rec.uevents.append(obj)
+        elif kind == "oom":
+            if not (_is_int(obj.get("pid")) and isinstance(obj.get("comm", ""), _STR + _NONE)
+                    and isinstance(obj.get("trigger", ""), _STR + _NONE)):
+                raise _bad(path, f"corrupt (bad oom record on line {n})")
+            rec.oom.append({"t": t, "pid": obj["pid"], "comm": (obj.get("comm") or "")[:64],
+                            "trigger": (obj.get("trigger") or "")[:64]})
         elif kind == "paths":
             rows = obj.get("paths")
             if not isinstance(rows, list) or not all(

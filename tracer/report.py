@@ -40,11 +40,21 @@ def map_drops(stats: dict) -> int:
 def summary(rec: Recording, acc: Account) -> dict:
     h = rec.header
     t0 = h.get("attached", h.get("created", {}).get("boottime", 0))
+    times = [s["t"] for s in rec.samples]
+    opts = h.get("options")
+    interval = opts.get("interval") if isinstance(opts, dict) else None
+    if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
+        interval = None
     return {"path": rec.path, "kernel": h.get("kernel"), "hostname": h.get("hostname"),
             "version": h.get("version"), "samples": len(rec.samples),
             "seconds": round(acc.t - t0, 3) if t0 else None,
             "partial": rec.partial, "end": (rec.end or {}).get("reason"),
-            "headers": h.get("plan", {}).get("headers")}
+            "headers": h.get("plan", {}).get("headers"),
+            # A starved sampler (memory pressure, a stalled CPU) leaves gaps: between two
+            # samples the timeline knows only the peaks the kernel kept.
+            "interval_s": interval,
+            "max_sample_gap_s": round(max((b - a for a, b in zip(times, times[1:])), default=0.0), 3),
+            "oom_kills": len(rec.oom)}
 
 
 def to_json(rec: Recording, acc: Account, by: str = "layer") -> dict:
@@ -69,6 +79,7 @@ def to_json(rec: Recording, acc: Account, by: str = "layer") -> dict:
         "map_drops": map_drops(acc.stats),
         "stats": acc.stats,
         "phases": [{"name": p["name"], "t_s": p["t"]} for p in rec.phases],
+        "oom": rec.oom,
         "notes": acc.notes,
     }
 
@@ -146,6 +157,16 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15) -
     out.append(f"lost events: {int(acc.stats.get('lost_events', 0))} (programs skipped by the kernel); "
                f"map drops: {map_drops(acc.stats)}"
                + (f" ({', '.join(f'{k} {v}' for k, v in drops.items())})" if drops else ""))
+    if s["interval_s"] and s["max_sample_gap_s"] > 3 * s["interval_s"]:
+        out.append(f"sampling: longest gap between samples {s['max_sample_gap_s']:.1f} s "
+                   f"(interval {s['interval_s']:g} s): the sampler was starved")
+    if rec.oom:
+        t0 = rec.header.get("attached") or 0
+        victims = ", ".join(f"pid {v['pid']} {inert(v['comm'] or '?')} at {v['t']:.1f} s "
+                            f"(+{v['t'] - t0:.1f} s)" for v in rec.oom[:5]) \
+            + (" ..." if len(rec.oom) > 5 else "")
+        out.append(f"OOM killer: {len(rec.oom)} victim{'s' if len(rec.oom) > 1 else ''} "
+                   f"while recording: {victims}")
     for note in acc.notes:
         out.append(f"note: {note}")
     return "\n".join(out) + "\n"
