@@ -218,6 +218,8 @@ def guest(runs: int) -> dict:
         "map_drops": hook.get("map_drops"),
         "tracer_own_mib": round(sum(r["resident_mib"] for r in acc if r["subsystem"] == "tracer"), 1),
         "tracer_rss_mib": round(state.get("memory_kb", {}).get("VmRSS", 0) / 1024, 1),
+        # initramfs: from the start script to the first sample (python, bcc compile, attach)
+        "tracer_attach_seconds": state.get("attach_seconds"),
         "unattributed_pct": round((hook.get("meminfo") or {}).get("unattributed_pct", float("nan")), 2),
         "boot_seconds_untraced": round(med("untraced", "boot_seconds"), 1),
         "boot_seconds_traced": round(med("traced", "boot_seconds"), 1),

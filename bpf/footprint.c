@@ -18,7 +18,8 @@
  *   FP_STACK_DEPTH  frames kept per stack
  *   FP_OBJS_MAX     live slab objects tracked by address
  *   FP_SITES_MAX    distinct slab/percpu call sites
- *   FP_KPROBE_SHMEM defined when the shmem kprobe extra is attached
+ *   FP_KPROBE_SHMEM defined when the shmem kprobe extra is attached, with the
+ *                   FP_OFF_* struct offsets and FP_PG_HEAD from the kernel's BTF
  */
 #include <uapi/linux/ptrace.h>
 
@@ -254,24 +255,36 @@ TRACEPOINT_PROBE(filemap, mm_filemap_delete_from_page_cache)
 }
 
 #ifdef FP_KPROBE_SHMEM
-/* Optional extra (kernels with kprobes and headers that match): tmpfs/shmem adds folios
- * with shmem_add_to_page_cache(), which does not fire the filemap add tracepoint while
- * removals fire the delete one. Counted per file without pfns; deletes subtract. Needs
- * struct layouts (mapping->host->i_ino, ->i_sb->s_dev), hence matching headers only. */
-#include <linux/fs.h>
-#include <linux/mm_types.h>
-
-int kprobe__shmem_add_to_page_cache(struct pt_regs *ctx, struct folio *folio,
-                                    struct address_space *mapping)
+/* Optional extra (kernels with kprobes and BTF): tmpfs/shmem adds folios with
+ * shmem_add_to_page_cache(folio, mapping, ...), which does not fire the filemap add
+ * tracepoint while removals fire the delete one. Counted per file without pfns; deletes
+ * subtract. The struct fields it reads are at offsets the loader took from the running
+ * kernel's BTF (tracer/btf.py): no kernel struct headers, and no header match needed. */
+static __always_inline u64 fp_read_ptr(const void *base, u32 off)
 {
-    struct inode *host = mapping->host;
-    u64 ino = host->i_ino;
-    u32 dev = host->i_sb->s_dev;
-    /* folio_nr_pages(): a large folio keeps its order in the first tail page. */
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+    return v;
+}
+
+int kprobe__shmem_add_to_page_cache(struct pt_regs *ctx)
+{
+    const void *folio = (const void *)PT_REGS_PARM1(ctx);
+    const void *mapping = (const void *)PT_REGS_PARM2(ctx);
+    const void *host = (const void *)fp_read_ptr(mapping, FP_OFF_MAPPING_HOST);
+    if (!host)
+        return 0;
+    u64 ino = fp_read_ptr(host, FP_OFF_INODE_INO);
+    const void *sb = (const void *)fp_read_ptr(host, FP_OFF_INODE_SB);
+    u32 dev = 0;
+    bpf_probe_read_kernel(&dev, sizeof(dev), (const char *)sb + FP_OFF_SB_DEV);
+    /* folio_nr_pages(): a large folio keeps its order in its first tail page. */
     u64 nr = 1;
-    unsigned long flags = folio->flags;
-    if (flags & (1UL << PG_head))
-        nr = 1UL << folio->_folio_order;
+    if (fp_read_ptr(folio, FP_OFF_FOLIO_FLAGS) & (1ULL << FP_PG_HEAD)) {
+        u8 order = 0;
+        bpf_probe_read_kernel(&order, 1, (const char *)folio + FP_OFF_FOLIO_ORDER);
+        nr = 1ULL << (order & 31);
+    }
     struct fp_file_val *fv = file_get(dev, ino, true);
     if (!fv)
         return 0;

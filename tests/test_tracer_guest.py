@@ -71,7 +71,8 @@ def test_live_double_caching_is_named(live_recording):
 
 
 def test_kprobe_extra_sees_tmpfs_pages(live_recording):
-    """The guest kernel has kprobes and matching headers: shmem adds are traced per file."""
+    """The guest kernel has kprobes and BTF: shmem adds are traced per file, reading the
+    struct fields at the offsets BTF gives."""
     path, _ = live_recording
     rec = recording.read(str(path))
     probes = {p["probe"]: p for p in rec.header["plan"]["probes"]}

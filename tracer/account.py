@@ -268,7 +268,7 @@ def build(rec: Recording, index: int = -1) -> Account:
     acc.chains = _chains(topo, files, ps) if topo is not None else []
     if not rec.header.get("plan", {}).get("headers_match_kernel", True):
         acc.notes.append("kernel headers do not match the running kernel: only tracepoint "
-                         "arguments were used (no struct layouts)")
+                         "arguments were used, and struct layouts from the kernel's BTF")
     if rec.inventories:
         n = sum(len(i["files"]) for i in rec.inventories)
         acc.notes.append(f"{n} files were inventoried at attach (pages resident before tracing, "

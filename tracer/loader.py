@@ -89,7 +89,7 @@ class Headers:
     def describe(self) -> str:
         where = self.path or "bcc default"
         match = "matches the running kernel" if self.matches_kernel else (
-            "does NOT match the running kernel: only tracepoint arguments are used")
+            "does NOT match the running kernel: tracepoint arguments only, struct layouts from BTF")
         return f"{where} ({self.source}; {match})"
 
 
@@ -107,6 +107,7 @@ class Plan:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     kprobes: list[str] = field(default_factory=list)  # optional extras, attached by bcc
     kprobes_missing: list[tuple[str, str]] = field(default_factory=list)  # (function, why)
+    kprobe_defines: dict[str, int] = field(default_factory=dict)  # struct offsets from BTF
     folio_order: bool = False
     percpu_call_site: bool = False
     oom_victim_comm: bool = False  # oom:mark_victim names its victim (6.8+)
@@ -132,6 +133,7 @@ class Plan:
             flags.append("-DFP_HAS_FOLIO_ORDER")
         if "shmem_add_to_page_cache" in self.kprobes:
             flags.append("-DFP_KPROBE_SHMEM")
+            flags += [f"-D{k}={v}" for k, v in sorted(self.kprobe_defines.items())]
         flags += [f"-DFP_HAS_{g}_{e}" for g, e in self.tracepoints]
         return flags
 
@@ -294,7 +296,7 @@ def _stderr_captured():
 
 
 # Optional kprobe extras: function → what it adds. Attached only where kprobes exist and
-# the header tree matches the running kernel (they read struct fields).
+# the kernel describes its structs in BTF (the fields they read, see shmem_offsets).
 KPROBE_EXTRAS = {"shmem_add_to_page_cache": "tmpfs/shmem page-cache adds (no tracepoint)"}
 
 
@@ -311,19 +313,45 @@ def _text_symbols(names) -> set:
     return found
 
 
+def shmem_offsets(btf) -> dict[str, int]:
+    """What kprobe__shmem_add_to_page_cache reads, from the kernel's own BTF; KeyError
+    (saying what is missing) where the function or a field differs (before 5.17 it
+    took a struct page; from 6.6 a folio's order moved from _folio_order to _flags_1)."""
+    params = btf.func_params("shmem_add_to_page_cache")
+    if params[:2] != ["struct folio *", "struct address_space *"]:
+        raise KeyError(f"shmem_add_to_page_cache({', '.join(params[:2])}) is not (folio, mapping)")
+    try:
+        order = btf.member_offset("folio", "_folio_order")
+    except KeyError:
+        order = btf.member_offset("folio", "_flags_1")  # the order is its low byte
+    return {"FP_OFF_MAPPING_HOST": btf.member_offset("address_space", "host"),
+            "FP_OFF_INODE_INO": btf.member_offset("inode", "i_ino"),
+            "FP_OFF_INODE_SB": btf.member_offset("inode", "i_sb"),
+            "FP_OFF_SB_DEV": btf.member_offset("super_block", "s_dev"),
+            "FP_OFF_FOLIO_FLAGS": btf.member_offset("folio", "flags"),
+            "FP_OFF_FOLIO_ORDER": order,
+            "FP_PG_HEAD": btf.enum_value("pageflags", "PG_head")}
+
+
 def _plan_kprobes(p: Plan) -> None:
+    from .btf import Btf
+
     if not os.path.exists(os.path.join(p.tracefs, "kprobe_events")):
         p.kprobes_missing += [(f, "no kprobes in this kernel") for f in KPROBE_EXTRAS]
         return
-    if not p.headers.matches_kernel:
-        p.kprobes_missing += [(f, "headers do not match the kernel") for f in KPROBE_EXTRAS]
-        return
     present = _text_symbols(set(KPROBE_EXTRAS))
-    for f in KPROBE_EXTRAS:
-        if f in present:
-            p.kprobes.append(f)
-        else:
-            p.kprobes_missing.append((f, "not a probeable function here (inlined?)"))
+    if "shmem_add_to_page_cache" not in present:
+        p.kprobes_missing.append(("shmem_add_to_page_cache", "not a probeable function here (inlined?)"))
+        return
+    try:
+        p.kprobe_defines = shmem_offsets(Btf.load())
+    except FootprintError as err:
+        p.kprobes_missing.append(("shmem_add_to_page_cache", str(err).split(":")[0]))
+        return
+    except (KeyError, ValueError) as err:
+        p.kprobes_missing.append(("shmem_add_to_page_cache", f"BTF: {err}".replace("'", "")))
+        return
+    p.kprobes.append("shmem_add_to_page_cache")
 
 
 class Program:
