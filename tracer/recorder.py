@@ -276,7 +276,8 @@ class Recorder:
         except OSError:
             return
         known = set(self.kallsyms.module_ranges)
-        if any(r not in known and any(r[0] <= a < r[1] for a in addrs) for r in ranges):
+        unknown = [r for r in ranges if r not in known]
+        if unknown and any(lo <= a < hi for lo, hi, _ in unknown for a in addrs):
             self.kallsyms = Kallsyms.load()
             _release_memory()  # the old table's arrays: back to the kernel
 
