@@ -80,8 +80,7 @@ class Btf:
         return (info >> 24) & 0x1F, info & 0xFFFF, size_or_type, info >> 31
 
     def name(self, tid: int) -> str:
-        off = self.name_offs[tid]
-        return self.strings[off: self.strings.index(b"\0", off)].decode()
+        return self._name_at(self.name_offs[tid])
 
     def _ids_named(self, name: str, kinds: tuple) -> list[int]:
         """Ids of the types called `name` of one of `kinds` (pahole deduplicates strings,
@@ -124,37 +123,31 @@ class Btf:
     def member_offset(self, struct_name: str, member: str) -> int:
         """Byte offset of `member` in `struct struct_name`, looking through anonymous
         unions and structs (struct folio keeps its fields in those)."""
-        bits = self._find_member(self._struct(struct_name), member)
-        if bits is None:
-            raise KeyError(f"struct {struct_name}.{member}")
+        bits, _ = self._member(struct_name, member)
         if bits % 8:
             raise KeyError(f"struct {struct_name}.{member} is a bit field")
         return bits // 8
 
     def member_size(self, struct_name: str, member: str) -> int:
         """Size in bytes of `member` (an int or a pointer)."""
-        tid = self._find_member_type(self._struct(struct_name), member)
-        if tid is None:
-            raise KeyError(f"struct {struct_name}.{member}")
+        _, tid = self._member(struct_name, member)
         kind, _, size, _ = self._record(self._strip(tid))
         return 8 if kind == PTR else size
 
-    def _find_member(self, tid: int, member: str, base: int = 0):
+    def _member(self, struct_name: str, member: str) -> tuple[int, int]:
+        found = self._find_member(self._struct(struct_name), member)
+        if found is None:
+            raise KeyError(f"struct {struct_name}.{member}")
+        return found
+
+    def _find_member(self, tid: int, member: str, base: int = 0) -> tuple[int, int] | None:
+        """(bit offset, type id) of `member` in type `tid`, searched depth first."""
         for name_off, mtype, bit_off in self._members(tid):
             if name_off and self._name_at(name_off) == member:
-                return base + bit_off
-            if not name_off and self._record(self._strip(mtype))[0] in (STRUCT, UNION):
-                found = self._find_member(self._strip(mtype), member, base + bit_off)
-                if found is not None:
-                    return found
-        return None
-
-    def _find_member_type(self, tid: int, member: str):
-        for name_off, mtype, _ in self._members(tid):
-            if name_off and self._name_at(name_off) == member:
-                return mtype
-            if not name_off and self._record(self._strip(mtype))[0] in (STRUCT, UNION):
-                found = self._find_member_type(self._strip(mtype), member)
+                return base + bit_off, mtype
+            inner = self._strip(mtype)
+            if not name_off and self._record(inner)[0] in (STRUCT, UNION):
+                found = self._find_member(inner, member, base + bit_off)
                 if found is not None:
                     return found
         return None
