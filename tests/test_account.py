@@ -47,9 +47,10 @@ def meminfo(total_pages, free_pages, cached, **kw):
     return mi
 
 
-def write(path, samples, inventory=None, end=True, tracer_files=()):
+def write(path, samples, inventory=None, end=True, tracer_files=(), records=()):
     w = recording.Writer(str(path), {"plan": {"probes": [], "headers_match_kernel": True},
-                                     "attached": 0.5, "tracer": {"pid": 1, "files": list(tracer_files)}})
+                                     "attached": 0.5, "options": {"interval": 1.0},
+                                     "tracer": {"pid": 1, "files": list(tracer_files)}})
     w.write({"type": "topology", "t": 1.0, "topology": TOPOLOGY})
     if inventory:
         w.write({"type": "inventory", "t": 1.1, "method": "cachestat",
@@ -57,6 +58,8 @@ def write(path, samples, inventory=None, end=True, tracer_files=()):
                  "files": inventory["files"]})
     for i, s in enumerate(samples):
         w.write({"type": "sample", "t": 2.0 + i, "stats": {}, **s})
+    for r in records:
+        w.write(r)
     if end:
         w.close("duration")
     else:
@@ -169,6 +172,7 @@ def test_killed_recorder_leaves_a_readable_partial_recording(tmp_path):
     (lambda lines: ['{"type":"sample"}\n'] + lines[1:], "not a footprint recording"),
     (lambda lines: lines + ['{"type":"sample","t":9,"files":{"7:1:1":[1,2]}}\n'], "bad counter"),
     (lambda lines: lines + ['{"type":"sample","t":9,"slab":{"x":"y"}}\n'], "bad slab"),
+    (lambda lines: lines + ['{"type":"oom","t":9,"pid":"x"}\n'], "bad oom record"),
     (lambda lines: [], "empty"),
 ])
 def test_bad_recordings_fail_cleanly(tmp_path, mutate, message):
@@ -207,3 +211,24 @@ def test_report_formats(tmp_path):
     run("--parquet", str(tmp_path / "a.parquet"))
     import pandas as pd
     assert len(pd.read_parquet(tmp_path / "a.parquet")) > 0
+
+
+def test_oom_victims_and_a_starved_sampler_are_reported(tmp_path):
+    """What a recording through memory exhaustion says: who the OOM killer took (a
+    process name is data: inert in text), and the longest gap between samples."""
+    from tracer import report
+
+    p = tmp_path / "r.jsonl"
+    mi = meminfo(10000, 6000, 3000)
+    write(p, [{"meminfo": mi}, {"meminfo": mi}, {"meminfo": mi, "t": 11.5}],
+          records=[{"type": "oom", "t": 6.0, "pid": 4242, "comm": "hog\x1b[2J", "trigger": "hog"}])
+    rec = recording.read(str(p))
+    acc = account.build(rec)
+    obj = report.to_json(rec, acc)
+    assert obj["oom"] == [{"t": 6.0, "pid": 4242, "comm": "hog\x1b[2J", "trigger": "hog"}]
+    assert obj["recording"]["oom_kills"] == 1
+    assert obj["recording"]["max_sample_gap_s"] == 8.5 and obj["recording"]["interval_s"] == 1.0
+    text = report.text(rec, acc)
+    assert "OOM killer: 1 victim while recording: pid 4242 hog\\x1b[2J at 6.0 s (+5.5 s)" in text
+    assert "longest gap between samples 8.5 s (interval 1 s)" in text
+    assert "\x1b" not in text

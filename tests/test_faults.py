@@ -135,7 +135,8 @@ def _base_recording(path):
         from test_account import meminfo, write
         write(path, [{"meminfo": meminfo(10000, 6000, 3000, Slab=10),
                       "files": {"7:0:2": [5, 5, 5, 0, 0], "254:0:12": [3, 3, 3, 0, 0]},
-                      "slab": {"ext4_inode_cache": [1, 2, 3]}, "vmalloc": {"x": 1}}])
+                      "slab": {"ext4_inode_cache": [1, 2, 3]}, "vmalloc": {"x": 1}}],
+              records=[{"type": "oom", "t": 2.5, "pid": 42, "comm": "hog", "trigger": "hog"}])
         _BASE["blob"] = path.read_bytes()
     return _BASE["blob"]
 
