@@ -423,7 +423,7 @@ TRACEPOINT_PROBE(percpu, percpu_free_percpu)
  * who paid. The victim's pid is in every kernel's event; its name only since 6.8
  * (before, the task that ran out, bpf_get_current_comm, is what we can name). */
 struct fp_oom_victim {
-    u64 boot_ns;
+    u64 mono_ns;  /* bpf_ktime_get_ns (4.1+; the boot clock needs 5.8): the sampler converts */
     u32 pid;
     u32 pad;
     char comm[16];    /* the victim (6.8+) or empty */
@@ -444,7 +444,7 @@ TRACEPOINT_PROBE(oom, mark_victim)
     struct fp_oom_victim *v = oom_victims.lookup(&slot);
     if (!v)
         return 0;
-    v->boot_ns = bpf_ktime_get_boot_ns();
+    v->mono_ns = bpf_ktime_get_ns();
     v->pid = args->pid;
 #ifdef FP_OOM_VICTIM_COMM
     TP_DATA_LOC_READ_STR(v->comm, comm, sizeof(v->comm));

@@ -271,10 +271,12 @@ def test_oom_victim_is_recorded(tmp_path):
     rec = tmp_path / "rec.jsonl"
     proc = start_recorder(rec, ["--no-inventory"])
     try:
+        t_before = time.clock_gettime(time.CLOCK_BOOTTIME)
         hog = subprocess.Popen([sys.executable, "-c", "import os, sys; "
                                 f"open({procs!r}, 'w').write(str(os.getpid())); "
                                 f"exec({HOG!r})"], stderr=subprocess.DEVNULL)
         hog.wait(timeout=120)
+        t_after = time.clock_gettime(time.CLOCK_BOOTTIME)
         time.sleep(1.0)  # a sample after the kill
     finally:
         stop_recorder(proc)
@@ -289,6 +291,7 @@ def test_oom_victim_is_recorded(tmp_path):
     victims = [v for v in report["oom"] if v["pid"] == hog.pid]
     assert victims, report["oom"]
     assert victims[0]["comm"].startswith("python"), victims
+    assert t_before < victims[0]["t"] < t_after, (t_before, victims, t_after)  # the boot clock
     assert report["stats"]["oom_kills"] >= 1 and report["recording"]["oom_kills"] >= 1
     assert not report["recording"]["partial"]
     text = subprocess.run(FOOTPRINT + ["report", str(rec)], check=True, capture_output=True,

@@ -13,6 +13,7 @@ import errno
 import os
 import platform
 import struct
+import time
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 BPF_MAP_LOOKUP_ELEM = 1
@@ -220,7 +221,9 @@ class Maps:
         return [a for a in struct.unpack(f"<{len(raw) // 8}Q", raw) if a]
 
     def oom_victims(self, first: int, count: int) -> list[dict]:
-        """Victims number first..count-1 (kept in a ring: older ones are overwritten)."""
+        """Victims number first..count-1 (kept in a ring: older ones are overwritten),
+        timed on CLOCK_BOOTTIME like everything else in a recording."""
+        to_boot = time.clock_gettime(time.CLOCK_BOOTTIME) - time.clock_gettime(time.CLOCK_MONOTONIC)
         m = self.maps.get("oom_victims")
         if m is None:
             return []
@@ -230,7 +233,7 @@ class Maps:
             if raw is None:
                 continue
             ns, pid, _, comm, trigger = OOM_VICTIM.unpack(raw[:OOM_VICTIM.size])
-            out.append({"t": ns / 1e9, "pid": pid,
+            out.append({"t": ns / 1e9 + to_boot, "pid": pid,
                         "comm": comm.split(b"\0", 1)[0].decode(errors="replace"),
                         "trigger": trigger.split(b"\0", 1)[0].decode(errors="replace")})
         return out
