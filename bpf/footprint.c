@@ -420,13 +420,13 @@ TRACEPOINT_PROBE(percpu, percpu_free_percpu)
 
 #ifdef FP_HAS_oom_mark_victim
 /* The OOM killer's victims: when memory ran out during a recording, the report says
- * who paid. The victim's pid is in every kernel's event; its name only since 6.8
- * (before, the task that ran out, bpf_get_current_comm, is what we can name). */
+ * who paid. The victim's pid is in every kernel's event, its name only in newer ones
+ * (6.18, not 6.1); the task that ran out (bpf_get_current_comm) is kept as well. */
 struct fp_oom_victim {
     u64 mono_ns;  /* bpf_ktime_get_ns (4.1+; the boot clock needs 5.8): the sampler converts */
     u32 pid;
     u32 pad;
-    char comm[16];    /* the victim (6.8+) or empty */
+    char comm[16];    /* the victim, where the event names it, or empty */
     char trigger[16]; /* the task whose allocation failed */
 };
 BPF_ARRAY(oom_victims, struct fp_oom_victim, FP_OOM_SLOTS);

@@ -106,7 +106,7 @@ def test_not_btf_is_a_clean_error(tmp_path):
 
 
 def test_the_shmem_extra_refuses_another_signature(blob):
-    """Kernels before 5.17 passed a struct page: the extra is not compiled there."""
+    """Older kernels passed a struct page: the extra is not compiled there."""
     b = Blob()
     page = b.struct("page", 8, [("flags", b.add("long", INT, 0, 8, struct.pack("<I", 64)), 0)])
     proto = b.add("", FUNC_PROTO, 1, 0, struct.pack("<II", b.s("page"), b.add("", PTR, 0, page)))

@@ -110,7 +110,7 @@ class Plan:
     kprobe_defines: dict[str, int] = field(default_factory=dict)  # struct offsets from BTF
     folio_order: bool = False
     percpu_call_site: bool = False
-    oom_victim_comm: bool = False  # oom:mark_victim names its victim (6.8+)
+    oom_victim_comm: bool = False  # oom:mark_victim names its victim (6.18 does, 6.1 not)
     slab: str = "kmalloc"  # off | kmalloc | all (see SLAB_MODES)
 
     def cflags(self) -> list[str]:
@@ -315,8 +315,8 @@ def _text_symbols(names) -> set:
 
 def shmem_offsets(btf) -> dict[str, int]:
     """What kprobe__shmem_add_to_page_cache reads, from the kernel's own BTF; KeyError
-    (saying what is missing) where the function or a field differs (before 5.17 it
-    took a struct page; from 6.6 a folio's order moved from _folio_order to _flags_1)."""
+    (saying what is missing) where the function or a field differs (older kernels pass
+    a struct page; 6.1 keeps a folio's order in _folio_order, 6.18 in _flags_1's low byte)."""
     params = btf.func_params("shmem_add_to_page_cache")
     if params[:2] != ["struct folio *", "struct address_space *"]:
         raise KeyError(f"shmem_add_to_page_cache({', '.join(params[:2])}) is not (folio, mapping)")

@@ -334,7 +334,7 @@ class Recorder:
 
     def _record_oom_victims(self, count: int) -> None:
         """The OOM killer's victims since the last sample, named while /proc may still
-        have them (before 6.8 the event carries only the pid)."""
+        have them (6.1's event carries only the pid, 6.18's the name too)."""
         for v in self.maps.oom_victims(self.oom_seen, count):
             if not v["comm"]:
                 try:
