@@ -151,3 +151,39 @@ def test_default_inventory_skips_pseudo_trees_and_is_fast():
     assert inv["stats"]["elapsed"] < 8.0
     assert all(r["resident_pages"] > 0 for r in inv["rows"])
     json.dumps(inv)
+
+
+def test_baseline_is_taken_against_the_tracers_counters_at_each_measurement(monkeypatch):
+    """Pages of a file evicted while the walk goes on elsewhere (seconds, on a big root)
+    must count against its baseline: the tracer's counters are read when the file is
+    measured, not at the end of the walk (where they once made 129 evicted pages look
+    like deletes from before the inventory)."""
+    from tracer import recorder as R
+    from tracer.topology import kdev
+
+    counters = {(kdev("7:1"), 14): [0, 0, 0, 0, 0]}  # untracked deletes seen so far: 0
+
+    class Maps:
+        def file_counters(self, dev, ino):
+            c = counters.get((dev, ino))
+            return tuple(c) if c else None
+
+        def files(self):
+            return {k: tuple(v) for k, v in counters.items()}
+
+    def walk(topo, budget, traced):
+        row = {"dev": "7:1", "ino": 14, "path": "/ext/c.bin", "resident_pages": 4096,
+               "method": "cachestat", "what": "file", "traced_at": traced("7:1", 14)}
+        counters[(kdev("7:1"), 14)][4] += 129  # evicted while the walk goes on elsewhere
+        return {"rows": [row], "stats": {}}
+
+    written = []
+    monkeypatch.setattr(I, "inventory", walk)
+    monkeypatch.setattr(T, "read_topology", lambda: None)
+    rec = R.Recorder(R.Options(output="/dev/null"))
+    rec.maps = Maps()
+    rec.writer = type("W", (), {"write": lambda self, r: written.append(r)})()
+    rec.take_inventory()
+    inv = written[-1]
+    assert inv["files"] == [["7:1", 14, 4096, "/ext/c.bin"]]
+    assert inv["untracked_at_inventory"] == {"7:1:14": 0}  # the 129 come off the baseline

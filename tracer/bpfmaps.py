@@ -197,6 +197,11 @@ class Maps:
         call_site, kind, _ = SITE_KEY.unpack(k)
         return (call_site, kind), COUNTER.unpack(v)
 
+    def file_counters(self, dev: int, ino: int) -> tuple | None:
+        """One file's counters (kernel dev_t, inode), None if the tracer has none."""
+        raw = self.maps["files"].lookup(FILE_KEY.pack(ino, dev, 0))
+        return None if raw is None else FILE_VAL.unpack(raw)[:5]
+
     def files(self) -> dict[tuple[int, int], tuple]:
         return dict(self.file_entry(k, v) for k, v in self.maps["files"].items())
 

@@ -23,7 +23,7 @@ import os
 import platform
 import stat
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .topology import Topology, devstr, kdev
 
@@ -214,7 +214,8 @@ def _stack_devs(topo: Topology) -> List[str]:
 
 def inventory(topo: Topology, mounts: Optional[Iterable[Dict[str, Any]]] = None,
               budget: Tuple[int, float] = (200_000, 10.0), fstypes: Tuple[str, ...] = DEFAULT_FSTYPES,
-              method: str = "auto", include_empty: bool = False) -> Dict[str, Any]:
+              method: str = "auto", include_empty: bool = False,
+              traced: Optional[Callable[[str, int], Any]] = None) -> Dict[str, Any]:
     """Resident page cache per (dev, ino) when the tracer attaches.
 
     Covers, in this order: every loop's backing file (sysfs gives the path), every block
@@ -228,6 +229,12 @@ def inventory(topo: Topology, mounts: Optional[Iterable[Dict[str, Any]]] = None,
     size_pages, method, what: "file"|"bdev", block_dev?}], stats: {files_seen,
     files_measured, elapsed, truncated: bool, skipped_mounts: [...], errors}}.
     Rows with 0 resident pages are left out unless include_empty.
+
+    `traced(dev, ino)`, if given, is called right after a file with resident pages is
+    measured, and its answer (the tracer's counters for that file at that instant) kept
+    in the row as "traced_at": pages the tracer already counts, and deletes it has seen
+    of pages it did not, at the moment the measurement was taken, not seconds later at
+    the end of the walk (a file's pages can be evicted meanwhile).
     """
     t0 = time.monotonic()
     max_files, max_secs = budget
@@ -261,6 +268,8 @@ def inventory(topo: Topology, mounts: Optional[Iterable[Dict[str, Any]]] = None,
                    method=r["method"], what=what)
         if "dirty_pages" in r:
             row["dirty_pages"] = r["dirty_pages"]
+        if traced is not None and what == "file":
+            row["traced_at"] = traced(row["dev"], row["ino"])
         rows.append(row)
 
     # 1. Loop backing files: reachable paths only (a deleted or hidden backing file has
@@ -346,5 +355,7 @@ def inventory(topo: Topology, mounts: Optional[Iterable[Dict[str, Any]]] = None,
                                          "fstype": m["fstype"], "resident_pages": n,
                                          "size_pages": (st.st_size + PAGE_SIZE - 1) // PAGE_SIZE,
                                          "method": how, "what": "file"})
+                            if traced is not None:
+                                rows[-1]["traced_at"] = traced(top_dev, st.st_ino)
     stats["elapsed"] = time.monotonic() - t0
     return {"time": time.clock_gettime(time.CLOCK_BOOTTIME), "rows": rows, "stats": stats}

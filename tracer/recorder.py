@@ -207,29 +207,36 @@ class Recorder:
 
     def take_inventory(self) -> None:
         """Pages resident before we attached. Taken after attaching, so pages added in
-        between are both traced and seen by mincore: the baseline is what mincore saw
-        beyond what the tracer already counts for that file."""
+        between are both traced and seen by cachestat/mincore: a file's baseline is what
+        the measurement saw beyond what the tracer counted for it at that instant, and
+        deletes of untraced pages count against the baseline from that instant on."""
         from .inventory import inventory
-        from .topology import read_topology
+        from .topology import kdev, read_topology
+
+        def traced_now(dev: str, ino: int) -> list[int]:
+            return list(self.maps.file_counters(kdev(dev), ino) or (0, 0, 0, 0, 0))
 
         t0 = boottime()
-        # Resident pages as traced just before the walk: mincore/cachestat sees those too.
-        # The walk reads no file data, so few traced adds land on a file between this and
-        # its measurement (block devices, whose metadata pages the walk does add, are
-        # measured first). Untraced deletes are counted from after the walk.
+        # Block devices have no (s_dev, ino) the walk can know (the bdev pseudo file
+        # system's s_dev is learnt from the tracer's own pages): they are measured first,
+        # against the counters of just before and just after the whole walk.
         before = self._read_files()
-        result = inventory(read_topology(), budget=(1_000_000, self.opts.inventory_seconds))
+        result = inventory(read_topology(), budget=(1_000_000, self.opts.inventory_seconds),
+                           traced=traced_now)
         rows = result["rows"]
         after = self._read_files()
         self.named_files = {f"{r['dev'] or 'bdev'}:{r['ino']}" for r in rows if r.get("path")}
         files = []
         for row in rows:
             key = f"{row['dev'] or 'bdev'}:{row['ino']}"
-            was = before.get(key)
-            baseline = row["resident_pages"] - (was[0] if was else 0)
+            at = row.get("traced_at")
+            if at is None:
+                at = list(before.get(key, (0, 0, 0, 0, 0)))
+                at[4] = after[key][4] if key in after else 0
+            baseline = row["resident_pages"] - at[0]
             if baseline <= 0:
                 continue
-            self.baseline_untracked[key] = after[key][4] if key in after else 0
+            self.baseline_untracked[key] = at[4]
             # A block device's page cache lives on the bdev pseudo file system, whose
             # s_dev is only known once the tracer has seen one of its pages: "bdev".
             files.append([row["dev"] or "bdev", row["ino"], baseline, row.get("path")])
