@@ -882,33 +882,28 @@ def double_caching(topo: Topology) -> List[Dict[str, Any]]:
     """
     chains: List[Dict[str, Any]] = []
     done = set()
-    for m in topo.mounts:
-        d = m["dev"]
-        if d in done or topo.device(d) is None:
-            continue
+
+    def chains_from(d: str, fstype: str) -> None:
         done.add(d)
         for levels in _file_levels(topo, d, set()):
             if not levels:
                 continue
-            top = {"dev": d, "fstype": m["fstype"], "layer": layer_of(topo, d),
+            top = {"dev": d, "fstype": fstype, "layer": layer_of(topo, d),
                    "mountpoints": [x["mountpoint"] for x in topo.mounts_of(d)]}
             label = " → ".join([top["layer"]] + [lv["label"] for lv in levels])
             chains.append({"top": top, "levels": levels, "label": label})
+
+    for m in topo.mounts:
+        if m["dev"] not in done and topo.device(m["dev"]) is not None:
+            chains_from(m["dev"], m["fstype"])
     # File systems no mount shows but whose superblock was read (probed_fstype): a
     # recorder in a mount namespace of its own does not see the root mounted after
     # switch_root, yet ext4 on dm live-rw still caches the data rootfs.img holds. Devices
     # held by others (loop1 under the dm snapshot) are not a file system in use.
     for bd in topo.block_devices.values():
         d = bd.get("dev")
-        if not bd.get("probed_fstype") or bd.get("holders") or d in done or bd.get("gone"):
-            continue
-        done.add(d)
-        for levels in _file_levels(topo, d, set()):
-            if not levels:
-                continue
-            top = {"dev": d, "fstype": bd["probed_fstype"], "layer": layer_of(topo, d), "mountpoints": []}
-            label = " → ".join([top["layer"]] + [lv["label"] for lv in levels])
-            chains.append({"top": top, "levels": levels, "label": label})
+        if bd.get("probed_fstype") and not bd.get("holders") and d not in done and not bd.get("gone"):
+            chains_from(d, bd["probed_fstype"])
     return chains
 
 
