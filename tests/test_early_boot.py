@@ -47,11 +47,14 @@ REQUIRED = ["attached", "cmdline", "pre-udev", "pre-trigger", "initqueue", "pre-
             "pre-pivot", "cleanup", "switch_root", "sysinit", "basic", "multi-user"]
 
 
-def _boot(name: str, append: str, cache: Path, logs: Path, during_boot=None) -> dict:
+def _boot(name: str, append: str, cache: Path, logs: Path, during_boot=None, after_boot=None) -> dict:
     """One traced live boot; `during_boot(guest, out)` runs as soon as the agent answers
-    (sysinit), before multi-user."""
+    (sysinit), before multi-user, and `after_boot(guest, out)` once the system is up."""
     from vm import Guest
 
+    reason = qemu_skip_reason()
+    if reason:
+        pytest.skip(reason)
     spec = images.prepare("live", cache, traced=True, append=append)
     log = logs / f"{name}.serial.log"
     out: dict = {"log": log}
@@ -60,10 +63,8 @@ def _boot(name: str, append: str, cache: Path, logs: Path, during_boot=None) -> 
         if during_boot is not None:
             during_boot(g, out)
         out["state"] = g.wait_system(900)
-        if during_boot is not None:
-            rc, show, _ = g.run("systemctl show fp-hog -p Result -p ExecMainPID -p ExecMainStatus",
-                                timeout=60)
-            out["hog"] = dict(ln.split("=", 1) for ln in show.decode().split("\n") if "=" in ln)
+        if after_boot is not None:
+            after_boot(g, out)
         out["boot_seconds"] = time.monotonic() - g.started_at
         out["hook"] = footprint_hook(g, {"name": name}, keep=logs)
         rc, mounts, _ = g.run("findmnt -n -o TARGET,SOURCE,FSTYPE", timeout=60)
@@ -77,25 +78,16 @@ def _boot(name: str, append: str, cache: Path, logs: Path, during_boot=None) -> 
 
 @pytest.fixture(scope="module")
 def traced_live(lab_cache, lab_logs) -> dict:
-    reason = qemu_skip_reason()
-    if reason:
-        pytest.skip(reason)
     return _boot("traced-live", EXPERIMENT_APPEND, lab_cache, lab_logs)
 
 
 @pytest.fixture(scope="module")
 def broken_live(lab_cache, lab_logs) -> dict:
-    reason = qemu_skip_reason()
-    if reason:
-        pytest.skip(reason)
     return _boot("broken-live", "rd.footprint.break=1", lab_cache, lab_logs)
 
 
 @pytest.fixture(scope="module")
 def hung_live(lab_cache, lab_logs) -> dict:
-    reason = qemu_skip_reason()
-    if reason:
-        pytest.skip(reason)
     return _boot("hung-live", "rd.footprint.break=hang rd.footprint.timeout=20", lab_cache, lab_logs)
 
 
@@ -121,12 +113,15 @@ def _start_hog(g, out: dict) -> None:
           timeout=120, check=True)
 
 
+def _hog_outcome(g, out: dict) -> None:
+    rc, show, _ = g.run("systemctl show fp-hog -p Result -p ExecMainPID -p ExecMainStatus", timeout=60)
+    out["hog"] = dict(ln.split("=", 1) for ln in show.decode().split("\n") if "=" in ln)
+
+
 @pytest.fixture(scope="module")
 def oom_live(lab_cache, lab_logs) -> dict:
-    reason = qemu_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    return _boot("oom-live", EXPERIMENT_APPEND, lab_cache, lab_logs, during_boot=_start_hog)
+    return _boot("oom-live", EXPERIMENT_APPEND, lab_cache, lab_logs, during_boot=_start_hog,
+                 after_boot=_hog_outcome)
 
 
 def _records(path: Path) -> list[dict]:
