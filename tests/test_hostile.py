@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import synthetic_live as live
-from tracer.report import inert
+from tracer.safe import inert
 
 NAMES = {
     "script": "<script>alert(1)</script>",

@@ -217,10 +217,19 @@ def _capture_real_stacks():
                 f.write("stacktrace")
         except OSError:
             pytest.skip("stacktrace trigger not allowed here")
+        # A buffer that holds every stack of the workload (the default one per CPU kept
+        # only the last ~8k and lost the slab pages of the directory walk on a fresh machine).
+        with open(os.path.join(inst, "buffer_size_kb"), "w") as f:
+            f.write("32768")
         with open(os.path.join(ev, "enable"), "w") as f:
             f.write("1")
-        subprocess.run(["sh", "-c", "ls -lR /usr/share/doc >/dev/null; cat /usr/bin/* >/dev/null 2>&1; "
-                        "python3 -c 'x = bytearray(32 << 20)'"], check=False, timeout=60)
+        # Each kind whatever the caches held before: a new file's page cache, anon memory,
+        # and new dentries and inodes (20k new files on a tmpfs) for slab pages.
+        subprocess.run(["sh", "-c", "f=$(mktemp /var/tmp/fp-pc.XXXXXX) && head -c 8M /dev/zero > \"$f\"; "
+                        "rm -f \"$f\"; python3 -c 'x = bytearray(32 << 20)'; "
+                        "ls -lR /usr/share/doc >/dev/null; d=$(mktemp -d /dev/shm/fp-slab.XXXXXX) && "
+                        "(cd \"$d\" && seq 20000 | xargs touch) ; rm -rf \"$d\""],
+                       check=False, timeout=120)
         with open(os.path.join(ev, "enable"), "w") as f:
             f.write("0")
         with open(os.path.join(ev, "trigger"), "w") as f:

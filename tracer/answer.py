@@ -16,7 +16,7 @@ import re
 import pandas as pd
 
 from .account import Account
-from .report import inert
+from .safe import inert
 
 # The subsystems the question names, and what each kind of page of theirs is, in words.
 QUESTION_SUBSYSTEMS = ("squashfs", "device-mapper", "loop")

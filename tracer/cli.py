@@ -10,33 +10,66 @@ from . import __version__
 from .errors import EXIT_USAGE, FootprintError
 
 
+EX_SOFTWARE = 70  # sysexits.h: an internal error, told apart from bad input (2)
+
+
 class _Group(click.Group):
-    """Turns every FootprintError, usage error (and Ctrl-C) into one line; exit status 2."""
+    """Every way out is one line on stderr: bad input or a usage error (exit 2), Ctrl-C
+    (130), and, as a last resort, an error of footprint's own (70). Never a traceback."""
 
     def main(self, args=None, prog_name=None, **extra):
         try:
             rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except click.UsageError as err:
             cmd = err.ctx.command_path if err.ctx else "footprint"
-            click.echo(f"footprint: {err.format_message().rstrip('.')}: see `{cmd} --help`", err=True)
-            sys.exit(EXIT_USAGE)
+            _die(f"{err.format_message().rstrip('.')}: see `{cmd} --help`", EXIT_USAGE)
         except click.ClickException as err:
-            click.echo(f"footprint: {err.format_message()}", err=True)
-            sys.exit(EXIT_USAGE)
-        except click.Abort:
-            click.echo("footprint: interrupted", err=True)
-            sys.exit(130)
+            _die(err.format_message(), EXIT_USAGE)
+        except (click.Abort, KeyboardInterrupt):
+            _die("interrupted", 130)
+        except FootprintError as err:
+            _die(str(err), EXIT_USAGE)
+        except BrokenPipeError:  # `footprint report | head`: the reader has what it wanted
+            _quiet_stdout()
+            sys.exit(0)
+        except MemoryError:
+            _die("out of memory: give footprint more memory, or a smaller recording", EX_SOFTWARE)
+        except Exception as err:  # noqa: BLE001 - the last resort: a bug of ours
+            cmd = " ".join(["footprint", *(a for a in (args or sys.argv[1:])[:1] if not a.startswith("-"))])
+            _die(f"internal error in `{cmd}` ({type(err).__name__}: {_one_line(err)}): "
+                 "please report this bug", EX_SOFTWARE)
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except FootprintError as err:
-            click.echo(f"footprint: {err}", err=True)
-            sys.exit(EXIT_USAGE)
-        except KeyboardInterrupt:
-            click.echo("footprint: interrupted", err=True)
-            sys.exit(130)
+            _die(str(err), EXIT_USAGE)
+
+
+def _one_line(err: BaseException) -> str:
+    from .safe import inert
+
+    return inert(str(err))[:200]
+
+
+def _die(message: str, status: int):
+    try:
+        click.echo(f"footprint: {message}", err=True)
+    except OSError:
+        pass
+    _quiet_stdout()
+    sys.exit(status)
+
+
+def _quiet_stdout() -> None:
+    """Nothing more to say: a closed stdout must not raise again when Python flushes it."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 @click.group(cls=_Group)

@@ -288,7 +288,9 @@ def timeline_cmd(recording, as_json, png, since_start):
         click.echo(rep.dumps_json({"origin": frame.attrs["origin"], "phases": frame.attrs["phases"],
                                    "rows": rep._records(frame)}))
     elif not png:
-        click.echo(frame.to_csv(index=False), nl=False)
+        from .safe import to_csv
+
+        click.echo(to_csv(frame), nl=False)
 
 
 def _write_file(path: str, data: bytes) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from .account import Account
 from .recording import Recording
-from .report import _fit, _records, inert, summary
+from .report import _fit, _records, summary
+from . import safe
+from .safe import inert
 
 KEYS = {"subsystem": ["subsystem"], "layer": ["subsystem", "layer", "kind"]}
 
@@ -101,6 +103,7 @@ def text(cmp: dict, label_a: str = "A", label_b: str = "B") -> str:
 
 
 def to_csv(cmp: dict) -> str:
+    """The rows as CSV, names inert and never read as formulas."""
     import pandas as pd
 
-    return pd.DataFrame(cmp["rows"]).to_csv(index=False)
+    return safe.to_csv(pd.DataFrame(cmp["rows"]))

@@ -41,9 +41,11 @@ Times are CLOCK_BOOTTIME seconds, one clock for samples, phases and uevents.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -52,7 +54,14 @@ from .errors import FootprintError
 
 FORMAT = "footprint-recording"
 VERSION = 1
-MAX_LINE = 64 << 20  # a sane bound on one record; bigger means a corrupt file
+# Bounds on a recording read back. A recording is a file someone may send you, read as
+# root: nothing in it may cost unbounded memory or time. The largest real recordings (an
+# hour of samples on a busy machine) are tens of MiB.
+MAX_LINE = 64 << 20      # one record
+MAX_BYTES = 1 << 30      # the whole file
+MAX_VALUES = 40_000_000  # JSON values in the whole file: parsed, ~40 bytes each at most
+MAX_INT_DIGITS = 20      # u64 (inode numbers) has 20 digits; anything longer is not ours
+MAX_INT = 1 << 64
 COUNTER_FIELDS = ("resident", "peak", "added", "removed", "untracked_removed")
 
 
@@ -174,29 +183,90 @@ def _bad(path: str, what: str) -> FootprintError:
 
 
 def _lines(path: str) -> Iterator[tuple[int, bytes, bool]]:
-    """(line number, bytes, complete?) for each line; the last may be torn."""
+    """(line number, bytes, complete?) for each line; the last may be torn. Only a regular
+    file is read (a FIFO or a device given as a recording would block or never end), and
+    no more than MAX_BYTES of it."""
     try:
-        f = open(path, "rb")
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; the file is checked below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise FootprintError(f"no recording at {path}: give the path written by "
                              "`footprint record -o PATH`") from None
     except OSError as err:
         raise FootprintError(f"cannot read recording {path}: {err.strerror}") from None
+    f = os.fdopen(fd, "rb")
     with f:
-        n = 0
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FootprintError(f"{path} is not a regular file: give the recording file "
+                                 "written by `footprint record -o PATH`")
+        os.set_blocking(fd, True)
+        n = total = 0
         while True:
             line = f.readline(MAX_LINE + 1)
             if not line:
                 return
             n += 1
+            total += len(line)
             if len(line) > MAX_LINE:
                 raise _bad(path, f"corrupt (line {n} longer than {MAX_LINE >> 20} MiB)")
+            if total > MAX_BYTES:
+                raise _bad(path, f"too large (over {MAX_BYTES >> 20} MiB)")
             yield n, line, line.endswith(b"\n")
+
+
+class _Corrupt(ValueError):
+    """A JSON value outside the bounds of a recording."""
+
+
+def _parse_int(s: str) -> int:
+    if len(s.lstrip("-")) > MAX_INT_DIGITS:
+        raise _Corrupt("an integer too long")
+    v = int(s)
+    if not -MAX_INT < v < MAX_INT:
+        raise _Corrupt("an integer out of range")
+    return v
+
+
+def _parse_float(s: str) -> float:
+    v = float(s)
+    if not math.isfinite(v):
+        raise _Corrupt("a number out of range")
+    return v
+
+
+def _parse_constant(s: str):
+    raise _Corrupt(f"{s} is not a number")
+
+
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float,
+                            parse_constant=_parse_constant)
+
+
+def _loads(raw: bytes):
+    """One record, bounded. Raises _Corrupt (why) or ValueError (not JSON)."""
+    # Memory: a record may hold at most one container per 8 bytes ("[[],[],...]" would
+    # cost ~70 bytes of Python objects per 3 bytes of file); the values of the whole file
+    # are counted by the caller.
+    containers = raw.count(b"[") + raw.count(b"{")
+    if containers > len(raw) // 8 + 64:
+        raise _Corrupt("too many nested values")
+    try:
+        obj = _DECODER.decode(raw.decode("utf-8"))
+    except RecursionError:
+        raise _Corrupt("nested too deeply") from None
+    if b"\\ud" in raw or b"\\uD" in raw:  # escaped surrogates: maybe lone ones
+        obj = _valid_unicode(obj)
+    return obj
+
+
+def _values(raw: bytes) -> int:
+    """An upper bound on the number of JSON values in a record."""
+    return raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
 
 
 def _counter(value: Any, path: str, n: int) -> list[int]:
     if not (isinstance(value, list) and len(value) == len(COUNTER_FIELDS)
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            and all(_is_count(v) for v in value)):
         raise _bad(path, f"corrupt (bad counter on line {n})")
     return value
 
@@ -283,9 +353,13 @@ _TIMED = ("sample", "topology", "inventory", "phase", "uevent", "tracer", "oom")
 
 def _header_ok(h: dict) -> bool:
     ps = h.get("page_size", 4096)
-    if not _is_int(ps) or ps < 512 or ps & (ps - 1):
+    if not _is_int(ps) or not 512 <= ps <= 1 << 20 or ps & (ps - 1):
         return False
-    if not isinstance(h.get("attached", 0), (int, float)) or isinstance(h.get("attached"), bool):
+    if not _is_time(h.get("attached", 0)):
+        return False
+    if not all(isinstance(h.get(k, ""), str) for k in ("kernel", "hostname")):
+        return False
+    if not isinstance(h.get("options", {}), (dict, type(None))):
         return False
     plan, tracer = h.get("plan", {}), h.get("tracer", {})
     if not isinstance(plan, dict) or not isinstance(tracer, dict):
@@ -299,8 +373,7 @@ def _header_ok(h: dict) -> bool:
             for f in files):
         return False
     created = h.get("created", {})
-    return isinstance(created, dict) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in created.values())
+    return isinstance(created, dict) and all(_is_time(v) for v in created.values())
 
 
 def _valid_unicode(obj):
@@ -329,114 +402,147 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_count(v) -> bool:
+    """Pages, kB, bytes, events: whole and never negative (the parser bounds the size)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_time(v) -> bool:
+    """Seconds on CLOCK_BOOTTIME or since the epoch (the parser refuses NaN and Infinity)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+
 def _is_slab(v) -> bool:
-    return isinstance(v, list) and len(v) == 3 and all(_is_int(x) for x in v)
+    return isinstance(v, list) and len(v) == 3 and all(_is_count(x) for x in v)
 
 
 def read(path: str) -> Recording:
     """Parse a recording with bounds; raises FootprintError on anything malformed."""
     rec: Recording | None = None
+    values = 0
     for n, raw, complete in _lines(path):
+        values += _values(raw)
+        if values > MAX_VALUES:
+            raise _bad(path, f"too large (over {MAX_VALUES} values at line {n})")
         try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            obj = _loads(raw)
+        except _Corrupt as why:
+            raise _bad(path, f"corrupt (line {n}: {why})") from None
+        except ValueError:  # not JSON (json's errors and UnicodeDecodeError are ValueErrors)
             if not complete and rec is not None:
                 rec.torn_tail = True  # the recorder died mid-line: keep what came before
                 break
             raise _bad(path, f"corrupt (line {n} is not JSON)") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
-            raise _bad(path, f"corrupt (line {n} has no record type)")
-        kind = obj["type"]
-        if kind != "sample":
-            obj = _valid_unicode(obj)
-        if rec is None:
-            if kind != "header" or obj.get("format") != FORMAT:
-                raise FootprintError(f"{path} is not a footprint recording: "
-                                     "give a file written by `footprint record`")
-            version = obj.get("version")
-            if not isinstance(version, int):
-                raise _bad(path, "corrupt (header without a version)")
-            if version > VERSION:
-                raise FootprintError(f"recording {path} is format version {version}, newer "
-                                     f"than this footprint reads ({VERSION}): upgrade footprint")
-            if not _header_ok(obj):
-                raise _bad(path, "corrupt (bad header)")
-            rec = Recording(path=path, header=obj)
-            continue
-        t = obj.get("t")
-        if (t is not None or kind in _TIMED) and (not isinstance(t, (int, float)) or isinstance(t, bool)):
-            raise _bad(path, f"corrupt (bad time on line {n})")
-        if kind == "sample":
-            if not isinstance(t, (int, float)):
-                raise _bad(path, f"corrupt (sample without a time on line {n})")
-            for name, check in (("meminfo", _is_int), ("stats", _is_int), ("vmalloc", _is_int),
-                                ("slab", _is_slab)):
-                value = obj.get(name, {})
-                if not isinstance(value, dict) or not all(
-                        isinstance(k, str) and check(v) for k, v in value.items()):
-                    raise _bad(path, f"corrupt (bad {name} on line {n})")
-            rec.samples.append({
-                "t": t, "meminfo": obj.get("meminfo", {}), "stats": obj.get("stats", {}),
-                "slab": obj.get("slab"), "vmalloc": obj.get("vmalloc"),
-                "pcp_pages": obj.get("pcp_pages") if _is_int(obj.get("pcp_pages")) else 0,
-                "tracer": obj.get("tracer") if isinstance(obj.get("tracer"), dict)
-                and all(_is_int(v) for v in obj["tracer"].values()) else {},
-                "files": _counters(obj.get("files", {}), path, n, key_re=_FILE_KEY),
-                "stacks": _counters(obj.get("stacks", {}), path, n, key_int=True),
-                "sites": _counters(obj.get("sites", {}), path, n, key_re=_SITE_KEY)})
-        elif kind == "stack":
-            if not (isinstance(obj.get("id"), int) and isinstance(obj.get("frames", []), list)
-                    and isinstance(obj.get("kind", ""), str) and isinstance(obj.get("owner", ""), str)):
-                raise _bad(path, f"corrupt (bad stack on line {n})")
-            rec.stacks[obj["id"]] = obj
-        elif kind == "site":
-            if not (isinstance(obj.get("key"), str) and isinstance(obj.get("kind", ""), str)
-                    and isinstance(obj.get("owner", ""), (str, type(None)))):
-                raise _bad(path, f"corrupt (bad site on line {n})")
-            rec.sites[obj["key"]] = obj
-        elif kind == "topology":
-            if not _topology_ok(obj.get("topology")):
-                raise _bad(path, f"corrupt (bad topology on line {n})")
-            rec.topologies.append(obj)
-        elif kind == "inventory":
-            rows = obj.get("files")
-            if not isinstance(rows, list) or not all(
-                    isinstance(r, list) and len(r) == 4 and isinstance(r[0], str)
-                    and _FILE_KEY.match(f"{r[0]}:0") and _is_int(r[1]) and _is_int(r[2]) and isinstance(r[3], (str, type(None)))
-                    for r in rows) or not isinstance(obj.get("untracked_at_inventory", {}), dict) \
-                    or not all(_is_int(v) for v in obj.get("untracked_at_inventory", {}).values()):
-                raise _bad(path, f"corrupt (bad inventory on line {n})")
-            rec.inventories.append(obj)
-        elif kind == "phase":
-            if not isinstance(obj.get("name"), str) or not isinstance(t, (int, float)):
-                raise _bad(path, f"corrupt (bad phase on line {n})")
-            rec.phases.append(obj)
-        elif kind == "uevent":
-            rec.uevents.append(obj)
-        elif kind == "oom":
-            if not (_is_int(obj.get("pid")) and isinstance(obj.get("comm", ""), _STR + _NONE)
-                    and isinstance(obj.get("trigger", ""), _STR + _NONE)):
-                raise _bad(path, f"corrupt (bad oom record on line {n})")
-            rec.oom.append({"t": t, "pid": obj["pid"], "comm": (obj.get("comm") or "")[:64],
-                            "trigger": (obj.get("trigger") or "")[:64]})
-        elif kind == "paths":
-            rows = obj.get("paths")
-            if not isinstance(rows, list) or not all(
-                    isinstance(p, list) and len(p) == 3 and isinstance(p[0], str)
-                    and _is_int(p[1]) and isinstance(p[2], str) for p in rows):
-                raise _bad(path, f"corrupt (bad paths on line {n})")
-            rec.paths.update({f"{d}:{i}": p for d, i, p in rows})
-        elif kind == "tracer":
-            files = obj.get("files", [])
-            if not isinstance(files, list) or not all(
-                    isinstance(f, list) and len(f) == 3 and isinstance(f[0], str)
-                    and isinstance(f[1], int) for f in files):
-                raise _bad(path, f"corrupt (bad tracer record on line {n})")
-            rec.tracer.append(obj)
-        elif kind == "end":
-            rec.end = obj
-        # Unknown record types from a newer minor revision are skipped on purpose.
+        try:
+            rec = _record(rec, obj, path, n)
+        except RecursionError:
+            raise _bad(path, f"corrupt (line {n}: nested too deeply)") from None
     if rec is None:
         raise _bad(path, "empty")
     rec.partial = rec.end is None
+    return rec
+
+
+def _record(rec: Recording | None, obj, path: str, n: int) -> Recording:
+    """Validate one parsed line and add it to `rec` (the header line creates it)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise _bad(path, f"corrupt (line {n} has no record type)")
+    kind = obj["type"]
+    if kind != "sample":
+        obj = _valid_unicode(obj)
+    if rec is None:
+        if kind != "header" or obj.get("format") != FORMAT:
+            raise FootprintError(f"{path} is not a footprint recording: "
+                                 "give a file written by `footprint record`")
+        version = obj.get("version")
+        if not _is_int(version) or version < 1:
+            raise _bad(path, "corrupt (header without a valid version)")
+        if version > VERSION:
+            raise FootprintError(f"recording {path} is format version {version}, newer "
+                                 f"than this footprint reads ({VERSION}): upgrade footprint")
+        if not _header_ok(obj):
+            raise _bad(path, "corrupt (bad header)")
+        return Recording(path=path, header=obj)
+    t = obj.get("t")
+    if (t is not None or kind in _TIMED) and not _is_time(t):
+        raise _bad(path, f"corrupt (bad time on line {n})")
+    if kind == "header":
+        raise _bad(path, f"corrupt (a second header on line {n}: two recordings in one file)")
+    if kind == "sample":
+        for name, check in (("meminfo", _is_count), ("stats", _is_count), ("vmalloc", _is_count),
+                            ("slab", _is_slab)):
+            value = obj.get(name, {})
+            if value is None and name in ("slab", "vmalloc"):
+                continue
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and check(v) for k, v in value.items()):
+                raise _bad(path, f"corrupt (bad {name} on line {n})")
+        mi = obj.get("meminfo", {})
+        if mi.get("MemFree", 0) > mi.get("MemTotal", 0) and "MemTotal" in mi:
+            raise _bad(path, f"corrupt (MemFree above MemTotal on line {n})")
+        rec.samples.append({
+            "t": t, "meminfo": mi, "stats": obj.get("stats", {}),
+            "slab": obj.get("slab"), "vmalloc": obj.get("vmalloc"),
+            "pcp_pages": obj.get("pcp_pages") if _is_count(obj.get("pcp_pages")) else 0,
+            "tracer": obj.get("tracer") if isinstance(obj.get("tracer"), dict)
+            and all(_is_count(v) for v in obj["tracer"].values()) else {},
+            "files": _counters(obj.get("files", {}), path, n, key_re=_FILE_KEY),
+            "stacks": _counters(obj.get("stacks", {}), path, n, key_int=True),
+            "sites": _counters(obj.get("sites", {}), path, n, key_re=_SITE_KEY)})
+    elif kind == "stack":
+        if not (_is_count(obj.get("id")) and isinstance(obj.get("frames", []), list)
+                and all(isinstance(f, str) for f in obj.get("frames", []))
+                and isinstance(obj.get("kind", ""), str) and isinstance(obj.get("owner", ""), str)):
+            raise _bad(path, f"corrupt (bad stack on line {n})")
+        rec.stacks[obj["id"]] = obj
+    elif kind == "site":
+        if not (isinstance(obj.get("key"), str) and isinstance(obj.get("kind", ""), str)
+                and isinstance(obj.get("owner", ""), (str, type(None)))):
+            raise _bad(path, f"corrupt (bad site on line {n})")
+        rec.sites[obj["key"]] = obj
+    elif kind == "topology":
+        if not _topology_ok(obj.get("topology")):
+            raise _bad(path, f"corrupt (bad topology on line {n})")
+        rec.topologies.append(obj)
+    elif kind == "inventory":
+        rows = obj.get("files")
+        if not isinstance(rows, list) or not all(
+                isinstance(r, list) and len(r) == 4 and isinstance(r[0], str)
+                and _FILE_KEY.match(f"{r[0]}:0") and _is_count(r[1]) and _is_count(r[2])
+                and isinstance(r[3], (str, type(None)))
+                for r in rows) or not isinstance(obj.get("untracked_at_inventory", {}), dict) \
+                or not all(_is_count(v) for v in obj.get("untracked_at_inventory", {}).values()):
+            raise _bad(path, f"corrupt (bad inventory on line {n})")
+        rec.inventories.append(obj)
+    elif kind == "phase":
+        if not isinstance(obj.get("name"), str):
+            raise _bad(path, f"corrupt (bad phase on line {n})")
+        rec.phases.append(obj)
+    elif kind == "uevent":
+        rec.uevents.append(obj)
+    elif kind == "oom":
+        if not (_is_count(obj.get("pid")) and isinstance(obj.get("comm", ""), _STR + _NONE)
+                and isinstance(obj.get("trigger", ""), _STR + _NONE)):
+            raise _bad(path, f"corrupt (bad oom record on line {n})")
+        rec.oom.append({"t": t, "pid": obj["pid"], "comm": (obj.get("comm") or "")[:64],
+                        "trigger": (obj.get("trigger") or "")[:64]})
+    elif kind == "paths":
+        rows = obj.get("paths")
+        if not isinstance(rows, list) or not all(
+                isinstance(p, list) and len(p) == 3 and isinstance(p[0], str)
+                and _is_count(p[1]) and isinstance(p[2], str) for p in rows):
+            raise _bad(path, f"corrupt (bad paths on line {n})")
+        rec.paths.update({f"{d}:{i}": p for d, i, p in rows})
+    elif kind == "tracer":
+        files = obj.get("files", [])
+        if not isinstance(files, list) or not all(
+                isinstance(f, list) and len(f) == 3 and isinstance(f[0], str)
+                and _is_count(f[1]) for f in files):
+            raise _bad(path, f"corrupt (bad tracer record on line {n})")
+        rec.tracer.append(obj)
+    elif kind == "end":
+        if not isinstance(obj.get("reason", ""), str):
+            raise _bad(path, f"corrupt (bad end record on line {n})")
+        rec.end = obj
+    # Unknown record types from a newer minor revision are skipped on purpose.
     return rec

@@ -19,7 +19,8 @@ import os
 from . import answer as answer_mod, compare as compare_mod, timeline
 from .account import MIB, Account
 from .recording import Recording
-from .report import DROP_STATS, inert, map_drops, summary
+from .report import DROP_STATS, map_drops, summary
+from .safe import inert
 
 TOP_FILES = 25
 STYLE = """

@@ -1,36 +1,27 @@
 """Render an account: a table that reads like `free -m`, JSON, CSV, Parquet.
 
-Names from a recording (file paths, dm names) are data from another machine: in text
-they are made inert (control characters and escape sequences shown escaped); JSON and
-CSV are produced by their libraries, which quote properly.
+Names from a recording (file paths, dm names, probe names, the end record's reason) are
+data from another machine: text and CSV go through tracer/safe.py; JSON is strict
+(no NaN or Infinity) and ASCII-only.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import math
 
 import pandas as pd
 
 from .account import MIB, Account
 from .recording import Recording
+from .safe import inert, to_csv as _safe_csv
 
 DROP_STATS = ("stack_lost", "files_full", "pfn_out_of_range", "objects_full", "sites_full",
               "percpu_full")
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
 
 # How each row's figure is known, as the text report abbreviates it.
 _SOURCES = {"traced": "traced", "inventoried": "inventory", "inventoried+traced": "inv+traced",
             "meminfo": "meminfo"}
-
-
-def inert(text) -> str:
-    """Text safe to print on a terminal: control characters and bidi overrides escaped."""
-    if text is None:
-        return "-"
-    s = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return _UNPRINTABLE.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), s)
 
 
 def map_drops(stats: dict) -> int:
@@ -66,7 +57,8 @@ def to_json(rec: Recording, acc: Account, by: str = "layer") -> dict:
         "t": acc.t,
         "account": _records(rows[["subsystem", "layer", "kind", "resident_pages", "resident_mib",
                                   "peak_pages", "allocated_pages", "source"]]),
-        "by": {by: _records(acc.by(by))} if by != "layer" else None,
+        # "layer" is `account`, "file" is `files`: only the other groupings add a table.
+        "by": {by: _records(acc.by(by))} if by in ("subsystem", "kind") else None,
         "files": _records(files[["dev", "ino", "path", "fstype", "subsystem", "layer", "kind",
                                  "resident_pages", "resident_mib", "peak_pages", "allocated_pages",
                                  "baseline_pages", "traced_pages", "source"]]),
@@ -91,15 +83,28 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 
 def dumps_json(obj, pretty: bool | None = None) -> str:
-    """ensure_ascii keeps undecodable bytes (surrogate escapes) valid JSON. Indented only
-    for a terminal: indent forces the pure-Python encoder (4 s on a million pages)."""
+    """Strict JSON (RFC 8259: no NaN or Infinity, which strict parsers reject), ASCII-only
+    so that undecodable bytes (surrogate escapes) stay valid. Indented only for a terminal:
+    indent forces the pure-Python encoder (4 s on a million pages)."""
     import sys
 
     if pretty is None:
         pretty = sys.stdout.isatty()
-    if pretty:
-        return json.dumps(obj, indent=2, ensure_ascii=True, default=str)
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, default=str)
+    kw = {"indent": 2} if pretty else {"separators": (",", ":")}
+    try:
+        return json.dumps(obj, ensure_ascii=True, default=str, allow_nan=False, **kw)
+    except ValueError:  # a ratio of zeros somewhere: not a number is no number (null)
+        return json.dumps(_finite(obj), ensure_ascii=True, default=str, allow_nan=False, **kw)
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _mib(x) -> str:
@@ -111,7 +116,7 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15) -
     mi = acc.meminfo
     ps = acc.page_size
     out = []
-    state = "PARTIAL (recorder did not stop cleanly)" if s["partial"] else f"complete ({s['end']})"
+    state = "PARTIAL (recorder did not stop cleanly)" if s["partial"] else f"complete ({inert(s['end'])})"
     out.append(f"footprint: {inert(s['path'])} — kernel {inert(s['kernel'])}, "
                f"{s['samples']} samples over {s['seconds'] or 0:.1f} s, {state}")
     out.append(f"in use (MemTotal-MemFree) {mi['nonfree_mib']:.1f} MiB of {mi['memtotal_mib']:.1f} MiB"
@@ -147,9 +152,9 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15) -
                 out.append(f"    {_fit(inert(lv['layer']), 40):<41}{_fit(inert(lv['what']), 40):<41}"
                            f"{lv['resident_mib']:8.1f} MiB")
     out.append("")
-    active = [p["probe"].removeprefix("tracepoint:") for p in acc.probes if p.get("active")]
-    inactive = [f"{p['probe'].removeprefix('tracepoint:')} ({p.get('why', '')})" for p in acc.probes
-                if not p.get("active")]
+    active = [inert(p["probe"].removeprefix("tracepoint:")) for p in acc.probes if p.get("active")]
+    inactive = [f"{inert(p['probe'].removeprefix('tracepoint:'))} ({inert(p.get('why', ''))})"
+                for p in acc.probes if not p.get("active")]
     out.append(f"probes active: {', '.join(active) or 'none'}")
     if inactive:
         out.append(f"probes inactive: {', '.join(inactive)}")
@@ -193,10 +198,6 @@ def _fit(s: str, width: int) -> str:
 
 
 def to_csv(acc: Account, by: str) -> str:
-    """CSV for people and spreadsheets: names quoted by the csv writer and made inert like
-    the text report (a terminal showing it runs no escape sequence). JSON keeps them exact."""
-    df = (acc.files if by == "file" else acc.by(by)).copy()
-    for col in df.columns:
-        if not pd.api.types.is_numeric_dtype(df[col]):
-            df[col] = df[col].map(lambda v: inert(v) if isinstance(v, str) else v)
-    return df.to_csv(index=False)
+    """CSV for people and spreadsheets: names made inert and never read as formulas
+    (tracer/safe.py). JSON keeps them exact."""
+    return _safe_csv(acc.files if by == "file" else acc.by(by))

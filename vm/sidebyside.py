@@ -24,7 +24,7 @@ from typing import Optional
 
 from tracer import account as account_mod, answer as answer_mod, compare as compare_mod
 from tracer import recording as recording_mod, report as report_mod
-from tracer.report import inert
+from tracer.safe import csv_cell, inert
 
 from .workloads import moment_index
 
@@ -245,18 +245,19 @@ def ranking_table(result: dict) -> str:
 
 def csv_text(result: dict) -> str:
     """The per-moment side-by-side table: one line per moment, pair, grouping and row, plus
-    the in-use, sum-of-rows and residual lines. Names made inert (as footprint's CSV)."""
+    the in-use, sum-of-rows and residual lines. Names made inert and never read as
+    formulas (as footprint's CSV)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["moment", "a", "b", "by", "subsystem", "layer", "kind", "a_mib", "b_mib", "delta_mib"])
     for e in result.get("side_by_side") or []:
         for by in ("subsystem", "layer"):
             c = e[by]
-            pre = [e["moment"], inert(e["a"]), inert(e["b"]), by]
+            pre = [e["moment"], csv_cell(e["a"]), csv_cell(e["b"]), by]
             w.writerow(pre + ["in use (MemTotal-MemFree)", "", "", c["a"]["nonfree_mib"], c["b"]["nonfree_mib"],
                               c["nonfree_delta_mib"]])
             for r in c["rows"]:
-                w.writerow(pre + [inert(r["subsystem"]), inert(r.get("layer", "")), inert(r.get("kind", "")),
+                w.writerow(pre + [csv_cell(r["subsystem"]), csv_cell(r.get("layer", "")), csv_cell(r.get("kind", "")),
                                   r["a_mib"], r["b_mib"], r["delta_mib"]])
             w.writerow(pre + ["sum of rows", "", "", sum(r["a_mib"] for r in c["rows"]),
                               sum(r["b_mib"] for r in c["rows"]), c["sum_of_deltas_mib"]])
