@@ -64,17 +64,10 @@ def record(output, duration, interval, no_inventory, inventory_seconds, slab, ke
 @click.argument("name")
 @click.option("--marks", default="/run/footprint/marks", show_default=True)
 def mark(name, marks):
-    """Put a phase mark on the running recording's timeline."""
-    import os
-    import time
+    """Put a phase mark on the running recording's timeline (refused when none runs)."""
+    from . import marks as marks_mod
 
-    os.makedirs(os.path.dirname(marks) or ".", exist_ok=True)
-    line = f"{time.clock_gettime(time.CLOCK_BOOTTIME):.6f} {name}\n".encode()
-    fd = os.open(marks, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line)  # one write with O_APPEND: concurrent marks do not interleave
-    finally:
-        os.close(fd)
+    marks_mod.append(marks, name)
 
 
 @main.command()
