@@ -4,8 +4,12 @@ module is tests/test_early_boot.py.)"""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +61,126 @@ def test_refuses_without_a_usable_dracut(tmp_path, version, message):
         dracut.install(root)
     p = footprint("dracut", "install", "--root", str(root))
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+
+
+# --- hostile destinations and trees (footprint runs as root)
+
+MODS = "usr/lib/dracut/modules.d"
+
+
+def one_line_error(p) -> bool:
+    lines = p.stderr.strip().splitlines()
+    return p.returncode == 2 and len(lines) == 1 and lines[0].startswith("footprint: ")
+
+
+def test_symlink_at_destination_is_refused_then_replaced_not_followed(tmp_path):
+    root = fake_dracut(tmp_path / "root")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("precious\n")
+    dest = root / MODS / "95footprint"
+    dest.symlink_to(victim)
+    p = footprint("dracut", "install", "--root", str(root))
+    assert one_line_error(p) and "symlink" in p.stderr and "--force" in p.stderr, p.stderr
+    p = footprint("dracut", "install", "--root", str(root), "--force")
+    assert p.returncode == 0, p.stderr
+    assert not dest.is_symlink() and (dest / "module-setup.sh").is_file()
+    assert sorted(f.name for f in victim.iterdir()) == ["keep"]
+
+
+def test_uninstall_never_follows_a_symlink(tmp_path):
+    root = fake_dracut(tmp_path / "root")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (root / MODS / "95footprint").symlink_to(victim)
+    p = footprint("dracut", "uninstall", "--root", str(root))
+    assert one_line_error(p) and "symlink" in p.stderr, p.stderr
+    assert victim.is_dir()
+
+
+def test_file_at_destination_is_refused_then_replaced(tmp_path):
+    root = fake_dracut(tmp_path)
+    dest = root / MODS / "95footprint"
+    dest.write_text("not a module\n")
+    p = footprint("dracut", "install", "--root", str(root))
+    assert one_line_error(p) and str(dest) in p.stderr and "--force" in p.stderr, p.stderr
+    assert footprint("dracut", "install", "--root", str(root), "--force").returncode == 0
+    assert (dest / "module-setup.sh").is_file()
+
+
+@pytest.mark.parametrize("leftover", ["dir", "file", "symlink"])
+def test_stale_temporary_does_not_break_install(tmp_path, leftover):
+    root = fake_dracut(tmp_path / "root")
+    stale = root / MODS / ".95footprint.tmp"  # what an interrupted older install left
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    if leftover == "dir":
+        stale.mkdir()
+        (stale / "module-setup.sh").write_text("# half copied\n")
+    elif leftover == "file":
+        stale.write_text("junk\n")
+    else:
+        stale.symlink_to(victim)
+    p = footprint("dracut", "install", "--root", str(root))
+    assert p.returncode == 0, p.stderr
+    assert sorted(f.name for f in (root / MODS).iterdir()) == ["95footprint"]
+    assert victim.is_dir()
+
+
+@pytest.mark.parametrize("value", ["/../../..", "/usr/../../etc", "${dracutdir}/../../../../x"])
+def test_modules_dir_outside_root_is_refused(tmp_path, value):
+    root = fake_dracut(tmp_path / "root")
+    (root / "usr/share/pkgconfig/dracut.pc").write_text(f"dracutdir=/usr/lib/dracut\ndracutmodulesdir={value}\n")
+    with pytest.raises(FootprintError, match="outside"):
+        dracut.modules_dir(root)
+    p = footprint("dracut", "install", "--root", str(root))
+    assert one_line_error(p) and "dracutmodulesdir=" in p.stderr, p.stderr
+    assert not (tmp_path / "95footprint").exists() and not list(tmp_path.glob("**/95footprint"))
+
+
+def test_modules_dir_through_a_symlink_out_of_root_is_refused(tmp_path):
+    root = fake_dracut(tmp_path / "root")
+    (tmp_path / "host-mods").mkdir()
+    (root / "opt").mkdir()
+    (root / "opt/mods").symlink_to(tmp_path / "host-mods")  # absolute: the host's, not the image's
+    (root / "usr/share/pkgconfig/dracut.pc").write_text("dracutmodulesdir=/opt/mods\n")
+    p = footprint("dracut", "install", "--root", str(root))
+    assert one_line_error(p) and "outside" in p.stderr, p.stderr
+    assert list((tmp_path / "host-mods").iterdir()) == []
+
+
+def test_missing_modules_dir_is_one_line(tmp_path):
+    root = fake_dracut(tmp_path)
+    (root / "usr/share/pkgconfig/dracut.pc").write_text("dracutmodulesdir=/opt/none\n")
+    p = footprint("dracut", "install", "--root", str(root))
+    assert one_line_error(p) and "/opt/none" in p.stderr, p.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops from root to nobody")
+@pytest.mark.parametrize("action", ["install", "uninstall"])
+def test_non_root_is_one_line(action):
+    d = tempfile.mkdtemp()  # readable by nobody, writable by root only
+    try:
+        os.chmod(d, 0o755)
+        root = fake_dracut(Path(d))
+        if action == "uninstall":
+            dracut.install(root)
+        p = as_nobody("dracut", action, "--root", str(root))
+        assert one_line_error(p) and "root" in p.stderr, p.stderr
+        assert (root / MODS / "95footprint").exists() == (action == "uninstall")
+    finally:
+        shutil.rmtree(d)
+
+
+# Imports first (the interpreter's files may be unreadable to nobody), then drop to 65534.
+AS_NOBODY = """
+import os, sys
+import tracer.cli, tracer.commands, tracer.dracut, tempfile, shutil, errno, stat
+os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+sys.argv[0] = "footprint"
+tracer.cli.main()
+"""
+
+
+def as_nobody(*args):
+    return subprocess.run([sys.executable, "-c", AS_NOBODY, *args], capture_output=True, text=True)

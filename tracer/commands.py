@@ -64,17 +64,10 @@ def record(output, duration, interval, no_inventory, inventory_seconds, slab, ke
 @click.argument("name")
 @click.option("--marks", default="/run/footprint/marks", show_default=True)
 def mark(name, marks):
-    """Put a phase mark on the running recording's timeline."""
-    import os
-    import time
+    """Put a phase mark on the running recording's timeline (refused when none runs)."""
+    from . import marks as marks_mod
 
-    os.makedirs(os.path.dirname(marks) or ".", exist_ok=True)
-    line = f"{time.clock_gettime(time.CLOCK_BOOTTIME):.6f} {name}\n".encode()
-    fd = os.open(marks, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line)  # one write with O_APPEND: concurrent marks do not interleave
-    finally:
-        os.close(fd)
+    marks_mod.append(marks, name)
 
 
 @main.command()
@@ -144,12 +137,18 @@ def report(recording, by, as_json, as_csv, parquet, index):
                              f"{len(rec.samples)} samples")
     acc = account.build(rec, index)
     if parquet:
+        import io
+
+        from . import outfile
+
+        buf = io.BytesIO()  # pandas writes here; outfile puts it in place atomically, 0600
         try:
-            (acc.files if by == "file" else acc.rows).to_parquet(parquet, index=False)
+            (acc.files if by == "file" else acc.rows).to_parquet(buf, index=False)
         except ImportError:
             from .errors import FootprintError
 
             raise FootprintError("Parquet needs pyarrow: pip install pyarrow") from None
+        outfile.write(parquet, buf.getvalue())
     if as_json:
         click.echo(rep.dumps_json(rep.to_json(rec, acc, by=by)))
     elif as_csv:
@@ -256,15 +255,14 @@ def answer(recording, plain, as_json, index):
               help="Which sample the account is taken at (-1 = last).")
 def html_report(recording, output, plain, png, index):
     """Write the report as one HTML file: account, answer, double caching, timeline plot."""
-    from . import render_html
+    from . import outfile, render_html
 
     rec, acc = _load_account(recording, index)
     plain_pair = _load_account(plain) if plain else None
     plot = render_html.plot_png(rec)
     page = render_html.render(rec, acc, plain=plain_pair, png=plot)
-    for path, data in ((output, page.encode("utf-8")), (png, plot)):
-        if path:
-            _write_file(path, data)
+    # both or neither: a bad --png path must not leave a fresh HTML behind
+    outfile.write_all([(output, page.encode("utf-8"))] + ([(png, plot)] if png else []))
     click.echo(f"footprint: wrote {output}" + (f" and {png}" if png else ""), err=True)
 
 
@@ -277,13 +275,13 @@ def timeline_cmd(recording, as_json, png, since_start):
     """Resident MiB per subsystem at every sample (CSV), with the phase marks."""
     import io
 
-    from . import recording as rec_mod, report as rep, timeline
+    from . import outfile, recording as rec_mod, report as rep, timeline
 
     frame = timeline.build(rec_mod.read(recording), origin="start" if since_start else "boot")
     if png:
         buf = io.BytesIO()
         timeline.plot(frame, buf, fmt="png")
-        _write_file(png, buf.getvalue())
+        outfile.write(png, buf.getvalue())
     if as_json:
         click.echo(rep.dumps_json({"origin": frame.attrs["origin"], "phases": frame.attrs["phases"],
                                    "rows": rep._records(frame)}))
@@ -291,17 +289,6 @@ def timeline_cmd(recording, as_json, png, since_start):
         from .safe import to_csv
 
         click.echo(to_csv(frame), nl=False)
-
-
-def _write_file(path: str, data: bytes) -> None:
-    """Write all of `data`, or a one-line error naming the path."""
-    from .errors import FootprintError
-
-    try:
-        with open(path, "wb") as f:
-            f.write(data)
-    except OSError as err:
-        raise FootprintError(f"cannot write {path}: {err.strerror}; choose another path") from None
 
 
 @main.group()

@@ -9,8 +9,12 @@ touches an existing initramfs: the user rebuilds it when they choose, with
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import shutil
+import stat
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -72,12 +76,25 @@ def modules_dir(root: Path = Path("/")) -> Path:
         except OSError:
             continue
         if variables.get("dracutmodulesdir"):
-            return root / variables["dracutmodulesdir"].lstrip("/")
+            return _inside(root, variables["dracutmodulesdir"], root / rel)
     fallback = root / "usr/lib/dracut/modules.d"
     if fallback.is_dir():
         return fallback
     raise FootprintError(f"cannot tell where dracut {version} keeps its modules under {root} "
                          "(no dracut.pc): pass --root to a complete system tree")
+
+
+def _inside(root: Path, value: str, source: Path) -> Path:
+    """root/value, refused unless it stays inside root: lexically ("/../.." escapes) and
+    through the symlinks that exist in the tree (an image's absolute link points at the
+    host). dracut.pc of an image is the image's data, not ours to trust."""
+    top = os.path.abspath(root)
+    path = Path(os.path.normpath(os.path.join(top, value.lstrip("/"))))
+    for p, t in ((path, top), (os.path.realpath(path), os.path.realpath(top))):
+        if os.path.commonpath([p, t]) != t:
+            raise FootprintError(f"dracutmodulesdir={value!r} in {source} leads outside "
+                                 f"{root}: fix that dracut.pc or pass another --root")
+    return path
 
 
 def install(root: Path = Path("/"), force: bool = False) -> Path:
@@ -86,32 +103,96 @@ def install(root: Path = Path("/"), force: bool = False) -> Path:
 
 
 def install_into(mods: Path, force: bool = False) -> Path:
-    """Into a given modules dir (e.g. a writable copy of an image's, as the lab does)."""
+    """Into a given modules dir (e.g. a writable copy of an image's, as the lab does).
+    Never follows a symlink at the destination: a symlink or a file there is refused, or
+    with force removed (the link itself, not what it points to)."""
     dest = mods / MODULE
-    if dest.exists() and not force:
+    kind = _kind(dest)
+    if kind == "directory" and not force:
         if _same_tree(module_source(), dest):
             return dest
         raise FootprintError(f"{dest} exists and differs: pass --force to replace it")
-    tmp = dest.with_name(f".{MODULE}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(module_source(), tmp)
-    for f in tmp.iterdir():  # scripts executable whatever the wheel kept of modes
-        f.chmod(0o755 if f.read_bytes().startswith(b"#!") else 0o644)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    if kind not in (None, "directory") and not force:
+        raise FootprintError(f"{dest} is a {kind}, not footprint's module: remove it or pass "
+                             "--force to replace it")
+    try:
+        _remove_stale_temps(mods)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{MODULE}.", suffix=".tmp", dir=mods))
+        try:
+            tmp.chmod(0o755)
+            # the module is flat; scripts executable whatever the wheel kept of modes
+            for f in module_source().iterdir():
+                data = f.read_bytes()
+                (tmp / f.name).write_bytes(data)
+                (tmp / f.name).chmod(0o755 if data.startswith(b"#!") else 0o644)
+            _remove(dest)
+            tmp.rename(dest)
+        except BaseException:
+            _remove(tmp)
+            raise
+    except OSError as err:
+        raise _error(mods, err) from None
     return dest
 
 
 def uninstall(root: Path = Path("/")) -> Path | None:
     dest = modules_dir(root) / MODULE
-    if not dest.exists():
+    kind = _kind(dest)
+    if kind is None:
         return None
-    shutil.rmtree(dest)
+    if kind != "directory":
+        raise FootprintError(f"{dest} is a {kind}, not footprint's module: remove it yourself "
+                             "if it is not needed")
+    try:
+        _remove(dest)
+    except OSError as err:
+        raise _error(dest.parent, err) from None
     return dest
 
 
+def _kind(path: Path) -> str | None:
+    """What is at `path` itself (a symlink is not followed), None if nothing."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise _error(path.parent, err) from None
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "directory" if stat.S_ISDIR(mode) else "file"
+
+
+def _remove(path: Path) -> None:
+    """Remove a directory tree, a file or a symlink at `path`, following no symlink."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path)  # does not follow symlinks inside the tree
+
+
+def _remove_stale_temps(mods: Path) -> None:
+    """Temporary copies left by an interrupted install (and the fixed name older versions
+    used, which made the next install fail)."""
+    for stale in mods.glob(f".{MODULE}.*tmp"):
+        _remove(stale)
+
+
+def _error(where: Path, err: OSError) -> FootprintError:
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return FootprintError(f"cannot change {where}: {err.strerror}: run as root "
+                              "(sudo footprint dracut ...) or pass a writable --root")
+    return FootprintError(f"cannot change {where}: {err.strerror}: check that dracut is "
+                          "complete under --root")
+
+
 def _same_tree(a: Path, b: Path) -> bool:
-    names = sorted(p.name for p in a.iterdir())
-    if names != sorted(p.name for p in b.iterdir()):
-        return False
-    return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+    """Same names and contents; a symlink or directory inside `b` makes it different."""
+    try:
+        names = sorted(p.name for p in a.iterdir())
+        if names != sorted(p.name for p in b.iterdir()):
+            return False
+        return all(_kind(b / n) == "file" and (a / n).read_bytes() == (b / n).read_bytes()
+                   for n in names)
+    except OSError as err:
+        raise _error(b, err) from None
