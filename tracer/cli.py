@@ -67,6 +67,10 @@ def _quiet_stdout() -> None:
     import os
 
     try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (OSError, ValueError):
         pass
