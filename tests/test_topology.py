@@ -19,6 +19,7 @@ import time
 import pytest
 
 from tracer import topology as T
+from tracer.topology.model import _root_mount
 
 # --- unit: mountinfo ---------------------------------------------------------------------
 
@@ -93,7 +94,7 @@ def guest_topology() -> T.Topology:
                  "dm": {"name": "live-rw", "uuid": "", "table": T.parse_dm_table(
                      "live-rw: 0 2097152 snapshot 7:1 7:2 P 8\n")["live-rw"]}},
     }
-    return T.Topology(time=1.0, mounts=mounts, block_devices=bds, root=T._root_mount(mounts),
+    return T.Topology(time=1.0, mounts=mounts, block_devices=bds, root=_root_mount(mounts),
                       history=[1.0])
 
 
@@ -163,7 +164,7 @@ def test_merge_keeps_hidden_initramfs():
         del bds["loop2"]["loop"][k]
     bds["dm-0"]["dm"]["table"] = []
     newer = T.Topology(time=9.0, mounts=newer_mounts, block_devices=bds,
-                       root=T._root_mount(newer_mounts), history=[9.0])
+                       root=_root_mount(newer_mounts), history=[9.0])
     m = T.merge(older, newer)
     gone = [x for x in m.mounts if x.get("gone")]
     assert {x["fstype"] for x in gone} == {"rootfs", "squashfs", "ext4"}  # ext4 at /sysroot

@@ -7,7 +7,7 @@ devices) or mmap + mincore(2) otherwise.
 
 Rows are keyed like the filemap tracepoints key pages: (superblock dev, inode). Block
 devices' own page cache (meminfo's Buffers) lives on the bdev pseudo file system, whose
-inode number is the kernel dev_t (see topology._bdev_of_inode); those rows carry
+inode number is the kernel dev_t (see topology.resolve._bdev_of_inode); those rows carry
 what="bdev" and block_dev.
 
 Light on purpose (stdlib + ctypes): imported by the recorder in early boot.
