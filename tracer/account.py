@@ -49,6 +49,8 @@ MIB = 1 << 20
 
 
 def cache_subsystem(name: str) -> str:
+    """The subsystem that owns a named slab cache ("squashfs_inode_cache" → squashfs), by
+    the cache-name prefixes the kernel's subsystems use in kmem_cache_create()."""
     low = name.lower()
     for prefix, sub in CACHE_SUBSYSTEMS:
         if low.startswith(prefix):
@@ -80,6 +82,7 @@ class Account:
     notes: list = field(default_factory=list)
 
     def pages_to_mib(self, pages) -> float:
+        """Pages (a number or a column) in MiB, at the recorded machine's page size."""
         return pages * self.page_size / MIB
 
     def by(self, what: str) -> pd.DataFrame:

@@ -12,6 +12,8 @@ class FootprintError(Exception):
 
 
 def require_root(what: str) -> None:
+    """Raise the one-line error for `what` unless the effective user is root (loading BPF
+    programs needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN before 5.8)."""
     import os
 
     if os.geteuid() != 0:

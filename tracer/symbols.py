@@ -94,6 +94,7 @@ class Kallsyms:
 
     @classmethod
     def from_text(cls, kallsyms_text: str, modules_text: str = "") -> "Kallsyms":
+        """From the text of /proc/kallsyms and /proc/modules (tests, saved copies)."""
         return cls.from_lines(kallsyms_text.splitlines(), modules_text)
 
     @classmethod

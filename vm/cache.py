@@ -27,6 +27,7 @@ NEED_FREE_BYTES = 4 << 30  # a cold build needs ~3.5 GiB (tree 1.3 G, rootfs.img
 
 
 def cache_root(cache_dir: Optional[os.PathLike] = None) -> Path:
+    """The image cache (`cache_dir`, else $FOOTPRINT_CACHE, else /var/cache/footprint)/vm, created."""
     base = Path(cache_dir) if cache_dir else Path(os.environ.get("FOOTPRINT_CACHE") or "/var/cache/footprint")
     root = base / "vm"
     try:
@@ -39,6 +40,7 @@ def cache_root(cache_dir: Optional[os.PathLike] = None) -> Path:
 
 
 def digest(*parts: object) -> str:
+    """A cache key: the hash of the inputs (functions by their source, paths by their bytes)."""
     h = hashlib.sha256()
     for p in parts:
         if callable(p):
@@ -55,10 +57,12 @@ def digest(*parts: object) -> str:
 
 
 def say(msg: str) -> None:
+    """A progress line on stderr (stdout is the experiment's table or JSON)."""
     print(f"footprint vm: {msg}", file=sys.stderr, flush=True)
 
 
 def require_tools(*tools: str) -> None:
+    """The one-line error naming the Debian package of the first tool not on PATH."""
     hints = {
         "qemu-system-x86_64": "qemu-system-x86",
         "mmdebstrap": "mmdebstrap",
@@ -77,6 +81,7 @@ def require_tools(*tools: str) -> None:
 
 
 def check_space(where: Path, need: int = NEED_FREE_BYTES) -> None:
+    """Refuse to start a build that the disk under `where` cannot hold."""
     st = os.statvfs(where)
     free = st.f_bavail * st.f_frsize
     if free < need:
@@ -87,6 +92,7 @@ def check_space(where: Path, need: int = NEED_FREE_BYTES) -> None:
 
 
 def enospc(where: Path) -> FootprintError:
+    """The one-line error for a disk that filled up during a build."""
     return FootprintError(
         f"the disk holding {where} is full: free space there or pass --cache-dir / set FOOTPRINT_CACHE to a larger disk"
     )

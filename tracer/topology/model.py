@@ -30,11 +30,13 @@ class Topology:
     history: List[float] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON, as a recording's topology record stores it."""
         return {"time": self.time, "mounts": self.mounts, "block_devices": self.block_devices,
                 "root": self.root, "bdev_sb_dev": self.bdev_sb_dev, "history": self.history}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Topology":
+        """From a recording's topology record (validated by tracer/recording.py first)."""
         return cls(time=d["time"], mounts=list(d["mounts"]), block_devices=dict(d["block_devices"]),
                    root=d.get("root"), bdev_sb_dev=d.get("bdev_sb_dev"),
                    history=list(d.get("history", [])))

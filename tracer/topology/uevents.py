@@ -87,6 +87,7 @@ class UeventWatcher:
         return _parse
 
     def fileno(self) -> int:
+        """The netlink socket, for select() in the recorder's loop."""
         return self.sock.fileno()
 
     def _drain(self) -> Iterator[bytes]:
@@ -120,6 +121,7 @@ class UeventWatcher:
         return out
 
     def close(self) -> None:
+        """Stop listening (the socket is closed)."""
         self.sock.close()
 
     def __enter__(self) -> "UeventWatcher":
