@@ -154,7 +154,7 @@ class Recorder:
         try:
             # sys.executable is empty when our own argv[0] was "@footprint" (early boot).
             python = sys.executable or os.readlink("/proc/self/exe")
-            os.execve(python, ["@footprint", "-m", "tracer.sampler"], env)
+            os.execve(python, sampler_argv(), env)
         except OSError as err:
             self.log(f"staying in-process (exec of the sampler failed: {err.strerror})")
             self.writer = recording.Writer.append(self.opts.output)
@@ -517,6 +517,22 @@ def _log(msg: str) -> None:
 def record(opts: Options) -> str:
     """Record until the duration, a signal or the stop file; returns why it stopped."""
     return Recorder(opts, log=_log).run()
+
+
+# Run as argv[0] "@footprint", python cannot tell which venv (if any) it belongs to: it
+# falls back to the base interpreter's prefix, whose site-packages may not hold this
+# package (a venv, an editable install, a checkout run from elsewhere). So the sampler is
+# told where its package is: the directory this `tracer` was imported from goes first on
+# its sys.path, and it imports the same code as the recorder that attached.
+_SAMPLER_CODE = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+                 "from tracer.sampler import main; sys.exit(main())")
+
+
+def sampler_argv() -> list[str]:
+    """argv of the lean sampler: '@footprint' (spared at switch_root), python code that
+    puts this package's parent directory on sys.path, and that directory."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return ["@footprint", "-c", _SAMPLER_CODE, package_parent]
 
 
 def sample_main() -> int:
