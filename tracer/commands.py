@@ -13,16 +13,38 @@ def _sizes(files, stacks, objs):
     return MapSizes(files=files or 0, stacks=stacks, objs=objs or 0)
 
 
+class _Seconds(click.ParamType):
+    """A finite number of seconds, at least `least` (and above 0): click's FloatRange lets
+    nan and inf through, and -d 0 would mean "forever"."""
+
+    name = "seconds"
+
+    def __init__(self, least: float = 0.0):
+        self.least = least
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0 or seconds < self.least:
+            bound = f"at least {self.least:g}" if self.least > 0 else "above 0"
+            self.fail(f"expected a finite number of seconds {bound}, got {value}", param, ctx)
+        return seconds
+
+
 @main.command()
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Recording to write (JSON Lines, mode 0600).")
-@click.option("-d", "--duration", type=click.FloatRange(min=0), default=None,
+@click.option("-d", "--duration", type=_Seconds(), default=None,
               help="Seconds to record; default: until Ctrl-C / SIGTERM.")
-@click.option("-i", "--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+@click.option("-i", "--interval", type=_Seconds(0.05), default=1.0, show_default=True,
               help="Seconds between samples of the in-kernel account.")
 @click.option("--no-inventory", is_flag=True,
               help="Skip the baseline of pages already resident at attach time.")
-@click.option("--inventory-seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+@click.option("--inventory-seconds", type=_Seconds(0.1), default=10.0, show_default=True,
               help="Time budget of the baseline walk over the stack's file systems.")
 @click.option("--slab", type=click.Choice(["off", "kmalloc", "all"]), default="kmalloc",
               show_default=True, help="Which slab objects to follow by address.")

@@ -428,7 +428,7 @@ class Recorder:
                     self.handoff()
             self.begin()
             # --duration counts from here: attaching takes a minute under emulation.
-            deadline = boottime() + opts.duration if opts.duration else None
+            deadline = boottime() + opts.duration if opts.duration is not None else None
             next_sample = boottime()
             while True:
                 now = boottime()
