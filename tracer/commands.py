@@ -66,6 +66,8 @@ class _Seconds(click.ParamType):
 def record(output, duration, interval, no_inventory, inventory_seconds, slab, kernel_headers, marks, stop_file,
            max_files, max_stacks, max_objects, no_exec, ebpf):
     """Trace page cache, kernel pages and slab objects into a recording."""
+    import sys
+
     from . import loader, recorder
 
     sizes = _sizes(max_files, max_stacks, max_objects)
@@ -74,11 +76,15 @@ def record(output, duration, interval, no_inventory, inventory_seconds, slab, ke
         click.echo("\n".join(f"#define {f[2:].replace('=', ' ', 1)}" for f in p.cflags()))
         click.echo(loader.bpf_source())
         return
-    reason = recorder.record(recorder.Options(
-        output=output, duration=duration, interval=interval, inventory=not no_inventory,
-        inventory_seconds=inventory_seconds,
-        marks=marks, stop_file=stop_file, slab=slab, kernel_headers=kernel_headers,
-        sizes=sizes, exec=not no_exec))
+    try:
+        reason = recorder.record(recorder.Options(
+            output=output, duration=duration, interval=interval, inventory=not no_inventory,
+            inventory_seconds=inventory_seconds,
+            marks=marks, stop_file=stop_file, slab=slab, kernel_headers=kernel_headers,
+            sizes=sizes, exec=not no_exec))
+    except (recorder.Interrupted, KeyboardInterrupt):  # the latter: before its handlers
+        click.echo("footprint: interrupted before anything was recorded", err=True)
+        sys.exit(130)
     click.echo(f"footprint: recording {output} written ({reason})", err=True)
 
 

@@ -64,6 +64,16 @@ class _Stop(BaseException):  # not an Exception: no `except Exception` may swall
     pass
 
 
+class Interrupted(Exception):
+    """A signal came before the recording was started: nothing was recorded (a file
+    this recorder created is removed again; one that was there is left untouched)."""
+
+
+# The signals that end a recording. Blocked across the exec into the sampler, whose
+# handlers take one that came meanwhile as soon as they are installed.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 @dataclass
 class Options:
     output: str
@@ -98,15 +108,28 @@ class Recorder:
 
     # -- set-up ------------------------------------------------------------------
     def attach(self) -> None:
-        """Compile and attach with bcc, write the header; the maps are read by fd."""
+        """Claim the output, compile and attach with bcc, write the header; the maps are
+        read by fd."""
         require_root("footprint record")
         opts = self.opts
+        # Claimed (locked, not yet truncated) first: a second recorder on the same file
+        # is refused before it compiles anything, and the first one's file is untouched.
+        self.writer = recording.Writer(opts.output)
         self.plan = loader.plan(sizes=opts.sizes, kernel_headers=opts.kernel_headers, slab=opts.slab)
         t0 = boottime()
         self.program = loader.Program(self.plan)
         attach_s = boottime() - t0
         self.attached = t0
-        self.writer = recording.Writer(opts.output, {
+        self.map_fds = {name: self.program[name].map_fd for name in Maps.NAMES}
+        for name in Maps.OPTIONAL:
+            try:
+                self.map_fds[name] = self.program[name].map_fd
+            except KeyError:  # its tracepoint is absent here: the map was not compiled
+                pass
+        self.attach_fds = self.program.attach_fds()
+        self.prog_fds = self.program.prog_fds()
+        self.maps = Maps(self.map_fds)
+        self.writer.start({
             "plan": {
                 "probes": self.plan.probes(),
                 "headers": self.plan.headers.describe(),
@@ -121,15 +144,6 @@ class Recorder:
             "tracer": {"pid": os.getpid(), "files": tracer_files()},
             "stat_names": list(STAT_NAMES),
         })
-        self.map_fds = {name: self.program[name].map_fd for name in Maps.NAMES}
-        for name in Maps.OPTIONAL:
-            try:
-                self.map_fds[name] = self.program[name].map_fd
-            except KeyError:  # its tracepoint is absent here: the map was not compiled
-                pass
-        self.attach_fds = self.program.attach_fds()
-        self.prog_fds = self.program.prog_fds()
-        self.maps = Maps(self.map_fds)
         self.log(f"attached {len(self.plan.tracepoints)} tracepoints"
                  + (f" and kprobes {', '.join(self.plan.kprobes)}" if self.plan.kprobes else "")
                  + f" in {attach_s:.1f} s; "
@@ -139,16 +153,22 @@ class Recorder:
         """Exec into the lean sampler: same pid, the maps and the perf-event fds that keep
         the programs attached are inherited; bcc, LLVM and clang leave memory. argv[0]
         starts with '@' so that systemd spares the process at switch_root
-        (ROOT_STORAGE_DAEMONS). Returns only if exec failed (then sampling goes on here)."""
+        (ROOT_STORAGE_DAEMONS). The recording goes over as its open fd, still locked.
+        Returns only if exec failed (then sampling goes on here)."""
+        # From here until the sampler's handlers are in place a signal waits (pending,
+        # inherited across exec) instead of landing in the sampler's imports. A signal
+        # already caught but not yet handled is raised by this call, before anything
+        # was handed over.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         fds = list(self.map_fds.values()) + self.attach_fds + list(self.prog_fds.values())
         for fd in fds:
             os.set_inheritable(fd, True)
+        output_fd = self.writer.detach()
         state = {"opts": {k: v for k, v in asdict(self.opts).items() if k != "sizes"},
                  "map_fds": self.map_fds, "attach_fds": self.attach_fds,
-                 "prog_fds": self.prog_fds,
+                 "prog_fds": self.prog_fds, "output_fd": output_fd,
                  "attached": self.attached, "log_prefix": "footprint"}
         env = dict(os.environ, FOOTPRINT_SAMPLER=json.dumps(state))
-        self.writer.detach()
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -157,7 +177,8 @@ class Recorder:
             os.execve(python, sampler_argv(), env)
         except OSError as err:
             self.log(f"staying in-process (exec of the sampler failed: {err.strerror})")
-            self.writer = recording.Writer.append(self.opts.output)
+            self.writer = recording.Writer.append(self.opts.output, fd=output_fd)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending one: now
 
     @classmethod
     def resume(cls, state: dict, log: Callable[[str], None]) -> "Recorder":
@@ -168,7 +189,7 @@ class Recorder:
         rec.prog_fds = state.get("prog_fds", {})
         rec.attached = state["attached"]
         rec.maps = Maps(rec.map_fds)
-        rec.writer = recording.Writer.append(rec.opts.output)
+        rec.writer = recording.Writer.append(rec.opts.output, fd=state.get("output_fd"))
         rec.writer.write({"type": "tracer", "t": boottime(), "stage": "sampler",
                           "pid": os.getpid(), "files": tracer_files()})
         return rec
@@ -413,59 +434,92 @@ class Recorder:
     def run(self, stage: str = "attach") -> str:
         """Record until the duration, a signal or the stop file. stage "attach" compiles
         and attaches, then hands off to the sampler (exec) unless opts.exec is False;
-        stage "sample" is the sampler's side."""
+        stage "sample" is the sampler's side. Raises Interrupted when a signal came
+        before the recording was started."""
         opts = self.opts
+        armed = [True]
 
         def stop(signum, _frame):
-            raise _Stop(signal.Signals(signum).name)
+            # The first signal stops the recording; later ones would cut its last word.
+            if armed[0]:
+                armed[0] = False
+                raise _Stop(signal.Signals(signum).name)
 
-        old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
         reason = "stopped"
         try:
-            if stage == "attach":
-                self.attach()
-                if opts.exec:
-                    self.handoff()
-            self.begin()
-            # --duration counts from here: attaching takes a minute under emulation.
-            deadline = boottime() + opts.duration if opts.duration is not None else None
-            next_sample = boottime()
-            while True:
-                now = boottime()
-                if now >= next_sample:
-                    self.poll_marks()
-                    self.sample()
-                    next_sample = now + opts.interval
-                if deadline is not None and now >= deadline:
-                    reason = "duration"
-                    break
-                if opts.stop_file and os.path.exists(opts.stop_file):
-                    reason = "stop-file"
-                    break
-                wait = next_sample - boottime()
-                if deadline is not None:
-                    wait = min(wait, deadline - boottime())
-                self.poll_uevents(wait)
-        except _Stop as sig:
-            reason = f"signal {sig}"
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-        # The last word: one more sample so the end state is exact.
-        if getattr(self, "writer", None) is not None and getattr(self, "maps", None) is not None:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
-                if not hasattr(self, "kallsyms"):
-                    self.kallsyms = Kallsyms.load()
+                if stage == "sample":
+                    # Blocked by the recorder across the exec: one that came meanwhile
+                    # is delivered here, to stop().
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                else:
+                    self.attach()
+                    if opts.exec:
+                        self.handoff()
+                self.begin()
+                reason = self._loop()
+                armed[0] = False
+            except _Stop as sig:
+                reason = f"signal {sig}"
+            # The last word: one more sample so the end state is exact.
+            if self.writer is not None and self.writer.started:
+                reason = self._last_word(reason)
+            else:  # stopped before the header: nothing to show for it
+                if self.writer is not None:
+                    self.writer.abandon()
+                    self.writer = None
+                raise Interrupted("interrupted before anything was recorded")
+        except BaseException:
+            if self.writer is not None and not self.writer.started:
+                self.writer.abandon()
+            raise
+        finally:
+            armed[0] = False
+            # Ignoring discards a signal still pending (blocked since a hand-off that
+            # did not happen), then the caller's handlers and mask come back.
+            for s in STOP_SIGNALS:
+                signal.signal(s, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            if stage != "sample":  # the sampler exits next: it keeps ignoring them
+                for s, h in old.items():
+                    signal.signal(s, h)
+        return reason
+
+    def _loop(self) -> str:
+        opts = self.opts
+        # --duration counts from here: attaching takes a minute under emulation.
+        deadline = boottime() + opts.duration if opts.duration is not None else None
+        next_sample = boottime()
+        while True:
+            now = boottime()
+            if now >= next_sample:
                 self.poll_marks()
                 self.sample()
-                self.name_top_files()
-            except Exception as err:  # the recording stays readable; say what failed
-                self.log(f"last sample failed: {err}")
-                reason += f"; last sample failed: {err}"
-            finally:
-                self.writer.close(reason)
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+                next_sample = now + opts.interval
+            if deadline is not None and now >= deadline:
+                return "duration"
+            if opts.stop_file and os.path.exists(opts.stop_file):
+                return "stop-file"
+            wait = next_sample - boottime()
+            if deadline is not None:
+                wait = min(wait, deadline - boottime())
+            self.poll_uevents(wait)
+
+    def _last_word(self, reason: str) -> str:
+        """A last sample and the names of the biggest files, then the end record; returns
+        the reason it gives. Signals no longer interrupt (stop() is disarmed)."""
+        try:
+            if not hasattr(self, "kallsyms"):
+                self.kallsyms = Kallsyms.load()
+            self.poll_marks()
+            self.sample()
+            self.name_top_files()
+        except Exception as err:  # the recording stays readable; say what failed
+            self.log(f"last sample failed: {err}")
+            reason += f"; last sample failed: {err}"
+        finally:
+            self.writer.close(reason)
         return reason
 
 
@@ -511,7 +565,10 @@ def _vmalloc_summary() -> dict:
 
 
 def _log(msg: str) -> None:
-    print(f"footprint: {msg}", file=sys.stderr, flush=True)
+    # One write with its newline: a signal handled between print()'s two writes would
+    # glue the next line (the summary) onto this one.
+    sys.stderr.write(f"footprint: {msg}\n")
+    sys.stderr.flush()
 
 
 def record(opts: Options) -> str:
