@@ -25,6 +25,11 @@ from .procfs import boottime
 from .symbols import Kallsyms, classify_stack, parse_modules, subsystem_of
 from .topology import devstr
 
+try:  # phase marks' file format and its lock (`footprint mark` refuses when none is held)
+    from . import marks
+except ImportError:  # an older tree: read the marks file by path, as before
+    marks = None
+
 STAT_NAMES = (
     "pagecache_added", "pagecache_deleted", "pagecache_deleted_untracked",
     "pagecache_freed_without_delete", "kernel_pages_allocated", "kernel_pages_freed",
@@ -103,6 +108,7 @@ class Recorder:
         self.known_stacks: set[int] = set()
         self.known_sites: set[str] = set()
         self.baseline_untracked: dict[str, int] = {}
+        self.marks_fd: int | None = None  # the marks file, held (shared lock) while recording
         self.marks_pos = 0
         self.oom_seen = 0
 
@@ -129,6 +135,7 @@ class Recorder:
         self.attach_fds = self.program.attach_fds()
         self.prog_fds = self.program.prog_fds()
         self.maps = Maps(self.map_fds)
+        self._hold_marks()
         self.writer.start({
             "plan": {
                 "probes": self.plan.probes(),
@@ -149,6 +156,16 @@ class Recorder:
                  + f" in {attach_s:.1f} s; "
                  f"headers: {self.plan.headers.describe()}")
 
+    def _hold_marks(self) -> None:
+        """Take the marks file (created if absent, shared lock: "a recording is running")
+        and its size now: marks are read from there on, older ones are not replayed."""
+        if marks is None or not self.opts.marks:
+            return
+        try:
+            self.marks_fd, self.marks_pos = marks.hold(self.opts.marks)
+        except (FootprintError, OSError) as err:  # record without marks, and say so
+            self.log(f"marks not followed: {getattr(err, 'strerror', None) or err}")
+
     def handoff(self) -> None:
         """Exec into the lean sampler: same pid, the maps and the perf-event fds that keep
         the programs attached are inherited; bcc, LLVM and clang leave memory. argv[0]
@@ -163,10 +180,13 @@ class Recorder:
         fds = list(self.map_fds.values()) + self.attach_fds + list(self.prog_fds.values())
         for fd in fds:
             os.set_inheritable(fd, True)
+        if self.marks_fd is not None:
+            os.set_inheritable(self.marks_fd, True)  # and its lock with it
         output_fd = self.writer.detach()
         state = {"opts": {k: v for k, v in asdict(self.opts).items() if k != "sizes"},
                  "map_fds": self.map_fds, "attach_fds": self.attach_fds,
                  "prog_fds": self.prog_fds, "output_fd": output_fd,
+                 "marks_fd": self.marks_fd, "marks_pos": self.marks_pos,
                  "attached": self.attached, "log_prefix": "footprint"}
         env = dict(os.environ, FOOTPRINT_SAMPLER=json.dumps(state))
         sys.stdout.flush()
@@ -189,6 +209,13 @@ class Recorder:
         rec.prog_fds = state.get("prog_fds", {})
         rec.attached = state["attached"]
         rec.maps = Maps(rec.map_fds)
+        rec.marks_fd = state.get("marks_fd")
+        rec.marks_pos = state.get("marks_pos", 0)
+        if rec.marks_fd is not None:
+            try:
+                os.set_inheritable(rec.marks_fd, False)
+            except OSError:
+                rec.marks_fd = None
         rec.writer = recording.Writer.append(rec.opts.output, fd=state.get("output_fd"))
         rec.writer.write({"type": "tracer", "t": boottime(), "stage": "sampler",
                           "pid": os.getpid(), "files": tracer_files()})
@@ -397,6 +424,9 @@ class Recorder:
 
     def poll_marks(self) -> None:
         """Phase marks appended by `footprint mark NAME` (or a dracut hook) to a file."""
+        if self.marks_fd is not None:
+            self._poll_held_marks()
+            return
         path = self.opts.marks
         if not path:
             return
@@ -414,6 +444,28 @@ class Recorder:
                 self.writer.write({"type": "phase", "t": float(t), "name": name.strip()[:200]})
             except ValueError:
                 continue
+
+    def _poll_held_marks(self) -> None:
+        """New complete lines of the held marks file, parsed by tracer.marks (a bad line
+        is skipped, the others are kept)."""
+        chunks = []
+        pos = self.marks_pos
+        try:
+            while True:
+                chunk = os.pread(self.marks_fd, 1 << 16, pos)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                pos += len(chunk)
+        except OSError:
+            return
+        data = b"".join(chunks)
+        end = data.rfind(b"\n") + 1  # only complete lines
+        if not end:
+            return
+        self.marks_pos += end
+        for t, name in _parse_marks(data[:end].decode("utf-8", "replace").splitlines()):
+            self.writer.write({"type": "phase", "t": float(t), "name": str(name)[:200]})
 
     def poll_uevents(self, timeout: float) -> None:
         if self.uevents is None:
@@ -476,6 +528,12 @@ class Recorder:
             raise
         finally:
             armed[0] = False
+            if self.marks_fd is not None:  # the recording is over: `footprint mark` refuses
+                try:
+                    os.close(self.marks_fd)
+                except OSError:
+                    pass
+                self.marks_fd = None
             # Ignoring discards a signal still pending (blocked since a hand-off that
             # did not happen), then the caller's handlers and mask come back.
             for s in STOP_SIGNALS:
@@ -521,6 +579,35 @@ class Recorder:
         finally:
             self.writer.close(reason)
         return reason
+
+
+def _parse_marks(lines: list[str]) -> list[tuple[float, str]]:
+    """(t, name) of the well-formed lines: tracer.marks's rules where it is importable
+    (the sampler may lack it even when the recorder that attached had it), else a
+    finite time >= 0 and a name."""
+    import math
+
+    if marks is not None:
+        try:
+            return list(marks.parse(lines))
+        except (ValueError, FootprintError):  # a stricter parse: line by line, skip bad
+            out = []
+            for line in lines:
+                try:
+                    out.extend(marks.parse([line]))
+                except (ValueError, FootprintError):
+                    continue
+            return out
+    out = []
+    for line in lines:
+        t, _, name = line.partition(" ")
+        try:
+            t = float(t)
+        except ValueError:
+            continue
+        if math.isfinite(t) and t >= 0 and name.strip():
+            out.append((t, name.strip()))
+    return out
 
 
 def _release_memory() -> None:
