@@ -3,6 +3,8 @@ and the dracut module, pip-installed into a fresh venv that sees Debian's bcc.""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -43,7 +45,8 @@ def test_wheel_installs_into_a_venv_that_sees_debians_bcc(wheel, tmp_path):
     py = venv / "bin" / "python"
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
                    check=True, capture_output=True, timeout=900)
-    if Path("/usr/lib/python3/dist-packages/bcc").is_dir():
+    have_bcc = Path("/usr/lib/python3/dist-packages/bcc").is_dir()
+    if have_bcc:
         subprocess.run(["bash", str(REPO / "scripts" / "link-bcc"), str(venv)], check=True)
         subprocess.run([str(py), "-c", "import bcc"], check=True, cwd=tmp_path)
     # Run from elsewhere: the installed copy, not the repo, must serve.
@@ -54,3 +57,16 @@ def test_wheel_installs_into_a_venv_that_sees_debians_bcc(wheel, tmp_path):
                           "print(len(loader.bpf_source())); print(dracut.module_source())"],
                          capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
     assert int(src[0]) > 1000 and str(venv) in src[1]
+    if have_bcc and os.geteuid() == 0:
+        # Record with the installed copy: the recorder execs into its sampler as
+        # "@footprint", which must find the package inside the venv.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        rec = subprocess.run([str(venv / "bin" / "footprint"), "record", "-o", "rec.jsonl", "-d", "2",
+                              "--interval", "0.5", "--no-inventory"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert rec.returncode == 0 and "Traceback" not in rec.stderr, rec.stderr
+        rep = subprocess.run([str(venv / "bin" / "footprint"), "report", "--json", "rec.jsonl"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert rep.returncode == 0, rep.stderr
+        summary = json.loads(rep.stdout)["recording"]
+        assert summary["samples"] >= 1 and summary["partial"] is False, summary

@@ -1,3 +1,7 @@
-from .cli import main
+from . import _guard_cli_start
+
+_guard_cli_start()
+
+from .cli import main  # noqa: E402
 
 main()

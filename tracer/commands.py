@@ -13,16 +13,38 @@ def _sizes(files, stacks, objs):
     return MapSizes(files=files or 0, stacks=stacks, objs=objs or 0)
 
 
+class _Seconds(click.ParamType):
+    """A finite number of seconds, at least `least` (and above 0): click's FloatRange lets
+    nan and inf through, and -d 0 would mean "forever"."""
+
+    name = "seconds"
+
+    def __init__(self, least: float = 0.0):
+        self.least = least
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0 or seconds < self.least:
+            bound = f"at least {self.least:g}" if self.least > 0 else "above 0"
+            self.fail(f"expected a finite number of seconds {bound}, got {value}", param, ctx)
+        return seconds
+
+
 @main.command()
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Recording to write (JSON Lines, mode 0600).")
-@click.option("-d", "--duration", type=click.FloatRange(min=0), default=None,
+@click.option("-d", "--duration", type=_Seconds(), default=None,
               help="Seconds to record; default: until Ctrl-C / SIGTERM.")
-@click.option("-i", "--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+@click.option("-i", "--interval", type=_Seconds(0.05), default=1.0, show_default=True,
               help="Seconds between samples of the in-kernel account.")
 @click.option("--no-inventory", is_flag=True,
               help="Skip the baseline of pages already resident at attach time.")
-@click.option("--inventory-seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+@click.option("--inventory-seconds", type=_Seconds(0.1), default=10.0, show_default=True,
               help="Time budget of the baseline walk over the stack's file systems.")
 @click.option("--slab", type=click.Choice(["off", "kmalloc", "all"]), default="kmalloc",
               show_default=True, help="Which slab objects to follow by address.")
@@ -44,6 +66,8 @@ def _sizes(files, stacks, objs):
 def record(output, duration, interval, no_inventory, inventory_seconds, slab, kernel_headers, marks, stop_file,
            max_files, max_stacks, max_objects, no_exec, ebpf):
     """Trace page cache, kernel pages and slab objects into a recording."""
+    import sys
+
     from . import loader, recorder
 
     sizes = _sizes(max_files, max_stacks, max_objects)
@@ -52,11 +76,15 @@ def record(output, duration, interval, no_inventory, inventory_seconds, slab, ke
         click.echo("\n".join(f"#define {f[2:].replace('=', ' ', 1)}" for f in p.cflags()))
         click.echo(loader.bpf_source())
         return
-    reason = recorder.record(recorder.Options(
-        output=output, duration=duration, interval=interval, inventory=not no_inventory,
-        inventory_seconds=inventory_seconds,
-        marks=marks, stop_file=stop_file, slab=slab, kernel_headers=kernel_headers,
-        sizes=sizes, exec=not no_exec))
+    try:
+        reason = recorder.record(recorder.Options(
+            output=output, duration=duration, interval=interval, inventory=not no_inventory,
+            inventory_seconds=inventory_seconds,
+            marks=marks, stop_file=stop_file, slab=slab, kernel_headers=kernel_headers,
+            sizes=sizes, exec=not no_exec))
+    except (recorder.Interrupted, KeyboardInterrupt):  # the latter: before its handlers
+        click.echo("footprint: interrupted before anything was recorded", err=True)
+        sys.exit(130)
     click.echo(f"footprint: recording {output} written ({reason})", err=True)
 
 

@@ -25,6 +25,11 @@ from .procfs import boottime
 from .symbols import Kallsyms, classify_stack, parse_modules, subsystem_of
 from .topology import devstr
 
+try:  # phase marks' file format and its lock (`footprint mark` refuses when none is held)
+    from . import marks
+except ImportError:  # an older tree: read the marks file by path, as before
+    marks = None
+
 STAT_NAMES = (
     "pagecache_added", "pagecache_deleted", "pagecache_deleted_untracked",
     "pagecache_freed_without_delete", "kernel_pages_allocated", "kernel_pages_freed",
@@ -64,6 +69,16 @@ class _Stop(BaseException):  # not an Exception: no `except Exception` may swall
     pass
 
 
+class Interrupted(Exception):
+    """A signal came before the recording was started: nothing was recorded (a file
+    this recorder created is removed again; one that was there is left untouched)."""
+
+
+# The signals that end a recording. Blocked across the exec into the sampler, whose
+# handlers take one that came meanwhile as soon as they are installed.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 @dataclass
 class Options:
     output: str
@@ -93,20 +108,35 @@ class Recorder:
         self.known_stacks: set[int] = set()
         self.known_sites: set[str] = set()
         self.baseline_untracked: dict[str, int] = {}
+        self.marks_fd: int | None = None  # the marks file, held (shared lock) while recording
         self.marks_pos = 0
         self.oom_seen = 0
 
     # -- set-up ------------------------------------------------------------------
     def attach(self) -> None:
-        """Compile and attach with bcc, write the header; the maps are read by fd."""
+        """Claim the output, compile and attach with bcc, write the header; the maps are
+        read by fd."""
         require_root("footprint record")
         opts = self.opts
+        # Claimed (locked, not yet truncated) first: a second recorder on the same file
+        # is refused before it compiles anything, and the first one's file is untouched.
+        self.writer = recording.Writer(opts.output)
         self.plan = loader.plan(sizes=opts.sizes, kernel_headers=opts.kernel_headers, slab=opts.slab)
         t0 = boottime()
         self.program = loader.Program(self.plan)
         attach_s = boottime() - t0
         self.attached = t0
-        self.writer = recording.Writer(opts.output, {
+        self.map_fds = {name: self.program[name].map_fd for name in Maps.NAMES}
+        for name in Maps.OPTIONAL:
+            try:
+                self.map_fds[name] = self.program[name].map_fd
+            except KeyError:  # its tracepoint is absent here: the map was not compiled
+                pass
+        self.attach_fds = self.program.attach_fds()
+        self.prog_fds = self.program.prog_fds()
+        self.maps = Maps(self.map_fds)
+        self._hold_marks()
+        self.writer.start({
             "plan": {
                 "probes": self.plan.probes(),
                 "headers": self.plan.headers.describe(),
@@ -121,43 +151,54 @@ class Recorder:
             "tracer": {"pid": os.getpid(), "files": tracer_files()},
             "stat_names": list(STAT_NAMES),
         })
-        self.map_fds = {name: self.program[name].map_fd for name in Maps.NAMES}
-        for name in Maps.OPTIONAL:
-            try:
-                self.map_fds[name] = self.program[name].map_fd
-            except KeyError:  # its tracepoint is absent here: the map was not compiled
-                pass
-        self.attach_fds = self.program.attach_fds()
-        self.prog_fds = self.program.prog_fds()
-        self.maps = Maps(self.map_fds)
         self.log(f"attached {len(self.plan.tracepoints)} tracepoints"
                  + (f" and kprobes {', '.join(self.plan.kprobes)}" if self.plan.kprobes else "")
                  + f" in {attach_s:.1f} s; "
                  f"headers: {self.plan.headers.describe()}")
 
+    def _hold_marks(self) -> None:
+        """Take the marks file (created if absent, shared lock: "a recording is running")
+        and its size now: marks are read from there on, older ones are not replayed."""
+        if marks is None or not self.opts.marks:
+            return
+        try:
+            self.marks_fd, self.marks_pos = marks.hold(self.opts.marks)
+        except (FootprintError, OSError) as err:  # record without marks, and say so
+            self.log(f"marks not followed: {getattr(err, 'strerror', None) or err}")
+
     def handoff(self) -> None:
         """Exec into the lean sampler: same pid, the maps and the perf-event fds that keep
         the programs attached are inherited; bcc, LLVM and clang leave memory. argv[0]
         starts with '@' so that systemd spares the process at switch_root
-        (ROOT_STORAGE_DAEMONS). Returns only if exec failed (then sampling goes on here)."""
+        (ROOT_STORAGE_DAEMONS). The recording goes over as its open fd, still locked.
+        Returns only if exec failed (then sampling goes on here)."""
+        # From here until the sampler's handlers are in place a signal waits (pending,
+        # inherited across exec) instead of landing in the sampler's imports. A signal
+        # already caught but not yet handled is raised by this call, before anything
+        # was handed over.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         fds = list(self.map_fds.values()) + self.attach_fds + list(self.prog_fds.values())
         for fd in fds:
             os.set_inheritable(fd, True)
+        if self.marks_fd is not None:
+            os.set_inheritable(self.marks_fd, True)  # and its lock with it
+        output_fd = self.writer.detach()
         state = {"opts": {k: v for k, v in asdict(self.opts).items() if k != "sizes"},
                  "map_fds": self.map_fds, "attach_fds": self.attach_fds,
-                 "prog_fds": self.prog_fds,
+                 "prog_fds": self.prog_fds, "output_fd": output_fd,
+                 "marks_fd": self.marks_fd, "marks_pos": self.marks_pos,
                  "attached": self.attached, "log_prefix": "footprint"}
         env = dict(os.environ, FOOTPRINT_SAMPLER=json.dumps(state))
-        self.writer.detach()
         sys.stdout.flush()
         sys.stderr.flush()
         try:
             # sys.executable is empty when our own argv[0] was "@footprint" (early boot).
             python = sys.executable or os.readlink("/proc/self/exe")
-            os.execve(python, ["@footprint", "-m", "tracer.sampler"], env)
+            os.execve(python, sampler_argv(), env)
         except OSError as err:
             self.log(f"staying in-process (exec of the sampler failed: {err.strerror})")
-            self.writer = recording.Writer.append(self.opts.output)
+            self.writer = recording.Writer.append(self.opts.output, fd=output_fd)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending one: now
 
     @classmethod
     def resume(cls, state: dict, log: Callable[[str], None]) -> "Recorder":
@@ -168,7 +209,14 @@ class Recorder:
         rec.prog_fds = state.get("prog_fds", {})
         rec.attached = state["attached"]
         rec.maps = Maps(rec.map_fds)
-        rec.writer = recording.Writer.append(rec.opts.output)
+        rec.marks_fd = state.get("marks_fd")
+        rec.marks_pos = state.get("marks_pos", 0)
+        if rec.marks_fd is not None:
+            try:
+                os.set_inheritable(rec.marks_fd, False)
+            except OSError:
+                rec.marks_fd = None
+        rec.writer = recording.Writer.append(rec.opts.output, fd=state.get("output_fd"))
         rec.writer.write({"type": "tracer", "t": boottime(), "stage": "sampler",
                           "pid": os.getpid(), "files": tracer_files()})
         return rec
@@ -376,6 +424,9 @@ class Recorder:
 
     def poll_marks(self) -> None:
         """Phase marks appended by `footprint mark NAME` (or a dracut hook) to a file."""
+        if self.marks_fd is not None:
+            self._poll_held_marks()
+            return
         path = self.opts.marks
         if not path:
             return
@@ -393,6 +444,28 @@ class Recorder:
                 self.writer.write({"type": "phase", "t": float(t), "name": name.strip()[:200]})
             except ValueError:
                 continue
+
+    def _poll_held_marks(self) -> None:
+        """New complete lines of the held marks file, parsed by tracer.marks (a bad line
+        is skipped, the others are kept)."""
+        chunks = []
+        pos = self.marks_pos
+        try:
+            while True:
+                chunk = os.pread(self.marks_fd, 1 << 16, pos)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                pos += len(chunk)
+        except OSError:
+            return
+        data = b"".join(chunks)
+        end = data.rfind(b"\n") + 1  # only complete lines
+        if not end:
+            return
+        self.marks_pos += end
+        for t, name in _parse_marks(data[:end].decode("utf-8", "replace").splitlines()):
+            self.writer.write({"type": "phase", "t": float(t), "name": str(name)[:200]})
 
     def poll_uevents(self, timeout: float) -> None:
         if self.uevents is None:
@@ -413,60 +486,128 @@ class Recorder:
     def run(self, stage: str = "attach") -> str:
         """Record until the duration, a signal or the stop file. stage "attach" compiles
         and attaches, then hands off to the sampler (exec) unless opts.exec is False;
-        stage "sample" is the sampler's side."""
+        stage "sample" is the sampler's side. Raises Interrupted when a signal came
+        before the recording was started."""
         opts = self.opts
+        armed = [True]
 
         def stop(signum, _frame):
-            raise _Stop(signal.Signals(signum).name)
+            # The first signal stops the recording; later ones would cut its last word.
+            if armed[0]:
+                armed[0] = False
+                raise _Stop(signal.Signals(signum).name)
 
-        old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
         reason = "stopped"
         try:
-            if stage == "attach":
-                self.attach()
-                if opts.exec:
-                    self.handoff()
-            self.begin()
-            # --duration counts from here: attaching takes a minute under emulation.
-            deadline = boottime() + opts.duration if opts.duration else None
-            next_sample = boottime()
-            while True:
-                now = boottime()
-                if now >= next_sample:
-                    self.poll_marks()
-                    self.sample()
-                    next_sample = now + opts.interval
-                if deadline is not None and now >= deadline:
-                    reason = "duration"
-                    break
-                if opts.stop_file and os.path.exists(opts.stop_file):
-                    reason = "stop-file"
-                    break
-                wait = next_sample - boottime()
-                if deadline is not None:
-                    wait = min(wait, deadline - boottime())
-                self.poll_uevents(wait)
-        except _Stop as sig:
-            reason = f"signal {sig}"
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-        # The last word: one more sample so the end state is exact.
-        if getattr(self, "writer", None) is not None and getattr(self, "maps", None) is not None:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
-                if not hasattr(self, "kallsyms"):
-                    self.kallsyms = Kallsyms.load()
+                if stage == "sample":
+                    # Blocked by the recorder across the exec: one that came meanwhile
+                    # is delivered here, to stop().
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                else:
+                    self.attach()
+                    if opts.exec:
+                        self.handoff()
+                self.begin()
+                reason = self._loop()
+                armed[0] = False
+            except _Stop as sig:
+                reason = f"signal {sig}"
+            # The last word: one more sample so the end state is exact.
+            if self.writer is not None and self.writer.started:
+                reason = self._last_word(reason)
+            else:  # stopped before the header: nothing to show for it
+                if self.writer is not None:
+                    self.writer.abandon()
+                    self.writer = None
+                raise Interrupted("interrupted before anything was recorded")
+        except BaseException:
+            if self.writer is not None and not self.writer.started:
+                self.writer.abandon()
+            raise
+        finally:
+            armed[0] = False
+            if self.marks_fd is not None:  # the recording is over: `footprint mark` refuses
+                try:
+                    os.close(self.marks_fd)
+                except OSError:
+                    pass
+                self.marks_fd = None
+            # Ignoring discards a signal still pending (blocked since a hand-off that
+            # did not happen), then the caller's handlers and mask come back.
+            for s in STOP_SIGNALS:
+                signal.signal(s, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            if stage != "sample":  # the sampler exits next: it keeps ignoring them
+                for s, h in old.items():
+                    signal.signal(s, h)
+        return reason
+
+    def _loop(self) -> str:
+        opts = self.opts
+        # --duration counts from here: attaching takes a minute under emulation.
+        deadline = boottime() + opts.duration if opts.duration is not None else None
+        next_sample = boottime()
+        while True:
+            now = boottime()
+            if now >= next_sample:
                 self.poll_marks()
                 self.sample()
-                self.name_top_files()
-            except Exception as err:  # the recording stays readable; say what failed
-                self.log(f"last sample failed: {err}")
-                reason += f"; last sample failed: {err}"
-            finally:
-                self.writer.close(reason)
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+                next_sample = now + opts.interval
+            if deadline is not None and now >= deadline:
+                return "duration"
+            if opts.stop_file and os.path.exists(opts.stop_file):
+                return "stop-file"
+            wait = next_sample - boottime()
+            if deadline is not None:
+                wait = min(wait, deadline - boottime())
+            self.poll_uevents(wait)
+
+    def _last_word(self, reason: str) -> str:
+        """A last sample and the names of the biggest files, then the end record; returns
+        the reason it gives. Signals no longer interrupt (stop() is disarmed)."""
+        try:
+            if not hasattr(self, "kallsyms"):
+                self.kallsyms = Kallsyms.load()
+            self.poll_marks()
+            self.sample()
+            self.name_top_files()
+        except Exception as err:  # the recording stays readable; say what failed
+            self.log(f"last sample failed: {err}")
+            reason += f"; last sample failed: {err}"
+        finally:
+            self.writer.close(reason)
         return reason
+
+
+def _parse_marks(lines: list[str]) -> list[tuple[float, str]]:
+    """(t, name) of the well-formed lines: tracer.marks's rules where it is importable
+    (the sampler may lack it even when the recorder that attached had it), else a
+    finite time >= 0 and a name."""
+    import math
+
+    if marks is not None:
+        try:
+            return list(marks.parse(lines))
+        except (ValueError, FootprintError):  # a stricter parse: line by line, skip bad
+            out = []
+            for line in lines:
+                try:
+                    out.extend(marks.parse([line]))
+                except (ValueError, FootprintError):
+                    continue
+            return out
+    out = []
+    for line in lines:
+        t, _, name = line.partition(" ")
+        try:
+            t = float(t)
+        except ValueError:
+            continue
+        if math.isfinite(t) and t >= 0 and name.strip():
+            out.append((t, name.strip()))
+    return out
 
 
 def _release_memory() -> None:
@@ -511,12 +652,31 @@ def _vmalloc_summary() -> dict:
 
 
 def _log(msg: str) -> None:
-    print(f"footprint: {msg}", file=sys.stderr, flush=True)
+    # One write with its newline: a signal handled between print()'s two writes would
+    # glue the next line (the summary) onto this one.
+    sys.stderr.write(f"footprint: {msg}\n")
+    sys.stderr.flush()
 
 
 def record(opts: Options) -> str:
     """Record until the duration, a signal or the stop file; returns why it stopped."""
     return Recorder(opts, log=_log).run()
+
+
+# Run as argv[0] "@footprint", python cannot tell which venv (if any) it belongs to: it
+# falls back to the base interpreter's prefix, whose site-packages may not hold this
+# package (a venv, an editable install, a checkout run from elsewhere). So the sampler is
+# told where its package is: the directory this `tracer` was imported from goes first on
+# its sys.path, and it imports the same code as the recorder that attached.
+_SAMPLER_CODE = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+                 "from tracer.sampler import main; sys.exit(main())")
+
+
+def sampler_argv() -> list[str]:
+    """argv of the lean sampler: '@footprint' (spared at switch_root), python code that
+    puts this package's parent directory on sys.path, and that directory."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return ["@footprint", "-c", _SAMPLER_CODE, package_parent]
 
 
 def sample_main() -> int:

@@ -5,7 +5,7 @@ Imports nothing heavy: no bcc, no LLVM, no pandas, no click.
 
 import sys
 
-from .recorder import sample_main
+from .recorder import sample_main as main
 
 if __name__ == "__main__":
-    sys.exit(sample_main())
+    sys.exit(main())
