@@ -1,38 +1,16 @@
-"""The recorder's side of phase marks: with tracer.marks, the marks file is held (shared
-lock) from attach on, read from its size at attach (old marks are not replayed) through
-the held fd, and its lines are parsed by marks.parse; without tracer.marks, the file is
-read by path as before. tracer.marks is stood in for here by a minimal fake."""
+"""The recorder's side of phase marks: the marks file is held (shared lock) from attach
+on, read from its size at attach (old marks are not replayed) through the held fd, and
+its lines are parsed by tracer.marks (malformed ones skipped)."""
 
 from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
-import types
 
 import pytest
 
 from tracer import recorder, recording
-
-
-def _fake_marks():
-    def hold(path):
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        return fd, os.fstat(fd).st_size
-
-    def parse(lines):
-        out = []
-        for line in lines:
-            t, _, name = line.partition(" ")
-            t = float(t)  # ValueError on junk
-            if not math.isfinite(t) or t < 0 or not name.strip():
-                raise ValueError(f"bad mark {line!r}")
-            out.append((t, name.strip()))
-        return out
-
-    return types.SimpleNamespace(hold=hold, parse=parse)
 
 
 def _recorder(tmp_path, marks_path):
@@ -46,8 +24,7 @@ def _phases(tmp_path):
     return [(r["t"], r["name"]) for r in map(json.loads, lines) if r["type"] == "phase"]
 
 
-def test_held_marks_skip_old_ones_and_parse_new_ones(tmp_path, monkeypatch):
-    monkeypatch.setattr(recorder, "marks", _fake_marks())
+def test_held_marks_skip_old_ones_and_parse_new_ones(tmp_path):
     path = tmp_path / "marks"
     path.write_text("1.0 before-attach\n")
     rec = _recorder(tmp_path, path)
@@ -60,7 +37,7 @@ def test_held_marks_skip_old_ones_and_parse_new_ones(tmp_path, monkeypatch):
         finally:
             os.close(fd)
     with open(path, "a") as f:
-        f.write("2.5 initqueue\nnan bad\n-1 worse\n3.0 switch-root\n4.0 torn")
+        f.write("2.5 initqueue\nnan bad\n-1 worse\ninf bad\nx bad\n5.0 \n3.0 switch-root\n4.0 torn")
     rec.poll_marks()
     assert _phases(tmp_path) == [(2.5, "initqueue"), (3.0, "switch-root")]
     with open(path, "a") as f:
@@ -71,48 +48,51 @@ def test_held_marks_skip_old_ones_and_parse_new_ones(tmp_path, monkeypatch):
     os.close(rec.marks_fd)
 
 
-def test_held_marks_file_is_created_when_absent(tmp_path, monkeypatch):
-    monkeypatch.setattr(recorder, "marks", _fake_marks())
+def test_held_marks_file_is_created_when_absent(tmp_path):
     path = tmp_path / "marks"
     rec = _recorder(tmp_path, path)
     rec._hold_marks()
-    assert path.exists() and rec.marks_pos == 0
+    assert path.exists() and rec.marks_pos == 0 and (path.stat().st_mode & 0o777) == 0o600
     os.close(rec.marks_fd)
     rec.writer.close("stopped")
 
 
-def test_without_tracer_marks_the_file_is_read_by_path(tmp_path, monkeypatch):
-    monkeypatch.setattr(recorder, "marks", None)
-    path = tmp_path / "marks"
-    path.write_text("1.5 one\n")
-    rec = _recorder(tmp_path, path)
-    rec._hold_marks()
-    assert rec.marks_fd is None
-    rec.poll_marks()
-    assert _phases(tmp_path) == [(1.5, "one")]
-    rec.writer.close("stopped")
-
-
-def test_a_marks_file_that_cannot_be_held_is_one_log_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(recorder, "marks", _fake_marks())
+def test_a_marks_file_that_cannot_be_held_is_one_log_line(tmp_path):
+    (tmp_path / "victim").write_text("")
+    (tmp_path / "marks").symlink_to(tmp_path / "victim")  # never followed
     said = []
-    rec = recorder.Recorder(recorder.Options(output=str(tmp_path / "r"),
-                                             marks=str(tmp_path / "no" / "such" / "marks")),
+    rec = recorder.Recorder(recorder.Options(output=str(tmp_path / "r"), marks=str(tmp_path / "marks")),
                             log=said.append)
     rec._hold_marks()  # recording goes on without marks
     assert rec.marks_fd is None and len(said) == 1 and said[0].startswith("marks not followed")
+    rec.poll_marks()  # nothing to read, nothing raised
 
 
-def test_a_held_fd_is_read_even_where_tracer_marks_is_missing(tmp_path, monkeypatch):
-    """The sampler may not import tracer.marks although the recorder that attached did:
-    the fd it inherited is still read, with the same rules (finite time >= 0, a name)."""
-    monkeypatch.setattr(recorder, "marks", _fake_marks())
-    path = tmp_path / "marks"
-    rec = _recorder(tmp_path, path)
-    rec._hold_marks()
-    monkeypatch.setattr(recorder, "marks", None)
-    path.write_text("2.0 one\ninf bad\n-3 bad\nx bad\n5.0 \n6.0 two\n")
-    rec.poll_marks()
-    assert _phases(tmp_path) == [(2.0, "one"), (6.0, "two")]
-    os.close(rec.marks_fd)
-    rec.writer.close("stopped")
+@pytest.mark.bpf
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to load BPF")
+def test_footprint_mark_reaches_a_running_recording_and_not_a_finished_one(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    fp = [sys.executable, "-m", "tracer"]
+    marks, out = tmp_path / "marks", tmp_path / "r.jsonl"
+    before = subprocess.run(fp + ["mark", "too-early", "--marks", str(marks)], capture_output=True, text=True)
+    assert before.returncode == 2 and "no recording is running" in before.stderr
+    rec = subprocess.Popen(fp + ["record", "-o", str(out), "--no-inventory", "--interval", "0.2",
+                                 "--marks", str(marks)], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while b'"type":"sample"' not in (out.read_bytes() if out.exists() else b""):
+            assert time.monotonic() < deadline and rec.poll() is None, rec.stderr.read() if rec.poll() else ""
+            time.sleep(0.1)
+        during = subprocess.run(fp + ["mark", "phase one", "--marks", str(marks)], capture_output=True, text=True)
+        assert during.returncode == 0, during.stderr
+        time.sleep(0.6)  # a few intervals: the recorder polls marks before each sample
+    finally:
+        rec.send_signal(2)
+        rec.wait(timeout=120)
+    after = subprocess.run(fp + ["mark", "too-late", "--marks", str(marks)], capture_output=True, text=True)
+    assert after.returncode == 2 and "no recording is running" in after.stderr
+    phases = [r["name"] for r in map(json.loads, out.read_text().splitlines()) if r["type"] == "phase"]
+    assert phases == ["phase one"]

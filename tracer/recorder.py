@@ -25,10 +25,7 @@ from .procfs import boottime
 from .symbols import Kallsyms, classify_stack, parse_modules, subsystem_of
 from .topology import devstr
 
-try:  # phase marks' file format and its lock (`footprint mark` refuses when none is held)
-    from . import marks
-except ImportError:  # an older tree: read the marks file by path, as before
-    marks = None
+from . import marks
 
 STAT_NAMES = (
     "pagecache_added", "pagecache_deleted", "pagecache_deleted_untracked",
@@ -159,7 +156,7 @@ class Recorder:
     def _hold_marks(self) -> None:
         """Take the marks file (created if absent, shared lock: "a recording is running")
         and its size now: marks are read from there on, older ones are not replayed."""
-        if marks is None or not self.opts.marks:
+        if not self.opts.marks:
             return
         try:
             self.marks_fd, self.marks_pos = marks.hold(self.opts.marks)
@@ -422,50 +419,26 @@ class Recorder:
             self.writer.write({"type": "paths", "t": boottime(),
                                "paths": [[d, i, p] for (d, i), p in found.items()]})
 
-    def poll_marks(self) -> None:
-        """Phase marks appended by `footprint mark NAME` (or a dracut hook) to a file."""
+    def _release_marks(self) -> None:
+        """The recording takes no more marks: close the marks file (and its lock)."""
         if self.marks_fd is not None:
-            self._poll_held_marks()
-            return
-        path = self.opts.marks
-        if not path:
-            return
-        try:
-            with open(path, "rb") as f:
-                f.seek(self.marks_pos)
-                data = f.read()
-        except OSError:
-            return
-        end = data.rfind(b"\n") + 1  # only complete lines
-        self.marks_pos += end
-        for line in data[:end].decode("utf-8", "replace").splitlines():
-            t, _, name = line.partition(" ")
             try:
-                self.writer.write({"type": "phase", "t": float(t), "name": name.strip()[:200]})
-            except ValueError:
-                continue
+                os.close(self.marks_fd)
+            except OSError:
+                pass
+            self.marks_fd = None
 
-    def _poll_held_marks(self) -> None:
-        """New complete lines of the held marks file, parsed by tracer.marks (a bad line
-        is skipped, the others are kept)."""
-        chunks = []
-        pos = self.marks_pos
+    def poll_marks(self) -> None:
+        """Phase marks appended by `footprint mark NAME` (or a dracut hook) since the last
+        poll; a malformed line is skipped (tracer/marks.py says which)."""
+        if self.marks_fd is None:
+            return
         try:
-            while True:
-                chunk = os.pread(self.marks_fd, 1 << 16, pos)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                pos += len(chunk)
+            lines, self.marks_pos = marks.read(self.marks_fd, self.marks_pos)
         except OSError:
             return
-        data = b"".join(chunks)
-        end = data.rfind(b"\n") + 1  # only complete lines
-        if not end:
-            return
-        self.marks_pos += end
-        for t, name in _parse_marks(data[:end].decode("utf-8", "replace").splitlines()):
-            self.writer.write({"type": "phase", "t": float(t), "name": str(name)[:200]})
+        for t, name in marks.parse(lines):
+            self.writer.write({"type": "phase", "t": t, "name": name})
 
     def poll_uevents(self, timeout: float) -> None:
         if self.uevents is None:
@@ -528,12 +501,7 @@ class Recorder:
             raise
         finally:
             armed[0] = False
-            if self.marks_fd is not None:  # the recording is over: `footprint mark` refuses
-                try:
-                    os.close(self.marks_fd)
-                except OSError:
-                    pass
-                self.marks_fd = None
+            self._release_marks()
             # Ignoring discards a signal still pending (blocked since a hand-off that
             # did not happen), then the caller's handlers and mask come back.
             for s in STOP_SIGNALS:
@@ -571,6 +539,7 @@ class Recorder:
             if not hasattr(self, "kallsyms"):
                 self.kallsyms = Kallsyms.load()
             self.poll_marks()
+            self._release_marks()  # from here on `footprint mark` refuses: no mark is lost
             self.sample()
             self.name_top_files()
         except Exception as err:  # the recording stays readable; say what failed
@@ -579,35 +548,6 @@ class Recorder:
         finally:
             self.writer.close(reason)
         return reason
-
-
-def _parse_marks(lines: list[str]) -> list[tuple[float, str]]:
-    """(t, name) of the well-formed lines: tracer.marks's rules where it is importable
-    (the sampler may lack it even when the recorder that attached had it), else a
-    finite time >= 0 and a name."""
-    import math
-
-    if marks is not None:
-        try:
-            return list(marks.parse(lines))
-        except (ValueError, FootprintError):  # a stricter parse: line by line, skip bad
-            out = []
-            for line in lines:
-                try:
-                    out.extend(marks.parse([line]))
-                except (ValueError, FootprintError):
-                    continue
-            return out
-    out = []
-    for line in lines:
-        t, _, name = line.partition(" ")
-        try:
-            t = float(t)
-        except ValueError:
-            continue
-        if math.isfinite(t) and t >= 0 and name.strip():
-            out.append((t, name.strip()))
-    return out
 
 
 def _release_memory() -> None:

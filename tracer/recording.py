@@ -40,6 +40,8 @@ Times are CLOCK_BOOTTIME seconds, one clock for samples, phases and uevents.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
 import os
@@ -63,12 +65,6 @@ MAX_VALUES = 40_000_000  # JSON values in the whole file: parsed, ~40 bytes each
 MAX_INT_DIGITS = 20      # u64 (inode numbers) has 20 digits; anything longer is not ours
 MAX_INT = 1 << 64
 COUNTER_FIELDS = ("resident", "peak", "added", "removed", "untracked_removed")
-
-
-# errno, fcntl and stat serve the Writer alone.
-import errno  # noqa: E402
-import fcntl  # noqa: E402
-import stat  # noqa: E402
 
 
 class Writer:
