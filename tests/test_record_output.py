@@ -50,6 +50,15 @@ def test_writer_refuses_a_symbolic_link_and_leaves_its_target_alone(tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_writer_refuses_a_hard_link_and_leaves_its_twin_alone(tmp_path):
+    twin = tmp_path / "twin"
+    twin.write_text("precious\n")
+    os.link(twin, tmp_path / "out.jsonl")
+    with pytest.raises(FootprintError, match="hard links"):
+        recording.Writer(str(tmp_path / "out.jsonl"), {"plan": {}})
+    assert twin.read_text() == "precious\n"
+
+
 @pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
 def test_writer_refuses_what_is_not_a_regular_file(kind, tmp_path):
     if kind == "fifo":

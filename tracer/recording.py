@@ -115,8 +115,11 @@ class Writer:
             raise FootprintError(f"cannot write recording {path}: {err.strerror}; "
                                  "choose another -o path") from None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise refuse("is not a regular file")
+            if st.st_nlink > 1:  # a hard link planted there: truncating would hit its twin
+                raise refuse("has other hard links")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
