@@ -61,6 +61,19 @@ def test_plot_png_has_the_largest_band(tmp_path):
     assert _pixels_of(Image.open(tmp_path / "p.png"), PLOT_RGB) > 5000
 
 
+def test_thousands_of_phases_draw_every_line_and_only_labels_that_fit(tmp_path):
+    """20 000 marks took 121 s as one line and one label each; labels now keep at least
+    their own height apart (the speed itself is a benchmark: html_seconds_20k_phases)."""
+    frame = timeline.build(recording.read(live.write_live(tmp_path / "r.jsonl")))
+    frame.attrs["phases"] = [{"t_s": 2.0 + i * 2.0 / 20_000, "name": f"m{i}"} for i in range(20_000)]
+    kept = timeline._spaced(frame.attrs["phases"], frame["t_s"], pixels=1100)
+    assert 10 <= len(kept) <= 1100 // 12 + 1
+    gaps = [b["t_s"] - a["t_s"] for a, b in zip(kept, kept[1:])]
+    assert min(gaps) >= (4.0 - 2.0) * 12 / 1100 - 1e-9
+    timeline.plot(frame, str(tmp_path / "p.png"))  # every line drawn, in one collection
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
 # --- the HTML report -------------------------------------------------------------------
 
 
