@@ -120,7 +120,9 @@ DEFAULT_RECORDING = "/run/footprint/recording.jsonl"
               help="Write the account rows to this Parquet file.")
 @click.option("--at", "index", type=int, default=-1, show_default=True,
               help="Which sample (0 = first, -1 = last).")
-def report(recording, by, as_json, as_csv, parquet, index):
+@click.option("--all", "all_rows", is_flag=True,
+              help="Every row (by default rows under 1 MiB are summed on one line).")
+def report(recording, by, as_json, as_csv, parquet, index, all_rows):
     """Print the account of a recording: where the memory went."""
     from . import account, recording as rec_mod, report as rep
 
@@ -154,7 +156,7 @@ def report(recording, by, as_json, as_csv, parquet, index):
     elif as_csv:
         click.echo(rep.to_csv(acc, by), nl=False)
     elif not parquet:
-        click.echo(rep.text(rec, acc, by=by), nl=False)
+        click.echo(rep.text(rec, acc, by=by, all_rows=all_rows), nl=False)
 
 
 @main.command()
@@ -207,7 +209,9 @@ def _load_account(path: str, index: int = -1):
 @click.option("--csv", "as_csv", is_flag=True, help="The rows as CSV on stdout.")
 @click.option("--at-a", type=int, default=-1, show_default=True, help="Sample of A (-1 = last).")
 @click.option("--at-b", type=int, default=-1, show_default=True, help="Sample of B (-1 = last).")
-def compare(recording_a, recording_b, by, as_json, as_csv, at_a, at_b):
+@click.option("--all", "all_rows", is_flag=True,
+              help="Every row (by default differences under 1 MiB are summed on one line).")
+def compare(recording_a, recording_b, by, as_json, as_csv, at_a, at_b, all_rows):
     """Two recordings side by side (e.g. A plain disk, B live): MiB of A, of B, and B - A."""
     from . import compare as cmp_mod, report as rep
 
@@ -219,7 +223,7 @@ def compare(recording_a, recording_b, by, as_json, as_csv, at_a, at_b):
     elif as_csv:
         click.echo(cmp_mod.to_csv(result), nl=False)
     else:
-        click.echo(cmp_mod.text(result), nl=False)
+        click.echo(cmp_mod.text(result, all_rows=all_rows), nl=False)
 
 
 @main.command()
