@@ -258,15 +258,15 @@ def answer(recording, plain, as_json, index):
 @click.option("--at", "index", type=int, default=-1, show_default=True,
               help="Which sample the account is taken at (-1 = last).")
 def html_report(recording, output, plain, png, index):
-    """Write the report as one HTML file: account, answer, double caching, timeline plot."""
+    """Write the report as one HTML file: the answer as a picture of the storage chain, an
+    interactive timeline, the account's tables."""
     from . import outfile, render_html
 
     rec, acc = _load_account(recording, index)
     plain_pair = _load_account(plain) if plain else None
-    plot = render_html.plot_png(rec)
-    page = render_html.render(rec, acc, plain=plain_pair, png=plot)
+    page = render_html.render(rec, acc, plain=plain_pair)
     # both or neither: a bad --png path must not leave a fresh HTML behind
-    outfile.write_all([(output, page.encode("utf-8"))] + ([(png, plot)] if png else []))
+    outfile.write_all([(output, page.encode("utf-8"))] + ([(png, render_html.plot_png(rec))] if png else []))
     click.echo(f"footprint: wrote {output}" + (f" and {png}" if png else ""), err=True)
 
 
