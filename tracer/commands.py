@@ -85,6 +85,8 @@ def mark(name, marks):
 @click.option("--keep-logs", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Keep each boot's serial console log in DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option("--full", is_flag=True,
+              help="Print every table (by default: one screen with the answer).")
 @click.option("--untraced", is_flag=True,
               help="Boot without footprint in the initramfs (plain measurements); by default "
                    "each boot is traced from the initramfs on and gains account and phases.")
@@ -97,14 +99,14 @@ def mark(name, marks):
 @click.option("--out", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Write recordings, experiment.json, side-by-side.csv, report.html and "
                    "plot.png here (default: a timestamped directory under the cache).")
-def experiment(variants, memory, timeout, settle, cache_dir, keep_logs, as_json, untraced,
+def experiment(variants, memory, timeout, settle, cache_dir, keep_logs, as_json, full, untraced,
                workloads, workload_mib, out):
     """Boot Debian guests (plain disk vs live ISO) under QEMU and redo the 2014 measurement:
     live vs plain side by side at each moment, the answer, the boots ranked."""
     from vm.experiment import main_cli
 
     main_cli(variants, memory, timeout, cache_dir, keep_logs, as_json, settle,
-             traced=not untraced, workloads=workloads, workload_mib=workload_mib, out=out)
+             traced=not untraced, workloads=workloads, workload_mib=workload_mib, out=out, full=full)
 
 
 DEFAULT_RECORDING = "/run/footprint/recording.jsonl"
