@@ -53,6 +53,8 @@ svg.chain text.head { font-weight: bold; font-size: 14px; }
 #timeline { width: 100%; min-width: 900px; height: 520px; }
 .scroll { overflow-x: auto; }
 """
+# The tracer's own memory in reds, so that it reads as one thing and not as the system's.
+BAND_COLOURS = {"tracer": "#8b1a1a", timeline.INITRAMFS: "#e89b9b"}
 FS_FILL, DEV_FILL, SAME_FILL, COW_FILL = "#cfe0fa", "#e9e9e9", "#f6c28b", "#d9efd9"
 
 
@@ -170,7 +172,7 @@ def timeline_figure(rec: Recording, top: int = 10) -> dict:
         bands.append((f"other ({len(rest)} subsystems)", frame[rest].sum(axis=1), timeline.OTHER_COLOUR))
     if "unattributed" in frame:
         bands.append(("unattributed", frame["unattributed"].clip(lower=0), "#d9d9d9"))
-    colours = {"tracer": "#8b1a1a", timeline.INITRAMFS: "#e89b9b"}
+    colours = BAND_COLOURS
     data = [{"type": "scatter", "mode": "lines", "stackgroup": "memory", "name": _chart_text(name),
              "x": x, "y": [round(float(v), 2) for v in y], "line": {"width": 0.5, "color": colours.get(name, c)},
              "fillcolor": colours.get(name, c), "hovertemplate": "%{y:.1f} MiB"}
