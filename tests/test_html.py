@@ -247,3 +247,24 @@ def test_real_recording_timeline_and_html(tmp_path):
     out = tmp_path / "host.html"
     subprocess.run(FOOTPRINT + ["html", str(rec_path), "-o", str(out)], check=True, capture_output=True)
     assert "Account by subsystem" in out.read_text(encoding="utf-8")
+
+
+def test_phase_labels_never_overlap():
+    """Marks one second apart (sysinit and basic land 0.2 s apart in real boots): each
+    label is in a lane where it ends before the next one starts, or left unlabelled."""
+    from tracer import render_html as R
+
+    phases = [{"t_s": t, "name": n} for t, n in
+              [(46.5, "attached"), (49.3, "cmdline"), (51.7, "pre-udev"), (89.6, "sysinit"),
+               (89.8, "basic"), (97.6, "multi-user")] + [(100 + i * 0.1, f"m{i}") for i in range(40)]]
+    x = [45.0, 140.0]
+    lanes = R._lanes(phases, x)
+    per_px = (max(x + [p["t_s"] for p in phases]) - 45.0) / R.PLOT_WIDTH_PX
+    ends: dict = {}
+    for p, lane in zip(phases, lanes):
+        if lane is None:
+            continue
+        assert p["t_s"] >= ends.get(lane, float("-inf"))
+        ends[lane] = p["t_s"] + (len(p["name"]) * R.LABEL_CHAR_PX + 8) * per_px
+    assert lanes[3] is not None and lanes[4] is not None and lanes[3] != lanes[4]
+    assert max(n for n in lanes if n is not None) < R.MAX_LANES
