@@ -72,3 +72,38 @@ def test_compare_command_formats(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tracer", "compare", a, str(tmp_path / "nope")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def _num(line: str, col: int = -1) -> float:
+    return float(line.split()[col])
+
+
+@pytest.mark.parametrize("by", ["subsystem", "layer"])
+def test_text_folds_small_differences_and_the_sums_stay_exact(pair, by):
+    (ra, a), (rb, b) = pair
+    cmp = compare(a, b, by=by, rec_a=ra, rec_b=rb)
+    short, every = text(cmp).splitlines(), text(cmp, all_rows=True).splitlines()
+    small = [r for r in cmp["rows"] if abs(r["delta_mib"]) < 1.0]
+    assert len(small) > 1
+    other = [line for line in short if line.startswith("other (")]
+    assert other == [o for o in other if o.startswith(f"other ({len(small)} rows)")] and len(other) == 1
+    assert _num(other[0]) == pytest.approx(sum(r["delta_mib"] for r in small), abs=0.051)
+    assert len(short) == len(every) - len(small) + 1 and not any(x.startswith("other (") for x in every)
+    # the table's sum line is the same either way, and equals the in-use difference
+    total = lambda lines: next(x for x in lines if x.startswith("sum of rows"))  # noqa: E731
+    assert total(short) == total(every)
+    assert _num(total(short)) == pytest.approx(cmp["nonfree_delta_mib"], abs=0.051)
+
+
+def test_report_folds_small_rows_and_all_shows_them(tmp_path):
+    rec = live.write_live(tmp_path / "live.jsonl")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "tracer", "report", rec, *a],  # noqa: E731
+                                    capture_output=True, text=True, check=True).stdout.splitlines()
+    short, every = run(), run("--all")
+    other = next(x for x in short if x.startswith("other ("))
+    acc = account.build(recording.read(rec)).by("layer")
+    small = acc[acc["resident_mib"].abs() < 1.0]
+    assert other.startswith(f"other ({len(small)} rows)")
+    assert int(other.split()[-1]) == int(small["resident_pages"].sum())  # pages: exact
+    total = lambda lines: next(x for x in lines if x.startswith("total"))  # noqa: E731
+    assert total(short) == total(every) and len(every) - len(short) == len(small) - 1

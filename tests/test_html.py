@@ -104,7 +104,7 @@ class _Page(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         self.tags.append((tag, dict(attrs)))
-        self._in_title = tag == "title"
+        self._in_title = tag == "title" and "body" not in (t for t, _ in self.tags)  # not an SVG <title>
 
     def handle_endtag(self, tag):
         self._in_title = False
@@ -128,46 +128,100 @@ def hostile_report(tmp_path):
     return out, png, time.monotonic() - t
 
 
+def _scripts(page: str) -> list[str]:
+    return re.findall(r"<script[^>]*>(.*?)</script>", page, flags=re.S | re.I)
+
+
 def test_html_is_self_contained_and_names_are_escaped(hostile_report):
     out, png, seconds = hostile_report
     page = out.read_text(encoding="utf-8")
-    assert HOSTILE not in page and "<script" not in page.lower()
+    assert HOSTILE not in page
     assert html.escape(HOSTILE, quote=True) in page  # shown, as text
-    assert re.search(r"\b(src|href)\s*=\s*\"(?!data:)", page) is None and "<link" not in page
-    assert "http://" not in page and "https://" not in page
+    markup = re.sub(r"(<script[^>]*>).*?</script>", r"\1</script>", page, flags=re.S | re.I)
+    assert re.search(r"\b(src|href)\s*=\s*\"(?!data:)", markup) is None and "<link" not in markup
+    assert "http://" not in markup and "https://" not in markup  # (plotly.js names URLs it never fetches)
+    # the page's own scripts only: plotly.js, the data block, the lines that draw
+    tags = re.findall(r"<script[^>]*>", page, flags=re.I)
+    assert tags == ["<script type=\"application/json\" id=\"timeline-data\">", "<script>", "<script>"]
+    data = _scripts(page)[0]
+    assert "<" not in data and ">" not in data and "&" not in data  # nothing can end the block
+    figure = __import__("json").loads(data)["figure"]
+    assert any("pwned" in a["text"] for a in figure["layout"]["annotations"]) or any(
+        "pwned" in t for d in figure["data"] for t in d.get("text", []))
     for section in ("In use (MemTotal − MemFree)", "unattributed", "Account by subsystem",
                     "Account by storage layer", "Top files", "The same data cached at several layers",
                     "squashfs claims", "device-mapper claims", "Probes active", "map drops",
-                    "Against the plain recording"):
+                    "Against the plain recording", 'id="chain"', 'id="timeline"'):
         assert section in page, section
+    csp = re.search(r'Content-Security-Policy" content="([^"]+)"', page).group(1)
+    assert "default-src 'none'" in csp and "unsafe-inline" not in csp.split("script-src")[1]
     assert png.read_bytes().startswith(b"\x89PNG")
     assert seconds < 30
 
 
-def test_html_renders_in_chromium_with_the_plot_and_no_script_runs(hostile_report, tmp_path):
+def _dom(tmp_path, url: str) -> tuple[_Page, str]:
+    """The DOM after the scripts ran, and Chromium's log (console messages included)."""
+    r = _chromium(tmp_path, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000",
+                  "--dump-dom", url)
+    assert r.returncode == 0 and "</html>" in r.stdout, r.stderr[-2000:]
+    parsed = _Page()
+    parsed.feed(r.stdout)
+    return parsed, r.stderr
+
+
+def _console_errors(log: str) -> list[str]:
+    """Console messages and blocked scripts in Chromium's log (its own dbus noise aside)."""
+    return [x for x in log.splitlines()
+            if re.search(r"CONSOLE|Uncaught|Content Security Policy|Refused to", x)]
+
+
+def test_html_runs_only_its_own_script_and_shows_names_as_text(hostile_report, tmp_path):
+    out, _, _ = hostile_report
+    parsed, log = _dom(tmp_path, out.resolve().as_uri())
+    assert _console_errors(log) == []
+    assert parsed.title == "footprint: live.jsonl"  # the payloads would have set 'pwned'
+    tags = [t for t, _ in parsed.tags]
+    assert "img" not in tags  # a hostile <img onerror> never became an element
+    assert not any(k.startswith("on") for _, a in parsed.tags for k in a)
+    text = "".join(parsed.text)
+    assert HOSTILE in text  # the name reads as itself, inert (tables)
+    # the chart ran (Plotly's SVG is there) and set the hostile phase name as text too
+    assert any("main-svg" in a.get("class", "") for _, a in parsed.tags)
+    assert sum(HOSTILE[:40] in t for t in parsed.text) >= 2
+
+
+def test_html_chain_timeline_and_screenshot(tmp_path):
+    """A live recording against a plain one: the chain shows the layers with their
+    numbers, the timeline its phases; the screenshot stays in the test's tmp dir."""
     from PIL import Image
 
-    out, png, _ = hostile_report
-    url = out.resolve().as_uri()
-    shot = tmp_path / "shot.png"
-    r = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", url)
-    assert shot.exists(), r.stderr[-2000:]
-    # the plot is on the page: its largest band's colour, as in the PNG it was made from
-    assert _pixels_of(Image.open(png), PLOT_RGB) > 5000
-    assert _pixels_of(Image.open(shot), PLOT_RGB) > 5000
+    from tracer import chain, render_html
 
-    dom = _chromium(tmp_path, "--dump-dom", url)
-    assert dom.returncode == 0 and "</html>" in dom.stdout, dom.stderr[-2000:]
-    parsed = _Page()
-    parsed.feed(dom.stdout)
-    assert parsed.title == "footprint: live.jsonl"  # the payloads would have set 'pwned'
-    assert "pwned" not in parsed.title
-    tags = [t for t, _ in parsed.tags]
-    assert "script" not in tags
-    images = [a for t, a in parsed.tags if t == "img"]
-    assert len(images) == 1 and images[0]["src"].startswith("data:image/png;base64,")
-    assert not any(k.startswith("on") for _, a in parsed.tags for k in a)
-    assert HOSTILE in "".join(parsed.text)  # the name reads as itself, inert
+    rec_p = live.write_live(tmp_path / "live.jsonl")
+    plain = live.write_plain(tmp_path / "plain.jsonl")
+    out = tmp_path / "report.html"
+    subprocess.run(FOOTPRINT + ["html", rec_p, "-o", str(out), "--compare", plain],
+                   check=True, capture_output=True)
+    parsed, log = _dom(tmp_path, out.resolve().as_uri())
+    assert _console_errors(log) == []
+    text = "\n".join(parsed.text)
+    rec = recording.read(rec_p)
+    boxes = chain.chain(rec, account.build(rec))["boxes"]
+    assert [b["name"] for b in boxes] == ["sr0", "iso9660 on sr0", "loop0", "squashfs on loop0", "loop1",
+                                         "dm live-rw", "ext4 on dm live-rw"]
+    for b in boxes:
+        assert f"{b['mib']:.1f} MiB" in text and b["name"][:19] in text
+    assert "the same data, cached at 3 layers" in text and "ext4 on vda" in text
+    for phase in rec.phases:  # Plotly's labels in the chart
+        assert phase["name"] in text
+    shot = tmp_path / "report.png"
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1800", "--virtual-time-budget=10000",
+              out.resolve().as_uri())
+    img = Image.open(shot)
+    assert img.size == (1280, 1800)
+    initramfs = render_html.BAND_COLOURS[timeline.INITRAMFS]
+    rgb = tuple(int(initramfs[i:i + 2], 16) for i in (1, 3, 5))
+    assert _pixels_of(img, rgb) > 2000  # the timeline is drawn, the tracer's initramfs its own band
 
 
 def test_timeline_command(tmp_path):
@@ -206,3 +260,24 @@ def test_real_recording_timeline_and_html(tmp_path):
     out = tmp_path / "host.html"
     subprocess.run(FOOTPRINT + ["html", str(rec_path), "-o", str(out)], check=True, capture_output=True)
     assert "Account by subsystem" in out.read_text(encoding="utf-8")
+
+
+def test_phase_labels_never_overlap():
+    """Marks one second apart (sysinit and basic land 0.2 s apart in real boots): each
+    label is in a lane where it ends before the next one starts, or left unlabelled."""
+    from tracer import render_html as R
+
+    phases = [{"t_s": t, "name": n} for t, n in
+              [(46.5, "attached"), (49.3, "cmdline"), (51.7, "pre-udev"), (89.6, "sysinit"),
+               (89.8, "basic"), (97.6, "multi-user")] + [(100 + i * 0.1, f"m{i}") for i in range(40)]]
+    x = [45.0, 140.0]
+    lanes = R._lanes(phases, x)
+    per_px = (max(x + [p["t_s"] for p in phases]) - 45.0) / R.PLOT_WIDTH_PX
+    ends: dict = {}
+    for p, lane in zip(phases, lanes):
+        if lane is None:
+            continue
+        assert p["t_s"] >= ends.get(lane, float("-inf"))
+        ends[lane] = p["t_s"] + (len(p["name"]) * R.LABEL_CHAR_PX + 8) * per_px
+    assert lanes[3] is not None and lanes[4] is not None and lanes[3] != lanes[4]
+    assert max(n for n in lanes if n is not None) < R.MAX_LANES

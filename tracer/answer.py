@@ -209,3 +209,34 @@ def _short_layer(layer: str) -> str:
 
 def _basename(path) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def short(r: dict) -> list[str]:
+    """The answer in at most five short sentences with numbers (the paragraph has the
+    detail): in use against plain, what the three subsystems claim, the same data cached
+    along the stack, the largest differences, and what is unknown."""
+    use, vs = r["in_use"], r["versus_plain"]
+    if vs:
+        more = "more" if vs["nonfree_delta_mib"] >= 0 else "less"
+        say = [f"{use['nonfree_mib']:.0f} MiB in use, {abs(vs['nonfree_delta_mib']):.0f} MiB {more} "
+               f"than the plain disk ({vs['plain_nonfree_mib']:.0f} MiB)."]
+    else:
+        say = [f"{use['nonfree_mib']:.0f} MiB of {use['memtotal_mib']:.0f} MiB in use."]
+    subs = r["subsystems"]
+    say.append("squashfs, device-mapper and loop claim "
+               + ", ".join(f"{subs[s]['mib']:.1f}" for s in QUESTION_SUBSYSTEMS[:2])
+               + f" and {subs['loop']['mib']:.1f} MiB.")
+    stacked = [c for c in r["double_caching"] if c["layers_holding_data"] > 1]
+    if stacked:
+        worst = max(stacked, key=lambda c: (c["layers_holding_data"], sum(lv["mib"] for lv in c["levels"])))
+        held = [lv for lv in worst["levels"] if lv["pages"] > 0]
+        say.append(f"The same data is cached at {len(held)} layers: "
+                   + ", ".join(f"{inert(lv['layer'].split(' ', 1)[0])} {lv['mib']:.0f}" for lv in held)
+                   + f" MiB ({sum(lv['mib'] for lv in held):.0f} MiB in all).")
+    if vs:
+        big = [d for d in vs["by_subsystem"] if abs(d["delta_mib"]) >= 1.0][:3]
+        if big:
+            say.append("Largest differences: " + ", ".join(
+                f"{inert(d['subsystem'])} {d['delta_mib']:+.0f}" for d in big) + " MiB.")
+    say.append(f"{use['unattributed_mib']:.0f} MiB ({use['unattributed_pct']:.0f} %) is unattributed.")
+    return say[:5]

@@ -113,6 +113,8 @@ def mark(name, marks):
 @click.option("--keep-logs", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Keep each boot's serial console log in DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option("--full", is_flag=True,
+              help="Print every table (by default: one screen with the answer).")
 @click.option("--untraced", is_flag=True,
               help="Boot without footprint in the initramfs (plain measurements); by default "
                    "each boot is traced from the initramfs on and gains account and phases.")
@@ -125,14 +127,14 @@ def mark(name, marks):
 @click.option("--out", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Write recordings, experiment.json, side-by-side.csv, report.html and "
                    "plot.png here (default: a timestamped directory under the cache).")
-def experiment(variants, memory, timeout, settle, cache_dir, keep_logs, as_json, untraced,
+def experiment(variants, memory, timeout, settle, cache_dir, keep_logs, as_json, full, untraced,
                workloads, workload_mib, out):
     """Boot Debian guests (plain disk vs live ISO) under QEMU and redo the 2014 measurement:
     live vs plain side by side at each moment, the answer, the boots ranked."""
     from vm.experiment import main_cli
 
     main_cli(variants, memory, timeout, cache_dir, keep_logs, as_json, settle,
-             traced=not untraced, workloads=workloads, workload_mib=workload_mib, out=out)
+             traced=not untraced, workloads=workloads, workload_mib=workload_mib, out=out, full=full)
 
 
 DEFAULT_RECORDING = "/run/footprint/recording.jsonl"
@@ -148,7 +150,9 @@ DEFAULT_RECORDING = "/run/footprint/recording.jsonl"
               help="Write the account rows to this Parquet file.")
 @click.option("--at", "index", type=int, default=-1, show_default=True,
               help="Which sample (0 = first, -1 = last).")
-def report(recording, by, as_json, as_csv, parquet, index):
+@click.option("--all", "all_rows", is_flag=True,
+              help="Every row (by default rows under 1 MiB are summed on one line).")
+def report(recording, by, as_json, as_csv, parquet, index, all_rows):
     """Print the account of a recording: where the memory went."""
     from . import account, recording as rec_mod, report as rep
 
@@ -182,7 +186,7 @@ def report(recording, by, as_json, as_csv, parquet, index):
     elif as_csv:
         click.echo(rep.to_csv(acc, by), nl=False)
     elif not parquet:
-        click.echo(rep.text(rec, acc, by=by), nl=False)
+        click.echo(rep.text(rec, acc, by=by, all_rows=all_rows), nl=False)
 
 
 @main.command()
@@ -235,7 +239,9 @@ def _load_account(path: str, index: int = -1):
 @click.option("--csv", "as_csv", is_flag=True, help="The rows as CSV on stdout.")
 @click.option("--at-a", type=int, default=-1, show_default=True, help="Sample of A (-1 = last).")
 @click.option("--at-b", type=int, default=-1, show_default=True, help="Sample of B (-1 = last).")
-def compare(recording_a, recording_b, by, as_json, as_csv, at_a, at_b):
+@click.option("--all", "all_rows", is_flag=True,
+              help="Every row (by default differences under 1 MiB are summed on one line).")
+def compare(recording_a, recording_b, by, as_json, as_csv, at_a, at_b, all_rows):
     """Two recordings side by side (e.g. A plain disk, B live): MiB of A, of B, and B - A."""
     from . import compare as cmp_mod, report as rep
 
@@ -247,7 +253,7 @@ def compare(recording_a, recording_b, by, as_json, as_csv, at_a, at_b):
     elif as_csv:
         click.echo(cmp_mod.to_csv(result), nl=False)
     else:
-        click.echo(cmp_mod.text(result), nl=False)
+        click.echo(cmp_mod.text(result, all_rows=all_rows), nl=False)
 
 
 @main.command()
@@ -282,15 +288,15 @@ def answer(recording, plain, as_json, index):
 @click.option("--at", "index", type=int, default=-1, show_default=True,
               help="Which sample the account is taken at (-1 = last).")
 def html_report(recording, output, plain, png, index):
-    """Write the report as one HTML file: account, answer, double caching, timeline plot."""
+    """Write the report as one HTML file: the answer as a picture of the storage chain, an
+    interactive timeline, the account's tables."""
     from . import outfile, render_html
 
     rec, acc = _load_account(recording, index)
     plain_pair = _load_account(plain) if plain else None
-    plot = render_html.plot_png(rec)
-    page = render_html.render(rec, acc, plain=plain_pair, png=plot)
+    page = render_html.render(rec, acc, plain=plain_pair)
     # both or neither: a bad --png path must not leave a fresh HTML behind
-    outfile.write_all([(output, page.encode("utf-8"))] + ([(png, plot)] if png else []))
+    outfile.write_all([(output, page.encode("utf-8"))] + ([(png, render_html.plot_png(rec))] if png else []))
     click.echo(f"footprint: wrote {output}" + (f" and {png}" if png else ""), err=True)
 
 

@@ -15,6 +15,7 @@ from .account import Account
 from .recording import Recording
 from .report import _fit, _records, summary
 from . import safe
+from .fold import fold, other_label
 from .safe import inert
 
 KEYS = {"subsystem": ["subsystem"], "layer": ["subsystem", "layer", "kind"]}
@@ -62,8 +63,9 @@ def _side(acc: Account, rec: Recording | None) -> dict:
     return out
 
 
-def text(cmp: dict, label_a: str = "A", label_b: str = "B") -> str:
-    """A table that reads like `free -m`: MiB, one row per subsystem (or layer)."""
+def text(cmp: dict, label_a: str = "A", label_b: str = "B", all_rows: bool = False) -> str:
+    """A table that reads like `free -m`: MiB, one row per subsystem (or layer); the
+    differences under 1 MiB folded into one "other (N rows)" line unless `all_rows`."""
     a, b = cmp["a"], cmp["b"]
     layer = cmp["by"] == "layer"
     name_w = 70 if layer else 32
@@ -85,11 +87,15 @@ def text(cmp: dict, label_a: str = "A", label_b: str = "B") -> str:
     out.append(line("in use (MemTotal-MemFree)", a["nonfree_mib"], b["nonfree_mib"]))
     out.append(line("used (MemTotal-MemAvailable)", a["used_mib"], b["used_mib"]))
     out.append("")
-    for r in cmp["rows"]:
+    shown, rest = (cmp["rows"], []) if all_rows else fold(cmp["rows"], lambda r: r["delta_mib"])
+    for r in shown:
         name = inert(r["subsystem"])
         if layer:
             name = f"{name:<22}{inert(r['layer'])} ({inert(r['kind'])})"
         out.append(line(name, r["a_mib"], r["b_mib"], r["delta_mib"]))
+    if rest:
+        out.append(line(other_label(rest), sum(r["a_mib"] for r in rest),
+                        sum(r["b_mib"] for r in rest), sum(r["delta_mib"] for r in rest)))
     out.append("-" * (name_w + 36))
     out.append(line("sum of rows", sum(r["a_mib"] for r in cmp["rows"]),
                     sum(r["b_mib"] for r in cmp["rows"]), cmp["sum_of_deltas_mib"]))

@@ -1,22 +1,30 @@
 """One self-contained HTML report of a recording: opens offline, nothing fetched.
 
-The plot is an inline base64 PNG and the style sheet is inline; there is no script at
-all, and a Content-Security-Policy that forbids scripts and every fetch, as a second
-wall. Every name that comes from a recording (paths, dm names, phases, hostnames,
-probe names, notes) is data from another machine: it goes through `esc` (control
-characters made visible, then html.escape) and never into the page raw.
+The page opens with the answer as a picture — the storage chain of the boot, each layer
+a box sized by what it holds (tracer/chain.py), the plain boot beside it — then an
+interactive timeline, then the tables (rows that are zero behind a <details> toggle).
 
-Use:  page = render(rec, acc, plain=(rec_plain, acc_plain) or None, png=bytes)
+The timeline is drawn by Plotly (plotly.js, inlined from the Python package: one file,
+no network). Every name that comes from a recording (paths, dm names, phases,
+hostnames, probe names, notes) is data from another machine: in HTML it goes through
+`esc` (control characters made visible, then html.escape); into the chart it goes as
+JSON in a <script type="application/json"> block with <, > and & escaped, and its text
+is HTML-escaped too, since Plotly reads a few tags in labels. A Content-Security-Policy
+lets only the page's own two scripts run (by hash) and forbids every fetch.
+
+Use:  page = render(rec, acc, plain=(rec_plain, acc_plain) or None)
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
+import json
 import os
 
-from . import answer as answer_mod, compare as compare_mod, timeline
+from . import answer as answer_mod, chain as chain_mod, compare as compare_mod, timeline
 from .account import MIB, Account
 from .recording import Recording
 from .report import DROP_STATS, map_drops, summary
@@ -33,12 +41,21 @@ th, td { padding: .15em .6em; border-bottom: 1px solid #ddd; text-align: left;
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.total td { font-weight: bold; border-top: 2px solid #888; }
 .summary { font-size: 1.05em; background: #f4f6fa; padding: .6em .9em; border-radius: 4px; }
+ul.short { font-size: 1.1em; margin: .4em 0 .8em; padding-left: 1.2em; }
 .answer { max-width: 75em; }
 .path { font-family: ui-monospace, monospace; font-size: .92em; word-break: break-all; }
 .muted { color: #666; }
-img.plot { display: block; max-width: 100%; height: auto; }
+details { margin: .4em 0; } summary { cursor: pointer; color: #345; }
+svg.chain { width: 100%; height: auto; display: block; margin: .3em 0 .8em; }
+svg.chain text { font: 12px system-ui, sans-serif; fill: #222; }
+svg.chain text.mib { font-weight: bold; font-size: 13px; }
+svg.chain text.head { font-weight: bold; font-size: 14px; }
+#timeline { width: 100%; min-width: 900px; height: 520px; }
+.scroll { overflow-x: auto; }
 """
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+# The tracer's own memory in reds, so that it reads as one thing and not as the system's.
+BAND_COLOURS = {"tracer": "#8b1a1a", timeline.INITRAMFS: "#e89b9b"}
+FS_FILL, DEV_FILL, SAME_FILL, COW_FILL = "#cfe0fa", "#e9e9e9", "#f6c28b", "#d9efd9"
 
 
 def esc(text) -> str:
@@ -46,36 +63,41 @@ def esc(text) -> str:
     return html.escape(inert(text), quote=True)
 
 
-def render(rec: Recording, acc: Account, plain: tuple[Recording, Account] | None = None,
-           png: bytes | None = None) -> str:
-    """The page. `png` is the timeline plot (made here when not given)."""
-    if png is None:
-        png = plot_png(rec)
+def render(rec: Recording, acc: Account, plain: tuple[Recording, Account] | None = None) -> str:
+    """The page: the answer (the chain picture and a few sentences), the timeline, the tables."""
     s = summary(rec, acc)
     mi = acc.meminfo
     ans = answer_mod.answer(acc, plain[1] if plain else None)
     title = f"footprint: {os.path.basename(rec.path)}"
     state = ("partial (the recorder did not stop cleanly)" if s["partial"]
              else f"complete ({s['end']})")
+    data = _json_for_script({"figure": timeline_figure(rec)})
+    scripts = [_plotly_js(), DRAW_JS]
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        f'<meta http-equiv="Content-Security-Policy" content="{_csp(scripts)}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         f'<p class="muted">{esc(s["path"])} — kernel {esc(s["kernel"])} on {esc(s["hostname"])}, '
         f"{s['samples']} samples over {s['seconds'] or 0:.1f} s, {esc(state)}; "
         f"account at {acc.t:.1f} s after boot</p>",
+        "<h2>The answer</h2>",
+        '<ul class="short" id="answer-short">'
+        + "".join(f"<li>{esc(x)}</li>" for x in answer_mod.short(ans)) + "</ul>",
+        *_chain_figure(rec, acc, plain),
         f'<p class="summary" id="summary">In use (MemTotal − MemFree) <b>{mi["nonfree_mib"]:.1f} MiB</b> '
         f'of {mi["memtotal_mib"]:.1f} MiB · used (MemTotal − MemAvailable, free -m) '
         f'{mi["used_mib"]:.1f} MiB · accounted {mi["accounted_mib"]:.1f} MiB · '
         f'unattributed {mi["unattributed_mib"]:.1f} MiB ({mi["unattributed_pct"]:.1f} %)</p>',
-        "<h2>The answer</h2>",
-        f'<p class="answer" id="answer">{esc(ans["paragraph"])}</p>',
+        "<details><summary>The answer in full</summary>",
+        f'<p class="answer" id="answer">{esc(ans["paragraph"])}</p></details>',
         "<h2>Resident memory per subsystem over time</h2>",
-        f'<img class="plot" id="plot" alt="stacked area of resident MiB per subsystem over time, '
-        f'with the phase marks" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">',
+        '<p class="muted">Hover for the values; drag to zoom, double-click to zoom out. '
+        "Dashed lines: phase marks.</p>",
+        '<div class="scroll"><div id="timeline"></div></div>',
+        f'<script type="application/json" id="timeline-data">{data}</script>',
         *_phases(rec),
     ]
     if plain:
@@ -84,9 +106,201 @@ def render(rec: Recording, acc: Account, plain: tuple[Recording, Account] | None
             "<h2>Account by storage layer</h2>", *_account_table(acc, "layer"),
             f"<h2>Top files (of {len(acc.files)})</h2>", *_files(acc),
             "<h2>The same data cached at several layers</h2>", *_chains(acc),
-            "<h2>Probes, map drops, notes</h2>", *_probes(acc),
-            "</body></html>"]
+            "<h2>Probes, map drops, notes</h2>", *_probes(acc)]
+    out += [f"<script>{js}</script>" for js in scripts]
+    out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+# --- scripts: Plotly and the few lines that draw the timeline --------------------------
+
+DRAW_JS = """
+(function () {
+  var spec = JSON.parse(document.getElementById('timeline-data').textContent);
+  var fig = spec.figure;
+  Plotly.newPlot('timeline', fig.data, fig.layout,
+                 {displaylogo: false, responsive: true, modeBarButtonsToRemove: ['toImage']});
+})();
+"""
+
+
+def _plotly_js() -> str:
+    """plotly.js from the plotly package, inlined: the page must open offline."""
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def _csp(scripts: list[str]) -> str:
+    """Only these inline scripts run (by hash); nothing is fetched."""
+    hashes = " ".join("'sha256-" + base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode("ascii") + "'"
+                      for js in scripts)
+    return f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src {hashes}"
+
+
+def _json_for_script(obj) -> str:
+    """JSON to sit inside <script type="application/json">: strict, ASCII, and no <, >
+    or & (so no "</script>" or "<!--" can end or bend the block)."""
+    text = json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _chart_text(name) -> str:
+    """A name as Plotly label text: Plotly reads <b>, <a href> … in labels and decodes
+    entities, so the name is escaped to show as itself."""
+    return html.escape(inert(name), quote=True)
+
+
+# --- the timeline, as a Plotly figure ---------------------------------------------------
+
+PLOT_WIDTH_PX = 1000   # the plot area the phase labels are laid out for (#timeline min-width)
+LABEL_CHAR_PX = 6.2    # width of a character of a 10 px label
+MAX_LANES = 5
+
+
+def timeline_figure(rec: Recording, top: int = 10) -> dict:
+    """Plotly's {"data", "layout"}: stacked bands per subsystem (the `top` largest named,
+    the question's and the tracer's always, the rest as "other"), unattributed on top;
+    phases as dashed lines with labels set in lanes so that none overlaps another."""
+    frame = timeline.for_plot(timeline.build(rec))
+    x = [round(float(v), 3) for v in frame["t_s"]]
+    subs = [s for s in timeline.subsystems(frame) if s != "unattributed"]
+    named = subs[:top] + [s for s in subs[top:] if s in timeline.ALWAYS_NAMED]
+    rest = [s for s in subs if s not in named]
+    bands = [(s, frame[s], timeline.COLOURS[i % len(timeline.COLOURS)]) for i, s in enumerate(named)]
+    if rest:
+        bands.append((f"other ({len(rest)} subsystems)", frame[rest].sum(axis=1), timeline.OTHER_COLOUR))
+    if "unattributed" in frame:
+        bands.append(("unattributed", frame["unattributed"].clip(lower=0), "#d9d9d9"))
+    colours = BAND_COLOURS
+    data = [{"type": "scatter", "mode": "lines", "stackgroup": "memory", "name": _chart_text(name),
+             "x": x, "y": [round(float(v), 2) for v in y], "line": {"width": 0.5, "color": colours.get(name, c)},
+             "fillcolor": colours.get(name, c), "hovertemplate": "%{y:.1f} MiB"}
+            for name, y, c in bands]
+    phases = sorted(frame.attrs.get("phases", []), key=lambda p: p["t_s"])
+    top_mib = float(frame["nonfree_mib"].max()) if len(frame) else 1.0
+    shapes, notes, lanes = [], [], _lanes(phases, x)
+    for ph, lane in zip(phases, lanes):
+        shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": ph["t_s"], "x1": ph["t_s"],
+                       "y0": 0, "y1": 1, "line": {"color": "#333", "width": 1, "dash": "dash"}})
+        if lane is not None:
+            notes.append({"x": ph["t_s"], "xref": "x", "yref": "paper", "y": 1.0, "yshift": 4 + 16 * lane,
+                          "yanchor": "bottom", "xanchor": "left", "showarrow": False,
+                          "text": _chart_text(str(ph["name"])[:40]), "font": {"size": 10, "color": "#333"}})
+    if phases:  # every phase can be hovered, labelled or not
+        data.append({"type": "scatter", "mode": "markers", "name": "phases", "showlegend": False,
+                     "x": [p["t_s"] for p in phases], "y": [top_mib] * len(phases),
+                     "text": [_chart_text(f"{p['name']} at {p['t_s']:.1f} s") for p in phases],
+                     "hovertemplate": "%{text}<extra></extra>",
+                     "marker": {"symbol": "triangle-down", "size": 9, "color": "#333"}})
+    lanes_used = max([n for n in lanes if n is not None], default=-1) + 1
+    origin = frame.attrs.get("origin", "boot")
+    layout = {"height": 520, "margin": {"l": 60, "r": 10, "t": 30 + 16 * lanes_used, "b": 50},
+              "xaxis": {"title": {"text": "seconds since boot" if origin == "boot" else "seconds since the first sample"}},
+              "yaxis": {"title": {"text": "resident MiB"}, "rangemode": "tozero"},
+              "hovermode": "x unified", "legend": {"traceorder": "reversed"},
+              "shapes": shapes, "annotations": notes, "font": {"family": "system-ui, sans-serif"}}
+    return {"data": data, "layout": layout}
+
+
+def _lanes(phases: list[dict], x: list[float]) -> list:
+    """A lane (row above the plot) for each phase label, or None when none is free: a
+    label takes the first lane whose last label ends before it starts."""
+    times = [p["t_s"] for p in phases] + list(x)
+    if not times:
+        return []
+    span = (max(times) - min(times)) or 1.0
+    per_px = span / PLOT_WIDTH_PX
+    ends: list[float] = []
+    out = []
+    for p in phases:
+        width = (len(str(p["name"])[:40]) * LABEL_CHAR_PX + 8) * per_px
+        lane = next((i for i, end in enumerate(ends) if end <= p["t_s"]), None)
+        if lane is None and len(ends) < MAX_LANES:
+            ends.append(0.0)
+            lane = len(ends) - 1
+        if lane is not None:
+            ends[lane] = p["t_s"] + width
+        out.append(lane)
+    return out
+
+
+# --- the chain, as a picture --------------------------------------------------------------
+
+BOX_W = {"fs": 128, "dev": 78}
+GAP, MAX_H, MIN_H = 22, 150, 26
+
+
+def _chain_figure(rec: Recording, acc: Account, plain: tuple[Recording, Account] | None) -> list[str]:
+    live = chain_mod.chain(rec, acc)
+    other = chain_mod.chain(*plain) if plain else None
+    if live is None:
+        return ['<p class="muted">No storage topology in this recording: no chain to draw.</p>']
+    rows = [("this boot", live)] + ([("plain", other)] if other else [])
+    biggest = max([b["mib"] for _n, c in rows for b in c["boxes"] + c["cow"]] + [1.0])
+    svg, y = [], 10
+    width = 0
+    for label, c in rows:
+        part, w, h = _chain_row(label, c, y, biggest)
+        svg += part
+        width, y = max(width, w), y + h + 18
+    caption = ("Each box is a layer of the root file system's storage, bottom (left) to top (right), "
+               "its height the MiB it holds in memory at this moment (block devices: their own cache; "
+               "+ the driver's kernel memory where it has some).")
+    if live["same_data"]:
+        caption += (f" Orange: the same files cached at {len(live['same_data'])} layers, "
+                    f"{live['same_data_mib']:.1f} MiB in all.")
+    return ([f'<figure id="chain"><svg class="chain" viewBox="0 0 {width + 10} {y}" '
+             f'role="img" aria-label="storage chain">']
+            + svg + ["</svg>", f'<figcaption class="muted">{esc(caption)}</figcaption></figure>'])
+
+
+def _chain_row(label: str, c: dict, top: int, biggest: float) -> tuple[list[str], int, int]:
+    """One boot's chain, left to right, boxes on a common baseline; its COW after it."""
+    tallest = max([MIN_H + MAX_H * b["mib"] / biggest for b in c["boxes"] + c["cow"]] + [MIN_H])
+    base = top + 30 + tallest
+    out = [f'<text class="head" x="0" y="{top + 14}">{esc(label)}</text>']
+    x = 0
+    boxes = [(b, False) for b in c["boxes"]] + [(b, True) for b in c["cow"]]
+    same = []
+    for i, (b, is_cow) in enumerate(boxes):
+        if is_cow and not boxes[i - 1][1]:
+            x += 20
+            out.append(f'<text x="{x}" y="{base - MIN_H - 8}">the snapshot\'s COW (writes):</text>')
+        w = BOX_W[b["kind"]]
+        h = MIN_H + MAX_H * b["mib"] / biggest
+        fill = (SAME_FILL if b["same_data"] else COW_FILL if is_cow
+                else FS_FILL if b["kind"] == "fs" else DEV_FILL)
+        out.append(f'<rect class="layer" x="{x}" y="{base - h:.1f}" width="{w}" height="{h:.1f}" '
+                   f'fill="{fill}" stroke="#555" rx="3"><title>{esc(b["name"])}: {b["mib"]:.1f} MiB '
+                   f'({esc(b["what"])})</title></rect>')
+        out.append(f'<text class="mib" x="{x + 5}" y="{base - 7}">{b["mib"]:.1f} MiB</text>')
+        out.append(f'<text x="{x}" y="{base + 15}">{esc(_short(b["name"], w))}</text>')
+        out.append(f'<text x="{x}" y="{base + 29}" class="muted">{esc(_short(_base(b["what"]), w))}</text>')
+        if b.get("kernel_mib", 0) >= 0.05:
+            out.append(f'<text x="{x}" y="{base + 43}">+{b["kernel_mib"]:.1f} MiB {esc(b.get("driver", ""))}</text>')
+        if b["same_data"]:
+            same.append((x, w))
+        nxt = boxes[i + 1] if i + 1 < len(boxes) else None
+        if nxt is not None and nxt[1] == is_cow:
+            out.append(f'<text x="{x + w + 4}" y="{base - MIN_H / 2 + 4}">→</text>')
+        x += w + GAP
+    if len(same) > 1:  # a bracket over the layers that cache the same data
+        x0, x1 = same[0][0], same[-1][0] + same[-1][1]
+        y = top + 22
+        out.append(f'<path d="M{x0} {y + 8} V{y} H{x1} V{y + 8}" fill="none" stroke="#c96a12" stroke-width="2"/>')
+        out.append(f'<text x="{x0 + 4}" y="{y - 3}" fill="#c96a12">the same data, cached at {len(same)} layers: '
+                   f'{c["same_data_mib"]:.1f} MiB</text>')
+    return out, x, base + 50 - top
+
+
+def _short(text: str, width_px: int) -> str:
+    n = max(4, int(width_px / 6.6))
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _base(path) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1] or str(path)
 
 
 def plot_png(rec: Recording) -> bytes:
@@ -117,14 +331,25 @@ def _account_table(acc: Account, by: str) -> list[str]:
     head = [(n, False) for n in names] + [("MiB", True), ("pages", True), ("peak MiB", True),
                                           ("allocated MiB", True)]
     ps = acc.page_size
-    rows = [[esc(getattr(r, n)) for n in names]
-            + [f"{r.resident_mib:.1f}", f"{r.resident_pages:,}", f"{r.peak_pages * ps / MIB:.1f}",
-               f"{r.allocated_pages * ps / MIB:.1f}"]
+    rows = [([esc(getattr(r, n)) for n in names]
+             + [f"{r.resident_mib:.1f}", f"{r.resident_pages:,}", f"{r.peak_pages * ps / MIB:.1f}",
+                f"{r.allocated_pages * ps / MIB:.1f}"], abs(r.resident_mib) < 0.05)
             for r in t.itertuples(index=False)]
     total_pages = int(t["resident_pages"].sum())
     total = ["total"] + [""] * (len(names) - 1) + [f"{total_pages * ps / MIB:.1f}",
                                                    f"{total_pages:,}", "", ""]
-    return _table(head, rows, total, table_id=f"by-{by}")
+    return _with_zeros_hidden(head, rows, total, f"by-{by}")
+
+
+def _with_zeros_hidden(head, rows: list[tuple[list[str], bool]], total, table_id: str) -> list[str]:
+    """The table of the rows that hold something (the total is of all rows), then the
+    rows that show 0.0 MiB behind a toggle."""
+    zeros = [r for r, zero in rows if zero]
+    out = _table(head, [r for r, zero in rows if not zero], total, table_id=table_id)
+    if zeros:
+        out += [f"<details><summary>{len(zeros)} more rows at 0.0 MiB (under 0.05 MiB)</summary>",
+                *_table(head, zeros, table_id=f"{table_id}-zero"), "</details>"]
+    return out
 
 
 def _files(acc: Account) -> list[str]:
@@ -163,8 +388,10 @@ def _chains(acc: Account) -> list[str]:
 def _phases(rec: Recording) -> list[str]:
     if not rec.phases:
         return ['<p class="muted">No phase marks in this recording.</p>']
-    return _table([("seconds since boot", True), ("phase", False)],
-                  [[f"{p['t']:.2f}", esc(p["name"])] for p in rec.phases], table_id="phases")
+    return ([f"<details><summary>The {len(rec.phases)} phase marks</summary>"]
+            + _table([("seconds since boot", True), ("phase", False)],
+                     [[f"{p['t']:.2f}", esc(p["name"])] for p in rec.phases], table_id="phases")
+            + ["</details>"])
 
 
 def _comparison(plain: tuple[Recording, Account], live: tuple[Recording, Account]) -> list[str]:
@@ -174,14 +401,15 @@ def _comparison(plain: tuple[Recording, Account], live: tuple[Recording, Account
              f"{b['nonfree_mib'] - a['nonfree_mib']:+.1f}"],
             [esc("used (MemTotal − MemAvailable)"), f"{a['used_mib']:.1f}", f"{b['used_mib']:.1f}",
              f"{cmp['used_delta_mib']:+.1f}"]]
-    rows += [[esc(r["subsystem"]), f"{r['a_mib']:.1f}", f"{r['b_mib']:.1f}", f"{r['delta_mib']:+.1f}"]
-             for r in cmp["rows"]]
-    rows.append([esc("residual (in-use difference − sum of differences)"), "", "",
-                 f"{cmp['residual_mib']:+.1f}"])
+    body = [([esc(r["subsystem"]), f"{r['a_mib']:.1f}", f"{r['b_mib']:.1f}", f"{r['delta_mib']:+.1f}"],
+             max(abs(r["a_mib"]), abs(r["b_mib"]), abs(r["delta_mib"])) < 0.05) for r in cmp["rows"]]
+    rows = [(r, False) for r in rows] + body
+    total = [esc("residual (in-use difference − sum of differences)"), "", "",
+             f"{cmp['residual_mib']:+.1f}"]
     return ([f"<h2>Against the plain recording {esc(os.path.basename(plain[0].path))}</h2>",
              f'<p class="muted">A: {esc(plain[0].path)} · B: {esc(live[0].path)} (this report)</p>']
-            + _table([("MiB", False), ("A (plain)", True), ("B (this)", True), ("B − A", True)], rows,
-                     table_id="compare"))
+            + _with_zeros_hidden([("MiB", False), ("A (plain)", True), ("B (this)", True), ("B − A", True)],
+                                 rows, total, "compare"))
 
 
 def _probes(acc: Account) -> list[str]:

@@ -13,6 +13,7 @@ import math
 import pandas as pd
 
 from .account import MIB, Account
+from .fold import fold, other_label
 from .recording import Recording
 from .safe import inert, to_csv as _safe_csv
 
@@ -111,7 +112,10 @@ def _mib(x) -> str:
     return f"{x:10.1f}"
 
 
-def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15) -> str:
+def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15,
+         all_rows: bool = False) -> str:
+    """The account as a table that reads like `free -m`: the largest rows, the rest (each
+    under 1 MiB) on one "other (N rows)" line unless `all_rows`; the total is exact."""
     s = summary(rec, acc)
     mi = acc.meminfo
     ps = acc.page_size
@@ -134,13 +138,20 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15) -
         src = "source" in table.columns
         out.append(f"{head}{'MiB':>10}{'pages':>10}{'peak MiB':>10}{'alloc MiB':>10}"
                    + ("  source" if src else ""))
-        for r in table.itertuples(index=False):
+        rows = list(table.itertuples(index=False))
+        shown, rest = (rows, []) if all_rows else fold(rows, lambda r: r.resident_mib)
+        name_w = sum(cols[c] for c in keys)
+        for r in shown:
             cells = "".join(f"{_fit(inert(getattr(r, c)), cols[c] - 1):<{cols[c]}}" for c in keys)
             out.append(f"{cells}{_mib(r.resident_mib)}{r.resident_pages:>10d}"
                        f"{_mib(r.peak_pages * ps / MIB)}{_mib(r.allocated_pages * ps / MIB)}"
                        + (f"  {_SOURCES.get(r.source, r.source)}" if src else ""))
+        if rest:
+            pages = sum(int(r.resident_pages) for r in rest)
+            out.append(f"{other_label(rest) + ', each under 1 MiB (--all: every row)':<{name_w}}"
+                       f"{_mib(pages * ps / MIB)}{pages:>10d}")
         total = int(table["resident_pages"].sum())
-        out.append(f"{'total':<{sum(cols[c] for c in keys)}}{_mib(total * ps / MIB)}{total:>10d}")
+        out.append(f"{'total':<{name_w}}{_mib(total * ps / MIB)}{total:>10d}")
         out.append("")
         out += _file_table(acc, top_files)
     if acc.chains:

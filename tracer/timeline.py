@@ -60,6 +60,29 @@ def subsystems(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in NOT_SUBSYSTEMS]
 
 
+# Before switch_root, the page cache the tracer did not see file by file is the
+# initramfs, unpacked into its ramfs before the recorder started: in a traced boot that
+# is mostly the tracer itself (python, bcc, LLVM), so it must not read as "page cache".
+INITRAMFS = "initramfs (holds the tracer)"
+
+
+def for_plot(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame as the plots show it: the untraced page cache before the switch_root
+    mark gets a band of its own (INITRAMFS). Sums per sample are unchanged."""
+    switch = [p["t_s"] for p in frame.attrs.get("phases", []) if p["name"] == "switch_root"]
+    if not switch or "page cache" not in frame or INITRAMFS in frame:
+        return frame
+    out = frame.copy()
+    before = out["t_s"] < switch[0]
+    out.insert(len(out.columns), INITRAMFS, out["page cache"].where(before, 0.0))
+    out["page cache"] = out["page cache"].where(~before, 0.0)
+    subs = subsystems(out)
+    subs.sort(key=lambda c: -out[c].max())
+    out = out[[*NOT_SUBSYSTEMS, *subs]]
+    out.attrs = dict(frame.attrs)
+    return out
+
+
 class _PageCacheSums:
     """Page cache per subsystem, kept up to date sample by sample.
 
@@ -151,7 +174,7 @@ def sample_pages(rec: Recording, state: dict, page_cache: dict, ps: int) -> dict
 COLOURS = ("#2a6fdb", "#e8871e", "#3aa655", "#d64545", "#8e5cc4", "#8c6d31", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#ad494a", "#637939")
 # The 2014 question's subsystems keep a band of their own even when small.
-ALWAYS_NAMED = ("squashfs", "device-mapper", "loop")
+ALWAYS_NAMED = ("squashfs", "device-mapper", "loop", "tracer", INITRAMFS)
 OTHER_COLOUR = "#c7c7c7"
 UNATTRIBUTED_COLOUR = "#eeeeee"
 
@@ -166,6 +189,7 @@ def plot(frame: pd.DataFrame, out, fmt: str = "png", top: int = 10, title: str =
     matplotlib.use("Agg")  # no display, ever: this runs in tests and over ssh
     import matplotlib.pyplot as plt
 
+    frame = for_plot(frame)
     subs = [s for s in subsystems(frame) if s != "unattributed"]
     named = subs[:top] + [s for s in subs[top:] if s in ALWAYS_NAMED]
     rest = [s for s in subs if s not in named]

@@ -336,12 +336,12 @@ def format_table(result: dict) -> str:
 def main_cli(variants: str, memory: int, timeout: float, cache_dir: Optional[str],
              keep_logs: Optional[str], as_json: bool, settle: float,
              traced: bool = True, workloads: str = "all", workload_mib: Optional[int] = None,
-             out: Optional[str] = None) -> None:
+             out: Optional[str] = None, full: bool = False) -> None:
     from tracer.errors import require_root
 
     from .images import variant_names
 
-    from . import sidebyside, workloads as W
+    from . import screen, sidebyside, workloads as W
 
     names = variant_names(variants)
     moments = W.parse(workloads)
@@ -356,9 +356,11 @@ def main_cli(variants: str, memory: int, timeout: float, cache_dir: Optional[str
                             out=out or sidebyside.default_out(cache_dir))
     if as_json:
         print(json.dumps(result, indent=2))
-    else:
+    elif full:
         print(format_table(result))
         print(sidebyside.text(result))
+    else:  # one screen: the answer first; --full has every table
+        print(screen.screen(result))
     sys.stdout.flush()
     failed = [b for b in result["boots"] if "error" in b]
     if failed:

@@ -293,7 +293,7 @@ def write_out(result: dict, an: Analysis, out: Path) -> dict:
         for moment in moments:
             plain = ((rec_p, an.accounts[("plain", moment)])
                      if rec_p is not None and ("plain", moment) in an.accounts else None)
-            page = render_html.render(rec_l, an.accounts[(live, moment)], plain=plain, png=png)
+            page = render_html.render(rec_l, an.accounts[(live, moment)], plain=plain)
             (out / f"report-{moment}.html").write_text(page, encoding="utf-8")
             files[f"report {moment}"] = str(out / f"report-{moment}.html")
             if moment == moments[-1]:
