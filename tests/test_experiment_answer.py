@@ -151,12 +151,12 @@ def test_csv_and_reports_on_disk(synthetic):
     assert back["files"]["json"] == str(out / "experiment.json")
 
 
-def test_moment_index_first_sample_at_or_after_the_mark(tmp_path):
+def test_sample_at_is_the_first_sample_at_or_after_the_mark(tmp_path):
     rec = recording.read(live.write_live(tmp_path / "l.jsonl"))  # samples at 2, 3, 4 s
-    assert W.moment_index(rec, 0.0) == (0, "")
-    assert W.moment_index(rec, 2.0) == (0, "")
-    assert W.moment_index(rec, 2.01) == (1, "")
-    i, why = W.moment_index(rec, 9.0)
+    assert rec.sample_at(0.0) == (0, "")
+    assert rec.sample_at(2.0) == (0, "")
+    assert rec.sample_at(2.01) == (1, "")
+    i, why = rec.sample_at(9.0)
     assert i == 2 and "no sample after the mark" in why
 
 

@@ -8,7 +8,6 @@ boot them under QEMU; they skip only without root or without qemu-system-x86_64.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import signal
@@ -21,6 +20,7 @@ import pytest
 
 from conftest import FOOTPRINT, REPO, qemu_skip_reason
 from tracer.errors import FootprintError
+from tracer.procfs import parse_meminfo
 from vm import cache as C
 from vm import code, experiment, images
 
@@ -44,7 +44,7 @@ def test_parse_free_and_meminfo():
             "Swap:              0           0           0\n")
     f = experiment.parse_free(free)
     assert f["used"] == 183 and f["buff/cache"] == 64 and f["available"] == 1783
-    m = experiment.parse_meminfo("MemTotal:        2013560 kB\nMemFree:         1871148 kB\nHugePages_Total:       0\n")
+    m = parse_meminfo("MemTotal:        2013560 kB\nMemFree:         1871148 kB\nHugePages_Total:       0\n")
     assert m == {"MemTotal": 2013560, "MemFree": 1871148, "HugePages_Total": 0}
 
 

@@ -84,9 +84,17 @@ def main() -> None:
 
 
 def _register_commands() -> None:
-    # Each command module adds itself to `main`; imported lazily so that a missing
-    # optional dependency (bcc, QEMU) only fails the command that needs it.
-    from . import commands  # noqa: F401
+    """footprint's own commands, then those other packages add through the
+    "footprint.commands" entry point (the lab's `experiment`). Each command imports what
+    it needs when it runs, so a missing optional dependency fails only that command."""
+    from importlib.metadata import entry_points
+
+    from .commands import group
+
+    for cmd in group.commands.values():
+        main.add_command(cmd)
+    for ep in entry_points(group="footprint.commands"):
+        main.add_command(ep.load(), ep.name)
 
 
 _register_commands()

@@ -1,10 +1,11 @@
-"""The subcommands, kept thin: each parses options and calls into the package."""
+"""The subcommands, kept thin: each parses options and calls into the package. They
+are gathered in `group`; tracer/cli.py adds them to the `footprint` command."""
 
 from __future__ import annotations
 
 import click
 
-from .cli import main
+group = click.Group("commands")
 
 
 def _sizes(files, stacks, objs):
@@ -35,7 +36,7 @@ class _Seconds(click.ParamType):
         return seconds
 
 
-@main.command()
+@group.command()
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Recording to write (JSON Lines, mode 0600).")
 @click.option("-d", "--duration", type=_Seconds(), default=None,
@@ -88,7 +89,7 @@ def record(output, duration, interval, no_inventory, inventory_seconds, slab, ke
     click.echo(f"footprint: recording {output} written ({reason})", err=True)
 
 
-@main.command()
+@group.command()
 @click.argument("name")
 @click.option("--marks", default="/run/footprint/marks", show_default=True)
 def mark(name, marks):
@@ -98,49 +99,10 @@ def mark(name, marks):
     marks_mod.append(marks, name)
 
 
-@main.command()
-@click.option("--variants", default="plain,live", show_default=True,
-              help="Boots to measure, comma-separated, or 'all': plain, live, live-ram, "
-                   "live-overlayfs, live-direct.")
-@click.option("--memory", type=int, default=2048, show_default=True, metavar="MIB",
-              help="Guest RAM in MiB.")
-@click.option("--timeout", type=click.FloatRange(min=30), default=1200, show_default=True,
-              help="Hard time limit per boot, seconds (QEMU is killed after it).")
-@click.option("--settle", type=click.FloatRange(min=0), default=5, show_default=True,
-              help="Seconds to wait after multi-user before measuring.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Image cache (default: $FOOTPRINT_CACHE or /var/cache/footprint).")
-@click.option("--keep-logs", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Keep each boot's serial console log in DIR.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
-@click.option("--full", is_flag=True,
-              help="Print every table (by default: one screen with the answer).")
-@click.option("--untraced", is_flag=True,
-              help="Boot without footprint in the initramfs (plain measurements); by default "
-                   "each boot is traced from the initramfs on and gains account and phases.")
-@click.option("--workload", "workloads", default="all", show_default=True,
-              help="Moments to measure each boot at, comma-separated: after-boot, after-read "
-                   "(cold read of --workload-mib MiB of /usr/bin and /usr/lib after dropping "
-                   "caches), after-write (write that much to a file on /, sync, drop caches).")
-@click.option("--workload-mib", type=int, default=None, metavar="N",
-              help="MiB read and written by the workloads  [default: 128]")
-@click.option("--out", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Write recordings, experiment.json, side-by-side.csv, report.html and "
-                   "plot.png here (default: a timestamped directory under the cache).")
-def experiment(variants, memory, timeout, settle, cache_dir, keep_logs, as_json, full, untraced,
-               workloads, workload_mib, out):
-    """Boot Debian guests (plain disk vs live ISO) under QEMU and redo the 2014 measurement:
-    live vs plain side by side at each moment, the answer, the boots ranked."""
-    from vm.experiment import main_cli
-
-    main_cli(variants, memory, timeout, cache_dir, keep_logs, as_json, settle,
-             traced=not untraced, workloads=workloads, workload_mib=workload_mib, out=out, full=full)
-
-
 DEFAULT_RECORDING = "/run/footprint/recording.jsonl"
 
 
-@main.command()
+@group.command()
 @click.argument("recording", required=False, default=DEFAULT_RECORDING)
 @click.option("--by", type=click.Choice(["subsystem", "layer", "file", "kind"]), default="layer",
               show_default=True, help="How to group the account.")
@@ -154,20 +116,9 @@ DEFAULT_RECORDING = "/run/footprint/recording.jsonl"
               help="Every row (by default rows under 1 MiB are summed on one line).")
 def report(recording, by, as_json, as_csv, parquet, index, all_rows):
     """Print the account of a recording: where the memory went."""
-    from . import account, recording as rec_mod, report as rep
+    from . import report as rep
 
-    rec = rec_mod.read(recording)
-    if not rec.samples:
-        from .errors import FootprintError
-
-        raise FootprintError(f"recording {recording} holds no sample yet: record for at "
-                             "least one interval")
-    if not -len(rec.samples) <= index < len(rec.samples):
-        from .errors import FootprintError
-
-        raise FootprintError(f"--at {index} is out of range: the recording has "
-                             f"{len(rec.samples)} samples")
-    acc = account.build(rec, index)
+    rec, acc = _load_account(recording, index)
     if parquet:
         import io
 
@@ -189,7 +140,7 @@ def report(recording, by, as_json, as_csv, parquet, index, all_rows):
         click.echo(rep.text(rec, acc, by=by, all_rows=all_rows), nl=False)
 
 
-@main.command()
+@group.command()
 @click.option("--json", "as_json", is_flag=True)
 def topology(as_json):
     """Show the storage stack: mounts, loop and dm devices, what backs what."""
@@ -230,7 +181,7 @@ def _load_account(path: str, index: int = -1):
     return rec, account.build(rec, index)
 
 
-@main.command()
+@group.command()
 @click.argument("recording_a", metavar="A")
 @click.argument("recording_b", metavar="B")
 @click.option("--by", type=click.Choice(["subsystem", "layer"]), default="subsystem",
@@ -256,7 +207,7 @@ def compare(recording_a, recording_b, by, as_json, as_csv, at_a, at_b, all_rows)
         click.echo(cmp_mod.text(result, all_rows=all_rows), nl=False)
 
 
-@main.command()
+@group.command()
 @click.argument("recording")
 @click.argument("plain", required=False, default=None)
 @click.option("--json", "as_json", is_flag=True, help="The numbers behind the answer, as JSON.")
@@ -277,7 +228,7 @@ def answer(recording, plain, as_json, index):
         click.echo(textwrap.fill(result["paragraph"], width=100))
 
 
-@main.command("html")
+@group.command("html")
 @click.argument("recording")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="The HTML file to write (one self-contained file, opens offline).")
@@ -300,7 +251,7 @@ def html_report(recording, output, plain, png, index):
     click.echo(f"footprint: wrote {output}" + (f" and {png}" if png else ""), err=True)
 
 
-@main.command("timeline")
+@group.command("timeline")
 @click.argument("recording")
 @click.option("--json", "as_json", is_flag=True, help="Rows as JSON (with the phases).")
 @click.option("--png", default=None, type=click.Path(dir_okay=False), help="Write the plot here.")
@@ -318,14 +269,14 @@ def timeline_cmd(recording, as_json, png, since_start):
         outfile.write(png, buf.getvalue())
     if as_json:
         click.echo(rep.dumps_json({"origin": frame.attrs["origin"], "phases": frame.attrs["phases"],
-                                   "rows": rep._records(frame)}))
+                                   "rows": rep.records(frame)}))
     elif not png:
         from .safe import to_csv
 
         click.echo(to_csv(frame), nl=False)
 
 
-@main.group()
+@group.group()
 def dracut():
     """Install footprint's dracut module (dracut --add footprint, boot with rd.footprint=1)."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .account import Account
 from .recording import Recording
-from .report import _fit, _records, summary
+from .report import _fit, records, summary
 from . import safe
 from .fold import fold, other_label
 from .safe import inert
@@ -42,7 +42,7 @@ def compare(acc_a: Account, acc_b: Account, by: str = "subsystem",
         "a": _side(acc_a, rec_a),
         "b": _side(acc_b, rec_b),
         "by": by,
-        "rows": _records(table[[*keys, "a_mib", "b_mib", "delta_mib"]]),
+        "rows": records(table[[*keys, "a_mib", "b_mib", "delta_mib"]]),
         "nonfree_delta_mib": nonfree_delta,
         "used_delta_mib": acc_b.meminfo["used_mib"] - acc_a.meminfo["used_mib"],
         "sum_of_deltas_mib": sum_of_deltas,

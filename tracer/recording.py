@@ -268,6 +268,17 @@ class Recording:
             yield {**s, "files": files, "stacks": stacks, "sites": sites, "slab": slab,
                    "vmalloc": vmalloc}
 
+    def sample_at(self, t: float) -> tuple[int, str]:
+        """The sample for a moment marked at boottime t: the first at or after t, else the
+        last (and why)."""
+        for i, s in enumerate(self.samples):
+            if s["t"] >= t:
+                return i, ""
+        if not self.samples:
+            raise FootprintError(f"recording {self.path} holds no sample")
+        return len(self.samples) - 1, (f"no sample after the mark at {t:.1f} s: the last one "
+                                       f"({self.samples[-1]['t']:.1f} s) taken")
+
     def state(self, index: int = -1) -> dict | None:
         """The full state at sample `index` (default: the last one); a copy."""
         if not self.samples:

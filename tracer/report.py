@@ -56,11 +56,11 @@ def to_json(rec: Recording, acc: Account, by: str = "layer") -> dict:
     return {
         "recording": summary(rec, acc),
         "t": acc.t,
-        "account": _records(rows[["subsystem", "layer", "kind", "resident_pages", "resident_mib",
+        "account": records(rows[["subsystem", "layer", "kind", "resident_pages", "resident_mib",
                                   "peak_pages", "allocated_pages", "source"]]),
         # "layer" is `account`, "file" is `files`: only the other groupings add a table.
-        "by": {by: _records(acc.by(by))} if by in ("subsystem", "kind") else None,
-        "files": _records(files[["dev", "ino", "path", "fstype", "subsystem", "layer", "kind",
+        "by": {by: records(acc.by(by))} if by in ("subsystem", "kind") else None,
+        "files": records(files[["dev", "ino", "path", "fstype", "subsystem", "layer", "kind",
                                  "resident_pages", "resident_mib", "peak_pages", "allocated_pages",
                                  "baseline_pages", "traced_pages", "source"]]),
         "meminfo": acc.meminfo,
@@ -77,7 +77,7 @@ def to_json(rec: Recording, acc: Account, by: str = "layer") -> dict:
     }
 
 
-def _records(df: pd.DataFrame) -> list[dict]:
+def records(df: pd.DataFrame) -> list[dict]:
     """Rows as plain dicts; pandas' C JSON writer turns NaN into null and numpy scalars
     into numbers (a Python loop over a million-page account took most of the report)."""
     return json.loads(df.to_json(orient="records", force_ascii=False, default_handler=str))

@@ -12,13 +12,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 from tracer.errors import FootprintError
+from tracer.procfs import parse_meminfo
 
 from . import cache as C
 from .images import VARIANTS, BootSpec, prepare_many
@@ -42,19 +42,6 @@ SEED = {
 
 # The collection: one moment, in this order (free first, meminfo right after).
 _DF = "df -B1 --output=source,fstype,size,used,avail,target / | tail -n 1"
-
-
-def parse_meminfo(text: str) -> dict:
-    out = {}
-    for line in text.splitlines():
-        if ":" not in line:
-            continue
-        k, v = line.split(":", 1)
-        try:
-            out[k.strip()] = int(v.split()[0])
-        except (ValueError, IndexError):
-            pass
-    return out
 
 
 def parse_free(text: str) -> dict:

@@ -26,7 +26,6 @@ from tracer import account as account_mod, answer as answer_mod, compare as comp
 from tracer import recording as recording_mod, report as report_mod
 from tracer.safe import csv_cell, inert
 
-from .workloads import moment_index
 
 QUESTION = ("squashfs", "device-mapper", "loop")
 MIB = 1 << 20
@@ -60,7 +59,7 @@ def analyse(result: dict, recordings_dir: Optional[Path]) -> Analysis:
         try:
             rec = recording_mod.read(str(path))
             for m in b["moments"]:
-                index, why = moment_index(rec, m["t_s"])
+                index, why = rec.sample_at(m["t_s"])
                 acc = account_mod.build(rec, index)
                 an.accounts[(b["name"], m["name"])] = acc
                 m.update({"sample_index": index, "sample_t_s": acc.t,

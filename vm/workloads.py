@@ -15,12 +15,12 @@ in this order, each in the guest that is still recording:
 At each moment a phase mark (the format `footprint mark NAME` writes) goes into
 /run/footprint/marks, so the recording's timeline shows it, and /proc/meminfo and
 `free -m` are read. The account of each moment is built on the host, after the recording
-was fetched, from the first sample taken at or after the mark (`moment_index`); the guest
+was fetched, from the first sample taken at or after the mark (`Recording.sample_at`); the guest
 waits `settle_samples` sampling intervals after each mark so that sample exists before the
 next workload starts.
 
     moments = run_moments(g, ["after-boot", "after-read"], mib=64)   # in the guest
-    index = moment_index(rec, moments[1]["t_s"])                     # on the host
+    index = rec.sample_at(moments[1]["t_s"])                     # on the host
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def run_moments(g, names: Sequence[str], mib: int = DEFAULT_MIB, *, interval: fl
                 settle_samples: int = 2, say: Callable[[str], None] = lambda s: None) -> list[dict]:
     """Runs each moment's workload, marks it, reads meminfo and free -m; returns
     [{"name", "t_s", "workload", "meminfo", "nonfree_mib", "used_mib", "free_m"}]."""
-    from .experiment import parse_meminfo
+    from tracer.procfs import parse_meminfo
 
     moments = []
     for name in names:
@@ -171,15 +171,3 @@ def run_moments(g, names: Sequence[str], mib: int = DEFAULT_MIB, *, interval: fl
             f"(workload {time.monotonic() - t0:.0f} s)")
         time.sleep(settle_samples * interval + 0.5)  # the recorder's sample after the mark
     return moments
-
-
-def moment_index(rec, t: float) -> tuple[int, str]:
-    """The sample for a moment marked at boottime t: the first at or after t, else the
-    last (and why)."""
-    for i, s in enumerate(rec.samples):
-        if s["t"] >= t:
-            return i, ""
-    if not rec.samples:
-        raise FootprintError(f"recording {rec.path} holds no sample")
-    return len(rec.samples) - 1, (f"no sample after the mark at {t:.1f} s: the last one "
-                                  f"({rec.samples[-1]['t']:.1f} s) taken")
