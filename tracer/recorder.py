@@ -75,6 +75,7 @@ class Options:
     stop_file: str | None = None  # recording ends when this file appears
     slab: str = "kmalloc"
     kernel_headers: str | None = None
+    loader: str = "auto"  # auto | libbpf | bcc (loader.choose_loader)
     sizes: loader.MapSizes | None = None
     exec: bool = True  # hand off to the lean sampler after attaching
 
@@ -101,7 +102,8 @@ class Recorder:
         """Compile and attach with bcc, write the header; the maps are read by fd."""
         require_root("footprint record")
         opts = self.opts
-        self.plan = loader.plan(sizes=opts.sizes, kernel_headers=opts.kernel_headers, slab=opts.slab)
+        self.plan = loader.plan(sizes=opts.sizes, kernel_headers=opts.kernel_headers, slab=opts.slab,
+                                loader=opts.loader)
         t0 = boottime()
         self.program = loader.Program(self.plan)
         attach_s = boottime() - t0
@@ -109,6 +111,7 @@ class Recorder:
         self.writer = recording.Writer(opts.output, {
             "plan": {
                 "probes": self.plan.probes(),
+                "loader": self.plan.loader,
                 "headers": self.plan.headers.describe(),
                 "headers_match_kernel": self.plan.headers.matches_kernel,
                 "max_pfn": self.plan.max_pfn,
