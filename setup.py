@@ -22,7 +22,6 @@ class BuildPyWithBpfObject(build_py):
         out = Path(self.build_lib, "tracer", "bpf", "footprint.bpf.o")
         done = subprocess.run(["bash", str(HERE / "scripts" / "build-bpf"), str(out)],
                               stderr=subprocess.PIPE, text=True)
-        Path(f"{out}.key").unlink(missing_ok=True)  # build-bpf's stamp: not for the wheel
         if done.returncode != 0:
             lines = done.stderr.strip().splitlines() or ["scripts/build-bpf failed"]
             raise SystemExit(f"footprint: no BPF object for the wheel: {lines[-1]}")

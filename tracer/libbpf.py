@@ -11,12 +11,12 @@ compiles anything, and nothing imports bcc.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
 from .errors import FootprintError
 
+SONAME = "libbpf.so.1"
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 _lib = None
 _log: list[str] = []  # what libbpf said during the current open/load/attach
@@ -42,19 +42,24 @@ _libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, c
 _print_cb = _PRINT_FN(_on_print)  # kept referenced: libbpf holds the pointer
 
 
+def available() -> bool:
+    try:
+        lib()
+    except FootprintError:
+        return False
+    return True
+
+
 def lib() -> ctypes.CDLL:
     """libbpf.so.1 with the prototypes used here, loaded once."""
     global _lib
     if _lib is not None:
         return _lib
     try:
-        so = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
-    except OSError:
-        try:
-            so = ctypes.CDLL("libbpf.so.1", use_errno=True)
-        except OSError as err:
-            raise FootprintError(f"libbpf is not installed ({err}): apt-get install libbpf1, "
-                                 "or record with --loader bcc") from None
+        so = ctypes.CDLL(SONAME, use_errno=True)  # the 1.x ABI by its soname, no ldconfig
+    except OSError as err:
+        raise FootprintError(f"libbpf is not installed ({err}): apt-get install libbpf1, "
+                             "or record with --loader bcc") from None
     P, I, U32, B = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_bool
     for name, res, args in (
             ("bpf_object__open_file", P, [ctypes.c_char_p, P]),

@@ -217,8 +217,10 @@ def bpf_object() -> str | None:
 
 
 def choose_loader(requested: str = "auto") -> tuple[str, str | None]:
-    """(loader, object path): libbpf where the kernel has BTF and the object exists,
-    else bcc; a forced libbpf that cannot work is a one-line error."""
+    """(loader, object path): libbpf where the kernel has BTF, the object exists and
+    libbpf.so.1 loads, else bcc; a forced libbpf that cannot work is a one-line error."""
+    from . import libbpf
+
     if requested not in LOADERS:
         raise FootprintError(f"unknown --loader {requested!r}: use one of {', '.join(LOADERS)}")
     if requested == "bcc":
@@ -232,7 +234,8 @@ def choose_loader(requested: str = "auto") -> tuple[str, str | None]:
         if obj is None:
             raise FootprintError("--loader libbpf needs the BPF object footprint.bpf.o, which is "
                                  "not built: run scripts/build-bpf, or use --loader bcc")
-    return ("libbpf", obj) if has_btf and obj else ("bcc", None)
+        libbpf.lib()  # its own one-line error
+    return ("libbpf", obj) if has_btf and obj and libbpf.available() else ("bcc", None)
 
 
 def tracefs() -> str:
