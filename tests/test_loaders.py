@@ -150,3 +150,14 @@ def test_libbpf_path_never_imports_bcc(bpf_object, tmp_path):
     text = subprocess.run(FOOTPRINT + ["report", str(rec)], capture_output=True, text=True,
                           cwd=REPO, check=True).stdout
     assert "loaded by: libbpf" in text
+
+
+@pytest.mark.bpf
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to load BPF")
+def test_libbpf_load_failure_is_one_line_naming_the_cause(bpf_object):
+    """What libbpf logs is captured, not printed: the error names the map it refused."""
+    p = loader.plan(loader="libbpf")
+    p.max_pfn = 0  # an array of no entries: the kernel refuses it
+    with pytest.raises(FootprintError) as err:
+        loader.Program(p)
+    assert "pfn_state" in str(err.value) and "\n" not in str(err.value), err.value

@@ -104,7 +104,8 @@ def why() -> str:
         verifier = [ln for ln in lines[:end] if not ln.startswith(("processed ", "-- BEGIN"))]
         if verifier:
             return verifier[-1][:300]
-    errors = [ln for ln in lines if "libbpf:" in ln or "failed" in ln or "error" in ln.lower()]
+    errors = [ln for ln in lines if ("failed" in ln or "error" in ln.lower())
+              and "failed to load object" not in ln]  # that one says only that it failed
     return (errors or lines or ["no message"])[-1][:300]
 
 
