@@ -132,11 +132,14 @@ static __always_inline void fp_victim_comm(char *dst, u32 size, void *args)
 
 /* The shmem extra (see footprint_logic.h), with CO-RE reads. A large folio keeps its
  * order in its first tail page: `_folio_order` in 6.1, the low byte of `_flags_1` in
- * 6.18; `flags` is an unsigned long in 6.1 and memdesc_flags_t (one) in 6.18. */
+ * 6.18; `flags` is an unsigned long in 6.1 and a memdesc_flags_t (a struct of one) in
+ * 6.18. */
 struct folio___v61 {
+    unsigned long flags;
     unsigned char _folio_order;
 } __attribute__((preserve_access_index));
 struct folio___v618 {
+    struct { unsigned long f; } flags;  /* memdesc_flags_t: CO-RE matches any struct */
     unsigned long _flags_1;
 } __attribute__((preserve_access_index));
 
@@ -149,11 +152,16 @@ int BPF_KPROBE(kprobe__shmem_add_to_page_cache, struct folio *folio, struct addr
     u64 ino = BPF_CORE_READ(host, i_ino);
     u32 dev = BPF_CORE_READ(host, i_sb, s_dev);
     u64 flags = 0, nr = 1;
-    bpf_core_read(&flags, sizeof(flags), &folio->flags);
+    struct folio___v61 *f61 = (void *)folio;
+    struct folio___v618 *f618 = (void *)folio;
+    /* A field read only where its type matches the kernel's: CO-RE refuses to relocate
+     * an unsigned long onto a struct (and the program would not load). */
+    if (bpf_core_field_exists(f618->flags.f))
+        bpf_core_read(&flags, sizeof(flags), &f618->flags.f);
+    else
+        bpf_core_read(&flags, sizeof(flags), &f61->flags);
     if (flags & (1ULL << bpf_core_enum_value(enum pageflags, PG_head))) {
         u8 order = 0;
-        struct folio___v61 *f61 = (void *)folio;
-        struct folio___v618 *f618 = (void *)folio;
         if (bpf_core_field_exists(f61->_folio_order))
             bpf_core_read(&order, 1, &f61->_folio_order);
         else if (bpf_core_field_exists(f618->_flags_1))
