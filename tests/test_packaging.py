@@ -1,5 +1,6 @@
-"""The package as a user installs it: a wheel (python -m build) carrying the BPF source
-and the dracut module, pip-installed into a fresh venv that sees Debian's bcc."""
+"""The package as a user installs it: a wheel (python -m build) carrying the BPF source,
+the CO-RE object built at wheel build time and the dracut module, pip-installed into a
+fresh venv that sees Debian's bcc."""
 
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def wheel(tmp_path_factory):
 def test_wheel_carries_bpf_source_and_dracut_module(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "tracer/bpf/footprint.c" in names
+    for f in ("footprint.bpf.o", "footprint.bpf.c", "footprint_types.h", "footprint_logic.h"):
+        assert f"tracer/bpf/{f}" in names, f
+    assert not any(n.endswith(("vmlinux.h", ".key")) or ".build" in n for n in names), names
     assert "vm/dracut/95footprint/module-setup.sh" in names
     assert "tracer/sampler.py" in names
 
@@ -54,9 +58,11 @@ def test_wheel_installs_into_a_venv_that_sees_debians_bcc(wheel, tmp_path):
                          text=True, check=True, cwd=tmp_path).stdout
     assert "footprint" in out
     src = subprocess.run([str(py), "-c", "from tracer import loader, dracut; "
-                          "print(len(loader.bpf_source())); print(dracut.module_source())"],
+                          "s = loader.bpf_source(); print(len(s), '#include \"footprint_' in s); "
+                          "print(dracut.module_source()); print(loader.bpf_object())"],
                          capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
-    assert int(src[0]) > 1000 and str(venv) in src[1]
+    assert int(src[0]) > 1000 and src[1] == "False" and str(venv) in src[2]
+    assert src[3].startswith(str(venv)) and src[3].endswith("tracer/bpf/footprint.bpf.o"), src
     if have_bcc and os.geteuid() == 0:
         # Record with the installed copy: the recorder execs into its sampler as
         # "@footprint", which must find the package inside the venv.
@@ -70,3 +76,11 @@ def test_wheel_installs_into_a_venv_that_sees_debians_bcc(wheel, tmp_path):
         assert rep.returncode == 0, rep.stderr
         summary = json.loads(rep.stdout)["recording"]
         assert summary["samples"] >= 1 and summary["partial"] is False, summary
+
+
+def test_wheel_build_without_clang_says_so_in_one_line(tmp_path):
+    """The object's build script, as the wheel build runs it, on a machine without clang."""
+    p = subprocess.run(["bash", str(REPO / "scripts" / "build-bpf"), str(tmp_path / "o.o")],
+                       capture_output=True, text=True, env=dict(os.environ, CLANG="no-such-clang"))
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "clang is missing" in p.stderr, p.stderr

@@ -1,6 +1,7 @@
 """The tracer on this machine's own kernel (tracepoints only): a squashfs holding an ext4
 image, both loop-mounted, read while recording; footprint's resident pages per file must
-match fincore (mincore: the kernel's own answer) within 1 %."""
+match fincore (mincore: the kernel's own answer) within 1 %. Every recording test runs
+once per loader: libbpf (the CO-RE object) and bcc."""
 
 from __future__ import annotations
 
@@ -42,6 +43,20 @@ def live_like_stack(tmp_path_factory):
 
 drop_caches = livestack.drop_caches
 
+REPO = __import__('pathlib').Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", params=["libbpf", "bcc"])
+def loader(request):
+    """The loader a test records with. libbpf needs the CO-RE object: built here when
+    missing or stale (scripts/build-bpf, seconds), skipped where it cannot be."""
+    if request.param == "libbpf":
+        done = subprocess.run(["bash", str(REPO / "scripts" / "build-bpf")], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            pytest.skip(done.stderr.strip().splitlines()[-1])
+    return request.param
+
 
 def read_part(path, offset_mib, length_mib):
     with open(path, "rb") as f:
@@ -60,9 +75,9 @@ def fincore_pages(path) -> int:
     return int(out.split()[0])
 
 
-def start_recorder(rec_path, extra=()):
+def start_recorder(rec_path, extra=(), loader="auto"):
     proc = subprocess.Popen(FOOTPRINT + ["record", "-o", str(rec_path), "--interval", "0.2",
-                                         *extra], stderr=subprocess.PIPE, text=True)
+                                         "--loader", loader, *extra], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if rec_path.exists() and '"type":"sample"' in rec_path.read_text(errors="replace"):
@@ -81,10 +96,14 @@ def stop_recorder(proc):
     return err
 
 
-def report_json(rec_path, *extra):
+def report_json(rec_path, *extra, loader=None):
+    """The report; with `loader`, checks first that this loader made the recording."""
     out = subprocess.run(FOOTPRINT + ["report", "--json", str(rec_path), *extra], check=True,
                          capture_output=True, text=True).stdout
-    return json.loads(out)
+    report = json.loads(out)
+    if loader is not None:
+        assert report["recording"]["loader"] == loader, report["recording"]
+    return report
 
 
 def by_file(report):
@@ -134,11 +153,11 @@ def assert_matches_ground_truth(report, truths):
     return checked
 
 
-def test_traced_pages_per_file_match_fincore(live_like_stack, tmp_path):
+def test_traced_pages_per_file_match_fincore(live_like_stack, tmp_path, loader):
     s = live_like_stack
     drop_caches()
     rec = tmp_path / "rec.jsonl"
-    proc = start_recorder(rec)
+    proc = start_recorder(rec, loader=loader)
     try:
         read_part(s["files"][0], 0, 10)       # part of a
         read_part(s["files"][1], 0, 16)       # all of b
@@ -149,7 +168,7 @@ def test_traced_pages_per_file_match_fincore(live_like_stack, tmp_path):
     finally:
         stop_recorder(proc)
     assert os.stat(rec).st_mode & 0o777 == 0o600
-    report = report_json(rec)
+    report = report_json(rec, loader=loader)
     checked = assert_matches_ground_truth(report, truths)
     assert checked >= 5, truths
     # The same data sits in three page caches: ext4 files, rootfs.img in squashfs, and the
@@ -176,21 +195,21 @@ def test_traced_pages_per_file_match_fincore(live_like_stack, tmp_path):
     assert report["lost_events"] <= 0.001 * events, (report["lost_events"], events)
 
 
-def test_inventory_makes_resident_right_at_attach(live_like_stack, tmp_path):
+def test_inventory_makes_resident_right_at_attach(live_like_stack, tmp_path, loader):
     """Pages read before the tracer attached come from the baseline inventory."""
     s = live_like_stack
     drop_caches()
     read_part(s["files"][0], 2, 6)
     read_part(s["files"][2], 0, 16)
     rec = tmp_path / "rec.jsonl"
-    proc = start_recorder(rec)
+    proc = start_recorder(rec, loader=loader)
     try:
         read_part(s["files"][1], 0, 4)  # and some traced on top
         time.sleep(1.0)
         truths = ground_truth([s["squash"], s["inner"], *s["files"]])
     finally:
         stop_recorder(proc)
-    report = report_json(rec)
+    report = report_json(rec, loader=loader)
     assert assert_matches_ground_truth(report, truths) >= 4
     files = by_file(report)
     inventoried = files[key_of(s["files"][2])]
@@ -206,13 +225,13 @@ def test_topology_shows_the_stack(live_like_stack):
     assert "rootfs.img" in out and "squashfs.img" in out
 
 
-def test_uevents_land_on_the_recording_clock(tmp_path):
+def test_uevents_land_on_the_recording_clock(tmp_path, loader):
     """A loop device configured while recording: its uevents are in the recording, on the
     samples' clock, and the topology is re-read (the recording stays readable)."""
     rec = tmp_path / "rec.jsonl"
     img = tmp_path / "img"
     img.write_bytes(b"\0" * (4 << 20))
-    proc = start_recorder(rec, extra=("--no-inventory",))
+    proc = start_recorder(rec, extra=("--no-inventory",), loader=loader)
     lo = None
     try:
         lo = subprocess.run(["losetup", "-f", "--show", str(img)], check=True, capture_output=True,
@@ -261,7 +280,7 @@ def _memory_cgroup(name: str, limit: int) -> tuple[str, str]:
     return d, os.path.join(d, "cgroup.procs")
 
 
-def test_oom_victim_is_recorded(tmp_path):
+def test_oom_victim_is_recorded(tmp_path, loader):
     """An OOM kill while recording (here a memory cgroup's: the same mark_victim event as
     the whole machine's) lands in the recording with the victim's pid and name, and the
     report says so; the recording itself goes on and ends cleanly."""
@@ -269,7 +288,7 @@ def test_oom_victim_is_recorded(tmp_path):
         pytest.skip("needs root to load BPF and make a cgroup")
     d, procs = _memory_cgroup(f"footprint-test-oom-{os.getpid()}", 48 << 20)
     rec = tmp_path / "rec.jsonl"
-    proc = start_recorder(rec, ["--no-inventory"])
+    proc = start_recorder(rec, ["--no-inventory"], loader=loader)
     try:
         t_before = time.clock_gettime(time.CLOCK_BOOTTIME)
         hog = subprocess.Popen([sys.executable, "-c", "import os, sys; "
@@ -287,7 +306,7 @@ def test_oom_victim_is_recorded(tmp_path):
             except OSError:
                 time.sleep(0.1)
     assert hog.returncode == -signal.SIGKILL, hog.returncode
-    report = report_json(rec)
+    report = report_json(rec, loader=loader)
     victims = [v for v in report["oom"] if v["pid"] == hog.pid]
     assert victims, report["oom"]
     assert victims[0]["comm"].startswith("python"), victims

@@ -64,8 +64,11 @@ class _Seconds(click.ParamType):
               help="Keep sampling in this process (default: exec into a lean sampler without "
                    "bcc/LLVM once attached).")
 @click.option("--ebpf", is_flag=True, help="Print the BPF program for this kernel and exit.")
+@click.option("--loader", "loader_name", type=click.Choice(["auto", "libbpf", "bcc"]), default="auto",
+              show_default=True, help="libbpf: the CO-RE object built ahead of time (needs BTF); "
+                                      "bcc: compile at attach time; auto: libbpf where it can.")
 def record(output, duration, interval, no_inventory, inventory_seconds, slab, kernel_headers, marks, stop_file,
-           max_files, max_stacks, max_objects, no_exec, ebpf):
+           max_files, max_stacks, max_objects, no_exec, ebpf, loader_name):
     """Trace page cache, kernel pages and slab objects into a recording."""
     import sys
 
@@ -82,7 +85,7 @@ def record(output, duration, interval, no_inventory, inventory_seconds, slab, ke
             output=output, duration=duration, interval=interval, inventory=not no_inventory,
             inventory_seconds=inventory_seconds,
             marks=marks, stop_file=stop_file, slab=slab, kernel_headers=kernel_headers,
-            sizes=sizes, exec=not no_exec))
+            sizes=sizes, exec=not no_exec, loader=loader_name))
     except (recorder.Interrupted, KeyboardInterrupt):  # the latter: before its handlers
         click.echo("footprint: interrupted before anything was recorded", err=True)
         sys.exit(130)

@@ -1,9 +1,14 @@
-"""Load footprint's BPF program with bcc, adapted to the running kernel at attach time.
+"""Load footprint's BPF program, adapted to the running kernel at attach time.
+
+Two loaders run the same logic (bpf/footprint_logic.h): libbpf loads the CO-RE object
+built ahead of time (bpf/footprint.bpf.o, scripts/build-bpf) on kernels with BTF; bcc
+compiles bpf/footprint.c at attach time where there is no BTF (or when asked).
 
 What the kernel offers is read, not assumed: tracepoint formats from tracefs decide which
-probes are compiled in (and whether filemap events carry a folio order), /proc/zoneinfo
-sizes the per-pfn array, and the header tree is found the way bcc would, plus a fallback
-for kernels that ship none (these machines' 6.18): a close Debian tree in the cache.
+probes are compiled in or loaded (and, for bcc, whether filemap events carry a folio
+order), /proc/zoneinfo sizes the per-pfn array, and bcc's header tree is found the way bcc
+would, plus a fallback for kernels that ship none (these machines' 6.18): a close Debian
+tree in the cache.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ OPTIONAL_TRACEPOINTS = (
 # Attached whatever --slab says: they cost nothing until they fire.
 ALWAYS_OPTIONAL = {"mark_victim"}
 OOM_SLOTS = 16  # the last victims kept in the kernel between two samples
+ST_MAX = 15  # enum fp_stat in bpf/footprint_types.h
+KERNEL_BTF = "/sys/kernel/btf/vmlinux"
+LOADERS = ("auto", "libbpf", "bcc")
 
 
 @dataclass
@@ -85,8 +93,11 @@ class Headers:
     path: str | None  # None: bcc finds them itself (build dir or kheaders)
     source: str  # how they were found
     matches_kernel: bool
+    needed: bool = True  # libbpf's CO-RE object needs none
 
     def describe(self) -> str:
+        if not self.needed:
+            return self.source
         where = self.path or "bcc default"
         match = "matches the running kernel" if self.matches_kernel else (
             "does NOT match the running kernel: tracepoint arguments only, struct layouts from BTF")
@@ -112,21 +123,36 @@ class Plan:
     percpu_call_site: bool = False
     oom_victim_comm: bool = False  # oom:mark_victim names its victim (6.18 does, 6.1 not)
     slab: str = "kmalloc"  # off | kmalloc | all (see SLAB_MODES)
+    loader: str = "bcc"  # which one loads the program: libbpf (CO-RE object) or bcc
+    bpf_object: str | None = None  # the CO-RE object libbpf loads
+
+    def map_entries(self) -> dict[str, int]:
+        """Each map's capacity, as bpf/footprint.c declares them for bcc; libbpf sets the
+        same on the CO-RE object before load."""
+        per_map = self.sizes.stacks_per_map
+        return {"pfn_state": self.max_pfn, "stats": ST_MAX, "next_file_id": 1,
+                "files": self.sizes.files, "file_of": self.sizes.files,
+                "stacks": per_map, "stacks_alt": per_map, "stack_pages": 2 * per_map + 1,
+                "objs": self.sizes.objs, "sites": self.sizes.sites, "oom_victims": OOM_SLOTS}
+
+    def files_per_cpu(self) -> int:
+        return max(1, self.sizes.files // possible_cpus())
 
     def cflags(self) -> list[str]:
         flags = [
             f"-DFP_MAX_PFN={self.max_pfn}",
             f"-DFP_FILES_MAX={self.sizes.files}",
-            f"-DFP_FILES_PER_CPU={max(1, self.sizes.files // possible_cpus())}",
+            f"-DFP_FILES_PER_CPU={self.files_per_cpu()}",
             f"-DFP_STACKS_MAX={self.sizes.stacks_per_map}",
             f"-DFP_STACK_DEPTH={self.sizes.stack_depth}",
             f"-DFP_OBJS_MAX={self.sizes.objs}",
             f"-DFP_SITES_MAX={self.sizes.sites}",
             f"-DFP_MIGRATE_MOVABLE={MIGRATE_MOVABLE}",
             f"-DFP_TRACK_SLAB={0 if self.slab == 'off' else 1}",
-            "-DFP_PERCPU_CALL_SITE=" + ("args->call_site" if self.percpu_call_site else "0"),
             f"-DFP_OOM_SLOTS={OOM_SLOTS}",
         ]
+        if self.percpu_call_site:
+            flags.append("-DFP_HAS_PERCPU_CALL_SITE")
         if self.oom_victim_comm:
             flags.append("-DFP_OOM_VICTIM_COMM")
         if self.folio_order:
@@ -163,16 +189,53 @@ def possible_cpus() -> int:
     return count
 
 
-def bpf_source() -> str:
-    """bpf/footprint.c of the checkout, or the copy packaged in the wheel."""
-    in_repo = Path(__file__).resolve().parent.parent / "bpf" / "footprint.c"
-    return in_repo.read_text() if in_repo.exists() else _packaged_source()
-
-
-def _packaged_source() -> str:
+def _bpf_file(name: str):
+    """A file of bpf/: the checkout's (tracer/../bpf), else the wheel's (tracer/bpf).
+    The checkout is looked at first because an editable install maps tracer.bpf to the
+    tree it was installed from, which need not be this one."""
+    in_repo = Path(__file__).resolve().parent.parent / "bpf" / name
+    if in_repo.exists():
+        return in_repo
     from importlib import resources
 
-    return resources.files("tracer.bpf").joinpath("footprint.c").read_text()
+    return resources.files("tracer.bpf").joinpath(name)
+
+
+def bpf_source() -> str:
+    """The bcc frontend, bpf/footprint.c, with the shared logic it #includes put in place
+    (bcc compiles one text)."""
+    text = _bpf_file("footprint.c").read_text()
+    return re.sub(r'^#include "(footprint_\w+\.h)"$',
+                  lambda m: _bpf_file(m.group(1)).read_text(), text, flags=re.M)
+
+
+def bpf_object() -> str | None:
+    """Path of the CO-RE object built by scripts/build-bpf (FOOTPRINT_BPF_OBJECT
+    overrides), None if it was not built."""
+    path = os.environ.get("FOOTPRINT_BPF_OBJECT") or str(_bpf_file("footprint.bpf.o"))
+    return path if os.path.isfile(path) else None
+
+
+def choose_loader(requested: str = "auto") -> tuple[str, str | None]:
+    """(loader, object path): libbpf where the kernel has BTF, the object exists and
+    libbpf.so.1 loads, else bcc; a forced libbpf that cannot work is a one-line error."""
+    from . import libbpf
+
+    if requested not in LOADERS:
+        raise FootprintError(f"unknown --loader {requested!r}: use one of {', '.join(LOADERS)}")
+    if requested == "bcc":
+        return "bcc", None
+    obj = bpf_object()
+    has_btf = os.path.exists(KERNEL_BTF)
+    if requested == "libbpf":
+        if not has_btf:
+            raise FootprintError(f"--loader libbpf needs the kernel's BTF ({KERNEL_BTF} is missing: "
+                                 "CONFIG_DEBUG_INFO_BTF): use --loader bcc")
+        if obj is None:
+            raise FootprintError("--loader libbpf needs the BPF object footprint.bpf.o, which is "
+                                 "not built: run scripts/build-bpf, or use --loader bcc")
+        libbpf.lib()  # its own one-line error
+    return ("libbpf", obj) if has_btf and obj and libbpf.available() else ("bcc", None)
 
 
 def tracefs() -> str:
@@ -238,16 +301,18 @@ def find_headers(explicit: str | None = None) -> Headers:
 
 
 def plan(sizes: MapSizes | None = None, kernel_headers: str | None = None,
-         max_pfn: int | None = None, slab: str = "kmalloc") -> Plan:
-    """Decide what to compile for the running kernel; raises FootprintError if it cannot work."""
+         max_pfn: int | None = None, slab: str = "kmalloc", loader: str = "auto") -> Plan:
+    """Decide what to load for the running kernel; raises FootprintError if it cannot work."""
     from .procfs import zone_max_pfn
 
     tfs = tracefs()
-    headers = find_headers(kernel_headers)
+    which, obj = choose_loader(loader)
+    headers = (find_headers(kernel_headers) if which == "bcc"
+               else Headers(None, "none needed (CO-RE object, relocated by libbpf)", True, needed=False))
     mem_pages = os.sysconf("SC_PHYS_PAGES")
     p = Plan(tracefs=tfs, kernel=platform.release(), headers=headers,
              max_pfn=max_pfn or zone_max_pfn(), sizes=(sizes or MapSizes()).resolved(mem_pages),
-             slab=slab)
+             slab=slab, loader=which, bpf_object=obj)
     if slab not in SLAB_MODES:
         raise FootprintError(f"unknown --slab mode {slab!r}: use one of {', '.join(SLAB_MODES)}")
     for group, event in REQUIRED_TRACEPOINTS:
@@ -354,7 +419,91 @@ def _plan_kprobes(p: Plan) -> None:
     p.kprobes.append("shmem_add_to_page_cache")
 
 
-class Program:
+def Program(p: Plan):
+    """The loaded, attached program, by the plan's loader; both offer what the recorder
+    uses: map fds by name (program[name].map_fd), prog_fds(), attach_fds(), close()."""
+    if p.loader == "libbpf":
+        return LibbpfProgram(p)
+    return BccProgram(p)
+
+
+class LibbpfProgram:
+    """The CO-RE object loaded and attached by libbpf: sized, configured and trimmed to
+    this kernel before load (tracer/libbpf.py). No compiler, no bcc."""
+
+    KPROBE_PROGS = {"shmem_add_to_page_cache": "kprobe__shmem_add_to_page_cache"}
+
+    def __init__(self, p: Plan):
+        require_root("loading BPF programs")
+        self.plan = p
+        try:
+            self.obj = self._load(p)
+        except FootprintError as err:
+            if not p.kprobes:
+                raise
+            # The extras read kernel structs: if they do not load here, go without.
+            p.kprobes_missing += [(f, f"failed to load: {err}") for f in p.kprobes]
+            p.kprobes = []
+            self.obj = self._load(p)
+        try:
+            self.links = {name: self.obj.attach(name) for name in self._wanted(p)}
+        except FootprintError:
+            self.obj.close()
+            raise
+
+    @staticmethod
+    def _wanted(p: Plan) -> list[str]:
+        return ([f"tracepoint__{g}__{e}" for g, e in p.tracepoints]
+                + [LibbpfProgram.KPROBE_PROGS[f] for f in p.kprobes])
+
+    def _load(self, p: Plan):
+        import struct
+
+        from .libbpf import Object
+
+        obj = Object(p.bpf_object)
+        try:
+            for name, entries in p.map_entries().items():
+                obj.set_max_entries(name, entries)
+            obj.set_value_size("stacks", 8 * p.sizes.stack_depth)
+            obj.set_value_size("stacks_alt", 8 * p.sizes.stack_depth)
+            # struct fp_config in bpf/footprint.bpf.c, field by field.
+            obj.set_rodata(struct.pack("<6Q", p.max_pfn, p.sizes.files, p.files_per_cpu(),
+                                       p.sizes.stacks_per_map, MIGRATE_MOVABLE, OOM_SLOTS))
+            wanted = set(self._wanted(p))
+            for prog in obj.programs():
+                obj.set_autoload(prog, prog in wanted)
+            missing = wanted - set(obj.programs())
+            if missing:
+                raise FootprintError(f"the BPF object lacks {', '.join(sorted(missing))}: it is "
+                                     "out of date, rebuild it with scripts/build-bpf")
+            obj.load()
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def prog_fds(self) -> dict[str, int]:
+        """The loaded programs' fds (for their recursion-miss counters: lost events)."""
+        return {name: self.obj.prog_fd(name) for name in self.links}
+
+    def attach_fds(self) -> list[int]:
+        """The links' fds: each alone keeps its program attached (inherited across exec)."""
+        return list(self.links.values())
+
+    def __getitem__(self, name):
+        return _MapRef(self.obj.map_fd(name))
+
+    def close(self) -> None:
+        self.obj.close()
+
+
+@dataclass
+class _MapRef:
+    map_fd: int
+
+
+class BccProgram:
     """The compiled, attached program; a thin owner of the bcc object and its maps."""
 
     def __init__(self, p: Plan):

@@ -87,6 +87,7 @@ class Options:
     stop_file: str | None = None  # recording ends when this file appears
     slab: str = "kmalloc"
     kernel_headers: str | None = None
+    loader: str = "auto"  # auto | libbpf | bcc (loader.choose_loader)
     sizes: loader.MapSizes | None = None
     exec: bool = True  # hand off to the lean sampler after attaching
 
@@ -118,7 +119,8 @@ class Recorder:
         # Claimed (locked, not yet truncated) first: a second recorder on the same file
         # is refused before it compiles anything, and the first one's file is untouched.
         self.writer = recording.Writer(opts.output)
-        self.plan = loader.plan(sizes=opts.sizes, kernel_headers=opts.kernel_headers, slab=opts.slab)
+        self.plan = loader.plan(sizes=opts.sizes, kernel_headers=opts.kernel_headers, slab=opts.slab,
+                                loader=opts.loader)
         t0 = boottime()
         self.program = loader.Program(self.plan)
         attach_s = boottime() - t0
@@ -136,6 +138,7 @@ class Recorder:
         self.writer.start({
             "plan": {
                 "probes": self.plan.probes(),
+                "loader": self.plan.loader,
                 "headers": self.plan.headers.describe(),
                 "headers_match_kernel": self.plan.headers.matches_kernel,
                 "max_pfn": self.plan.max_pfn,

@@ -42,6 +42,8 @@ def summary(rec: Recording, acc: Account) -> dict:
             "seconds": round(acc.t - t0, 3) if t0 else None,
             "partial": rec.partial, "end": (rec.end or {}).get("reason"),
             "headers": h.get("plan", {}).get("headers"),
+            # Recordings made before the libbpf loader existed were all bcc's.
+            "loader": h.get("plan", {}).get("loader", "bcc"),
             # A starved sampler (memory pressure, a stalled CPU) leaves gaps: between two
             # samples the timeline knows only the peaks the kernel kept.
             "interval_s": interval,
@@ -167,6 +169,7 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15,
     inactive = [f"{inert(p['probe'].removeprefix('tracepoint:'))} ({inert(p.get('why', ''))})"
                 for p in acc.probes if not p.get("active")]
     out.append(f"probes active: {', '.join(active) or 'none'}")
+    out.append(f"loaded by: {inert(str(s['loader']))}")
     if inactive:
         out.append(f"probes inactive: {', '.join(inactive)}")
     drops = {k: acc.stats.get(k, 0) for k in DROP_STATS if acc.stats.get(k, 0)}

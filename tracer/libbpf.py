@@ -1,0 +1,206 @@
+"""A thin ctypes layer over the system's libbpf.so.1: open a CO-RE object, size its maps,
+set its read-only knobs, choose its programs, load, attach.
+
+Written against the libbpf 1.x API and conventions (Debian 12 ships 1.1.2): functions
+returning a pointer return NULL and set errno, functions returning int return -errno.
+libbpf relocates the object's field offsets against the running kernel's BTF
+(/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF, 5.4+) at load time. Nothing here
+compiles anything, and nothing imports bcc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+from .errors import FootprintError
+
+SONAME = "libbpf.so.1"
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_lib = None
+_log: list[str] = []  # what libbpf said during the current open/load/attach
+
+
+def _on_print(level, fmt, args):
+    """libbpf's warnings and notes (the verifier log among them) go here instead of
+    stderr; its debug chatter (hundreds of CO-RE lines) is skipped."""
+    if level > 1:  # LIBBPF_DEBUG
+        return 0
+    text = fmt or b""
+    if platform.machine() == "x86_64":  # va_list is a pointer there: vsnprintf can take it
+        buf = ctypes.create_string_buffer(4096)
+        _libc.vsnprintf(buf, len(buf), fmt, ctypes.c_void_p(args))
+        text = buf.value
+    _log.extend(text.decode("utf-8", "replace").splitlines())
+    del _log[:-400]  # the end of a verifier log says why
+    return 0
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+_print_cb = _PRINT_FN(_on_print)  # kept referenced: libbpf holds the pointer
+
+
+def available() -> bool:
+    try:
+        lib()
+    except FootprintError:
+        return False
+    return True
+
+
+def lib() -> ctypes.CDLL:
+    """libbpf.so.1 with the prototypes used here, loaded once."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    try:
+        so = ctypes.CDLL(SONAME, use_errno=True)  # the 1.x ABI by its soname, no ldconfig
+    except OSError as err:
+        raise FootprintError(f"libbpf is not installed ({err}): apt-get install libbpf1, "
+                             "or record with --loader bcc") from None
+    P, I, U32, B = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_bool
+    for name, res, args in (
+            ("bpf_object__open_file", P, [ctypes.c_char_p, P]),
+            ("bpf_object__load", I, [P]),
+            ("bpf_object__close", None, [P]),
+            ("bpf_object__find_map_by_name", P, [P, ctypes.c_char_p]),
+            ("bpf_object__find_program_by_name", P, [P, ctypes.c_char_p]),
+            ("bpf_object__next_program", P, [P, P]),
+            ("bpf_map__set_max_entries", I, [P, U32]),
+            ("bpf_map__set_value_size", I, [P, U32]),
+            ("bpf_map__initial_value", P, [P, ctypes.POINTER(ctypes.c_size_t)]),
+            ("bpf_map__set_initial_value", I, [P, ctypes.c_char_p, ctypes.c_size_t]),
+            ("bpf_map__fd", I, [P]),
+            ("bpf_program__name", ctypes.c_char_p, [P]),
+            ("bpf_program__set_autoload", I, [P, B]),
+            ("bpf_program__autoload", B, [P]),
+            ("bpf_program__fd", I, [P]),
+            ("bpf_program__attach", P, [P]),
+            ("bpf_link__fd", I, [P]),
+            ("bpf_link__destroy", I, [P]),
+            ("libbpf_strerror", I, [I, ctypes.c_char_p, ctypes.c_size_t]),
+            ("libbpf_set_print", P, [_PRINT_FN])):
+        fn = getattr(so, name)
+        fn.restype, fn.argtypes = res, args
+    so.libbpf_set_print(_print_cb)
+    _lib = so
+    return so
+
+
+def strerror(err: int) -> str:
+    buf = ctypes.create_string_buffer(256)
+    lib().libbpf_strerror(abs(err), buf, len(buf))
+    return buf.value.decode(errors="replace") or os.strerror(abs(err))
+
+
+def why() -> str:
+    """The line of libbpf's log that says why the last step failed: the verifier's last
+    words before the log ends, else libbpf's last error line."""
+    lines = [ln.strip() for ln in _log if ln.strip()]
+    if "-- END PROG LOAD LOG --" in lines:
+        end = len(lines) - 1 - lines[::-1].index("-- END PROG LOAD LOG --")
+        verifier = [ln for ln in lines[:end] if not ln.startswith(("processed ", "-- BEGIN"))]
+        if verifier:
+            return verifier[-1][:300]
+    errors = [ln for ln in lines if ("failed" in ln or "error" in ln.lower())
+              and "failed to load object" not in ln]  # that one says only that it failed
+    return (errors or lines or ["no message"])[-1][:300]
+
+
+class Object:
+    """One opened, then loaded, BPF object file (struct bpf_object)."""
+
+    def __init__(self, path: str):
+        _log.clear()
+        self.so = lib()
+        self.links: list[int] = []
+        self.ptr = self.so.bpf_object__open_file(os.fsencode(path), None)
+        if not self.ptr:
+            err = ctypes.get_errno()
+            raise FootprintError(f"BPF object {path} does not open ({strerror(err)}: {why()}): "
+                                 "rebuild it with scripts/build-bpf")
+
+    def _map(self, name: str):
+        m = self.so.bpf_object__find_map_by_name(self.ptr, name.encode())
+        if not m:
+            raise KeyError(name)
+        return m
+
+    def _prog(self, name: str):
+        p = self.so.bpf_object__find_program_by_name(self.ptr, name.encode())
+        if not p:
+            raise KeyError(name)
+        return p
+
+    def programs(self) -> list[str]:
+        names, p = [], None
+        while True:
+            p = self.so.bpf_object__next_program(self.ptr, p)
+            if not p:
+                return names
+            names.append(self.so.bpf_program__name(p).decode())
+
+    # -- before load ---------------------------------------------------------------
+    def set_max_entries(self, name: str, entries: int) -> None:
+        self._check(self.so.bpf_map__set_max_entries(self._map(name), entries), f"sizing map {name}")
+
+    def set_value_size(self, name: str, size: int) -> None:
+        self._check(self.so.bpf_map__set_value_size(self._map(name), size), f"sizing map {name}")
+
+    def set_rodata(self, data: bytes) -> None:
+        """Replace .rodata (the object's const volatile globals) whole; its size must be
+        the object's, so a stale object is refused rather than misread."""
+        m = self._map(".rodata")
+        size = ctypes.c_size_t()
+        if not self.so.bpf_map__initial_value(m, ctypes.byref(size)) or size.value != len(data):
+            raise FootprintError(f"the BPF object's .rodata is {size.value} bytes, not {len(data)}: "
+                                 "it is out of date, rebuild it with scripts/build-bpf")
+        self._check(self.so.bpf_map__set_initial_value(m, data, len(data)), "setting .rodata")
+
+    def set_autoload(self, prog: str, on: bool) -> None:
+        self._check(self.so.bpf_program__set_autoload(self._prog(prog), on), f"choosing {prog}")
+
+    # -- load, attach --------------------------------------------------------------
+    def load(self) -> None:
+        _log.clear()
+        err = self.so.bpf_object__load(self.ptr)
+        if err:
+            raise FootprintError(f"BPF object failed to load ({strerror(err)}: {why()})")
+
+    def attach(self, prog: str) -> int:
+        """Attach one loaded program where its SEC() says; returns the link's fd, which
+        alone keeps it attached (a perf-event link holds its perf event)."""
+        _log.clear()
+        link = self.so.bpf_program__attach(self._prog(prog))
+        if not link:
+            err = ctypes.get_errno()
+            raise FootprintError(f"cannot attach {prog} ({strerror(err)}: {why()})")
+        self.links.append(link)
+        return self.so.bpf_link__fd(link)
+
+    def autoloaded(self, prog: str) -> bool:
+        return bool(self.so.bpf_program__autoload(self._prog(prog)))
+
+    def map_fd(self, name: str) -> int:
+        fd = self.so.bpf_map__fd(self._map(name))
+        if fd < 0:
+            raise KeyError(name)
+        return fd
+
+    def prog_fd(self, prog: str) -> int:
+        return self.so.bpf_program__fd(self._prog(prog))
+
+    def close(self) -> None:
+        for link in self.links:
+            self.so.bpf_link__destroy(link)
+        self.links = []
+        if self.ptr:
+            self.so.bpf_object__close(self.ptr)
+            self.ptr = None
+
+    def _check(self, ret: int, what: str) -> None:
+        if ret:
+            raise FootprintError(f"libbpf refused {what} ({strerror(ret)}): rebuild the object "
+                                 "with scripts/build-bpf")
