@@ -101,6 +101,7 @@ CRAFTED = {
     "duplicated header": lambda b: b.splitlines(keepends=True)[0] + b,
     "kernel as a list": lambda b: re.sub(rb'"kernel":"[^"]*"', b'"kernel":["a"]', b, count=1),
     "MemFree above MemTotal": lambda b: b.replace(b'"MemFree":352000', b'"MemFree":999999999'),
+    "dm device without a role": lambda b: b.replace(b',"role":"origin"', b"", 1),
 }
 
 

@@ -455,7 +455,7 @@ def _topology_ok(t) -> bool:
             for tgt in bd["dm"].get("table", []):
                 if not _fields_ok(tgt, (("target", _STR, True), ("devices", (list,), False))):
                     return False
-                if not all(_fields_ok(d, (("dev", _STR, True), ("role", _STR + _NONE, False)))
+                if not all(_fields_ok(d, (("dev", _STR, True), ("role", _STR, True)))
                            for d in tgt.get("devices", [])):
                     return False
     return True
