@@ -53,11 +53,12 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define TMPFS_MAGIC 0x01021994 /* include/uapi/linux/magic.h: shmem's s_magic */
 
-/* Set by user space in .rodata before load. */
-const volatile __u64 sb_head = 0;    /* &super_blocks, or 0 when kallsyms hides it */
-const volatile __u64 image_lo = 0;   /* _text: nodes at or above it are not superblocks */
-const volatile __u32 max_sbs = 1 << 16;
-const volatile __u32 max_inodes = 1 << 23; /* bpf_loop's cap, BPF_MAX_LOOPS */
+/* Set by user space in .rodata before load: one struct, so its layout is baseline.h's
+ * and not the compiler's order of separate globals. */
+const volatile struct fp_config cfg = {
+	.max_sbs = 1 << 16,
+	.max_inodes = 1 << 23,	/* bpf_loop's cap, BPF_MAX_LOOPS */
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -82,9 +83,9 @@ struct walk {
 
 static __always_inline int is_head(struct list_head *node)
 {
-	if (sb_head)
-		return (__u64)node == sb_head;
-	return (__u64)node >= image_lo;
+	if (cfg.sb_head)
+		return (__u64)node == cfg.sb_head;
+	return (__u64)node >= cfg.image_lo;
 }
 
 static __always_inline void put(struct walk *w, struct fp_rec *r)
@@ -152,8 +153,8 @@ static __always_inline void walk_sb(struct walk *w, struct super_block *sb)
 	if (!w->inode_node) {
 		w->sb_flags |= FP_REC_TORN;
 	} else {
-		n = bpf_loop(max_inodes, inode_step, w, 0);
-		if (n >= max_inodes && w->inode_node != w->ihead)
+		n = bpf_loop(cfg.max_inodes, inode_step, w, 0);
+		if (n >= cfg.max_inodes && w->inode_node != w->ihead)
 			w->sb_flags |= FP_REC_CAPPED;
 	}
 	/* One summary per superblock: which were walked, how far, and their sum. */
@@ -199,8 +200,8 @@ int baseline(struct bpf_iter__task *ctx)
 	w.sum.magic = FP_SUMMARY_MAGIC;
 	w.sum.version = FP_BASELINE_VERSION;
 	w.sum.ns = bpf_ktime_get_ns();
-	if (sb_head) {
-		w.start = (struct list_head *)sb_head;
+	if (cfg.sb_head) {
+		w.start = (struct list_head *)cfg.sb_head;
 	} else {
 		struct task_struct *t = (void *)bpf_get_current_task();
 		struct super_block *root = BPF_CORE_READ(t, fs, root.mnt, mnt_sb);
@@ -209,11 +210,11 @@ int baseline(struct bpf_iter__task *ctx)
 		w.sum.flags |= FP_SUM_FROM_ROOT;
 	}
 	w.sb_node = w.start;
-	if (!image_lo && !sb_head) {
+	if (!cfg.image_lo && !cfg.sb_head) {
 		w.sum.flags |= FP_REC_TORN;	/* no way to tell the head: refuse to guess */
 	} else {
-		n = bpf_loop(max_sbs, sb_step, &w, 0);
-		if (n >= max_sbs)
+		n = bpf_loop(cfg.max_sbs, sb_step, &w, 0);
+		if (n >= cfg.max_sbs)
 			w.sum.flags |= FP_REC_CAPPED;
 	}
 	w.sum.records = w.nrec;

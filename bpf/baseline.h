@@ -15,6 +15,14 @@
 #define FP_REC_CAPPED   16  /* more entries than the loop's cap: the rest not walked */
 #define FP_SUM_FROM_ROOT 32 /* summary: started from the root superblock (no kallsyms) */
 
+struct fp_config {
+	__u64 sb_head;		/* &super_blocks (kallsyms), or 0: start from the root sb */
+	__u64 image_lo;		/* start of the kernel image: the list head is the one node
+				   at or above it (superblocks are slab memory) */
+	__u32 max_sbs;		/* bounds of the two bpf_loop walks */
+	__u32 max_inodes;
+};
+
 struct fp_rec {
 	__u64 ino;
 	__u64 pages;
