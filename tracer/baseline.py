@@ -384,8 +384,10 @@ def take(which: str, walk: Callable[[], Dict[str, Any]],
                 result = kernel_inventory()
                 result["stats"]["baseline"] = "kernel"
                 return result
-            except FootprintError as err:
-                why = str(err)
+            except (FootprintError, OSError, AttributeError) as err:
+                # OSError: mmap or the iterator's read refused; AttributeError: a libbpf
+                # without bpf_iter_create (< 0.0.9). Either way the walk still works.
+                why = str(err) if isinstance(err, FootprintError) else f"{type(err).__name__}: {err}"
         if which == "kernel":
             raise FootprintError(f"--baseline kernel cannot run here: {why}; use --baseline walk")
         log(f"baseline: kernel walk not used ({why}); walking paths")

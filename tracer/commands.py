@@ -42,8 +42,13 @@ class _Seconds(click.ParamType):
               help="Seconds to record; default: until Ctrl-C / SIGTERM.")
 @click.option("-i", "--interval", type=_Seconds(0.05), default=1.0, show_default=True,
               help="Seconds between samples of the in-kernel account.")
+@click.option("--baseline", "baseline", type=click.Choice(["auto", "kernel", "walk", "none"]),
+              default="auto", show_default=True,
+              help="Pages already resident at attach time: the kernel's own per-inode counts "
+                   "(kernel: a BPF iterator, needs BTF and 5.17+), a timed walk of paths (walk), "
+                   "or none; auto is kernel where it runs, else walk.")
 @click.option("--no-inventory", is_flag=True,
-              help="Skip the baseline of pages already resident at attach time.")
+              help="Skip the baseline of pages already resident at attach time (--baseline none).")
 @click.option("--inventory-seconds", type=_Seconds(0.1), default=10.0, show_default=True,
               help="Time budget of the baseline walk over the stack's file systems.")
 @click.option("--slab", type=click.Choice(["off", "kmalloc", "all"]), default="kmalloc",
@@ -63,7 +68,7 @@ class _Seconds(click.ParamType):
               help="Keep sampling in this process (default: exec into a lean sampler without "
                    "bcc/LLVM once attached).")
 @click.option("--ebpf", is_flag=True, help="Print the BPF program for this kernel and exit.")
-def record(output, duration, interval, no_inventory, inventory_seconds, slab, kernel_headers, marks, stop_file,
+def record(output, duration, interval, baseline, no_inventory, inventory_seconds, slab, kernel_headers, marks, stop_file,
            max_files, max_stacks, max_objects, no_exec, ebpf):
     """Trace page cache, kernel pages and slab objects into a recording."""
     import sys
@@ -71,6 +76,12 @@ def record(output, duration, interval, no_inventory, inventory_seconds, slab, ke
     from . import loader, recorder
 
     sizes = _sizes(max_files, max_stacks, max_objects)
+    if no_inventory:
+        if baseline not in ("auto", "none"):
+            from .errors import FootprintError
+
+            raise FootprintError(f"--no-inventory contradicts --baseline {baseline}: give one of them")
+        baseline = "none"
     if ebpf:
         p = loader.plan(sizes=sizes, kernel_headers=kernel_headers, slab=slab)
         click.echo("\n".join(f"#define {f[2:].replace('=', ' ', 1)}" for f in p.cflags()))
@@ -78,8 +89,8 @@ def record(output, duration, interval, no_inventory, inventory_seconds, slab, ke
         return
     try:
         reason = recorder.record(recorder.Options(
-            output=output, duration=duration, interval=interval, inventory=not no_inventory,
-            inventory_seconds=inventory_seconds,
+            output=output, duration=duration, interval=interval, inventory=baseline != "none",
+            inventory_seconds=inventory_seconds, baseline=baseline,
             marks=marks, stop_file=stop_file, slab=slab, kernel_headers=kernel_headers,
             sizes=sizes, exec=not no_exec))
     except (recorder.Interrupted, KeyboardInterrupt):  # the latter: before its handlers
