@@ -176,6 +176,8 @@ static long sb_step(__u32 i, struct walk *w)
 
 	if (!is_head(node))
 		walk_sb(w, (void *)node - bpf_core_field_offset(struct super_block, s_list));
+	else
+		w->sum.head = (__u64)node;
 	next = BPF_CORE_READ(node, next);
 	if (next == w->start)
 		return 1;	/* round the circle */
@@ -201,17 +203,29 @@ int baseline(struct bpf_iter__task *ctx)
 	w.sum.version = FP_BASELINE_VERSION;
 	w.sum.ns = bpf_ktime_get_ns();
 	if (cfg.sb_head) {
-		w.start = (struct list_head *)cfg.sb_head;
+		struct list_head *head = (struct list_head *)cfg.sb_head;
+
+		w.start = head;
+		/*
+		 * Begin at the first superblock as read from the head, not at the head:
+		 * before 6.7 the verifier checks a bpf_loop callback once, with the state of
+		 * the first call, and hard-wires the branches that are constant in it. With
+		 * the position a known constant (.rodata), is_head() was "always true" and
+		 * no superblock was ever walked (seen on 6.1). A position read from memory
+		 * is unknown to the verifier, so every branch stays.
+		 */
+		w.sb_node = BPF_CORE_READ(head, next);
 	} else {
 		struct task_struct *t = (void *)bpf_get_current_task();
 		struct super_block *root = BPF_CORE_READ(t, fs, root.mnt, mnt_sb);
 
-		w.start = (void *)root + bpf_core_field_offset(struct super_block, s_list);
+		w.start = root ? (void *)root + bpf_core_field_offset(struct super_block, s_list) : 0;
+		w.sb_node = w.start;
 		w.sum.flags |= FP_SUM_FROM_ROOT;
 	}
-	w.sb_node = w.start;
-	if (!cfg.image_lo && !cfg.sb_head) {
-		w.sum.flags |= FP_REC_TORN;	/* no way to tell the head: refuse to guess */
+	if ((!cfg.image_lo && !cfg.sb_head) || !w.sb_node) {
+		/* no way to tell the head (refuse to guess), or nothing readable to start at */
+		w.sum.flags |= FP_REC_TORN;
 	} else {
 		n = bpf_loop(cfg.max_sbs, sb_step, &w, 0);
 		if (n >= cfg.max_sbs)

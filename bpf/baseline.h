@@ -43,6 +43,7 @@ struct fp_summary {
 	__u64 ns;		/* time of the walk in the kernel */
 	__u32 flags;
 	__u32 pad;
+	__u64 head;		/* the list head the walk met (&super_blocks) */
 };
 
 #endif

@@ -221,6 +221,17 @@ def test_a_lazily_unmounted_file_system_is_found(machine):
         os.close(fd)
 
 
+def test_the_walk_from_the_super_blocks_head_is_the_walk_from_the_root(machine):
+    """With CONFIG_KALLSYMS_ALL (Debian's 6.1) the walk starts at &super_blocks; here
+    (no KALLSYMS_ALL) the head the root-started walk met stands in for it."""
+    rooted = B.kernel_walk()
+    assert rooted["summary"]["from_root"] and rooted["summary"]["head_seen"]
+    headed = B.kernel_walk(sb_head=rooted["summary"]["head_seen"])
+    assert not headed["summary"]["from_root"] and not headed["summary"]["torn"]
+    assert sorted(sb[0] for sb in headed["superblocks"]) == sorted(sb[0] for sb in rooted["superblocks"])
+    assert headed["summary"]["records"] > FILES
+
+
 def test_records_that_do_not_fit_are_walked_again_with_room(machine):
     walk = B.kernel_walk(records=1000)
     s = walk["summary"]

@@ -40,8 +40,8 @@ BASELINES = ("auto", "kernel", "walk", "none")
 
 # bpf/baseline.h, mirrored. A record is one cached inode or one superblock's summary.
 _REC = struct.Struct("<QQQII")            # ino, pages, swapped, dev, flags
-_SUMMARY = struct.Struct("<IIQQQQQQQII")  # magic, version, records, dropped, dropped_pages,
-#                                           sbs, inodes, pages, ns, flags, pad
+_SUMMARY = struct.Struct("<IIQQQQQQQIIQ")  # magic, version, records, dropped, dropped_pages,
+#                                            sbs, inodes, pages, ns, flags, pad, head
 _CONFIG = struct.Struct("<QQII")          # sb_head, image_lo, max_sbs, max_inodes
 _MAGIC, _VERSION = 0x66706231, 1
 REC_SB, REC_SHMEM, REC_UNLINKED, REC_TORN, REC_CAPPED, SUM_FROM_ROOT = 1, 2, 4, 8, 16, 32
@@ -149,8 +149,16 @@ def _private_lib():
                 ("bpf_link__destroy", I, [P])):
             f = getattr(so, fn)
             f.restype, f.argtypes = res, args
+        # libbpf's messages (the verifier log among them) would go to stderr: kept
+        # quiet here, the error raised says what failed.
+        so.libbpf_set_print.restype, so.libbpf_set_print.argtypes = ctypes.c_void_p, [_PRINT_FN]
+        so.libbpf_set_print(_quiet)
         _plib = so
     return _plib
+
+
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_quiet = _PRINT_FN(lambda level, fmt, args: 0)  # referenced for as long as libbpf holds it
 
 
 class _PrivateObject:
@@ -280,6 +288,7 @@ def _run_once(path: str, n: int, head: int, image_lo: int, max_inodes: int) -> D
         link_fd = obj.attach("baseline")
         create = so.bpf_iter_create
         create.restype, create.argtypes = ctypes.c_int, [ctypes.c_int]
+        mem = meminfo_pages()  # the kernel's totals at the walk's instant, to compare with
         fd = create(link_fd)
         if fd < 0:
             raise FootprintError(f"cannot start the baseline iterator ({os.strerror(-fd)})")
@@ -297,7 +306,7 @@ def _run_once(path: str, n: int, head: int, image_lo: int, max_inodes: int) -> D
             raise FootprintError("the baseline iterator gave no summary: rebuild the object with "
                                  "scripts/build-baseline-bpf")
         (magic, version, nrec, dropped, dropped_pages, sbs, inodes, pages, ns, flags,
-         _pad) = _SUMMARY.unpack_from(data)
+         _pad, head_seen) = _SUMMARY.unpack_from(data)
         if magic != _MAGIC or version != _VERSION:
             raise FootprintError("bpf/baseline.bpf.o does not match this footprint: rebuild it "
                                  "with scripts/build-baseline-bpf")
@@ -317,7 +326,9 @@ def _run_once(path: str, n: int, head: int, image_lo: int, max_inodes: int) -> D
                         "superblocks": sbs, "inodes_walked": inodes, "pages": pages,
                         "kernel_ms": round(ns / 1e6, 3), "torn": bool(flags & REC_TORN),
                         "capped": bool(flags & REC_CAPPED),
-                        "from_root": bool(flags & SUM_FROM_ROOT), "records_room": n},
+                        "from_root": bool(flags & SUM_FROM_ROOT), "records_room": n,
+                        "head_seen": head_seen},
+            "meminfo": mem,
             "inodes": inodes_l, "superblocks": sbs_l}
 
 
@@ -331,7 +342,6 @@ def kernel_inventory() -> Dict[str, Any]:
     "kernel", what "file"|"bdev", block_dev?, unlinked?}. A block device's own cache is
     the bdev pseudo file system's inode whose i_ino is the device's dev_t (block/bdev.c
     bdev_alloc), keyed by that superblock's real s_dev — as the tracepoints key it."""
-    before = meminfo_pages()
     walk = kernel_walk()
     t = time.clock_gettime(time.CLOCK_BOOTTIME)
     fstype = {dev: _FSTYPES.get(magic) for dev, _n, _p, magic, _f in walk["superblocks"]}
@@ -356,7 +366,7 @@ def kernel_inventory() -> Dict[str, Any]:
                  unlinked_files=unlinked,
                  superblocks_torn=[_devstr(d) for d, _n, _p, _m, f in walk["superblocks"] if f & REC_TORN],
                  superblocks_capped=[_devstr(d) for d, _n, _p, _m, f in walk["superblocks"] if f & REC_CAPPED])
-    stats.update(_completeness(sum(r["resident_pages"] for r in rows), before))
+    stats.update(_completeness(sum(r["resident_pages"] for r in rows), walk["meminfo"]))
     return {"time": t, "rows": rows, "stats": stats}
 
 
