@@ -1,5 +1,5 @@
 """Build hook only (the metadata is in pyproject.toml): a wheel carries footprint's CO-RE
-BPF object, built by scripts/build-bpf into the wheel's tree. Without clang or bpftool
+BPF objects, built by scripts/build-bpf into the wheel's tree. Without clang or bpftool
 the build stops with one line saying so; FOOTPRINT_NO_BPF_OBJECT=1 builds a wheel
 without the object (bcc loader only)."""
 
@@ -16,10 +16,10 @@ HERE = Path(__file__).resolve().parent
 class BuildPyWithBpfObject(build_py):
     def run(self):
         super().run()
-        # An editable install finds bpf/footprint.bpf.o in the checkout (scripts/setup).
+        # An editable install finds bpf/*.bpf.o in the checkout (scripts/setup).
         if getattr(self, "editable_mode", False) or os.environ.get("FOOTPRINT_NO_BPF_OBJECT"):
             return
-        out = Path(self.build_lib, "tracer", "bpf", "footprint.bpf.o")
+        out = Path(self.build_lib, "tracer", "bpf")
         done = subprocess.run(["bash", str(HERE / "scripts" / "build-bpf"), str(out)],
                               stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:

@@ -180,7 +180,7 @@ def test_baseline_is_taken_against_the_tracers_counters_at_each_measurement(monk
     written = []
     monkeypatch.setattr(I, "inventory", walk)
     monkeypatch.setattr(T, "read_topology", lambda: None)
-    rec = R.Recorder(R.Options(output="/dev/null"))
+    rec = R.Recorder(R.Options(output="/dev/null", baseline="walk"))  # the path walk)
     rec.maps = Maps()
     rec.writer = type("W", (), {"write": lambda self, r: written.append(r)})()
     rec.take_inventory()

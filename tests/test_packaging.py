@@ -36,7 +36,8 @@ def wheel(tmp_path_factory):
 def test_wheel_carries_bpf_source_and_dracut_module(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "tracer/bpf/footprint.c" in names
-    for f in ("footprint.bpf.o", "footprint.bpf.c", "footprint_types.h", "footprint_logic.h"):
+    for f in ("footprint.bpf.o", "footprint.bpf.c", "footprint_types.h", "footprint_logic.h",
+              "baseline.bpf.o", "baseline.bpf.c", "baseline.h"):
         assert f"tracer/bpf/{f}" in names, f
     assert not any(n.endswith(("vmlinux.h", ".key")) or ".build" in n for n in names), names
     assert "vm/dracut/95footprint/module-setup.sh" in names
@@ -80,7 +81,7 @@ def test_wheel_installs_into_a_venv_that_sees_debians_bcc(wheel, tmp_path):
 
 def test_wheel_build_without_clang_says_so_in_one_line(tmp_path):
     """The object's build script, as the wheel build runs it, on a machine without clang."""
-    p = subprocess.run(["bash", str(REPO / "scripts" / "build-bpf"), str(tmp_path / "o.o")],
+    p = subprocess.run(["bash", str(REPO / "scripts" / "build-bpf"), str(tmp_path)],
                        capture_output=True, text=True, env=dict(os.environ, CLANG="no-such-clang"))
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "clang is missing" in p.stderr, p.stderr

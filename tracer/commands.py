@@ -43,8 +43,13 @@ class _Seconds(click.ParamType):
               help="Seconds to record; default: until Ctrl-C / SIGTERM.")
 @click.option("-i", "--interval", type=_Seconds(0.05), default=1.0, show_default=True,
               help="Seconds between samples of the in-kernel account.")
+@click.option("--baseline", "baseline", type=click.Choice(["auto", "kernel", "walk", "none"]),
+              default="auto", show_default=True,
+              help="Pages already resident at attach time: the kernel's own per-inode counts "
+                   "(kernel: a BPF iterator, needs BTF and 5.17+), a timed walk of paths (walk), "
+                   "or none; auto is kernel where it runs, else walk.")
 @click.option("--no-inventory", is_flag=True,
-              help="Skip the baseline of pages already resident at attach time.")
+              help="Skip the baseline of pages already resident at attach time (--baseline none).")
 @click.option("--inventory-seconds", type=_Seconds(0.1), default=10.0, show_default=True,
               help="Time budget of the baseline walk over the stack's file systems.")
 @click.option("--slab", type=click.Choice(["off", "kmalloc", "all"]), default="kmalloc",
@@ -67,7 +72,7 @@ class _Seconds(click.ParamType):
 @click.option("--loader", "loader_name", type=click.Choice(["auto", "libbpf", "bcc"]), default="auto",
               show_default=True, help="libbpf: the CO-RE object built ahead of time (needs BTF); "
                                       "bcc: compile at attach time; auto: libbpf where it can.")
-def record(output, duration, interval, no_inventory, inventory_seconds, slab, kernel_headers, marks, stop_file,
+def record(output, duration, interval, baseline, no_inventory, inventory_seconds, slab, kernel_headers, marks, stop_file,
            max_files, max_stacks, max_objects, no_exec, ebpf, loader_name):
     """Trace page cache, kernel pages and slab objects into a recording."""
     import sys
@@ -75,6 +80,12 @@ def record(output, duration, interval, no_inventory, inventory_seconds, slab, ke
     from . import loader, recorder
 
     sizes = _sizes(max_files, max_stacks, max_objects)
+    if no_inventory:
+        if baseline not in ("auto", "none"):
+            from .errors import FootprintError
+
+            raise FootprintError(f"--no-inventory contradicts --baseline {baseline}: give one of them")
+        baseline = "none"
     if ebpf:
         p = loader.plan(sizes=sizes, kernel_headers=kernel_headers, slab=slab)
         click.echo("\n".join(f"#define {f[2:].replace('=', ' ', 1)}" for f in p.cflags()))
@@ -82,8 +93,8 @@ def record(output, duration, interval, no_inventory, inventory_seconds, slab, ke
         return
     try:
         reason = recorder.record(recorder.Options(
-            output=output, duration=duration, interval=interval, inventory=not no_inventory,
-            inventory_seconds=inventory_seconds,
+            output=output, duration=duration, interval=interval, inventory=baseline != "none",
+            inventory_seconds=inventory_seconds, baseline=baseline,
             marks=marks, stop_file=stop_file, slab=slab, kernel_headers=kernel_headers,
             sizes=sizes, exec=not no_exec, loader=loader_name))
     except (recorder.Interrupted, KeyboardInterrupt):  # the latter: before its handlers

@@ -189,7 +189,7 @@ def possible_cpus() -> int:
     return count
 
 
-def _bpf_file(name: str):
+def bpf_file(name: str):
     """A file of bpf/: the checkout's (tracer/../bpf), else the wheel's (tracer/bpf).
     The checkout is looked at first because an editable install maps tracer.bpf to the
     tree it was installed from, which need not be this one."""
@@ -204,15 +204,15 @@ def _bpf_file(name: str):
 def bpf_source() -> str:
     """The bcc frontend, bpf/footprint.c, with the shared logic it #includes put in place
     (bcc compiles one text)."""
-    text = _bpf_file("footprint.c").read_text()
+    text = bpf_file("footprint.c").read_text()
     return re.sub(r'^#include "(footprint_\w+\.h)"$',
-                  lambda m: _bpf_file(m.group(1)).read_text(), text, flags=re.M)
+                  lambda m: bpf_file(m.group(1)).read_text(), text, flags=re.M)
 
 
 def bpf_object() -> str | None:
     """Path of the CO-RE object built by scripts/build-bpf (FOOTPRINT_BPF_OBJECT
     overrides), None if it was not built."""
-    path = os.environ.get("FOOTPRINT_BPF_OBJECT") or str(_bpf_file("footprint.bpf.o"))
+    path = os.environ.get("FOOTPRINT_BPF_OBJECT") or str(bpf_file("footprint.bpf.o"))
     return path if os.path.isfile(path) else None
 
 

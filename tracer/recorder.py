@@ -83,6 +83,7 @@ class Options:
     interval: float = 1.0
     inventory: bool = True
     inventory_seconds: float = 10.0  # the walk's time budget (it says what it skipped)
+    baseline: str = "auto"  # kernel | walk | none | auto (kernel where it runs, else walk)
     marks: str | None = DEFAULT_MARKS
     stop_file: str | None = None  # recording ends when this file appears
     slab: str = "kmalloc"
@@ -106,6 +107,7 @@ class Recorder:
         self.known_stacks: set[int] = set()
         self.known_sites: set[str] = set()
         self.baseline_untracked: dict[str, int] = {}
+        self.unnamed_baseline: dict[str, int] = {}  # "dev:ino" → pages, for name_top_files
         self.marks_fd: int | None = None  # the marks file, held (shared lock) while recording
         self.marks_pos = 0
         self.oom_seen = 0
@@ -147,7 +149,8 @@ class Recorder:
                 "attach_seconds": round(attach_s, 3),
             },
             "attached": t0,
-            "options": {"interval": opts.interval, "inventory": opts.inventory},
+            "options": {"interval": opts.interval, "inventory": opts.inventory,
+                        "baseline": opts.baseline},
             "tracer": {"pid": os.getpid(), "files": tracer_files()},
             "stat_names": list(STAT_NAMES),
         })
@@ -187,7 +190,8 @@ class Recorder:
                  "map_fds": self.map_fds, "attach_fds": self.attach_fds,
                  "prog_fds": self.prog_fds, "output_fd": output_fd,
                  "marks_fd": self.marks_fd, "marks_pos": self.marks_pos,
-                 "attached": self.attached, "log_prefix": "footprint"}
+                 "attached": self.attached, "log_prefix": "footprint",
+                 "unnamed_baseline": self.unnamed_baseline}
         env = dict(os.environ, FOOTPRINT_SAMPLER=json.dumps(state))
         sys.stdout.flush()
         sys.stderr.flush()
@@ -208,6 +212,7 @@ class Recorder:
         rec.attach_fds = state["attach_fds"]
         rec.prog_fds = state.get("prog_fds", {})
         rec.attached = state["attached"]
+        rec.unnamed_baseline = state.get("unnamed_baseline", {})
         rec.maps = Maps(rec.map_fds)
         rec.marks_fd = state.get("marks_fd")
         rec.marks_pos = state.get("marks_pos", 0)
@@ -258,6 +263,7 @@ class Recorder:
         between are both traced and seen by cachestat/mincore: a file's baseline is what
         the measurement saw beyond what the tracer counted for it at that instant, and
         deletes of untraced pages count against the baseline from that instant on."""
+        from .baseline import take
         from .inventory import inventory
         from .topology import kdev, read_topology
 
@@ -269,8 +275,13 @@ class Recorder:
         # system's s_dev is learnt from the tracer's own pages): they are measured first,
         # against the counters of just before and just after the whole walk.
         before = self._read_files()
-        result = inventory(read_topology(), budget=(1_000_000, self.opts.inventory_seconds),
-                           traced=traced_now)
+        # The kernel's own per-inode counts where it can (tracer/baseline.py), else the
+        # walk of paths; rows without traced_at are matched against before/after.
+        result = take(self.opts.baseline, lambda: inventory(
+            read_topology(), budget=(1_000_000, self.opts.inventory_seconds), traced=traced_now),
+            log=self.log)
+        if result is None:
+            return
         rows = result["rows"]
         after = self._read_files()
         self.named_files = {f"{r['dev'] or 'bdev'}:{r['ino']}" for r in rows if r.get("path")}
@@ -288,12 +299,19 @@ class Recorder:
             # A block device's page cache lives on the bdev pseudo file system, whose
             # s_dev is only known once the tracer has seen one of its pages: "bdev".
             files.append([row["dev"] or "bdev", row["ino"], baseline, row.get("path")])
+            if not row.get("path"):
+                self.unnamed_baseline[key] = baseline
+        # Only the biggest go over to the sampler (an environment string is <= 128 KiB).
+        self.unnamed_baseline = dict(sorted(self.unnamed_baseline.items(), key=lambda kv: -kv[1])[:256])
         method = sorted({r.get("method", "?") for r in rows})
         self.writer.write({"type": "inventory", "t": boottime(), "method": ",".join(method),
                            "seconds": round(boottime() - t0, 3), "stats": result.get("stats", {}),
                            "untracked_at_inventory": self.baseline_untracked, "files": files})
-        self.log(f"inventory: {len(files)} files with {sum(f[2] for f in files)} pages "
-                 f"already resident ({boottime() - t0:.1f} s)")
+        st = result.get("stats", {})
+        self.log(f"inventory ({st.get('baseline')}): {len(files)} files with "
+                 f"{sum(f[2] for f in files)} pages already resident, "
+                 f"{100 * (st.get('completeness') or 0):.1f} % of Cached+Buffers "
+                 f"({boottime() - t0:.1f} s)")
 
     # -- sampling ----------------------------------------------------------------
     def _read_files(self) -> dict[str, list[int]]:
@@ -409,6 +427,8 @@ class Recorder:
 
         resident = ((c[0], f"{devstr(dev, kernel=True)}:{ino}") for (dev, ino), c in
                     (self.maps.file_entry(k, v) for k, v in self.last_raw["files"].items()))
+        # Files known only from the kernel baseline (no path, never traced) compete too.
+        resident = list(resident) + [(n, k) for k, n in self.unnamed_baseline.items()]
         top = sorted(((n, k) for n, k in resident if k not in self.named_files), reverse=True)[:count]
         wanted: dict[str, set] = {}
         for pages, key in top:

@@ -114,6 +114,29 @@ def _mib(x) -> str:
     return f"{x:10.1f}"
 
 
+def _baseline_line(rec: Recording) -> str:
+    """Which baseline of the pages resident at attach ran, and how much of meminfo's
+    Cached + Buffers it found (a recording is foreign data: only numbers are trusted)."""
+    if not rec.inventories:
+        return "baseline at attach: none"
+    inv = rec.inventories[0]
+    st = inv.get("stats") if isinstance(inv.get("stats"), dict) else {}
+    how = st.get("baseline") if st.get("baseline") in ("kernel", "walk") else "walk"
+    line = f"baseline at attach: {'kernel per-inode counts' if how == 'kernel' else 'walk of paths'}"
+
+    def num(v):
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    found, want, secs = num(st.get("pages_found")), num(st.get("cached_buffers_pages")), num(inv.get("seconds"))
+    if found is not None and want:
+        line += f", {int(found)} pages = {100 * found / want:.1f} % of Cached+Buffers"
+    if secs is not None:
+        line += f", {secs:.2f} s"
+    if isinstance(st.get("kernel_refused"), str):
+        line += f" (kernel walk not used: {_fit(inert(st['kernel_refused']), 100)})"
+    return line
+
+
 def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15,
          all_rows: bool = False) -> str:
     """The account as a table that reads like `free -m`: the largest rows, the rest (each
@@ -176,6 +199,7 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15,
     out.append(f"lost events: {int(acc.stats.get('lost_events', 0))} (programs skipped by the kernel); "
                f"map drops: {map_drops(acc.stats)}"
                + (f" ({', '.join(f'{k} {v}' for k, v in drops.items())})" if drops else ""))
+    out.append(_baseline_line(rec))
     if s["interval_s"] and s["max_sample_gap_s"] > 3 * s["interval_s"]:
         out.append(f"sampling: longest gap between samples {s['max_sample_gap_s']:.1f} s "
                    f"(interval {s['interval_s']:g} s): the sampler was starved")

@@ -1,0 +1,307 @@
+"""The baseline at attach: page cache already resident, asked of the kernel itself.
+
+The kernel keeps, per address_space, the number of pages it holds in the page cache
+(`mapping->nrpages`, maintained by mm/filemap.c and mm/shmem.c as folios come and go).
+bpf/baseline.bpf.c reads that count for every inode of every superblock in one pass —
+fs/super.c's `super_blocks` list, then each `sb->s_inodes` list — from a BPF iterator
+program (iter/task, 5.8+) that loops with bpf_loop (5.17+) and reads through CO-RE
+(kernel BTF, CONFIG_DEBUG_INFO_BTF). It takes milliseconds and sees what a walk of paths
+cannot: files deleted while open, lazily unmounted file systems, tmpfs pages past EOF or
+fallocated, block devices' own cache (meminfo's Buffers), squashfs's cache of its own
+inodes. Paths are not known here; the recorder names the biggest files at the end.
+
+Where the kernel walk cannot run (no BTF, kernel < 5.17, the object not built, libbpf
+missing, the load refused) the path walk of tracer/inventory.py is the fallback.
+`take()` runs one or the other and says which ran and how complete it was: pages found
+against meminfo's Cached + Buffers (the kernel's NR_FILE_PAGES less the swap cache — the
+same pages, summed over all address spaces) at the same moment.
+
+Light on purpose (stdlib + ctypes): imported by the recorder at start-up.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+import platform
+import re
+import struct
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .errors import FootprintError
+
+__all__ = ["BASELINES", "take", "kernel_inventory", "kernel_walk", "unavailable", "object_path"]
+
+BASELINES = ("auto", "kernel", "walk", "none")
+
+# bpf/baseline.h, mirrored. A record is one cached inode or one superblock's summary.
+_REC = struct.Struct("<QQQII")            # ino, pages, swapped, dev, flags
+_SUMMARY = struct.Struct("<IIQQQQQQQIIQ")  # magic, version, records, dropped, dropped_pages,
+#                                            sbs, inodes, pages, ns, flags, pad, head
+_CONFIG = struct.Struct("<QQII")          # sb_head, image_lo, max_sbs, max_inodes
+_MAGIC, _VERSION = 0x66706231, 1
+REC_SB, REC_SHMEM, REC_UNLINKED, REC_TORN, REC_CAPPED, SUM_FROM_ROOT = 1, 2, 4, 8, 16, 32
+_MINORBITS = 20
+BPF_MAX_LOOPS = 1 << 23  # include/linux/bpf.h: bpf_loop refuses more iterations (E2BIG)
+MAX_SBS = 1 << 16
+
+# x86_64's kernel image (and modules) live at and above __START_KERNEL_map
+# (arch/x86/include/asm/page_64_types.h); slab memory (the direct map) is far below.
+_IMAGE_BASE = {"x86_64": 0xFFFFFFFF80000000}.get(platform.machine())
+
+# s_magic (include/uapi/linux/magic.h) → the name /proc/mounts gives the file system.
+_FSTYPES = {0xEF53: "ext4", 0x73717368: "squashfs", 0x9660: "iso9660", 0x58465342: "xfs",
+            0x9123683E: "btrfs", 0x4D44: "vfat", 0x01021994: "tmpfs", 0x858458F6: "ramfs",
+            0x62646576: "bdev", 0xE0F5E1E2: "erofs", 0x794C7630: "overlay",
+            0x65735546: "fuse", 0x6969: "nfs", 0x2FC12FC1: "zfs", 0xF2F52010: "f2fs",
+            0x5346544E: "ntfs", 0x2011BAB0: "exfat", 0x28CD3D45: "cramfs"}
+_BDEVFS_MAGIC = 0x62646576
+
+
+def object_path() -> Optional[str]:
+    """bpf/baseline.bpf.o as scripts/build-bpf left it, found like the tracer's own
+    object (loader.bpf_file); FOOTPRINT_BASELINE_OBJECT overrides. None if not built."""
+    env = os.environ.get("FOOTPRINT_BASELINE_OBJECT")
+    if env:
+        return env if os.path.isfile(env) else None
+    from .loader import bpf_file
+
+    path = bpf_file("baseline.bpf.o")
+    return str(path) if path.is_file() else None
+
+
+def _kernel_addresses() -> Tuple[int, int]:
+    """(&super_blocks or 0, start of the kernel image or 0) from /proc/kallsyms.
+    super_blocks is a static variable: listed only with CONFIG_KALLSYMS_ALL (Debian's
+    6.1 has it, the 6.18 development host does not). Addresses read as 0 when
+    kptr_restrict hides them from this process."""
+    try:
+        with open("/proc/kallsyms", "rb") as f:
+            text = f.read()
+    except OSError:
+        return 0, 0
+    head = re.search(rb"^([0-9a-f]+) [bBdD] super_blocks$", text, re.M)
+    start = re.search(rb"^([0-9a-f]+) [tT] _text$", text, re.M)
+    return (int(head.group(1), 16) if head else 0), (int(start.group(1), 16) if start else 0)
+
+
+def unavailable() -> Optional[str]:
+    """Why the kernel walk cannot run here (one phrase), or None if it may."""
+    if os.geteuid() != 0:
+        return "not root"
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return "no kernel BTF (/sys/kernel/btf/vmlinux: CONFIG_DEBUG_INFO_BTF)"
+    if object_path() is None:
+        return "bpf/baseline.bpf.o not built (scripts/build-bpf)"
+    rel = platform.release().split(".")
+    try:
+        if (int(rel[0]), int(re.match(r"\d+", rel[1]).group())) < (5, 17):  # type: ignore[union-attr]
+            return f"kernel {platform.release()} has no bpf_loop (5.17+)"
+    except (ValueError, IndexError, AttributeError):
+        pass
+    return None
+
+
+# -- loading ---------------------------------------------------------------------------
+
+def _open_object(path: str):
+    """The object through tracer/libbpf.py, the ctypes layer the tracer's own CO-RE object
+    is loaded with."""
+    from . import libbpf
+
+    return libbpf.Object(path), libbpf.lib()
+
+
+# -- the walk --------------------------------------------------------------------------
+
+def _records_wanted() -> int:
+    """Room for every inode that can have page cache: no more than the inodes in use
+    (/proc/sys/fs/inode-nr) nor than the pages cached (each such inode holds at least
+    one), plus one summary per superblock."""
+    try:
+        with open("/proc/sys/fs/inode-nr") as f:
+            inodes = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        inodes = 1 << 20
+    m = meminfo_pages()
+    cached = m.get("Cached", 0) + m.get("Buffers", 0) + m.get("ShmemSwapped", 0) if m else inodes
+    return min(inodes, cached) * 5 // 4 + 8192
+
+
+def meminfo_pages() -> Dict[str, int]:
+    """/proc/meminfo's kB lines in pages (empty where it cannot be read)."""
+    from .procfs import parse_meminfo
+
+    try:
+        with open("/proc/meminfo") as f:
+            kb = parse_meminfo(f.read())
+    except OSError:
+        return {}
+    return {k: v * 1024 // mmap.PAGESIZE for k, v in kb.items()}
+
+
+def kernel_walk(records: Optional[int] = None, max_inodes: int = BPF_MAX_LOOPS,
+                sb_head: Optional[int] = None) -> Dict[str, Any]:
+    """Run bpf/baseline.bpf.c once: {"summary": {...}, "inodes": [(dev, ino, pages,
+    swapped, flags)], "superblocks": [(dev, inodes walked, pages, s_magic, flags)],
+    "seconds": load + run + parse}. dev is the kernel's dev_t (major << 20 | minor), as
+    the filemap tracepoints report s_dev. Raises FootprintError with one line when the
+    object does not load or run. The records map is sized from the kernel's own counts
+    and the walk run once more, larger, if records did not fit."""
+    path = object_path()
+    if path is None:
+        raise FootprintError("the kernel baseline needs bpf/baseline.bpf.o: build it with "
+                             "scripts/build-bpf (needs clang, bpftool, libbpf-dev)")
+    head, text = _kernel_addresses()
+    if sb_head is not None:
+        head = sb_head
+    image_lo = text or _IMAGE_BASE or 0
+    if not head and not image_lo:
+        raise FootprintError("the kernel baseline cannot find the superblock list: /proc/kallsyms "
+                             "hides kernel addresses (kernel.kptr_restrict)")
+    t0 = time.monotonic()
+    n = records or _records_wanted()
+    for _attempt in range(2):
+        out = _run_once(path, n, head, image_lo, max_inodes)
+        s = out["summary"]
+        if not s["dropped"]:
+            break
+        n = (s["records"] + s["dropped"]) * 5 // 4 + 8192
+    out["seconds"] = time.monotonic() - t0
+    return out
+
+
+def _run_once(path: str, n: int, head: int, image_lo: int, max_inodes: int) -> Dict[str, Any]:
+    obj, so = _open_object(path)
+    try:
+        obj.set_max_entries("records", n)
+        obj.set_rodata(_CONFIG.pack(head, image_lo, MAX_SBS, min(max_inodes, BPF_MAX_LOOPS)))
+        obj.load()
+        link_fd = obj.attach("baseline")
+        create = so.bpf_iter_create
+        create.restype, create.argtypes = ctypes.c_int, [ctypes.c_int]
+        mem = meminfo_pages()  # the kernel's totals at the walk's instant, to compare with
+        fd = create(link_fd)
+        if fd < 0:
+            raise FootprintError(f"cannot start the baseline iterator ({os.strerror(-fd)})")
+        try:
+            chunks = []
+            while True:  # the walk runs inside the first read()
+                b = os.read(fd, 1 << 16)
+                if not b:
+                    break
+                chunks.append(b)
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        if len(data) < _SUMMARY.size:
+            raise FootprintError("the baseline iterator gave no summary: rebuild the object with "
+                                 "scripts/build-bpf")
+        (magic, version, nrec, dropped, dropped_pages, sbs, inodes, pages, ns, flags,
+         _pad, head_seen) = _SUMMARY.unpack_from(data)
+        if magic != _MAGIC or version != _VERSION:
+            raise FootprintError("bpf/baseline.bpf.o does not match this footprint: rebuild it "
+                                 "with scripts/build-bpf")
+        size = -(-n * _REC.size // mmap.PAGESIZE) * mmap.PAGESIZE
+        with mmap.mmap(obj.map_fd("records"), size, mmap.MAP_SHARED, mmap.PROT_READ) as mm:
+            raw = mm[:nrec * _REC.size]
+    finally:
+        obj.close()
+    inodes_l: List[Tuple[int, int, int, int, int]] = []
+    sbs_l: List[Tuple[int, int, int, int, int]] = []
+    for ino, pg, swapped, dev, fl in _REC.iter_unpack(raw):
+        if fl & REC_SB:
+            sbs_l.append((dev, ino, pg, swapped, fl))
+        else:
+            inodes_l.append((dev, ino, pg, swapped, fl))
+    return {"summary": {"records": nrec, "dropped": dropped, "dropped_pages": dropped_pages,
+                        "superblocks": sbs, "inodes_walked": inodes, "pages": pages,
+                        "kernel_ms": round(ns / 1e6, 3), "torn": bool(flags & REC_TORN),
+                        "capped": bool(flags & REC_CAPPED),
+                        "from_root": bool(flags & SUM_FROM_ROOT), "records_room": n,
+                        "head_seen": head_seen},
+            "meminfo": mem,
+            "inodes": inodes_l, "superblocks": sbs_l}
+
+
+def _devstr(kdev: int) -> str:
+    return f"{kdev >> _MINORBITS}:{kdev & ((1 << _MINORBITS) - 1)}"
+
+
+def kernel_inventory() -> Dict[str, Any]:
+    """The kernel walk shaped like tracer/inventory.py's inventory(): {time, rows, stats},
+    rows {dev "maj:min", ino, path None, fstype, resident_pages, swapped_pages, method
+    "kernel", what "file"|"bdev", block_dev?, unlinked?}. A block device's own cache is
+    the bdev pseudo file system's inode whose i_ino is the device's dev_t (block/bdev.c
+    bdev_alloc), keyed by that superblock's real s_dev — as the tracepoints key it."""
+    walk = kernel_walk()
+    t = time.clock_gettime(time.CLOCK_BOOTTIME)
+    fstype = {dev: _FSTYPES.get(magic) for dev, _n, _p, magic, _f in walk["superblocks"]}
+    rows: List[Dict[str, Any]] = []
+    swapped = unlinked = 0
+    for dev, ino, pages, sw, fl in walk["inodes"]:
+        ds = _devstr(dev)
+        row: Dict[str, Any] = {"dev": ds, "ino": ino, "path": None, "fstype": fstype.get(dev),
+                               "resident_pages": pages, "method": "kernel", "what": "file"}
+        if fstype.get(dev) == "bdev":
+            row.update(what="bdev", block_dev=_devstr(ino))
+        if fl & REC_SHMEM:
+            row["swapped_pages"] = sw
+            swapped += sw
+        if fl & REC_UNLINKED:
+            row["unlinked"] = True
+            unlinked += 1
+        if pages:
+            rows.append(row)
+    s = walk["summary"]
+    stats = dict(s, seconds=round(walk["seconds"], 3), shmem_swapped_pages=swapped,
+                 unlinked_files=unlinked,
+                 superblocks_torn=[_devstr(d) for d, _n, _p, _m, f in walk["superblocks"] if f & REC_TORN],
+                 superblocks_capped=[_devstr(d) for d, _n, _p, _m, f in walk["superblocks"] if f & REC_CAPPED])
+    stats.update(_completeness(sum(r["resident_pages"] for r in rows), walk["meminfo"]))
+    return {"time": t, "rows": rows, "stats": stats}
+
+
+def _completeness(found: int, mem: Dict[str, int]) -> Dict[str, Any]:
+    want = mem.get("Cached", 0) + mem.get("Buffers", 0)
+    return {"pages_found": found, "cached_buffers_pages": want,
+            "completeness": round(found / want, 4) if want else None}
+
+
+def take(which: str, walk: Callable[[], Dict[str, Any]],
+         log: Callable[[str], None] = lambda m: None) -> Optional[Dict[str, Any]]:
+    """The baseline `which` asks for ("auto", "kernel", "walk", "none"): the kernel walk,
+    or `walk()` (tracer/inventory.py's path walk) where it cannot run and `which` is
+    "auto". None for "none". The result's stats say which ran ("baseline") and how much
+    of meminfo's Cached + Buffers it found; a refused kernel walk's reason is kept."""
+    if which not in BASELINES:
+        raise FootprintError(f"unknown --baseline {which!r}: use one of {', '.join(BASELINES)}")
+    if which == "none":
+        return None
+    why = None
+    if which in ("auto", "kernel"):
+        why = unavailable()
+        if why is None:
+            try:
+                result = kernel_inventory()
+                result["stats"]["baseline"] = "kernel"
+                return result
+            except (FootprintError, OSError, AttributeError) as err:
+                # OSError: mmap or the iterator's read refused; AttributeError: a libbpf
+                # without bpf_iter_create (< 0.0.9). Either way the walk still works.
+                why = str(err) if isinstance(err, FootprintError) else f"{type(err).__name__}: {err}"
+        if which == "kernel":
+            raise FootprintError(f"--baseline kernel cannot run here: {why}; use --baseline walk")
+        log(f"baseline: kernel walk not used ({why}); walking paths")
+    before = meminfo_pages()
+    result = walk()
+    stats = result.setdefault("stats", {})
+    stats["baseline"] = "walk"
+    if why:
+        stats["kernel_refused"] = why
+    stats.update(_completeness(sum(r.get("resident_pages") or 0 for r in result.get("rows", [])),
+                               before))
+    return result
