@@ -245,14 +245,6 @@ def test_a_superblock_past_the_loop_cap_is_flagged_not_looped(machine):
     assert capped and all(sb[1] == 1000 for sb in capped)
 
 
-def test_the_stand_in_loader_runs_it_too(machine, monkeypatch):
-    """Until tracer/libbpf.py is in this tree the stand-in loads the object; after, both
-    must give the same walk."""
-    monkeypatch.setattr(B, "_open_object", lambda path: (B._PrivateObject(path), B._private_lib()))
-    walk = B.kernel_walk()
-    assert walk["summary"]["records"] > FILES and not walk["summary"]["torn"]
-
-
 def test_take_chooses_and_says_which(machine, monkeypatch):
     walked = []
 
