@@ -193,7 +193,7 @@ def _file_rows(rec: Recording, state: dict, topo: Topology | None) -> pd.DataFra
         if info.get("roles"):
             layer += f" [{path.rsplit('/', 1)[-1] if path else 'inode %d' % ino}: {', '.join(info['roles'])}]"
         if key in tracer_files:
-            subsystem, layer = "tracer", "files the tracer maps (python, bcc, LLVM)"
+            subsystem, layer = "tracer", "files the tracer maps (python, libraries)"
         rows.append({"dev": dev, "ino": ino, "path": path, "fstype": fstype, "kind": kind,
                      "subsystem": subsystem, "layer": layer, "resident_pages": resident,
                      "peak_pages": max(c[1] + base_left, resident), "allocated_pages": c[2],

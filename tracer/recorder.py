@@ -45,7 +45,7 @@ def _as_dict(obj):
 
 
 def tracer_files() -> list[list]:
-    """(dev, ino, path) of the files this process maps: python, bcc, LLVM. Their page
+    """(dev, ino, path) of the files this process maps: python, libbpf or bcc and LLVM. Their page
     cache is the tracer's own cost, not the storage stack's."""
     seen = {}
     try:
