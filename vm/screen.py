@@ -17,6 +17,8 @@ from typing import Optional
 from tracer.fold import fold, other_label
 from tracer.safe import inert
 
+from .sidebyside import moment_names
+
 QUESTION = ("squashfs", "device-mapper", "loop", "iso9660", "ramfs")
 TOP_DIFFS = 10
 WIDTH = 100  # columns; and at most 60 lines in all
@@ -105,17 +107,8 @@ def _stacked(result: dict, moment: str) -> Optional[dict]:
     return {"layers": len(held), "mib": sum(lv["mib"] for lv in held), "levels": held}
 
 
-def _moments_names(result: dict) -> list[str]:
-    seen: list[str] = []
-    for b in result["boots"]:
-        for m in b.get("moments") or []:
-            if m["name"] not in seen:
-                seen.append(m["name"])
-    return seen
-
-
 def _moments_table(result: dict) -> list[str]:
-    names = _moments_names(result)
+    names = moment_names(result)
     if not names:
         return []
     live = _live_name(result)

@@ -86,7 +86,8 @@ def _pairs(result: dict, an: Analysis) -> list[tuple[str, str]]:
     return [("plain", n) for n in names if n != "plain"]
 
 
-def _moments(result: dict) -> list[str]:
+def moment_names(result: dict) -> list[str]:
+    """The moments measured in any boot of the experiment, in the order first seen."""
     seen: list[str] = []
     for b in result["boots"]:
         for m in b.get("moments") or []:
@@ -98,7 +99,7 @@ def _moments(result: dict) -> list[str]:
 def side_by_side(result: dict, an: Analysis) -> list[dict]:
     """Per moment and pair (plain, other): compare.compare by subsystem and by layer."""
     out = []
-    for moment in _moments(result):
+    for moment in moment_names(result):
         for a, b in _pairs(result, an):
             acc_a, acc_b = an.accounts.get((a, moment)), an.accounts.get((b, moment))
             if acc_a is None or acc_b is None:
@@ -121,7 +122,7 @@ def answer_of(result: dict, an: Analysis) -> Optional[dict]:
     if live is None:
         return None
     by_moment = {}
-    for moment in _moments(result):
+    for moment in moment_names(result):
         acc_l, acc_p = an.accounts.get((live, moment)), an.accounts.get(("plain", moment))
         if acc_l is not None and acc_p is not None:
             by_moment[moment] = _plain_json(answer_mod.answer(acc_l, acc_p))
@@ -201,7 +202,7 @@ def text(result: dict) -> str:
 def moments_table(result: dict) -> str:
     lines = []
     head = f"{'moment':<13}{'boot':<16}{'MemTotal-MemFree':>17}{'used':>8}{'squashfs':>10}{'dm':>8}{'loop':>8}"
-    for moment in _moments(result):
+    for moment in moment_names(result):
         for b in result["boots"]:
             m = next((x for x in b.get("moments") or [] if x["name"] == moment), None)
             if m is None:
@@ -218,7 +219,7 @@ def ranking_table(result: dict) -> str:
     rk = result.get("ranking")
     if not rk or not rk["rows"]:
         return ""
-    extra = [m for m in _moments(result) if m != "after-boot"]
+    extra = [m for m in moment_names(result) if m != "after-boot"]
     head = (f"{'rank':<6}{'boot':<16}{'MemTotal-MemFree':>17}{'used':>10}{'delivery':>10}{'rootfs':>8}"
             + "".join(f"{m:>14}" for m in extra))
     lines = [head, f"{'':<22}{'after boot':>17}{'procps 4':>10}{'MiB':>10}{'df MiB':>8}"
@@ -288,7 +289,7 @@ def write_out(result: dict, an: Analysis, out: Path) -> dict:
         png = render_html.plot_png(rec_l)
         (out / "plot.png").write_bytes(png)
         files["plot"] = str(out / "plot.png")
-        moments = [m for m in _moments(result) if (live, m) in an.accounts]
+        moments = [m for m in moment_names(result) if (live, m) in an.accounts]
         for moment in moments:
             plain = ((rec_p, an.accounts[("plain", moment)])
                      if rec_p is not None and ("plain", moment) in an.accounts else None)
