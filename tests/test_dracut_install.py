@@ -184,3 +184,14 @@ tracer.cli.main()
 
 def as_nobody(*args):
     return subprocess.run([sys.executable, "-c", AS_NOBODY, *args], capture_output=True, text=True)
+
+
+def test_fallback_modules_dir_through_a_symlink_out_of_root_is_refused(tmp_path):
+    """No dracut.pc: the default usr/lib/dracut/modules.d is checked like a dracut.pc value."""
+    host = fake_dracut(tmp_path / "host", pc=False)
+    root = tmp_path / "root"
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "usr/lib/dracut").symlink_to(host / "usr/lib/dracut")  # absolute: the host's
+    p = footprint("dracut", "install", "--root", str(root))
+    assert one_line_error(p) and "outside" in p.stderr, p.stderr
+    assert list((host / "usr/lib/dracut/modules.d").iterdir()) == []

@@ -190,3 +190,20 @@ def test_fuzzed_recordings_fail_cleanly(tmp_path, data):
             report.text(rec, acc)
     except FootprintError as err:
         assert "\n" not in str(err)
+
+
+def test_a_command_whose_entry_point_does_not_load_fails_alone_in_one_line():
+    """Another package's broken footprint.commands entry point costs that command only."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from tracer.cli import _unloadable, main
+
+    ep = SimpleNamespace(name="broken", value="nowhere.module:cmd")
+    cmd = _unloadable(ep, ImportError("No module named 'nowhere'"))
+    group = type(main)("footprint", commands={"broken": cmd, **main.commands})
+    r = CliRunner().invoke(group, ["broken", "--any", "arg"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, (r.exit_code, r.stderr)
+    assert "`footprint broken` could not be loaded from nowhere.module:cmd" in r.stderr
+    assert CliRunner().invoke(group, ["mark", "--help"]).exit_code == 0

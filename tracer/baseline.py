@@ -92,8 +92,10 @@ def unavailable() -> Optional[str]:
     """Why the kernel walk cannot run here (one phrase), or None if it may."""
     if os.geteuid() != 0:
         return "not root"
-    if not os.path.exists("/sys/kernel/btf/vmlinux"):
-        return "no kernel BTF (/sys/kernel/btf/vmlinux: CONFIG_DEBUG_INFO_BTF)"
+    from .loader import KERNEL_BTF
+
+    if not os.path.exists(KERNEL_BTF):
+        return f"no kernel BTF ({KERNEL_BTF}: CONFIG_DEBUG_INFO_BTF)"
     if object_path() is None:
         return "bpf/baseline.bpf.o not built (scripts/build-bpf)"
     rel = platform.release().split(".")
@@ -133,11 +135,10 @@ def _records_wanted() -> int:
 
 def meminfo_pages() -> Dict[str, int]:
     """/proc/meminfo's kB lines in pages (empty where it cannot be read)."""
-    from .procfs import parse_meminfo
+    from .procfs import meminfo
 
     try:
-        with open("/proc/meminfo") as f:
-            kb = parse_meminfo(f.read())
+        kb = meminfo()
     except OSError:
         return {}
     return {k: v * 1024 // mmap.PAGESIZE for k, v in kb.items()}

@@ -28,7 +28,7 @@ class _Group(click.Group):
         except (click.Abort, KeyboardInterrupt):
             _die("interrupted", 130)
         except FootprintError as err:
-            _die(str(err), EXIT_USAGE)
+            _die(str(err), err.status)
         except BrokenPipeError:  # `footprint report | head`: the reader has what it wanted
             _quiet_stdout()
             sys.exit(0)
@@ -39,12 +39,6 @@ class _Group(click.Group):
             _die(f"internal error in `{cmd}` ({type(err).__name__}: {_one_line(err)}): "
                  "please report this bug", EX_SOFTWARE)
         sys.exit(rv if isinstance(rv, int) else 0)
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except FootprintError as err:
-            _die(str(err), EXIT_USAGE)
 
 
 def _one_line(err: BaseException) -> str:
@@ -86,7 +80,8 @@ def main() -> None:
 def _register_commands() -> None:
     """footprint's own commands, then those other packages add through the
     "footprint.commands" entry point (the lab's `experiment`). Each command imports what
-    it needs when it runs, so a missing optional dependency fails only that command."""
+    it needs when it runs, so a missing optional dependency fails only that command; so
+    does an entry point that does not load."""
     from importlib.metadata import entry_points
 
     from .commands import group
@@ -94,7 +89,20 @@ def _register_commands() -> None:
     for cmd in group.commands.values():
         main.add_command(cmd)
     for ep in entry_points(group="footprint.commands"):
-        main.add_command(ep.load(), ep.name)
+        try:
+            cmd = ep.load()
+        except Exception as err:  # noqa: BLE001 - another package's bug: that command says so
+            cmd = _unloadable(ep, err)
+        main.add_command(cmd, ep.name)
+
+
+def _unloadable(ep, err: Exception) -> click.Command:
+    def fail():
+        raise FootprintError(f"`footprint {ep.name}` could not be loaded from {ep.value} "
+                             f"({type(err).__name__}: {_one_line(err)}): reinstall what provides it")
+
+    return click.Command(ep.name, callback=fail, help=f"(could not be loaded from {ep.value})",
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
 _register_commands()

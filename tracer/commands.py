@@ -75,8 +75,6 @@ class _Seconds(click.ParamType):
 def record(output, duration, interval, baseline, no_inventory, inventory_seconds, slab, kernel_headers, marks, stop_file,
            max_files, max_stacks, max_objects, no_exec, ebpf, loader_name):
     """Trace page cache, kernel pages and slab objects into a recording."""
-    import sys
-
     from . import loader, recorder
 
     sizes = _sizes(max_files, max_stacks, max_objects)
@@ -91,15 +89,11 @@ def record(output, duration, interval, baseline, no_inventory, inventory_seconds
         click.echo("\n".join(f"#define {f[2:].replace('=', ' ', 1)}" for f in p.cflags()))
         click.echo(loader.bpf_source())
         return
-    try:
-        reason = recorder.record(recorder.Options(
-            output=output, duration=duration, interval=interval, inventory=baseline != "none",
-            inventory_seconds=inventory_seconds, baseline=baseline,
-            marks=marks, stop_file=stop_file, slab=slab, kernel_headers=kernel_headers,
-            sizes=sizes, exec=not no_exec, loader=loader_name))
-    except (recorder.Interrupted, KeyboardInterrupt):  # the latter: before its handlers
-        click.echo("footprint: interrupted before anything was recorded", err=True)
-        sys.exit(130)
+    reason = recorder.record(recorder.Options(
+        output=output, duration=duration, interval=interval, inventory=baseline != "none",
+        inventory_seconds=inventory_seconds, baseline=baseline,
+        marks=marks, stop_file=stop_file, slab=slab, kernel_headers=kernel_headers,
+        sizes=sizes, exec=not no_exec, loader=loader_name))
     click.echo(f"footprint: recording {output} written ({reason})", err=True)
 
 

@@ -77,7 +77,7 @@ def modules_dir(root: Path = Path("/")) -> Path:
             continue
         if variables.get("dracutmodulesdir"):
             return _inside(root, variables["dracutmodulesdir"], root / rel)
-    fallback = root / "usr/lib/dracut/modules.d"
+    fallback = _inside(root, "usr/lib/dracut/modules.d", root / "usr/lib/dracut")
     if fallback.is_dir():
         return fallback
     raise FootprintError(f"cannot tell where dracut {version} keeps its modules under {root} "

@@ -8,7 +8,16 @@ EXIT_USAGE = 2
 
 
 class FootprintError(Exception):
-    """A problem the user can fix; the message says how."""
+    """A problem the user can fix; the message says how. `status` is the exit status."""
+
+    status = EXIT_USAGE
+
+
+class Interrupted(FootprintError):
+    """A signal ended the command before it had anything to show (exit 130, as a shell
+    reports SIGINT)."""
+
+    status = 130
 
 
 def require_root(what: str) -> None:

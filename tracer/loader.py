@@ -446,15 +446,21 @@ class LibbpfProgram:
             p.kprobes = []
             self.obj = self._load(p)
         try:
-            self.links = {name: self.obj.attach(name) for name in self._wanted(p)}
+            self.links = {name: self.obj.attach(name) for name in self._wanted(p, kprobes=False)}
+            for f in list(p.kprobes):  # extras: one that does not attach is named, not fatal
+                try:
+                    self.links[self.KPROBE_PROGS[f]] = self.obj.attach(self.KPROBE_PROGS[f])
+                except FootprintError as err:
+                    p.kprobes.remove(f)
+                    p.kprobes_missing.append((f, f"failed to attach: {err}"))
         except FootprintError:
             self.obj.close()
             raise
 
     @staticmethod
-    def _wanted(p: Plan) -> list[str]:
+    def _wanted(p: Plan, kprobes: bool = True) -> list[str]:
         return ([f"tracepoint__{g}__{e}" for g, e in p.tracepoints]
-                + [LibbpfProgram.KPROBE_PROGS[f] for f in p.kprobes])
+                + ([LibbpfProgram.KPROBE_PROGS[f] for f in p.kprobes] if kprobes else []))
 
     def _load(self, p: Plan):
         import struct

@@ -20,6 +20,7 @@ from typing import Callable
 
 from . import loader, procfs, recording
 from .bpfmaps import Maps, prog_misses
+from . import errors
 from .errors import FootprintError, require_root
 from .procfs import boottime
 from .symbols import Kallsyms, classify_stack, parse_modules, subsystem_of
@@ -66,7 +67,7 @@ class _Stop(BaseException):  # not an Exception: no `except Exception` may swall
     pass
 
 
-class Interrupted(Exception):
+class Interrupted(errors.Interrupted):
     """A signal came before the recording was started: nothing was recorded (a file
     this recorder created is removed again; one that was there is left untouched)."""
 

@@ -560,9 +560,7 @@ def _record(rec: Recording | None, obj, path: str, n: int) -> Recording:
     """Validate one parsed line and add it to `rec` (the header line creates it)."""
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise _bad(path, f"corrupt (line {n} has no record type)")
-    kind = obj["type"]
-    if kind != "sample":
-        obj = _valid_unicode(obj)
+    kind = obj["type"]  # strings are valid Unicode already (_loads)
     if rec is None:
         if kind != "header" or obj.get("format") != FORMAT:
             raise FootprintError(f"{path} is not a footprint recording: "

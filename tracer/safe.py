@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import re
 
-import pandas as pd
-
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
@@ -36,8 +34,10 @@ def csv_cell(value):
     return "'" + s if s.startswith(_FORMULA) else s
 
 
-def to_csv(df: pd.DataFrame) -> str:
-    """`df` as CSV text with every string cell and every column name made inert."""
+def to_csv(df) -> str:
+    """`df` (a pandas DataFrame) as CSV text with every string cell and every column name
+    made inert."""
+    import pandas as pd  # here only: inert() serves the recorder and the error path too
     out = df.copy()
     for col in out.columns:
         if not pd.api.types.is_numeric_dtype(out[col]):

@@ -267,41 +267,39 @@ def csv_text(result: dict) -> str:
 
 def write_out(result: dict, an: Analysis, out: Path) -> dict:
     """experiment.json, side-by-side.csv, plot.png and report.html (the live boot with the
-    plain one to compare, at its last moment) plus report-<moment>.html per moment.
-    Recordings are already there (<name>.recording.jsonl) when out is the recordings dir.
-    Returns {what: path}."""
-    from tracer import render_html
+    plain one to compare, at its last moment) plus report-<moment>.html per moment, each
+    written as footprint writes its outputs (tracer/outfile.py: mode 0600, renamed into
+    place, never through a symlink). Recordings are copied in unless they are there
+    already (<name>.recording.jsonl). Returns {what: path}."""
+    from tracer import outfile, render_html
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
+
+    def put(what: str, name: str, data: bytes) -> None:
+        outfile.write(str(out / name), data)
+        files[what] = str(out / name)
+
     for name, path in an.paths.items():
         dest = recording_path(out, name)
-        if Path(path).resolve() != dest.resolve():
-            dest.write_bytes(Path(path).read_bytes())
-        os.chmod(dest, 0o600)  # recordings are the guest's file names: private, as recorded
-        files[f"recording {name}"] = str(dest)
-    (out / "side-by-side.csv").write_text(csv_text(result))
-    files["side-by-side csv"] = str(out / "side-by-side.csv")
+        put(f"recording {name}", dest.name, Path(path).read_bytes())
+    put("side-by-side csv", "side-by-side.csv", csv_text(result).encode())
     live = _live_name(result, an)
     if live and live in an.recs:
         rec_l, rec_p = an.recs[live], an.recs.get("plain")
-        png = render_html.plot_png(rec_l)
-        (out / "plot.png").write_bytes(png)
-        files["plot"] = str(out / "plot.png")
+        put("plot", "plot.png", render_html.plot_png(rec_l))
         moments = [m for m in moment_names(result) if (live, m) in an.accounts]
         for moment in moments:
             plain = ((rec_p, an.accounts[("plain", moment)])
                      if rec_p is not None and ("plain", moment) in an.accounts else None)
-            page = render_html.render(rec_l, an.accounts[(live, moment)], plain=plain)
-            (out / f"report-{moment}.html").write_text(page, encoding="utf-8")
-            files[f"report {moment}"] = str(out / f"report-{moment}.html")
+            page = render_html.render(rec_l, an.accounts[(live, moment)], plain=plain).encode("utf-8")
+            put(f"report {moment}", f"report-{moment}.html", page)
             if moment == moments[-1]:
-                (out / "report.html").write_text(page, encoding="utf-8")
-                files["report"] = str(out / "report.html")
+                put("report", "report.html", page)
     files["json"] = str(out / "experiment.json")
     result["files"] = files
-    (out / "experiment.json").write_text(json.dumps(result, indent=2))
+    put("json", "experiment.json", (report_mod.dumps_json(result, pretty=True) + "\n").encode())
     return files
 
 
