@@ -18,6 +18,7 @@ Use:  page = render(rec, acc, plain=(rec_plain, acc_plain) or None)
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import io
@@ -124,17 +125,23 @@ DRAW_JS = """
 """
 
 
+@functools.lru_cache(maxsize=1)
 def _plotly_js() -> str:
-    """plotly.js from the plotly package, inlined: the page must open offline."""
+    """plotly.js from the plotly package, inlined: the page must open offline (read once
+    per process: the experiment writes a page per moment)."""
     from plotly.offline import get_plotlyjs
 
     return get_plotlyjs()
 
 
+@functools.lru_cache(maxsize=8)
+def _script_hash(js: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
 def _csp(scripts: list[str]) -> str:
     """Only these inline scripts run (by hash); nothing is fetched."""
-    hashes = " ".join("'sha256-" + base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode("ascii") + "'"
-                      for js in scripts)
+    hashes = " ".join(_script_hash(js) for js in scripts)
     return f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src {hashes}"
 
 
