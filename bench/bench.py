@@ -213,9 +213,7 @@ def _guest_boot(traced: bool, cache, logs: Path) -> dict:
 
 def guest(runs: int) -> dict:
     """Traced vs untraced boots of the live guest, interleaved, medians."""
-    from vm.cache import cache_root
-
-    cache = cache_root(None)
+    cache = None  # the lab's own cache ($FOOTPRINT_CACHE or /var/cache/footprint), as the experiment's
     boots: dict = {"untraced": [], "traced": []}
     with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="fp-bench-") as tmp:
         for _ in range(runs):
