@@ -37,6 +37,15 @@ CACHE_KINDS = ("page-cache", "buffers", "shmem")
 SQUASHFS_IMAGE = re.compile(r"(^|/)squashfs\.img$")
 
 
+def worst_stack(chains: list[dict]) -> dict | None:
+    """Of the double-caching chains (answer()["double_caching"]), the one holding the same
+    data at the most layers (then the most MiB); None when no chain holds it twice."""
+    stacked = [c for c in chains if c["layers_holding_data"] > 1]
+    if not stacked:
+        return None
+    return max(stacked, key=lambda c: (c["layers_holding_data"], sum(lv["mib"] for lv in c["levels"])))
+
+
 def answer(acc_live: Account, acc_plain: Account | None = None) -> dict:
     """The answer: {"paragraph": str, "in_use": {...}, "subsystems": {name: {pages, mib,
     parts: [...]}}, "page_cache_by_layer": [...], "double_caching": [...],
@@ -162,10 +171,8 @@ def paragraph(r: dict) -> str:
     if r["untraced_page_cache_mib"] >= 0.05 * use["nonfree_mib"]:
         say.append(f"{r['untraced_page_cache_mib']:.1f} MiB of page cache was resident before the "
                    "tracer attached and is not assigned to a layer.")
-    stacked = [c for c in r["double_caching"] if c["layers_holding_data"] > 1]
-    if stacked:
-        worst = max(stacked, key=lambda c: (c["layers_holding_data"],
-                                            sum(lv["mib"] for lv in c["levels"])))
+    worst = worst_stack(r["double_caching"])
+    if worst:
         levels = ", ".join(f"{lv['mib']:.1f} MiB in {inert(lv['layer'])}"
                            + (f" ({inert(_basename(lv['what']))})" if lv["what"] != "all files" else "")
                            for lv in worst["levels"])
@@ -226,9 +233,8 @@ def short(r: dict) -> list[str]:
     say.append("squashfs, device-mapper and loop claim "
                + ", ".join(f"{subs[s]['mib']:.1f}" for s in QUESTION_SUBSYSTEMS[:2])
                + f" and {subs['loop']['mib']:.1f} MiB.")
-    stacked = [c for c in r["double_caching"] if c["layers_holding_data"] > 1]
-    if stacked:
-        worst = max(stacked, key=lambda c: (c["layers_holding_data"], sum(lv["mib"] for lv in c["levels"])))
+    worst = worst_stack(r["double_caching"])
+    if worst:
         held = [lv for lv in worst["levels"] if lv["pages"] > 0]
         say.append(f"The same data is cached at {len(held)} layers: "
                    + ", ".join(f"{inert(lv['layer'].split(' ', 1)[0])} {lv['mib']:.0f}" for lv in held)

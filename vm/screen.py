@@ -14,6 +14,7 @@ from __future__ import annotations
 import textwrap
 from typing import Optional
 
+from tracer.answer import worst_stack
 from tracer.fold import fold, other_label
 from tracer.safe import inert
 
@@ -99,10 +100,9 @@ def _question(moment: dict) -> dict:
 def _stacked(result: dict, moment: str) -> Optional[dict]:
     """The chain that caches the same data at the most layers, at this moment."""
     a = ((result.get("answer") or {}).get("by_moment") or {}).get(moment)
-    chains = [c for c in (a or {}).get("double_caching", []) if c["layers_holding_data"] > 1]
-    if not chains:
+    worst = worst_stack((a or {}).get("double_caching", []))
+    if worst is None:
         return None
-    worst = max(chains, key=lambda c: (c["layers_holding_data"], sum(lv["mib"] for lv in c["levels"])))
     held = [lv for lv in worst["levels"] if lv["pages"] > 0]
     return {"layers": len(held), "mib": sum(lv["mib"] for lv in held), "levels": held}
 
