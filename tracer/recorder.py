@@ -222,7 +222,7 @@ class Recorder:
                 os.set_inheritable(rec.marks_fd, False)
             except OSError:
                 rec.marks_fd = None
-        rec.writer = recording.Writer.append(rec.opts.output, fd=state.get("output_fd"))
+        rec.writer = recording.Writer.append(rec.opts.output, fd=state["output_fd"])
         rec.writer.write({"type": "tracer", "t": boottime(), "stage": "sampler",
                           "pid": os.getpid(), "files": tracer_files()})
         return rec

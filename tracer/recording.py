@@ -173,25 +173,20 @@ class Writer:
             self._f.close()
 
     @classmethod
-    def append(cls, path: str, fd: int | None = None) -> "Writer":
-        """Continue a recording: through `fd`, inherited from the recorder that started
-        it (the sampler after exec; it holds the lock), else by reopening `path`."""
+    def append(cls, path: str, fd: int) -> "Writer":
+        """Continue a recording through `fd`, inherited from the recorder that started it
+        (the sampler after exec): the open file description that holds the lock. `path`
+        only names it in messages; it is never reopened (that would write unlocked)."""
         self = cls.__new__(cls)
         self.path = path
         self.started = True
         self._created = False
-        if fd is None:
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError as err:
-                raise FootprintError(f"cannot append to recording {path}: {err.strerror}") from None
-        else:
-            try:
-                os.set_inheritable(fd, False)  # ours alone: no child of the sampler gets it
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-            except OSError as err:
-                raise FootprintError(f"cannot append to recording {path}: {err.strerror}") from None
+        try:
+            os.set_inheritable(fd, False)  # ours alone: no child of the sampler gets it
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        except OSError as err:
+            raise FootprintError(f"cannot append to recording {path}: {err.strerror}") from None
         self._f = os.fdopen(fd, "a", encoding="utf-8", buffering=1 << 16)
         return self
 
