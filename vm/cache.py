@@ -256,18 +256,83 @@ def _term_with_parent() -> None:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
+    """Terminates the build's process group and waits until none of it is left.
+
+    Waiting for the leader is not enough: mmdebstrap's hooks (dpkg, convert-usrmerge in
+    the chroot) outlive it by seconds, still writing into the tree we are about to
+    remove. Members are found by process group, and by descent from the leader as seen
+    at the time of the signal (a member that called setsid leaves the group)."""
+    if proc.poll() is not None and not _group_members(proc.pid):
         return
+    members = _descendants(proc.pid) | _group_members(proc.pid)
     for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        left = _signal_all(proc.pid, members, sig)
+        deadline = time.monotonic() + wait
+        while left and time.monotonic() < deadline:
+            proc.poll()  # reap the leader
+            time.sleep(0.1)
+            left = {p for p in left if _alive(p)} | _group_members(proc.pid)
+        if not left:
+            break
+    try:
+        proc.wait(timeout=1)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _signal_all(pgid: int, members: set[int], sig: int) -> set[int]:
+    """Sends sig to the group and to each former member; returns those still alive."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    for pid in members:
         try:
-            os.killpg(proc.pid, sig)
+            os.kill(pid, sig)
         except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
+            pass
+    return {p for p in members if _alive(p)} | _group_members(pgid)
+
+
+def _proc_stats() -> list[tuple[int, int, int, str]]:
+    """(pid, ppid, pgrp, state) of every process, from /proc/PID/stat."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
             continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        out.append((int(d), int(fields[1]), int(fields[2]), fields[0]))
+    return out
+
+
+def _group_members(pgid: int) -> set[int]:
+    """Live (not zombie) processes of process group pgid."""
+    return {pid for pid, _pp, pg, st in _proc_stats() if pg == pgid and st != "Z"}
+
+
+def _descendants(pid: int) -> set[int]:
+    kids: dict[int, list[int]] = {}
+    for p, pp, _pg, _st in _proc_stats():
+        kids.setdefault(pp, []).append(p)
+    out, todo = set(), [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _tail(path: Path, n: int) -> list[str]:
