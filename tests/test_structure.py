@@ -1,6 +1,6 @@
 """The code's shape, checked: no import circles in tracer/ or vm/ (counting imports made
-inside functions too: a lazy import is still a dependency), and nothing in tracer/
-imports the lab."""
+inside functions too: a lazy import is still a dependency), nothing in tracer/ imports
+the lab, and no module reaches into another's private names."""
 
 from __future__ import annotations
 
@@ -103,3 +103,57 @@ def test_the_product_does_not_import_the_lab():
                  for m, deps in _graph().items() if m.split(".")[0] == "tracer"}
     assert {m: d for m, d in offenders.items() if d} == {}
 
+
+
+# Files other helpers are rewriting right now: the lead removes them from these lists
+# once their work is merged (then every module of tracer/ and vm/ is held to the rules).
+BEING_REWRITTEN = {
+    "tracer/recorder.py", "tracer/loader.py", "tracer/bpfmaps.py", "tracer/libbpf.py",
+    "tracer/btf.py", "tracer/dracut.py", "tracer/baseline.py", "tracer/inventory.py",
+    "tracer/topology/*", "vm/images.py", "vm/code.py", "vm/qemu.py",
+}
+MAX_LINES = 400
+
+
+def _rewritten(path: Path) -> bool:
+    rel = path.relative_to(REPO).as_posix()
+    return rel in BEING_REWRITTEN or any(p.endswith("/*") and rel.startswith(p[:-1]) for p in BEING_REWRITTEN)
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _private_reach_ins(name: str, path: Path, known: set[str]) -> list[str]:
+    """`module._name` and `from module import _name` where module is another module of
+    tracer/ or vm/ (a package's own __init__ is another module too)."""
+    is_pkg = path.name == "__init__.py"
+    base = name.split(".") if is_pkg else name.split(".")[:-1]
+    tree = ast.parse(path.read_text())
+    aliases, found = {}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                mod = ".".join(base[: len(base) - (node.level - 1)] + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            for a in node.names:
+                if f"{mod}.{a.name}" in known:
+                    aliases[a.asname or a.name] = f"{mod}.{a.name}"
+                elif _private(a.name) and mod in known and mod != name:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} from {mod} import {a.name}")
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in known:
+                    aliases[a.asname or a.name] = a.name
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in aliases and _private(node.attr) and aliases[node.value.id] != name):
+            found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    mods = _modules()
+    known = set(mods)
+    assert [x for name, path in mods.items() for x in _private_reach_ins(name, path, known)] == []

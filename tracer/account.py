@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -109,7 +110,20 @@ def topology_at(rec: Recording, t: float | None) -> Topology | None:
     return topo
 
 
-def _inventory(rec: Recording) -> tuple[dict, dict, dict]:
+class Inventory(NamedTuple):
+    """The baseline taken at attach, per owner key "dev:ino": pages resident then beyond
+    what the tracer had counted (`baseline`), the tracer's untracked-removal counter at
+    that instant (`untracked_at`), and the paths the walk knew (`paths`)."""
+
+    baseline: dict
+    untracked_at: dict
+    paths: dict
+
+
+def inventory(rec: Recording, bdev: str | None = None) -> Inventory:
+    """The recording's inventories folded into one `Inventory`. Block devices are
+    recorded as "bdev:<dev_t>" until the bdev pseudo file system's s_dev is known; with
+    `bdev` (see `bdev_dev`) they are renamed "<bdev>:<dev_t>", the keys the tracer uses."""
     baseline, untracked_at, paths = {}, {}, {}
     for inv in rec.inventories:
         untracked_at.update(inv.get("untracked_at_inventory", {}))
@@ -118,85 +132,120 @@ def _inventory(rec: Recording) -> tuple[dict, dict, dict]:
             baseline[key] = baseline.get(key, 0) + pages
             if path:
                 paths[key] = path
-    return baseline, untracked_at, paths
+    if bdev:
+        for table in (baseline, untracked_at, paths):
+            for key in [k for k in table if k.startswith("bdev:")]:
+                table[f"{bdev}:{key[5:]}"] = table.pop(key)
+    return Inventory(baseline, untracked_at, paths)
 
 
-def _bdev_dev(state: dict, topo: Topology | None) -> str | None:
-    """The s_dev of the bdev pseudo file system, where block-device inodes live."""
+def resident(counter, baseline: int, untracked_at: int) -> tuple[int, int]:
+    """(resident pages, baseline pages left) of one owner: its traced counter
+    [resident, peak, added, removed, untracked_removed] plus what is left of its
+    baseline, since deletes of pages the tracer did not see added consume the baseline
+    first (counted from the instant the baseline was taken)."""
+    left = max(0, baseline - (counter[4] - untracked_at)) if baseline else 0
+    return counter[0] + left, left
+
+
+def bdev_dev(keys, topo: Topology | None) -> str | None:
+    """The s_dev of the bdev pseudo file system, where block-device inodes live: the
+    topology's, else that of the first anonymous-device key of `keys` ("dev:ino") that
+    resolves to a block device (an inode number on bdev is the device's dev_t)."""
     if topo is None:
         return None
     if topo.bdev_sb_dev:
         return topo.bdev_sb_dev
-    for key in state["files"]:
+    for key in keys:
         dev, ino = key.rsplit(":", 1)
         if dev.startswith("0:") and resolve(topo, dev, int(ino)).get("what") == "bdev":
             return dev
     return None
 
 
-def _file_rows(rec: Recording, state: dict, topo: Topology | None) -> pd.DataFrame:
-    baseline, untracked_at, inv_paths = _inventory(rec)
-    bdev = _bdev_dev(state, topo)
-    if bdev:  # inventory rows of block devices, recorded before that s_dev was known
-        for table in (baseline, untracked_at, inv_paths):
-            for key in [k for k in table if k.startswith("bdev:")]:
-                table[f"{bdev}:{key[5:]}"] = table.pop(key)
-    own = list(rec.header.get("tracer", {}).get("files", []))
-    for t in rec.tracer:
-        own += t.get("files", [])
-    tracer_paths = {f"{d}:{i}": p for d, i, p in own}
-    tracer_files = set(tracer_paths)
-    keys = set(state["files"]) | set(baseline)
-    rows = []
-    # Resolution is per superblock except for loop backing files and bdev inodes: resolve
-    # those one by one, every other file once per device (50k files: 6 s → 0.2 s).
+def _special_files(topo: Topology | None) -> set:
+    """(dev, ino) of loop backing files: resolved one by one (they name the loop)."""
     special = set()
     if topo is not None:
         for bd in topo.block_devices.values():
             lo = bd.get("loop") or {}
             if lo.get("backing_dev") is not None:
                 special.add((lo["backing_dev"], lo.get("backing_ino")))
-    per_dev: dict = {}
+    return special
+
+
+def _describe(topo: Topology | None, key: str, special: set, per_dev: dict) -> tuple[dict, str, str]:
+    """(resolution, kind, subsystem) of one owner key "dev:ino". Resolution is per
+    superblock except for loop backing files and bdev inodes (50k files: 6 s → 0.2 s)."""
+    dev, ino = key.rsplit(":", 1)
+    ino = int(ino)
+    if dev == "bdev" and topo is not None:  # no page of it traced: resolve by device
+        bd = topo.device(devstr(ino, kernel=True)) or {"name": f"dev {ino}", "dev": None, "kind": None}
+        info = {"what": "bdev", "block_dev": bd["dev"], "layer": f"bdev {bd['name']}",
+                "path": f"/dev/{bd['name']}", "fstype": None}
+    elif topo is not None and ((dev, ino) in special or dev.startswith("0:")):
+        info = resolve(topo, dev, ino)
+    elif topo is not None:
+        if dev not in per_dev:
+            per_dev[dev] = {k: v for k, v in resolve(topo, dev, 0).items()
+                            if k not in ("roles", "path", "ino")}
+        info = per_dev[dev]
+    else:
+        info = {"what": "unknown", "layer": f"dev {dev}"}
+    fstype = info.get("fstype")
+    if info.get("what") == "bdev":
+        bd = (topo.device(info["block_dev"]) or {}) if topo and info.get("block_dev") else {}
+        return info, "buffers", BDEV_SUBSYSTEMS.get(bd.get("kind"), "block")
+    kind = "shmem" if fstype in ("tmpfs", "devtmpfs") else "page-cache"
+    return info, kind, FS_SUBSYSTEMS.get(fstype or "", fstype or "unknown fs")
+
+
+def _tracer_paths(rec: Recording) -> dict:
+    """"dev:ino" → path of the files the recorder itself maps (python, its libraries)."""
+    own = list(rec.header.get("tracer", {}).get("files", []))
+    for t in rec.tracer:
+        own += t.get("files", [])
+    return {f"{d}:{i}": p for d, i, p in own}
+
+
+def owners(rec: Recording, keys, topo: Topology | None) -> dict[str, tuple[str, str]]:
+    """"dev:ino" → (subsystem, kind) for each owner key, as `file_rows` classifies it
+    (the tracer's own files are "tracer"). Keys of block devices must already carry the
+    bdev file system's s_dev (see `inventory`)."""
+    special, per_dev, tracer_files = _special_files(topo), {}, set(_tracer_paths(rec))
+    out = {}
     for key in keys:
+        _info, kind, subsystem = _describe(topo, key, special, per_dev)
+        out[key] = ("tracer", kind) if key in tracer_files else (subsystem, kind)
+    return out
+
+
+def file_rows(rec: Recording, state: dict, topo: Topology | None) -> pd.DataFrame:
+    """One row per owner (s_dev, inode) with pages at this state: its path, file
+    system, kind (page-cache, shmem, buffers), subsystem and storage layer, and its
+    resident, peak, allocated, baseline and traced pages; largest first."""
+    inv = inventory(rec, bdev_dev(state["files"], topo))
+    tracer_paths = _tracer_paths(rec)
+    special, per_dev = _special_files(topo), {}
+    rows = []
+    for key in set(state["files"]) | set(inv.baseline):
         c = state["files"].get(key, [0, 0, 0, 0, 0])
-        base = baseline.get(key, 0)
-        # Deletes of pages we did not see added consume the baseline first.
-        base_left = max(0, base - (c[4] - untracked_at.get(key, 0))) if base else 0
-        resident = c[0] + base_left
-        if resident <= 0 and c[1] <= 0:
+        pages, base_left = resident(c, inv.baseline.get(key, 0), inv.untracked_at.get(key, 0))
+        if pages <= 0 and c[1] <= 0:
             continue
+        info, kind, subsystem = _describe(topo, key, special, per_dev)
         dev, ino = key.rsplit(":", 1)
         ino = int(ino)
-        if dev == "bdev" and topo is not None:  # no page of it traced: resolve by device
-            bd = topo.device(devstr(ino, kernel=True)) or {"name": f"dev {ino}", "dev": None, "kind": None}
-            info = {"what": "bdev", "block_dev": bd["dev"], "layer": f"bdev {bd['name']}",
-                    "path": f"/dev/{bd['name']}", "fstype": None}
-        elif topo is not None and ((dev, ino) in special or dev.startswith("0:")):
-            info = resolve(topo, dev, ino)
-        elif topo is not None:
-            if dev not in per_dev:
-                per_dev[dev] = {k: v for k, v in resolve(topo, dev, 0).items()
-                                if k not in ("roles", "path", "ino")}
-            info = per_dev[dev]
-        else:
-            info = {"what": "unknown", "layer": f"dev {dev}"}
         fstype = info.get("fstype")
-        if info.get("what") == "bdev":
-            kind = "buffers"
-            bd = (topo.device(info["block_dev"]) or {}) if topo and info.get("block_dev") else {}
-            subsystem = BDEV_SUBSYSTEMS.get(bd.get("kind"), "block")
-        else:
-            kind = "shmem" if fstype in ("tmpfs", "devtmpfs") else "page-cache"
-            subsystem = FS_SUBSYSTEMS.get(fstype or "", fstype or "unknown fs")
-        path = info.get("path") or inv_paths.get(key) or tracer_paths.get(key) or rec.paths.get(key)
+        path = info.get("path") or inv.paths.get(key) or tracer_paths.get(key) or rec.paths.get(key)
         layer = info.get("layer", f"dev {dev}")
         if info.get("roles"):
             layer += f" [{path.rsplit('/', 1)[-1] if path else 'inode %d' % ino}: {', '.join(info['roles'])}]"
-        if key in tracer_files:
+        if key in tracer_paths:
             subsystem, layer = "tracer", "files the tracer maps (python, libraries)"
         rows.append({"dev": dev, "ino": ino, "path": path, "fstype": fstype, "kind": kind,
-                     "subsystem": subsystem, "layer": layer, "resident_pages": resident,
-                     "peak_pages": max(c[1] + base_left, resident), "allocated_pages": c[2],
+                     "subsystem": subsystem, "layer": layer, "resident_pages": pages,
+                     "peak_pages": max(c[1] + base_left, pages), "allocated_pages": c[2],
                      "baseline_pages": base_left, "traced_pages": c[0],
                      "source": _source(base_left, c)})
     cols = ["dev", "ino", "path", "fstype", "kind", "subsystem", "layer", "resident_pages",
@@ -213,7 +262,8 @@ def _source(baseline: int, c: list) -> str:
     return "inventoried" if baseline else "traced"
 
 
-def _kb_pages(meminfo: dict, name: str, page_size: int) -> int:
+def kb_pages(meminfo: dict, name: str, page_size: int) -> int:
+    """A /proc/meminfo field (kB) in pages of `page_size` bytes; 0 where absent."""
     return int(meminfo.get(name, 0)) * 1024 // page_size
 
 
@@ -228,7 +278,7 @@ def build(rec: Recording, index: int = -1) -> Account:
     ps = int(rec.header.get("page_size", 4096))
     mi = state["meminfo"]
     topo = topology_at(rec, state["t"])
-    files = _file_rows(rec, state, topo)
+    files = file_rows(rec, state, topo)
     rows: list[dict] = []
 
     def add(subsystem, layer, kind, pages, peak=None, allocated=0, source="meminfo"):
@@ -247,7 +297,7 @@ def build(rec: Recording, index: int = -1) -> Account:
     seen_shmem = int(files.loc[files["kind"] == "shmem", "resident_pages"].sum()) if len(files) else 0
     seen_cache = int(files["resident_pages"].sum()) - seen_shmem if len(files) else 0
     rows += category_rows(rec, state, ps, seen_cache, seen_shmem)
-    nonfree = _kb_pages(mi, "MemTotal", ps) - _kb_pages(mi, "MemFree", ps)
+    nonfree = kb_pages(mi, "MemTotal", ps) - kb_pages(mi, "MemFree", ps)
     unattributed = rows[-1]["resident_pages"]
     accounted = nonfree - unattributed
 
@@ -256,9 +306,9 @@ def build(rec: Recording, index: int = -1) -> Account:
     df["resident_mib"] = df["resident_pages"] * ps / MIB
     _add_peaks(rec, df, ps)
     reconciliation = {
-        "memtotal_mib": _kb_pages(mi, "MemTotal", ps) * ps / MIB,
+        "memtotal_mib": kb_pages(mi, "MemTotal", ps) * ps / MIB,
         "nonfree_mib": nonfree * ps / MIB,
-        "used_mib": (_kb_pages(mi, "MemTotal", ps) - _kb_pages(mi, "MemAvailable", ps)) * ps / MIB,
+        "used_mib": (kb_pages(mi, "MemTotal", ps) - kb_pages(mi, "MemAvailable", ps)) * ps / MIB,
         "accounted_mib": accounted * ps / MIB,
         "unattributed_mib": unattributed * ps / MIB,
         "unattributed_pct": 100.0 * unattributed / nonfree if nonfree else 0.0,
@@ -293,14 +343,14 @@ def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_sh
                      "allocated_pages": int(allocated), "source": source})
 
     # --- the rest of Cached+Buffers (which include Shmem) beyond the files seen.
-    file_pages = _kb_pages(mi, "Cached", ps) + _kb_pages(mi, "Buffers", ps)
-    shmem = _kb_pages(mi, "Shmem", ps)
+    file_pages = kb_pages(mi, "Cached", ps) + kb_pages(mi, "Buffers", ps)
+    shmem = kb_pages(mi, "Shmem", ps)
     add("shmem", "tmpfs, shm (not traced per file)", "shmem", max(0, shmem - seen_shmem))
     add("page cache", "files not seen by the tracer", "page-cache",
         max(0, file_pages - shmem - seen_cache))
 
     # --- slab: named caches by name, kmalloc objects by call site, remainder.
-    slab_total = _kb_pages(mi, "Slab", ps)
+    slab_total = kb_pages(mi, "Slab", ps)
     named = {}
     for name, (_active, _objsize, pages) in state["slab"].items():
         if not KMALLOC_CACHE.match(name):
@@ -318,7 +368,7 @@ def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_sh
     add("slab", "free objects, untraced kmalloc", "slab", max(0, slab_total - slab_seen))
 
     # --- vmalloc by caller; thread stacks belong to KernelStack.
-    vm_total = _kb_pages(mi, "VmallocUsed", ps)
+    vm_total = kb_pages(mi, "VmallocUsed", ps)
     vm_rows: dict[str, int] = {}
     stack_vm = 0
     for caller, pages in state["vmalloc"].items():
@@ -330,7 +380,7 @@ def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_sh
         vm_rows[sub] = vm_rows.get(sub, 0) + pages
     for sub, pages in vm_rows.items():
         add(sub, "vmalloc", "vmalloc", pages)
-    kernel_stack = _kb_pages(mi, "KernelStack", ps)
+    kernel_stack = kb_pages(mi, "KernelStack", ps)
     vm_other = vm_total - sum(vm_rows.values()) - min(stack_vm, kernel_stack)
     add("vmalloc", "areas without a caller", "vmalloc", max(0, vm_other))
 
@@ -344,23 +394,23 @@ def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_sh
             add(sub, "kernel pages", "pages", max(res, 0), peak, alloc, source="traced")
 
     # --- the rest of meminfo's categories.
-    anon = _kb_pages(mi, "AnonPages", ps)
+    anon = kb_pages(mi, "AnonPages", ps)
     tracer_anon = int(state.get("tracer", {}).get("anon_kb", 0)) * 1024 // ps
     if tracer_anon:
         add("tracer", "recorder process (anon)", "anon", tracer_anon)
     add("processes", "anonymous memory", "anon", max(0, anon - tracer_anon))
     add("kernel stacks", "-", "kernel-stack", kernel_stack)
     add("page tables", "-", "page-tables",
-        _kb_pages(mi, "PageTables", ps) + _kb_pages(mi, "SecPageTables", ps))
-    add("percpu", "-", "percpu", _kb_pages(mi, "Percpu", ps))
-    hugetlb = _kb_pages(mi, "Hugetlb", ps)
+        kb_pages(mi, "PageTables", ps) + kb_pages(mi, "SecPageTables", ps))
+    add("percpu", "-", "percpu", kb_pages(mi, "Percpu", ps))
+    hugetlb = kb_pages(mi, "Hugetlb", ps)
     if hugetlb:
         add("hugetlb", "-", "hugetlb", hugetlb)
     pcp = int(state.get("pcp_pages", 0))
     if pcp:
         add("free lists", "per-CPU page lists: free, yet outside MemFree", "pcp", pcp)
 
-    nonfree = _kb_pages(mi, "MemTotal", ps) - _kb_pages(mi, "MemFree", ps)
+    nonfree = kb_pages(mi, "MemTotal", ps) - kb_pages(mi, "MemFree", ps)
     unattributed = nonfree - seen_cache - seen_shmem - sum(r["resident_pages"] for r in rows)
     add("unattributed", "in use, in no category above", "other", unattributed)
     return rows
@@ -384,7 +434,7 @@ def _add_peaks(rec: Recording, df: pd.DataFrame, ps: int) -> None:
         mi = s["meminfo"]
         for sub, field_ in (("processes", "AnonPages"), ("kernel stacks", "KernelStack"),
                             ("page tables", "PageTables"), ("percpu", "Percpu")):
-            peaks[sub] = max(peaks.get(sub, 0), _kb_pages(mi, field_, ps))
+            peaks[sub] = max(peaks.get(sub, 0), kb_pages(mi, field_, ps))
     for i, r in df.iterrows():
         if r["source"] == "meminfo" and r["subsystem"] in peaks:
             df.at[i, "peak_pages"] = max(r["peak_pages"], peaks[r["subsystem"]])
@@ -392,7 +442,9 @@ def _add_peaks(rec: Recording, df: pd.DataFrame, ps: int) -> None:
 
 def _chains(topo: Topology, files: pd.DataFrame, ps: int) -> list[dict]:
     """The same data cached at several layers: for each chain of the storage stack, the
-    top file system's page cache and each backing image's page cache below it."""
+    top file system's page cache and each backing image's page cache below it. Each
+    level says which superblock (dev) and inode it is (the top: ino None) and the block
+    devices between it and the level above (via: "loop1", "dm live-rw origin")."""
     from .topology import double_caching
 
     by_dev = files.groupby("dev")["resident_pages"].sum().to_dict() if len(files) else {}
@@ -401,10 +453,12 @@ def _chains(topo: Topology, files: pd.DataFrame, ps: int) -> list[dict]:
     for ch in double_caching(topo):
         top = ch["top"]
         levels = [{"layer": top["layer"], "what": "all files",
-                   "resident_pages": int(by_dev.get(top["dev"], 0))}]
+                   "resident_pages": int(by_dev.get(top["dev"], 0)),
+                   "dev": top["dev"], "ino": None, "via": []}]
         for lv in ch["levels"]:
             levels.append({"layer": lv["layer"], "what": lv.get("path") or f"inode {lv['ino']}",
-                           "resident_pages": int(by_file.get((lv["dev"], lv["ino"]), 0))})
+                           "resident_pages": int(by_file.get((lv["dev"], lv["ino"]), 0)),
+                           "dev": lv["dev"], "ino": int(lv["ino"]), "via": list(lv.get("via", []))})
         for lv in levels:
             lv["resident_mib"] = lv["resident_pages"] * ps / MIB
         cached = [lv for lv in levels if lv["resident_pages"] > 0]

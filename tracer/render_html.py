@@ -54,8 +54,7 @@ svg.chain text.head { font-weight: bold; font-size: 14px; }
 #timeline { width: 100%; min-width: 900px; height: 520px; }
 .scroll { overflow-x: auto; }
 """
-# The tracer's own memory in reds, so that it reads as one thing and not as the system's.
-BAND_COLOURS = {"tracer": "#8b1a1a", timeline.INITRAMFS: "#e89b9b"}
+BAND_COLOURS = timeline.BAND_COLOURS
 FS_FILL, DEV_FILL, SAME_FILL, COW_FILL = "#cfe0fa", "#e9e9e9", "#f6c28b", "#d9efd9"
 
 
@@ -166,24 +165,15 @@ MAX_LANES = 5
 
 
 def timeline_figure(rec: Recording, top: int = 10) -> dict:
-    """Plotly's {"data", "layout"}: stacked bands per subsystem (the `top` largest named,
-    the question's and the tracer's always, the rest as "other"), unattributed on top;
+    """Plotly's {"data", "layout"}: stacked bands per subsystem as `timeline.bands`
+    chooses them (those of the PNG plot), unattributed on top;
     phases as dashed lines with labels set in lanes so that none overlaps another."""
     frame = timeline.for_plot(timeline.build(rec))
     x = [round(float(v), 3) for v in frame["t_s"]]
-    subs = [s for s in timeline.subsystems(frame) if s != "unattributed"]
-    named = subs[:top] + [s for s in subs[top:] if s in timeline.ALWAYS_NAMED]
-    rest = [s for s in subs if s not in named]
-    bands = [(s, frame[s], timeline.COLOURS[i % len(timeline.COLOURS)]) for i, s in enumerate(named)]
-    if rest:
-        bands.append((f"other ({len(rest)} subsystems)", frame[rest].sum(axis=1), timeline.OTHER_COLOUR))
-    if "unattributed" in frame:
-        bands.append(("unattributed", frame["unattributed"].clip(lower=0), "#d9d9d9"))
-    colours = BAND_COLOURS
     data = [{"type": "scatter", "mode": "lines", "stackgroup": "memory", "name": _chart_text(name),
-             "x": x, "y": [round(float(v), 2) for v in y], "line": {"width": 0.5, "color": colours.get(name, c)},
-             "fillcolor": colours.get(name, c), "hovertemplate": "%{y:.1f} MiB"}
-            for name, y, c in bands]
+             "x": x, "y": [round(float(v), 2) for v in y], "line": {"width": 0.5, "color": c},
+             "fillcolor": c, "hovertemplate": "%{y:.1f} MiB"}
+            for name, y, c in timeline.bands(frame, top)]
     phases = sorted(frame.attrs.get("phases", []), key=lambda p: p["t_s"])
     top_mib = float(frame["nonfree_mib"].max()) if len(frame) else 1.0
     shapes, notes, lanes = [], [], _lanes(phases, x)

@@ -133,7 +133,7 @@ def _baseline_line(rec: Recording) -> str:
     if secs is not None:
         line += f", {secs:.2f} s"
     if isinstance(st.get("kernel_refused"), str):
-        line += f" (kernel walk not used: {_fit(inert(st['kernel_refused']), 100)})"
+        line += f" (kernel walk not used: {fit(inert(st['kernel_refused']), 100)})"
     return line
 
 
@@ -167,7 +167,7 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15,
         shown, rest = (rows, []) if all_rows else fold(rows, lambda r: r.resident_mib)
         name_w = sum(cols[c] for c in keys)
         for r in shown:
-            cells = "".join(f"{_fit(inert(getattr(r, c)), cols[c] - 1):<{cols[c]}}" for c in keys)
+            cells = "".join(f"{fit(inert(getattr(r, c)), cols[c] - 1):<{cols[c]}}" for c in keys)
             out.append(f"{cells}{_mib(r.resident_mib)}{r.resident_pages:>10d}"
                        f"{_mib(r.peak_pages * ps / MIB)}{_mib(r.allocated_pages * ps / MIB)}"
                        + (f"  {_SOURCES.get(r.source, r.source)}" if src else ""))
@@ -185,7 +185,7 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15,
         for ch in acc.chains:
             out.append(f"  {inert(ch['label'])}")
             for lv in ch["levels"]:
-                out.append(f"    {_fit(inert(lv['layer']), 40):<41}{_fit(inert(lv['what']), 40):<41}"
+                out.append(f"    {fit(inert(lv['layer']), 40):<41}{fit(inert(lv['what']), 40):<41}"
                            f"{lv['resident_mib']:8.1f} MiB")
     out.append("")
     active = [inert(p["probe"].removeprefix("tracepoint:")) for p in acc.probes if p.get("active")]
@@ -223,7 +223,7 @@ def _file_table(acc: Account, top_files: int) -> list[str]:
     ps = acc.page_size
     for r in f.head(top_files).itertuples(index=False):
         name = r.path if isinstance(r.path, str) else f"inode {r.ino}"
-        out.append(f"{_fit(inert(name), 47):<48}{r.dev:>9}{r.ino:>10}  {_fit(inert(r.layer), 39):<40}"
+        out.append(f"{fit(inert(name), 47):<48}{r.dev:>9}{r.ino:>10}  {fit(inert(r.layer), 39):<40}"
                    f"{r.resident_pages * ps / MIB:9.1f}")
     if len(f) > top_files:
         rest = int(f["resident_pages"].iloc[top_files:].sum())
@@ -231,7 +231,8 @@ def _file_table(acc: Account, top_files: int) -> list[str]:
     return out
 
 
-def _fit(s: str, width: int) -> str:
+def fit(s: str, width: int) -> str:
+    """`s` cut to `width` characters, the last one an ellipsis where it was cut."""
     return s if len(s) <= width else s[: max(0, width - 1)] + "…"
 
 
