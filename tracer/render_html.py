@@ -28,7 +28,7 @@ import os
 from . import answer as answer_mod, chain as chain_mod, compare as compare_mod, timeline
 from .account import MIB, Account
 from .recording import Recording
-from .report import DROP_STATS, map_drops, summary
+from .report import DROP_STATS, map_drops, span, summary
 from .safe import inert
 
 TOP_FILES = 25
@@ -81,7 +81,7 @@ def render(rec: Recording, acc: Account, plain: tuple[Recording, Account] | None
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         f'<p class="muted">{esc(s["path"])} — kernel {esc(s["kernel"])} on {esc(s["hostname"])}, '
-        f"{s['samples']} samples over {s['seconds'] or 0:.1f} s, {esc(state)}; "
+        f"{span(s)}, {esc(state)}; "
         f"account at {acc.t:.1f} s after boot</p>",
         "<h2>The answer</h2>",
         '<ul class="short" id="answer-short">'

@@ -26,10 +26,16 @@ _SOURCES = {"traced": "traced", "inventoried": "inventory", "inventoried+traced"
 
 
 def map_drops(stats: dict) -> int:
+    """Events the BPF maps had no room for, summed over DROP_STATS (0: the account is
+    complete as far as the maps go)."""
     return int(sum(stats.get(k, 0) for k in DROP_STATS))
 
 
 def summary(rec: Recording, acc: Account) -> dict:
+    """What the recording is and which moment the account shows: path, kernel, host,
+    "samples" and "seconds" up to the account's sample (since attach), "samples_total"
+    and "seconds_total" of the whole recording, whether it ended cleanly, the loader, the
+    sampling interval and its longest gap, the OOM kills."""
     h = rec.header
     t0 = h.get("attached", h.get("created", {}).get("boottime", 0))
     times = [s["t"] for s in rec.samples]
@@ -38,8 +44,11 @@ def summary(rec: Recording, acc: Account) -> dict:
     if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
         interval = None
     return {"path": rec.path, "kernel": h.get("kernel"), "hostname": h.get("hostname"),
-            "version": h.get("version"), "samples": len(rec.samples),
+            "version": h.get("version"),
+            # `report --at N` shows sample N: the header speaks of the moment shown.
+            "samples": sum(1 for t in times if t <= acc.t + 1e-9), "samples_total": len(times),
             "seconds": round(acc.t - t0, 3) if t0 else None,
+            "seconds_total": round(times[-1] - t0, 3) if t0 and times else None,
             "partial": rec.partial, "end": (rec.end or {}).get("reason"),
             "headers": h.get("plan", {}).get("headers"),
             # Recordings made before the libbpf loader existed were all bcc's.
@@ -51,7 +60,18 @@ def summary(rec: Recording, acc: Account) -> dict:
             "oom_kills": len(rec.oom)}
 
 
+def span(s: dict) -> str:
+    """The header's words for the moment shown, from `summary`: "150 samples over 150.2
+    s", or for an earlier sample "sample 12 of 150, 11.9 s of 150.2 s"."""
+    if s["samples"] < s["samples_total"]:
+        return (f"sample {s['samples']} of {s['samples_total']}, {s['seconds'] or 0:.1f} s "
+                f"of {s['seconds_total'] or 0:.1f} s")
+    return f"{s['samples']} samples over {s['seconds'] or 0:.1f} s"
+
+
 def to_json(rec: Recording, acc: Account, by: str = "layer") -> dict:
+    """The account as one JSON-ready dict: the recording's summary, every row and file,
+    the reconciliation with meminfo, the chains, probes, drops, phases, OOM kills, notes."""
     rows = acc.rows.copy()
     files = acc.files.copy()
     files["resident_mib"] = files["resident_pages"] * acc.page_size / MIB
@@ -147,7 +167,7 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15,
     out = []
     state = "PARTIAL (recorder did not stop cleanly)" if s["partial"] else f"complete ({inert(s['end'])})"
     out.append(f"footprint: {inert(s['path'])} — kernel {inert(s['kernel'])}, "
-               f"{s['samples']} samples over {s['seconds'] or 0:.1f} s, {state}")
+               f"{span(s)}, {state}")
     out.append(f"in use (MemTotal-MemFree) {mi['nonfree_mib']:.1f} MiB of {mi['memtotal_mib']:.1f} MiB"
                f"   free -m used (MemTotal-MemAvailable) {mi['used_mib']:.1f} MiB")
     out.append(f"accounted {mi['accounted_mib']:.1f} MiB, unattributed {mi['unattributed_mib']:.1f} MiB "
