@@ -46,6 +46,9 @@ FS_SUBSYSTEMS = {"ext2": "ext4", "ext3": "ext4", "ext4": "ext4", "squashfs": "sq
                  "iso9660": "iso9660", "tmpfs": "shmem", "ramfs": "ramfs", "rootfs": "ramfs",
                  "devtmpfs": "shmem", "overlay": "overlay", "vfat": "vfat"}
 BDEV_SUBSYSTEMS = {"loop": "loop", "dm": "device-mapper"}
+# The subsystems that exist to stack one storage layer on another (images in files,
+# compressed or read-only file systems, snapshots): what a live system adds to a disk.
+STACK_SUBSYSTEMS = ("squashfs", "device-mapper", "loop", "iso9660", "erofs", "overlay")
 MIB = 1 << 20
 
 

@@ -67,7 +67,8 @@ def render(rec: Recording, acc: Account, plain: tuple[Recording, Account] | None
     """The page: the answer (the chain picture and a few sentences), the timeline, the tables."""
     s = summary(rec, acc)
     mi = acc.meminfo
-    ans = answer_mod.answer(acc, plain[1] if plain else None)
+    against = os.path.basename(plain[0].path) if plain else ""
+    ans = answer_mod.answer(acc, plain[1] if plain else None, against=against)
     title = f"footprint: {os.path.basename(rec.path)}"
     state = ("partial (the recorder did not stop cleanly)" if s["partial"]
              else f"complete ({s['end']})")
@@ -85,7 +86,7 @@ def render(rec: Recording, acc: Account, plain: tuple[Recording, Account] | None
         f"account at {acc.t:.1f} s after boot</p>",
         "<h2>The answer</h2>",
         '<ul class="short" id="answer-short">'
-        + "".join(f"<li>{esc(x)}</li>" for x in answer_mod.short(ans)) + "</ul>",
+        + "".join(f"<li>{esc(x)}</li>" for x in answer_mod.short(ans, against)) + "</ul>",
         *_chain_figure(rec, acc, plain),
         f'<p class="summary" id="summary">In use (MemTotal − MemFree) <b>{mi["nonfree_mib"]:.1f} MiB</b> '
         f'of {mi["memtotal_mib"]:.1f} MiB · used (MemTotal − MemAvailable, free -m) '

@@ -155,13 +155,13 @@ def sample_pages(rec: Recording, state: dict, page_cache: dict, ps: int) -> dict
 
 # --- the plot -------------------------------------------------------------------------
 
-# The first colour is the largest subsystem's; it is distinctive on purpose, so that a
-# screenshot test can find the plot by it.
+# The first colour is the largest subsystem's (the tracer's bands have their own,
+# BAND_COLOURS); it is distinctive on purpose, so that a screenshot test can find the plot.
 COLOURS = ("#2a6fdb", "#e8871e", "#3aa655", "#d64545", "#8e5cc4", "#8c6d31", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#ad494a", "#637939")
 # The storage drivers of an image stack, and the tracer's own memory, keep a band of
 # their own even when small: they are what a reader of a live boot's timeline looks for.
-ALWAYS_NAMED = ("squashfs", "device-mapper", "loop", "tracer", INITRAMFS)
+ALWAYS_NAMED = (*account.STACK_SUBSYSTEMS, "tracer", INITRAMFS)
 OTHER_COLOUR = "#c7c7c7"
 UNATTRIBUTED_COLOUR = "#d9d9d9"
 # The tracer's own memory in reds, so that it reads as one thing and not as the system's.
@@ -180,9 +180,14 @@ def bands(frame: pd.DataFrame, top: int = 10) -> list[tuple[str, pd.Series, str]
     rest = [s for s in subs if s not in named]
     if len(rest) == 1:  # a band called "other (1 subsystem)" would hide its name
         named = named + rest
-    named = named[:len(COLOURS)]
-    rest = [s for s in subs if s not in named]
-    out = [(s, frame[s], BAND_COLOURS.get(s, COLOURS[i])) for i, s in enumerate(named)]
+    palette = iter(COLOURS)  # the tracer's bands have their own colours, the rest in order
+    out = []
+    for s in named:
+        colour = BAND_COLOURS.get(s) or next(palette, None)
+        if colour is None:
+            break
+        out.append((s, frame[s], colour))
+    rest = [s for s in subs if s not in {label for label, _y, _c in out}]
     if rest:
         out.append((f"other ({len(rest)} subsystems)", frame[rest].sum(axis=1), OTHER_COLOUR))
     if "unattributed" in frame:
