@@ -157,3 +157,47 @@ def test_no_module_reaches_into_another_modules_private_names():
     mods = _modules()
     known = set(mods)
     assert [x for name, path in mods.items() for x in _private_reach_ins(name, path, known)] == []
+
+
+def _public_without_docstring(path: Path) -> list[str]:
+    """Public functions, classes and methods of public classes with no docstring
+    (properties and dunders aside; nested functions are private to their function)."""
+    out = []
+
+    def visit(body, prefix: str) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if node.name.startswith("_"):
+                    continue
+                if isinstance(node, ast.ClassDef):
+                    if ast.get_docstring(node) is None:
+                        out.append(f"{prefix}{node.name}")
+                    visit(node.body, f"{prefix}{node.name}.")
+                elif ast.get_docstring(node) is None and not any(
+                        isinstance(d, ast.Name) and d.id == "property"
+                        or isinstance(d, ast.Attribute) and d.attr in ("setter", "deleter")
+                        for d in node.decorator_list):
+                    out.append(f"{prefix}{node.name}")
+
+    visit(ast.parse(path.read_text()).body, "")
+    return out
+
+
+def test_every_public_function_and_class_has_a_docstring():
+    missing = {str(path.relative_to(REPO)): names for path in _modules().values()
+               if not _rewritten(path) and (names := _public_without_docstring(path))}
+    assert missing == {}
+
+
+def test_no_module_over_400_lines_without_a_reason_at_its_top():
+    """A module of more than MAX_LINES lines says why at its top: a line of its module
+    docstring starting "Long because"."""
+    long = {}
+    for path in _modules().values():
+        if _rewritten(path):
+            continue
+        lines = path.read_text().count("\n")
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if lines > MAX_LINES and not any(x.startswith("Long because") for x in doc.splitlines()):
+            long[str(path.relative_to(REPO))] = lines
+    assert long == {}

@@ -12,7 +12,8 @@ Use:  layers = chain(rec, acc)   # {"boxes": [bottom … top], "cow": [...], "sa
 
 from __future__ import annotations
 
-from .account import MIB, Account, topology_at
+from .account import MIB, Account
+from .pagecache import topology_at
 from .recording import Recording
 from .topology import layer_of
 

@@ -4,7 +4,7 @@ Why not `account.build` per sample: it resolves every file through the storage t
 each time (~0.15 s per sample on a host with 4,000 cached files), so a 100-sample
 recording would take 15 s. Here the expensive part — which subsystem and kind of page
 cache each (s_dev, inode) is — is decided once per topology epoch by the account's own
-`owners`; each sample then only updates the owners whose counters changed (samples
+classification (`pagecache.owners`); each sample then only updates the owners whose counters changed (samples
 are deltas) and adds the other categories with the account's arithmetic. The
 per-sample sums are the account's (tests compare them with `account.build` at every
 sample), so the columns add up to MemTotal − MemFree at each sample, like the report.
@@ -21,7 +21,7 @@ import bisect
 
 import pandas as pd
 
-from . import account
+from . import account, pagecache
 from .account import MIB, kb_pages
 from .recording import Recording
 
@@ -57,6 +57,7 @@ def build(rec: Recording, origin: str = "boot") -> pd.DataFrame:
 
 
 def subsystems(frame: pd.DataFrame) -> list[str]:
+    """The frame's subsystem columns (all but t_s and nonfree_mib), in its order."""
     return [c for c in frame.columns if c not in NOT_SUBSYSTEMS]
 
 
@@ -118,7 +119,7 @@ class _PageCacheSums:
         """The owner's resident pages with the account's arithmetic: traced counter plus
         what is left of its inventory baseline after deletes the tracer did not see added."""
         o = self.owners
-        resident, _left = account.resident(c, o["baseline"].get(key, 0), o["untracked_at"].get(key, 0))
+        resident, _left = pagecache.resident(c, o["baseline"].get(key, 0), o["untracked_at"].get(key, 0))
         if resident <= 0 and c[1] <= 0:
             resident = 0  # the account drops such rows
         sub, kind = o["kinds"].get(key, ("unknown fs", "page-cache"))
@@ -134,9 +135,9 @@ class _PageCacheSums:
     def _classify(self, t: float) -> dict:
         """Ask the account which subsystem and kind every key the recording has is, once
         per topology epoch; the baseline under the keys the tracer uses for block devices."""
-        topo = account.topology_at(self.rec, t)
-        inv = account.inventory(self.rec, account.bdev_dev(self.every_key, topo))
-        kinds = account.owners(self.rec, self.every_key | set(inv.baseline), topo)
+        topo = pagecache.topology_at(self.rec, t)
+        inv = pagecache.inventory(self.rec, pagecache.bdev_dev(self.every_key, topo))
+        kinds = pagecache.owners(self.rec, self.every_key | set(inv.baseline), topo)
         return {"kinds": kinds, "baseline": inv.baseline, "untracked_at": inv.untracked_at}
 
 

@@ -120,6 +120,8 @@ def _json_out(out: bytes) -> dict:
 
 
 def cold_read(g, mib: int, roots: Sequence[str] = ("/usr/bin", "/usr/lib")) -> dict:
+    """In the guest: drop caches, then read whole files under `roots` in sorted path order
+    until `mib` MiB are listed; returns what was listed and read, and how long it took."""
     rc, out, err = g.run(["python3", "-c", _READ, str(mib), *roots], timeout=3600)
     if rc != 0:
         raise FootprintError(f"cold read failed in the guest: {err.decode(errors='replace')[-300:]}")
@@ -127,6 +129,8 @@ def cold_read(g, mib: int, roots: Sequence[str] = ("/usr/bin", "/usr/lib")) -> d
 
 
 def write(g, mib: int, path: str = WRITE_FILE) -> dict:
+    """In the guest: write `mib` MiB of zeros to `path` on / (fsync), sync, drop caches;
+    returns what was written and how long it took."""
     t0 = time.monotonic()
     rc, out, err = g.run(f"dd if=/dev/zero of={path} bs=1M count={int(mib)} conv=fsync 2>&1 && sync && "
                          "echo 3 > /proc/sys/vm/drop_caches", timeout=3600)
