@@ -23,6 +23,10 @@ from .sidebyside import live_name
 
 QUESTION = ("squashfs", "device-mapper", "loop", "iso9660", "ramfs")
 TOP_DIFFS = 10
+# Variants shown in a column of their own beside the dracut live boot in the 2014 table
+# (e.g. a live-build ISO: its lab variant appends its name here). At most two more
+# columns fit in WIDTH.
+BESIDE_LIVE: list[str] = []
 WIDTH = 100  # columns; and at most 60 lines in all
 
 
@@ -74,8 +78,12 @@ def _then_and_now(result: Experiment) -> list[str]:
     seed = {("LiveCD" if s["name"].startswith("LiveCD") else "plain"): s for s in result.seed["boots"]}
     live, plain = result.boot(_live_name(result) or ""), result.boot("plain")
     cols = [("2014 LiveCD", seed.get("LiveCD")), ("2014 plain", seed.get("plain")),
-            (f"today {inert(live.name)[:8]}" if live else "today live", live and live.figures),
-            ("today plain", plain and plain.figures)]
+            (f"today {inert(live.name)[:8]}" if live else "today live", live and live.figures)]
+    for name in BESIDE_LIVE[:2]:
+        other = result.boot(name)
+        if other is not None and other is not live:
+            cols.append((f"today {inert(name)[:7]}", other.figures))
+    cols.append(("today plain", plain and plain.figures))
     rows = [("delivery MiB", "delivery_mib"), ("rootfs MiB (df /)", "rootfs_mib"),
             ("in use MemTotal−MemFree", "nonfree_mib"), ("used, free -m today", "used_mib")]
     out = [f"{'MiB':<26}" + "".join(f"{c:>13}" for c, _ in cols)]
