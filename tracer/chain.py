@@ -136,8 +136,10 @@ def _dev_what(topo, label: str) -> str:
 
 
 def _subsystem_of(acc: Account, dev: str, ino) -> str | None:
+    """The subsystem of the file (dev, ino) in the account; None where it has no row (or
+    the topology did not know the inode)."""
     f = acc.files
-    if not len(f):
+    if not len(f) or not isinstance(ino, int):
         return None
-    hit = f[(f["dev"] == dev) & (f["ino"] == int(ino))]
+    hit = f[(f["dev"] == dev) & (f["ino"] == ino)]
     return str(hit["subsystem"].iloc[0]) if len(hit) else None

@@ -206,7 +206,7 @@ def chains(topo: Topology, files: pd.DataFrame, ps: int) -> list[dict]:
         for lv in ch["levels"]:
             levels.append({"layer": lv["layer"], "what": lv.get("path") or f"inode {lv['ino']}",
                            "resident_pages": int(by_file.get((lv["dev"], lv["ino"]), 0)),
-                           "dev": lv["dev"], "ino": int(lv["ino"]), "via": list(lv.get("via", []))})
+                           "dev": lv["dev"], "ino": lv["ino"], "via": list(lv.get("via", []))})
         for lv in levels:
             lv["resident_mib"] = lv["resident_pages"] * ps / MIB
         cached = [lv for lv in levels if lv["resident_pages"] > 0]
