@@ -1,4 +1,5 @@
-"""The answer names squashfs, device-mapper and loop with the pages they claim."""
+"""The answer names the storage stack of the recording in front of it (squashfs,
+device-mapper, loop, iso9660 …) with the pages each claims; asked, any subsystems."""
 
 from __future__ import annotations
 
@@ -44,9 +45,20 @@ def test_live_names_squashfs_and_device_mapper_with_their_pages(accounts):
     assert f"loop claims {live.LOOP_PAGES:,} pages" in text
 
 
-def test_plain_says_zero_for_squashfs_and_device_mapper(accounts):
-    _, acc_plain = accounts
+def test_the_answer_speaks_of_the_stack_in_front_of_it(accounts):
+    """A live recording's answer names its stack, iso9660 too; a plain disk's names no
+    squashfs or device-mapper it does not have (the 2014 question is the lab's)."""
+    acc_live, acc_plain = accounts
+    assert list(answer(acc_live)["subsystems"]) == ["squashfs", "device-mapper", "loop", "iso9660"]
+    assert answer(acc_live)["subsystems"]["iso9660"]["pages"] == live.SQUASHFS_IMG[1]
     r = answer(acc_plain)
+    assert not {"squashfs", "device-mapper", "iso9660"} & set(r["subsystems"])
+    assert "squashfs" not in r["paragraph"] and "device-mapper" not in r["paragraph"]
+
+
+def test_plain_says_zero_for_squashfs_and_device_mapper_when_asked(accounts):
+    _, acc_plain = accounts
+    r = answer(acc_plain, subsystems=("squashfs", "device-mapper", "loop"))
     assert r["subsystems"]["squashfs"]["pages"] == 0 and r["subsystems"]["device-mapper"]["pages"] == 0
     assert "squashfs claims 0 pages (0.0 MiB)." in r["paragraph"]
     assert "device-mapper claims 0 pages (0.0 MiB)." in r["paragraph"]
@@ -93,7 +105,7 @@ def test_answer_command(tmp_path):
     run = lambda *args: subprocess.run([sys.executable, "-m", "tracer", "answer", *args],
                                        capture_output=True, text=True, check=True).stdout
     text = run(a, p)
-    assert "squashfs claims" in text and "device-mapper claims" in text and "plain disk" in text
+    assert "squashfs claims" in text and "device-mapper claims" in text and "Against plain.jsonl" in text
     obj = json.loads(run(a, "--json"))
     assert obj["subsystems"]["squashfs"]["pages"] == live.SQUASHFS_PAGES
     bad = subprocess.run([sys.executable, "-m", "tracer", "answer", str(tmp_path / "none.jsonl")],

@@ -25,6 +25,7 @@ from tracer import recording
 from tracer.errors import FootprintError
 from vm import sidebyside as S, workloads as W
 from vm.experiment import SEED
+from vm.results import Boot, Experiment, Moment, MomentAccount
 
 QUESTION = ("squashfs", "device-mapper")
 
@@ -44,15 +45,20 @@ def synthetic(tmp_path):
     the synthetic recordings (live: after-boot at sample 1, after-read at the last)."""
     live.write_live(S.recording_path(tmp_path, "live"))
     live.write_plain(S.recording_path(tmp_path, "plain"))
-    result = {"boots": [_boot("plain", 130.0, 1200.0, [("after-boot", 1.0), ("after-read", 3.9)]),
-                        _boot("live", 240.0, 400.0, [("after-boot", 2.5), ("after-read", 3.9)])],
-              "seed": SEED}
-    an = S.analyse(result, tmp_path)
-    return result, an, tmp_path
+    exp = Experiment.from_dict(
+        {"boots": [_boot("plain", 130.0, 1200.0, [("after-boot", 1.0), ("after-read", 3.9)]),
+                   _boot("live", 240.0, 400.0, [("after-boot", 2.5), ("after-read", 3.9)])],
+         "seed": SEED})
+    an = S.analyse(exp, tmp_path)
+    return exp, an, tmp_path
 
 
 def test_each_moment_has_its_own_account(synthetic):
-    result, an, _ = synthetic
+    exp, an, _ = synthetic
+    assert all(isinstance(m.account, MomentAccount) for b in exp.boots for m in b.moments)
+    assert exp.boot("live").moment("after-read").account.mib("squashfs") == pytest.approx(
+        live.SQUASHFS_PAGES * live.PS / (1 << 20))
+    result = exp.to_dict()
     lv = result["boots"][1]["moments"]
     assert [m["sample_index"] for m in lv] == [1, 2]  # first sample at or after each mark
     assert lv[0]["sample_t_s"] == 3.0 and lv[1]["sample_t_s"] == 4.0
@@ -66,7 +72,8 @@ def test_each_moment_has_its_own_account(synthetic):
 
 @pytest.mark.parametrize("by", ["subsystem", "layer"])
 def test_side_by_side_deltas_add_up_and_the_residual_is_shown(synthetic, by):
-    result, _, _ = synthetic
+    exp, _, _ = synthetic
+    result = exp.to_dict()
     assert [e["moment"] for e in result["side_by_side"]] == ["after-boot", "after-read"]
     for e in result["side_by_side"]:
         c = e[by]
@@ -83,7 +90,8 @@ def test_side_by_side_deltas_add_up_and_the_residual_is_shown(synthetic, by):
 
 
 def test_question_rows_nonzero_on_live_zero_on_plain(synthetic):
-    result, _, _ = synthetic
+    exp, _, _ = synthetic
+    result = exp.to_dict()
     for e in result["side_by_side"]:
         rows = {r["subsystem"]: r for r in e["subsystem"]["rows"]}
         for sub in QUESTION:
@@ -94,7 +102,8 @@ def test_question_rows_nonzero_on_live_zero_on_plain(synthetic):
 
 
 def test_the_answer_names_squashfs_and_device_mapper_with_numbers(synthetic):
-    result, _, _ = synthetic
+    exp, _, _ = synthetic
+    result = exp.to_dict()
     ans = result["answer"]
     assert ans["boot"] == "live" and ans["against"] == "plain" and ans["moment"] == "after-boot"
     assert set(ans["by_moment"]) == {"after-boot", "after-read"}
@@ -127,9 +136,10 @@ def test_ranking_by_memory_and_by_delivery():
 
 
 def test_csv_and_reports_on_disk(synthetic):
-    result, an, tmp = synthetic
+    exp, an, tmp = synthetic
     out = tmp / "out"
-    files = S.write_out(result, an, out)
+    files = S.write_out(exp, an, out)
+    result = exp.to_dict()
     for name in ("experiment.json", "side-by-side.csv", "report.html", "plot.png",
                  "report-after-boot.html", "report-after-read.html",
                  "live.recording.jsonl", "plain.recording.jsonl"):
@@ -149,6 +159,20 @@ def test_csv_and_reports_on_disk(synthetic):
     back = json.loads((out / "experiment.json").read_text())
     assert back["answer"]["paragraph"] == result["answer"]["paragraph"]
     assert back["files"]["json"] == str(out / "experiment.json")
+
+
+def test_a_saved_run_reads_back_into_typed_objects_and_out_the_same():
+    """experiment.json → Experiment → the same JSON, key for key (tests/data/
+    experiment-real.json, a real run); its boots and moments are typed."""
+    real = (REPO / "tests" / "data" / "experiment-real.json").read_text()
+    exp = Experiment.from_dict(json.loads(real))
+    assert json.dumps(exp.to_dict()) == json.dumps(json.loads(real))
+    live_boot = exp.boot("live")
+    assert isinstance(live_boot, Boot) and live_boot.nonfree_mib == json.loads(real)["boots"][1]["nonfree_mib"]
+    assert [type(m) for m in live_boot.moments] == [Moment] * len(live_boot.moments)
+    assert exp.moment_names()[0] == "after-boot"
+    failed = Experiment.from_dict({"boots": [{"name": "live", "error": "no"}], "seed": SEED})
+    assert failed.ok == [] and failed.to_dict() == {"boots": [{"name": "live", "error": "no"}], "seed": SEED}
 
 
 def test_sample_at_is_the_first_sample_at_or_after_the_mark(tmp_path):

@@ -292,3 +292,14 @@ def test_fuzzed_recordings_through_every_reading_command(tmp_path, base, data):
     result = run(*args)
     event(f"exit {result.exit_code}")
     assert_clean(result, **kw)
+
+
+@pytest.mark.parametrize("args", [["report"], ["report", "--json"], ["answer"], ["html", "-o", "{out}"]])
+def test_a_loop_whose_backing_inode_is_unknown(tmp_path, args):
+    """A topology may know a loop's backing file but not its inode (backing_ino null): the
+    chain still shows, without that level's subsystem (found by the fuzzer)."""
+    rec = tmp_path / "r.jsonl"
+    live.write_live(rec)
+    rec.write_text(rec.read_text().replace('"backing_ino":1350', '"backing_ino":null'))
+    argv = [args[0], str(rec)] + [a.format(out=tmp_path / "r.html") for a in args[1:]]
+    assert_clean(run(*argv), json_out="--json" in args)

@@ -93,3 +93,23 @@ def test_existing_output_is_replaced_whole(tmp_path, rec):
     assert p.returncode == 0, p.stderr
     assert out.read_text().lstrip().lower().startswith("<!doctype html")
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_report_at_an_earlier_sample_speaks_of_that_moment(tmp_path):
+    """`report --at N` (issue 17): the header counts the samples and seconds up to sample
+    N, and says how many the recording holds; at the last sample it reads as before."""
+    from tracer import account, recording, report
+
+    path = tmp_path / "live.jsonl"
+    live.write_live(path)
+    rec = recording.read(str(path))
+    total = len(rec.samples)
+    t0 = rec.header["attached"]
+    first = report.text(rec, account.build(rec, 0)).splitlines()[0]
+    assert f"sample 1 of {total}, {rec.samples[0]['t'] - t0:.1f} s of {rec.samples[-1]['t'] - t0:.1f} s" in first
+    last = report.text(rec, account.build(rec, -1)).splitlines()[0]
+    assert f"{total} samples over {rec.samples[-1]['t'] - t0:.1f} s" in last
+    s = report.summary(rec, account.build(rec, 1))
+    assert (s["samples"], s["samples_total"]) == (2, total)
+    p = footprint(tmp_path, "report", str(path), "--at", "0")
+    assert p.returncode == 0 and f"sample 1 of {total}," in p.stdout.splitlines()[0]

@@ -94,3 +94,18 @@ def test_a_failed_boot_still_gives_a_screen(real):
     part["side_by_side"], part["answer"] = [], None
     text = S.screen(part)
     assert "live FAILED: timeout" in text and len(text.splitlines()) <= 60
+
+
+def test_a_variant_beside_the_live_boot_gets_its_column(real, monkeypatch):
+    """The place the live-build lab plugs into: BESIDE_LIVE names a variant whose
+    figures get a column between today's live and plain boots."""
+    extra = copy.deepcopy(next(b for b in real["boots"] if b["name"] == "live"))
+    extra["name"], extra["nonfree_mib"] = "live-build", 777.0
+    real["boots"].append(extra)
+    assert "live-bu" not in S.screen(real).splitlines()[2]
+    monkeypatch.setattr(S, "BESIDE_LIVE", ["live-build"])
+    lines = S.screen(real).splitlines()
+    head = lines[2]
+    assert head.index("today live") < head.index("today live-bu") < head.index("today plain")
+    in_use = next(x for x in lines if x.startswith("in use MemTotal−MemFree"))
+    assert in_use.split()[-2] == "777" and max(len(x) for x in lines) <= S.WIDTH

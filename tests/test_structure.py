@@ -1,6 +1,6 @@
 """The code's shape, checked: no import circles in tracer/ or vm/ (counting imports made
-inside functions too: a lazy import is still a dependency), and nothing in tracer/
-imports the lab."""
+inside functions too: a lazy import is still a dependency), nothing in tracer/ imports
+the lab, and no module reaches into another's private names."""
 
 from __future__ import annotations
 
@@ -103,3 +103,101 @@ def test_the_product_does_not_import_the_lab():
                  for m, deps in _graph().items() if m.split(".")[0] == "tracer"}
     assert {m: d for m, d in offenders.items() if d} == {}
 
+
+
+# Files other helpers are rewriting right now: the lead removes them from these lists
+# once their work is merged (then every module of tracer/ and vm/ is held to the rules).
+BEING_REWRITTEN = {
+    "tracer/recorder.py", "tracer/loader.py", "tracer/bpfmaps.py", "tracer/libbpf.py",
+    "tracer/btf.py", "tracer/dracut.py", "tracer/baseline.py", "tracer/inventory.py",
+    "tracer/topology/*", "vm/images.py", "vm/code.py", "vm/qemu.py",
+}
+MAX_LINES = 400
+
+
+def _rewritten(path: Path) -> bool:
+    rel = path.relative_to(REPO).as_posix()
+    return rel in BEING_REWRITTEN or any(p.endswith("/*") and rel.startswith(p[:-1]) for p in BEING_REWRITTEN)
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _private_reach_ins(name: str, path: Path, known: set[str]) -> list[str]:
+    """`module._name` and `from module import _name` where module is another module of
+    tracer/ or vm/ (a package's own __init__ is another module too)."""
+    is_pkg = path.name == "__init__.py"
+    base = name.split(".") if is_pkg else name.split(".")[:-1]
+    tree = ast.parse(path.read_text())
+    aliases, found = {}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                mod = ".".join(base[: len(base) - (node.level - 1)] + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            for a in node.names:
+                if f"{mod}.{a.name}" in known:
+                    aliases[a.asname or a.name] = f"{mod}.{a.name}"
+                elif _private(a.name) and mod in known and mod != name:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} from {mod} import {a.name}")
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in known:
+                    aliases[a.asname or a.name] = a.name
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in aliases and _private(node.attr) and aliases[node.value.id] != name):
+            found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    mods = _modules()
+    known = set(mods)
+    assert [x for name, path in mods.items() for x in _private_reach_ins(name, path, known)] == []
+
+
+def _public_without_docstring(path: Path) -> list[str]:
+    """Public functions, classes and methods of public classes with no docstring
+    (properties and dunders aside; nested functions are private to their function)."""
+    out = []
+
+    def visit(body, prefix: str) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if node.name.startswith("_"):
+                    continue
+                if isinstance(node, ast.ClassDef):
+                    if ast.get_docstring(node) is None:
+                        out.append(f"{prefix}{node.name}")
+                    visit(node.body, f"{prefix}{node.name}.")
+                elif ast.get_docstring(node) is None and not any(
+                        isinstance(d, ast.Name) and d.id == "property"
+                        or isinstance(d, ast.Attribute) and d.attr in ("setter", "deleter")
+                        for d in node.decorator_list):
+                    out.append(f"{prefix}{node.name}")
+
+    visit(ast.parse(path.read_text()).body, "")
+    return out
+
+
+def test_every_public_function_and_class_has_a_docstring():
+    missing = {str(path.relative_to(REPO)): names for path in _modules().values()
+               if not _rewritten(path) and (names := _public_without_docstring(path))}
+    assert missing == {}
+
+
+def test_no_module_over_400_lines_without_a_reason_at_its_top():
+    """A module of more than MAX_LINES lines says why at its top: a line of its module
+    docstring starting "Long because"."""
+    long = {}
+    for path in _modules().values():
+        if _rewritten(path):
+            continue
+        lines = path.read_text().count("\n")
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if lines > MAX_LINES and not any(x.startswith("Long because") for x in doc.splitlines()):
+            long[str(path.relative_to(REPO))] = lines
+    assert long == {}

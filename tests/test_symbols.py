@@ -277,3 +277,28 @@ def test_live_classify_real_stacks():
     # The tracing machinery's own frames never own anything.
     assert not [o for o in owners if "trace" in o or o == "bpf"], owners
     assert {"anon", "slab", "page-cache"} <= set(kinds), kinds
+
+
+def test_named_symbols_are_kept_whatever_their_type():
+    ks = Kallsyms.from_text("ffffffff81000000 T _text\nffffffff81000100 t do_one\n"
+                            "ffffffff82000000 B super_blocks\nffffffff82000100 d other_data\n"
+                            "ffffffffc0000000 t mod_fn\t[mod]\n")
+    assert ks.address("super_blocks") == 0xffffffff82000000
+    assert ks.address("_text") == 0xffffffff81000000
+    assert ks.address("other_data") is None  # only NAMED_SYMBOLS are kept
+    assert len(ks) == 3  # data symbols are never stack frames
+
+
+def test_kallsyms_is_read_once_per_process_and_the_baseline_asks_that_copy(monkeypatch):
+    """/proc/kallsyms is parsed once at the recorder's start: the stack naming and the
+    kernel baseline (super_blocks, _text) share the copy; a reload replaces it."""
+    from tracer import baseline, symbols
+
+    reads = []
+    fake = Kallsyms.from_text("ffffffff81000000 T _text\nffffffff82000000 b super_blocks\n")
+    monkeypatch.setattr(symbols, "_LOADED", None)
+    monkeypatch.setattr(Kallsyms, "load", classmethod(lambda cls, proc="/proc": reads.append(1) or fake))
+    assert symbols.kallsyms() is symbols.kallsyms() is fake and len(reads) == 1
+    assert baseline._kernel_addresses() == (0xffffffff82000000, 0xffffffff81000000) and len(reads) == 1
+    symbols.kallsyms(reload=True)
+    assert len(reads) == 2

@@ -27,7 +27,7 @@ def _early_signal(signum, frame):
     os.kill(os.getpid(), signum)
 
 
-def _guard_cli_start() -> None:
+def guard_cli_start() -> None:
     """Install _early_signal for the signals still at their defaults (an ignored one, as
     under nohup, stays ignored). Called by the `footprint` command before it imports
     the CLI; not by anything that merely imports this package."""
@@ -46,4 +46,4 @@ def _started_as_footprint() -> bool:
 
 
 if _started_as_footprint():  # the console script: `from tracer.cli import main` comes next
-    _guard_cli_start()
+    guard_cli_start()

@@ -1,6 +1,6 @@
-from . import _guard_cli_start
+from . import guard_cli_start
 
-_guard_cli_start()
+guard_cli_start()
 
 from .cli import main  # noqa: E402
 

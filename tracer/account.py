@@ -9,7 +9,7 @@ MemTotal − MemFree by construction, and the unattributed share measures what i
 
  - page cache: per (s_dev, inode) from the filemap tracepoints plus the baseline
    inventory, resolved through the storage topology to a file system layer; a page
-   belongs to its mapping, never to the allocation stack.
+   belongs to its mapping, never to the allocation stack (tracer/pagecache.py).
  - slab: named caches by name (from /proc/slabinfo); kmalloc objects by call site (BPF).
  - vmalloc: /proc/vmallocinfo by caller; thread stacks left to KernelStack.
  - kernel pages: non-movable page allocations outside slab/vmalloc/page tables/percpu,
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from .pagecache import chains, file_rows, source_of, topology_at
 from .recording import Recording
 from .symbols import subsystem_of
-from .topology import Topology, devstr, merge, resolve
 
 # Slab cache name prefix → subsystem. Named caches carry their owner in their name.
 CACHE_SUBSYSTEMS = (
@@ -41,10 +41,9 @@ CACHE_SUBSYSTEMS = (
     ("bpf", "tracer"),
 )
 KMALLOC_CACHE = re.compile(r"^(dma-|)kmalloc-(rcl-|cg-|dma-|rnd-\d+-)?\d+k?$")
-FS_SUBSYSTEMS = {"ext2": "ext4", "ext3": "ext4", "ext4": "ext4", "squashfs": "squashfs",
-                 "iso9660": "iso9660", "tmpfs": "shmem", "ramfs": "ramfs", "rootfs": "ramfs",
-                 "devtmpfs": "shmem", "overlay": "overlay", "vfat": "vfat"}
-BDEV_SUBSYSTEMS = {"loop": "loop", "dm": "device-mapper"}
+# The subsystems that exist to stack one storage layer on another (images in files,
+# compressed or read-only file systems, snapshots): what a live system adds to a disk.
+STACK_SUBSYSTEMS = ("squashfs", "device-mapper", "loop", "iso9660", "erofs", "overlay")
 MIB = 1 << 20
 
 
@@ -97,128 +96,16 @@ class Account:
         return g.sort_values("resident_pages", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def topology_at(rec: Recording, t: float | None) -> Topology | None:
-    """Every topology seen up to t, merged: the initramfs mounts and the loops stay
-    known after switch_root hides them."""
-    topo = None
-    for entry in rec.topologies:
-        if t is not None and entry.get("t", 0) > t + 1e-6 and topo is not None:
-            break
-        cur = Topology.from_dict(entry["topology"])
-        topo = cur if topo is None else merge(topo, cur)
-    return topo
-
-
-def _inventory(rec: Recording) -> tuple[dict, dict, dict]:
-    baseline, untracked_at, paths = {}, {}, {}
-    for inv in rec.inventories:
-        untracked_at.update(inv.get("untracked_at_inventory", {}))
-        for dev, ino, pages, path in inv["files"]:
-            key = f"{dev}:{ino}"
-            baseline[key] = baseline.get(key, 0) + pages
-            if path:
-                paths[key] = path
-    return baseline, untracked_at, paths
-
-
-def _bdev_dev(state: dict, topo: Topology | None) -> str | None:
-    """The s_dev of the bdev pseudo file system, where block-device inodes live."""
-    if topo is None:
-        return None
-    if topo.bdev_sb_dev:
-        return topo.bdev_sb_dev
-    for key in state["files"]:
-        dev, ino = key.rsplit(":", 1)
-        if dev.startswith("0:") and resolve(topo, dev, int(ino)).get("what") == "bdev":
-            return dev
-    return None
-
-
-def _file_rows(rec: Recording, state: dict, topo: Topology | None) -> pd.DataFrame:
-    baseline, untracked_at, inv_paths = _inventory(rec)
-    bdev = _bdev_dev(state, topo)
-    if bdev:  # inventory rows of block devices, recorded before that s_dev was known
-        for table in (baseline, untracked_at, inv_paths):
-            for key in [k for k in table if k.startswith("bdev:")]:
-                table[f"{bdev}:{key[5:]}"] = table.pop(key)
-    own = list(rec.header.get("tracer", {}).get("files", []))
-    for t in rec.tracer:
-        own += t.get("files", [])
-    tracer_paths = {f"{d}:{i}": p for d, i, p in own}
-    tracer_files = set(tracer_paths)
-    keys = set(state["files"]) | set(baseline)
-    rows = []
-    # Resolution is per superblock except for loop backing files and bdev inodes: resolve
-    # those one by one, every other file once per device (50k files: 6 s → 0.2 s).
-    special = set()
-    if topo is not None:
-        for bd in topo.block_devices.values():
-            lo = bd.get("loop") or {}
-            if lo.get("backing_dev") is not None:
-                special.add((lo["backing_dev"], lo.get("backing_ino")))
-    per_dev: dict = {}
-    for key in keys:
-        c = state["files"].get(key, [0, 0, 0, 0, 0])
-        base = baseline.get(key, 0)
-        # Deletes of pages we did not see added consume the baseline first.
-        base_left = max(0, base - (c[4] - untracked_at.get(key, 0))) if base else 0
-        resident = c[0] + base_left
-        if resident <= 0 and c[1] <= 0:
-            continue
-        dev, ino = key.rsplit(":", 1)
-        ino = int(ino)
-        if dev == "bdev" and topo is not None:  # no page of it traced: resolve by device
-            bd = topo.device(devstr(ino, kernel=True)) or {"name": f"dev {ino}", "dev": None, "kind": None}
-            info = {"what": "bdev", "block_dev": bd["dev"], "layer": f"bdev {bd['name']}",
-                    "path": f"/dev/{bd['name']}", "fstype": None}
-        elif topo is not None and ((dev, ino) in special or dev.startswith("0:")):
-            info = resolve(topo, dev, ino)
-        elif topo is not None:
-            if dev not in per_dev:
-                per_dev[dev] = {k: v for k, v in resolve(topo, dev, 0).items()
-                                if k not in ("roles", "path", "ino")}
-            info = per_dev[dev]
-        else:
-            info = {"what": "unknown", "layer": f"dev {dev}"}
-        fstype = info.get("fstype")
-        if info.get("what") == "bdev":
-            kind = "buffers"
-            bd = (topo.device(info["block_dev"]) or {}) if topo and info.get("block_dev") else {}
-            subsystem = BDEV_SUBSYSTEMS.get(bd.get("kind"), "block")
-        else:
-            kind = "shmem" if fstype in ("tmpfs", "devtmpfs") else "page-cache"
-            subsystem = FS_SUBSYSTEMS.get(fstype or "", fstype or "unknown fs")
-        path = info.get("path") or inv_paths.get(key) or tracer_paths.get(key) or rec.paths.get(key)
-        layer = info.get("layer", f"dev {dev}")
-        if info.get("roles"):
-            layer += f" [{path.rsplit('/', 1)[-1] if path else 'inode %d' % ino}: {', '.join(info['roles'])}]"
-        if key in tracer_files:
-            subsystem, layer = "tracer", "files the tracer maps (python, libraries)"
-        rows.append({"dev": dev, "ino": ino, "path": path, "fstype": fstype, "kind": kind,
-                     "subsystem": subsystem, "layer": layer, "resident_pages": resident,
-                     "peak_pages": max(c[1] + base_left, resident), "allocated_pages": c[2],
-                     "baseline_pages": base_left, "traced_pages": c[0],
-                     "source": _source(base_left, c)})
-    cols = ["dev", "ino", "path", "fstype", "kind", "subsystem", "layer", "resident_pages",
-            "peak_pages", "allocated_pages", "baseline_pages", "traced_pages", "source"]
-    df = pd.DataFrame(rows, columns=cols)
-    return df.sort_values("resident_pages", ascending=False, kind="stable").reset_index(drop=True)
-
-
-def _source(baseline: int, c: list) -> str:
-    """traced: every page seen arriving; inventoried: resident before attach (no
-    history); both: some of each."""
-    if baseline and (c[0] or c[2]):
-        return "inventoried+traced"
-    return "inventoried" if baseline else "traced"
-
-
-def _kb_pages(meminfo: dict, name: str, page_size: int) -> int:
+def kb_pages(meminfo: dict, name: str, page_size: int) -> int:
+    """A /proc/meminfo field (kB) in pages of `page_size` bytes; 0 where absent."""
     return int(meminfo.get(name, 0)) * 1024 // page_size
 
 
 def build(rec: Recording, index: int = -1) -> Account:
-    """The account at sample `index` (default: the last)."""
+    """The account at sample `index` (default: the last): rows by subsystem, layer and
+    kind that add up to MemTotal − MemFree of that sample, the files, the reconciliation
+    with meminfo, the chains that cache the same data at several layers. Raises
+    FootprintError when the recording holds no sample."""
     state = rec.state(index)
     if state is None:
         from .errors import FootprintError
@@ -228,7 +115,7 @@ def build(rec: Recording, index: int = -1) -> Account:
     ps = int(rec.header.get("page_size", 4096))
     mi = state["meminfo"]
     topo = topology_at(rec, state["t"])
-    files = _file_rows(rec, state, topo)
+    files = file_rows(rec, state, topo)
     rows: list[dict] = []
 
     def add(subsystem, layer, kind, pages, peak=None, allocated=0, source="meminfo"):
@@ -242,12 +129,12 @@ def build(rec: Recording, index: int = -1) -> Account:
             ["resident_pages", "peak_pages", "allocated_pages", "baseline_pages"]].sum().reset_index()
         for r in grouped.itertuples(index=False):
             add(r.subsystem, r.layer, r.kind, r.resident_pages, r.peak_pages, r.allocated_pages,
-                source=_source(r.baseline_pages, [r.resident_pages - r.baseline_pages, 0,
+                source=source_of(r.baseline_pages, [r.resident_pages - r.baseline_pages, 0,
                                                   r.allocated_pages]))
     seen_shmem = int(files.loc[files["kind"] == "shmem", "resident_pages"].sum()) if len(files) else 0
     seen_cache = int(files["resident_pages"].sum()) - seen_shmem if len(files) else 0
     rows += category_rows(rec, state, ps, seen_cache, seen_shmem)
-    nonfree = _kb_pages(mi, "MemTotal", ps) - _kb_pages(mi, "MemFree", ps)
+    nonfree = kb_pages(mi, "MemTotal", ps) - kb_pages(mi, "MemFree", ps)
     unattributed = rows[-1]["resident_pages"]
     accounted = nonfree - unattributed
 
@@ -256,9 +143,9 @@ def build(rec: Recording, index: int = -1) -> Account:
     df["resident_mib"] = df["resident_pages"] * ps / MIB
     _add_peaks(rec, df, ps)
     reconciliation = {
-        "memtotal_mib": _kb_pages(mi, "MemTotal", ps) * ps / MIB,
+        "memtotal_mib": kb_pages(mi, "MemTotal", ps) * ps / MIB,
         "nonfree_mib": nonfree * ps / MIB,
-        "used_mib": (_kb_pages(mi, "MemTotal", ps) - _kb_pages(mi, "MemAvailable", ps)) * ps / MIB,
+        "used_mib": (kb_pages(mi, "MemTotal", ps) - kb_pages(mi, "MemAvailable", ps)) * ps / MIB,
         "accounted_mib": accounted * ps / MIB,
         "unattributed_mib": unattributed * ps / MIB,
         "unattributed_pct": 100.0 * unattributed / nonfree if nonfree else 0.0,
@@ -268,7 +155,7 @@ def build(rec: Recording, index: int = -1) -> Account:
     }
     acc = Account(t=state["t"], page_size=ps, rows=df, files=files, meminfo=reconciliation,
                   probes=rec.header.get("plan", {}).get("probes", []), stats=state["stats"])
-    acc.chains = _chains(topo, files, ps) if topo is not None else []
+    acc.chains = chains(topo, files, ps) if topo is not None else []
     if not rec.header.get("plan", {}).get("headers_match_kernel", True):
         acc.notes.append("kernel headers do not match the running kernel: only tracepoint "
                          "arguments were used, and struct layouts from the kernel's BTF")
@@ -283,7 +170,12 @@ def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_sh
     """Every row but the per-file page cache, given the pages those file rows hold
     (seen_cache, seen_shmem): the page-cache remainders, slab, vmalloc, kernel pages,
     meminfo's other categories, the per-CPU free lists, and last the unattributed rest
-    of MemTotal − MemFree. Shared by build() and the timeline (one arithmetic)."""
+    of MemTotal − MemFree. Shared by build() and the timeline (one arithmetic).
+
+    Relies on /proc/meminfo's categories partitioning memory in use: Cached + Buffers
+    (Shmem inside Cached), AnonPages, Slab, KernelStack, PageTables, VmallocUsed (0 from
+    4.4 to 5.2, real again since 5.3), Percpu (since 4.16), SecPageTables (since 6.0) and
+    Hugetlb; a field the kernel does not print counts 0."""
     mi = state["meminfo"]
     rows: list[dict] = []
 
@@ -293,14 +185,14 @@ def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_sh
                      "allocated_pages": int(allocated), "source": source})
 
     # --- the rest of Cached+Buffers (which include Shmem) beyond the files seen.
-    file_pages = _kb_pages(mi, "Cached", ps) + _kb_pages(mi, "Buffers", ps)
-    shmem = _kb_pages(mi, "Shmem", ps)
+    file_pages = kb_pages(mi, "Cached", ps) + kb_pages(mi, "Buffers", ps)
+    shmem = kb_pages(mi, "Shmem", ps)
     add("shmem", "tmpfs, shm (not traced per file)", "shmem", max(0, shmem - seen_shmem))
     add("page cache", "files not seen by the tracer", "page-cache",
         max(0, file_pages - shmem - seen_cache))
 
     # --- slab: named caches by name, kmalloc objects by call site, remainder.
-    slab_total = _kb_pages(mi, "Slab", ps)
+    slab_total = kb_pages(mi, "Slab", ps)
     named = {}
     for name, (_active, _objsize, pages) in state["slab"].items():
         if not KMALLOC_CACHE.match(name):
@@ -318,7 +210,7 @@ def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_sh
     add("slab", "free objects, untraced kmalloc", "slab", max(0, slab_total - slab_seen))
 
     # --- vmalloc by caller; thread stacks belong to KernelStack.
-    vm_total = _kb_pages(mi, "VmallocUsed", ps)
+    vm_total = kb_pages(mi, "VmallocUsed", ps)
     vm_rows: dict[str, int] = {}
     stack_vm = 0
     for caller, pages in state["vmalloc"].items():
@@ -330,7 +222,7 @@ def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_sh
         vm_rows[sub] = vm_rows.get(sub, 0) + pages
     for sub, pages in vm_rows.items():
         add(sub, "vmalloc", "vmalloc", pages)
-    kernel_stack = _kb_pages(mi, "KernelStack", ps)
+    kernel_stack = kb_pages(mi, "KernelStack", ps)
     vm_other = vm_total - sum(vm_rows.values()) - min(stack_vm, kernel_stack)
     add("vmalloc", "areas without a caller", "vmalloc", max(0, vm_other))
 
@@ -344,23 +236,23 @@ def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_sh
             add(sub, "kernel pages", "pages", max(res, 0), peak, alloc, source="traced")
 
     # --- the rest of meminfo's categories.
-    anon = _kb_pages(mi, "AnonPages", ps)
+    anon = kb_pages(mi, "AnonPages", ps)
     tracer_anon = int(state.get("tracer", {}).get("anon_kb", 0)) * 1024 // ps
     if tracer_anon:
         add("tracer", "recorder process (anon)", "anon", tracer_anon)
     add("processes", "anonymous memory", "anon", max(0, anon - tracer_anon))
     add("kernel stacks", "-", "kernel-stack", kernel_stack)
     add("page tables", "-", "page-tables",
-        _kb_pages(mi, "PageTables", ps) + _kb_pages(mi, "SecPageTables", ps))
-    add("percpu", "-", "percpu", _kb_pages(mi, "Percpu", ps))
-    hugetlb = _kb_pages(mi, "Hugetlb", ps)
+        kb_pages(mi, "PageTables", ps) + kb_pages(mi, "SecPageTables", ps))
+    add("percpu", "-", "percpu", kb_pages(mi, "Percpu", ps))
+    hugetlb = kb_pages(mi, "Hugetlb", ps)
     if hugetlb:
         add("hugetlb", "-", "hugetlb", hugetlb)
     pcp = int(state.get("pcp_pages", 0))
     if pcp:
         add("free lists", "per-CPU page lists: free, yet outside MemFree", "pcp", pcp)
 
-    nonfree = _kb_pages(mi, "MemTotal", ps) - _kb_pages(mi, "MemFree", ps)
+    nonfree = kb_pages(mi, "MemTotal", ps) - kb_pages(mi, "MemFree", ps)
     unattributed = nonfree - seen_cache - seen_shmem - sum(r["resident_pages"] for r in rows)
     add("unattributed", "in use, in no category above", "other", unattributed)
     return rows
@@ -384,29 +276,7 @@ def _add_peaks(rec: Recording, df: pd.DataFrame, ps: int) -> None:
         mi = s["meminfo"]
         for sub, field_ in (("processes", "AnonPages"), ("kernel stacks", "KernelStack"),
                             ("page tables", "PageTables"), ("percpu", "Percpu")):
-            peaks[sub] = max(peaks.get(sub, 0), _kb_pages(mi, field_, ps))
+            peaks[sub] = max(peaks.get(sub, 0), kb_pages(mi, field_, ps))
     for i, r in df.iterrows():
         if r["source"] == "meminfo" and r["subsystem"] in peaks:
             df.at[i, "peak_pages"] = max(r["peak_pages"], peaks[r["subsystem"]])
-
-
-def _chains(topo: Topology, files: pd.DataFrame, ps: int) -> list[dict]:
-    """The same data cached at several layers: for each chain of the storage stack, the
-    top file system's page cache and each backing image's page cache below it."""
-    from .topology import double_caching
-
-    by_dev = files.groupby("dev")["resident_pages"].sum().to_dict() if len(files) else {}
-    by_file = {(r.dev, r.ino): r.resident_pages for r in files.itertuples()} if len(files) else {}
-    out = []
-    for ch in double_caching(topo):
-        top = ch["top"]
-        levels = [{"layer": top["layer"], "what": "all files",
-                   "resident_pages": int(by_dev.get(top["dev"], 0))}]
-        for lv in ch["levels"]:
-            levels.append({"layer": lv["layer"], "what": lv.get("path") or f"inode {lv['ino']}",
-                           "resident_pages": int(by_file.get((lv["dev"], lv["ino"]), 0))})
-        for lv in levels:
-            lv["resident_mib"] = lv["resident_pages"] * ps / MIB
-        cached = [lv for lv in levels if lv["resident_pages"] > 0]
-        out.append({"label": ch["label"], "levels": levels, "layers_holding_data": len(cached)})
-    return out

@@ -1,12 +1,15 @@
-"""The answer to the 2014 question, from an account: how many pages squashfs,
-device-mapper and loop claim, and of what; the page cache of each storage layer; how many
-times the same data is cached along the stack; and, given a plain-disk account, which
-subsystems explain the live boot's extra MemTotal − MemFree.
+"""The answer, from an account: how many pages the storage stack of the recording in
+front of it claims — its squashfs, device-mapper, loop, iso9660 … (the stack subsystems
+that hold pages in it), and of what —; the page cache of each storage layer; how many
+times the same data is cached along the stack; and, given another account, which
+subsystems explain the difference in MemTotal − MemFree.
 
 Everything is read from the account's rows (which add up to MemTotal − MemFree), so the
-numbers here are the report's numbers, only regrouped and said in words.
+numbers here are the report's numbers, only regrouped and said in words. The lab asks
+its own question of it (vm/sidebyside.py: the 2014 LiveCD's squashfs, device-mapper and
+loop, against the plain disk).
 
-Use:  result = answer(acc_live, acc_plain)   # dict: "paragraph" (str) + the numbers
+Use:  result = answer(acc, other_acc, against="plain.jsonl")   # "paragraph" + the numbers
 """
 
 from __future__ import annotations
@@ -15,11 +18,10 @@ import re
 
 import pandas as pd
 
-from .account import Account
+from .account import STACK_SUBSYSTEMS, Account
 from .safe import inert
 
-# The subsystems the question names, and what each kind of page of theirs is, in words.
-QUESTION_SUBSYSTEMS = ("squashfs", "device-mapper", "loop")
+# What each kind of page of a stack subsystem is, in words (others: GENERIC_PARTS).
 PARTS = {
     "squashfs": {"page-cache": "page cache of files inside squashfs",
                  "slab": "slab (squashfs_* caches, kmalloc)",
@@ -32,6 +34,8 @@ PARTS = {
     "loop": {"buffers": "page cache of loop block devices",
              "slab": "slab", "vmalloc": "vmalloc", "pages": "kernel pages (loop workers)"},
 }
+GENERIC_PARTS = {"page-cache": "page cache of files inside {sub}",
+                 "slab": "slab", "vmalloc": "vmalloc", "pages": "kernel pages"}
 CACHE_KINDS = ("page-cache", "buffers", "shmem")
 # dracut's live image: LiveOS/squashfs.img holds the squashfs with LiveOS/rootfs.img.
 SQUASHFS_IMAGE = re.compile(r"(^|/)squashfs\.img$")
@@ -46,24 +50,37 @@ def worst_stack(chains: list[dict]) -> dict | None:
     return max(stacked, key=lambda c: (c["layers_holding_data"], sum(lv["mib"] for lv in c["levels"])))
 
 
-def answer(acc_live: Account, acc_plain: Account | None = None) -> dict:
+def stack_subsystems(acc: Account) -> list[str]:
+    """The subsystems of STACK_SUBSYSTEMS that hold pages in this account, in that order
+    (a plain disk: none, or loop's few kernel pages)."""
+    held = acc.rows.groupby("subsystem")["resident_pages"].sum()
+    return [s for s in STACK_SUBSYSTEMS if held.get(s, 0) > 0]
+
+
+def answer(acc_live: Account, acc_plain: Account | None = None,
+           subsystems: tuple[str, ...] | list[str] | None = None,
+           against: str = "the recording compared") -> dict:
     """The answer: {"paragraph": str, "in_use": {...}, "subsystems": {name: {pages, mib,
     parts: [...]}}, "page_cache_by_layer": [...], "double_caching": [...],
-    "versus_plain": {...} | None, "inferred": [...]} — MiB and pages, never rounded."""
+    "versus_plain": {...} | None, "inferred": [...]} — MiB and pages, never rounded.
+    `subsystems`: those to name (default: `stack_subsystems` of acc_live); `against`:
+    how the paragraph names acc_plain, the account compared with ("versus_plain")."""
     rows, inferred = _rows_with_squashfs_inferred(acc_live)
+    if subsystems is None:
+        subsystems = stack_subsystems(acc_live)
     ps = acc_live.page_size
     result = {
         "t": acc_live.t,
         "in_use": {k: acc_live.meminfo[k] for k in ("memtotal_mib", "nonfree_mib", "used_mib",
                                                     "unattributed_mib", "unattributed_pct")},
-        "subsystems": {sub: _claims(rows, sub, ps) for sub in QUESTION_SUBSYSTEMS},
+        "subsystems": {sub: _claims(rows, sub, ps) for sub in subsystems},
         "page_cache_by_layer": _page_cache_by_layer(rows, ps),
         "untraced_page_cache_mib": _mib(rows, ps, (rows["subsystem"] == "page cache")),
         "double_caching": [_chain(c) for c in acc_live.chains],
         "versus_plain": _versus_plain(acc_live, acc_plain) if acc_plain is not None else None,
         "inferred": inferred,
     }
-    result["paragraph"] = paragraph(result)
+    result["paragraph"] = paragraph(result, against)
     return result
 
 
@@ -100,14 +117,15 @@ def _claims(rows: pd.DataFrame, sub: str, ps: int) -> dict:
     """Pages a subsystem claims, by kind of page, each with the layers it is on."""
     mine = rows[rows["subsystem"] == sub]
     parts = []
-    for kind, what in PARTS[sub].items():
+    kinds = PARTS.get(sub) or {k: w.format(sub=sub) for k, w in GENERIC_PARTS.items()}
+    for kind, what in kinds.items():
         part = mine[mine["kind"] == kind]
         pages = int(part["resident_pages"].sum())
         layers = [str(x) for x in part.sort_values("resident_pages", ascending=False)["layer"]
                   if str(x) not in ("slab caches", "kmalloc objects", "vmalloc", "kernel pages")]
         parts.append({"kind": kind, "what": what, "pages": pages, "mib": pages * ps / (1 << 20),
                       "layers": layers})
-    other = mine[~mine["kind"].isin(list(PARTS[sub]))]
+    other = mine[~mine["kind"].isin(list(kinds))]
     if len(other):
         pages = int(other["resident_pages"].sum())
         parts.append({"kind": "other", "what": "other", "pages": pages,
@@ -152,17 +170,17 @@ def _versus_plain(live: Account, plain: Account) -> dict:
 # --- in words ---------------------------------------------------------------------------
 
 
-def paragraph(r: dict) -> str:
-    """A short plain-language answer; names from the recording are made inert."""
+def paragraph(r: dict, against: str = "the recording compared") -> str:
+    """A short plain-language answer of `answer`'s numbers; names from the recording are
+    made inert; `against` names the account compared with."""
     use = r["in_use"]
     say = [f"{use['nonfree_mib']:.1f} MiB of {use['memtotal_mib']:.1f} MiB are in use "
            f"(MemTotal − MemFree; free -m \"used\", MemTotal − MemAvailable: {use['used_mib']:.1f} MiB); "
            f"{use['unattributed_pct']:.1f} % of it is unattributed."]
-    for sub in QUESTION_SUBSYSTEMS:
-        c = r["subsystems"][sub]
+    for sub, c in r["subsystems"].items():
         parts = [p for p in c["parts"] if p["pages"]]
         detail = "; ".join(_part_words(p) for p in parts)
-        say.append(f"{sub} claims {c['pages']:,} pages ({c['mib']:.1f} MiB)"
+        say.append(f"{inert(sub)} claims {c['pages']:,} pages ({c['mib']:.1f} MiB)"
                    + (f": {detail}." if detail else "."))
     layers = r["page_cache_by_layer"][:6]
     if layers:
@@ -184,7 +202,7 @@ def paragraph(r: dict) -> str:
     if vs:
         grew = [d for d in vs["by_subsystem"] if abs(d["delta_mib"]) >= 0.05][:6]
         more = "more" if vs["nonfree_delta_mib"] >= 0 else "less"
-        say.append(f"Against the plain disk ({vs['plain_nonfree_mib']:.1f} MiB in use), this boot uses "
+        say.append(f"Against {inert(against)} ({vs['plain_nonfree_mib']:.1f} MiB in use), this boot uses "
                    f"{abs(vs['nonfree_delta_mib']):.1f} MiB {more}: "
                    + ", ".join(f"{inert(d['subsystem'])} {d['delta_mib']:+.1f}" for d in grew)
                    + f" MiB (the differences add up to it; residual {vs['residual_mib']:+.1f} MiB).")
@@ -218,21 +236,26 @@ def _basename(path) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
-def short(r: dict) -> list[str]:
+def _and(items: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def short(r: dict, against: str = "the recording compared") -> list[str]:
     """The answer in at most five short sentences with numbers (the paragraph has the
-    detail): in use against plain, what the three subsystems claim, the same data cached
-    along the stack, the largest differences, and what is unknown."""
+    detail): in use against the other account, what the stack subsystems claim, the same
+    data cached along the stack, the largest differences, and what is unknown."""
     use, vs = r["in_use"], r["versus_plain"]
     if vs:
         more = "more" if vs["nonfree_delta_mib"] >= 0 else "less"
         say = [f"{use['nonfree_mib']:.0f} MiB in use, {abs(vs['nonfree_delta_mib']):.0f} MiB {more} "
-               f"than the plain disk ({vs['plain_nonfree_mib']:.0f} MiB)."]
+               f"than {inert(against)} ({vs['plain_nonfree_mib']:.0f} MiB)."]
     else:
         say = [f"{use['nonfree_mib']:.0f} MiB of {use['memtotal_mib']:.0f} MiB in use."]
     subs = r["subsystems"]
-    say.append("squashfs, device-mapper and loop claim "
-               + ", ".join(f"{subs[s]['mib']:.1f}" for s in QUESTION_SUBSYSTEMS[:2])
-               + f" and {subs['loop']['mib']:.1f} MiB.")
+    if subs:
+        say.append(f"{_and([inert(s) for s in subs])} claim{'s' if len(subs) == 1 else ''} "
+                   + _and([f"{c['mib']:.1f}" for c in subs.values()]) + " MiB.")
     worst = worst_stack(r["double_caching"])
     if worst:
         held = [lv for lv in worst["levels"] if lv["pages"] > 0]

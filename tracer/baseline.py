@@ -74,18 +74,17 @@ def object_path() -> Optional[str]:
 
 
 def _kernel_addresses() -> Tuple[int, int]:
-    """(&super_blocks or 0, start of the kernel image or 0) from /proc/kallsyms.
-    super_blocks is a static variable: listed only with CONFIG_KALLSYMS_ALL (Debian's
-    6.1 has it, the 6.18 development host does not). Addresses read as 0 when
-    kptr_restrict hides them from this process."""
+    """(&super_blocks or 0, start of the kernel image or 0) from /proc/kallsyms (the
+    process's one parsed copy, tracer/symbols.py `kallsyms`). super_blocks is a static
+    variable: listed only with CONFIG_KALLSYMS_ALL (Debian's 6.1 has it, the 6.18
+    development host does not). Both read as 0 when kptr_restrict hides them."""
+    from .symbols import kallsyms
+
     try:
-        with open("/proc/kallsyms", "rb") as f:
-            text = f.read()
-    except OSError:
+        ks = kallsyms()
+    except (OSError, FootprintError):
         return 0, 0
-    head = re.search(rb"^([0-9a-f]+) [bBdD] super_blocks$", text, re.M)
-    start = re.search(rb"^([0-9a-f]+) [tT] _text$", text, re.M)
-    return (int(head.group(1), 16) if head else 0), (int(start.group(1), 16) if start else 0)
+    return ks.address("super_blocks") or 0, ks.address("_text") or 0
 
 
 def unavailable() -> Optional[str]:

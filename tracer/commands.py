@@ -222,14 +222,16 @@ def compare(recording_a, recording_b, by, as_json, as_csv, at_a, at_b, all_rows)
 @click.option("--at", "index", type=int, default=-1, show_default=True,
               help="Which sample of RECORDING (-1 = last).")
 def answer(recording, plain, as_json, index):
-    """How many pages squashfs, device-mapper and loop claim (optionally against PLAIN)."""
+    """How many pages the storage stack claims (squashfs, device-mapper, loop, iso9660 …),
+    and of what; optionally against PLAIN (another recording, e.g. of a plain disk)."""
+    import os
     import textwrap
 
     from . import answer as ans_mod, report as rep
 
     _rec, acc = _load_account(recording, index)
     acc_plain = _load_account(plain)[1] if plain else None
-    result = ans_mod.answer(acc, acc_plain)
+    result = ans_mod.answer(acc, acc_plain, against=os.path.basename(plain) if plain else "")
     if as_json:
         click.echo(rep.dumps_json(result))
     else:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .account import Account
 from .recording import Recording
-from .report import _fit, records, summary
+from .report import fit, records, summary
 from . import safe
 from .fold import fold, other_label
 from .safe import inert
@@ -69,7 +69,7 @@ def text(cmp: dict, label_a: str = "A", label_b: str = "B", all_rows: bool = Fal
     a, b = cmp["a"], cmp["b"]
     layer = cmp["by"] == "layer"
     name_w = 70 if layer else 32
-    la, lb = _fit(inert(label_a), 11), _fit(inert(label_b), 11)
+    la, lb = fit(inert(label_a), 11), fit(inert(label_b), 11)
     head = f"{'MiB':<{name_w}}{la:>12}{lb:>12}{'B - A':>12}"
     out = []
     if a.get("path") or b.get("path"):
@@ -81,7 +81,7 @@ def text(cmp: dict, label_a: str = "A", label_b: str = "B", all_rows: bool = Fal
     def line(name, x, y, d=None):
         d = y - x if d is None else d
         cells = "".join(f"{v:12.1f}" if v is not None else f"{'':12}" for v in (x, y))
-        return f"{_fit(name, name_w - 1):<{name_w}}{cells}{d:+12.1f}"
+        return f"{fit(name, name_w - 1):<{name_w}}{cells}{d:+12.1f}"
 
     out.append(line("total (MemTotal)", a["memtotal_mib"], b["memtotal_mib"]))
     out.append(line("in use (MemTotal-MemFree)", a["nonfree_mib"], b["nonfree_mib"]))

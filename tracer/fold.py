@@ -31,5 +31,6 @@ def fold(rows: Sequence[T], value: Callable[[T], float], top: int = TOP,
 
 
 def other_label(rest: Sequence) -> str:
+    """The label of the line that sums the folded rows: "other (N rows)"."""
     n = len(rest)
     return f"other ({n} row{'s' if n != 1 else ''})"

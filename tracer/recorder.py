@@ -23,7 +23,7 @@ from .bpfmaps import Maps, prog_misses
 from . import errors
 from .errors import FootprintError, require_root
 from .procfs import boottime
-from .symbols import Kallsyms, classify_stack, parse_modules, subsystem_of
+from .symbols import classify_stack, kallsyms, parse_modules, subsystem_of
 from .topology import devstr
 
 from . import marks
@@ -229,7 +229,7 @@ class Recorder:
 
     def begin(self) -> None:
         """What needs no bcc: symbols, topology, uevents, the inventory."""
-        self.kallsyms = Kallsyms.load()
+        self.kallsyms = kallsyms()  # read once: the kernel baseline asks the same copy
         self.write_topology()
         self.uevents = self._uevent_watcher()
         if self.opts.inventory:
@@ -352,7 +352,7 @@ class Recorder:
         known = set(self.kallsyms.module_ranges)
         unknown = [r for r in ranges if r not in known]
         if unknown and any(lo <= a < hi for lo, hi, _ in unknown for a in addrs):
-            self.kallsyms = Kallsyms.load()
+            self.kallsyms = kallsyms(reload=True)
             _release_memory()  # the old table's arrays: back to the kernel
 
     def _describe_stack(self, sid: int, frames: list[int]) -> None:
@@ -561,7 +561,7 @@ class Recorder:
         the reason it gives. Signals no longer interrupt (stop() is disarmed)."""
         try:
             if not hasattr(self, "kallsyms"):
-                self.kallsyms = Kallsyms.load()
+                self.kallsyms = kallsyms()
             self.poll_marks()
             self._release_marks()  # from here on `footprint mark` refuses: no mark is lost
             self.sample()

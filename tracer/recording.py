@@ -1,4 +1,5 @@
-"""The recording: an append-only, versioned JSON Lines file.
+"""The recording: an append-only, versioned JSON Lines file, and its bounded, validating
+reader (the writer: tracer/writer.py; strict JSON: tracer/boundedjson.py).
 
 Why this shape: the recorder may be killed at any moment (OOM, reboot, SIGKILL), so each
 record is one line, flushed as written, and a reader takes every complete line and
@@ -36,195 +37,30 @@ Format (version 1). Every line is an object with a "type":
             then "partial", and says so.
 
 Times are CLOCK_BOOTTIME seconds, one clock for samples, phases and uevents.
+
+Long because the format's description above sits beside the reader that enforces it
+(each record's shape is checked where it is read).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import json
-import math
 import os
 import re
-import socket
 import stat
-import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from .boundedjson import Corrupt, count_values, loads
 from .errors import FootprintError
+from .writer import FORMAT, VERSION, Writer  # noqa: F401  (recording.Writer: the writer)
 
-FORMAT = "footprint-recording"
-VERSION = 1
 # Bounds on a recording read back. A recording is a file someone may send you, read as
 # root: nothing in it may cost unbounded memory or time. The largest real recordings (an
 # hour of samples on a busy machine) are tens of MiB.
 MAX_LINE = 64 << 20      # one record
 MAX_BYTES = 1 << 30      # the whole file
 MAX_VALUES = 40_000_000  # JSON values in the whole file: parsed, ~40 bytes each at most
-MAX_INT_DIGITS = 20      # u64 (inode numbers) has 20 digits; anything longer is not ours
-MAX_INT = 1 << 64
 COUNTER_FIELDS = ("resident", "peak", "added", "removed", "untracked_removed")
-
-
-class Writer:
-    """Appends records; each is flushed (and the header fsynced) as it is written.
-
-    The file is the recorder's alone: opened without following a symbolic link, a
-    regular file only, and under an exclusive flock(2) taken before it is truncated and
-    held until the end record (across the exec into the sampler: the lock belongs to the
-    open file description, whose fd the sampler inherits). A second recorder given the
-    same path is refused and the first recording stays intact.
-    """
-
-    def __init__(self, path: str, header: dict | None = None):
-        """Claim `path` (create it, or open it without truncating, and lock it); with a
-        header, also start the recording (see start())."""
-        self.path = path
-        self.started = False
-        self._created = False
-        fd = self._open_locked(path)
-        self._f = os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 16)
-        if header is not None:
-            self.start(header)
-
-    def _open_locked(self, path: str) -> int:
-        def refuse(problem: str) -> FootprintError:
-            return FootprintError(f"recording {path} {problem}: choose another -o")
-
-        try:
-            st = os.lstat(path)
-        except OSError:
-            st = None
-        # Checked before opening (opening a FIFO or a device can block or act), and again
-        # on the open fd (the path may have been swapped in between).
-        if st is not None and stat.S_ISLNK(st.st_mode):
-            raise refuse("is a symbolic link, which footprint does not follow")
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            raise refuse("is not a regular file")
-        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-        try:
-            try:
-                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
-                self._created = True
-            except FileExistsError:
-                fd = os.open(path, flags)
-        except OSError as err:
-            if err.errno == errno.ELOOP:
-                raise refuse("is a symbolic link, which footprint does not follow") from None
-            raise FootprintError(f"cannot write recording {path}: {err.strerror}; "
-                                 "choose another -o path") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise refuse("is not a regular file")
-            if st.st_nlink > 1:  # a hard link planted there: truncating would hit its twin
-                raise refuse("has other hard links")
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise refuse("is being written by another footprint record") from None
-            except OSError as err:  # a file system without locks: say so, do not guess
-                raise FootprintError(f"cannot lock recording {path}: {err.strerror}; "
-                                     "choose another -o path") from None
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def start(self, header: dict) -> None:
-        """Truncate the claimed file and write the header (fsynced); from here on every
-        record is appended."""
-        fd = self._f.fileno()
-        try:
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
-            os.fchmod(fd, 0o600)
-        except OSError as err:
-            raise FootprintError(f"cannot write recording {self.path}: {err.strerror}; "
-                                 "choose another -o path") from None
-        head = {"type": "header", "format": FORMAT, "version": VERSION,
-                "kernel": os.uname().release, "hostname": socket.gethostname(),
-                "page_size": os.sysconf("SC_PAGE_SIZE"),
-                "created": {"boottime": time.clock_gettime(time.CLOCK_BOOTTIME),
-                            "realtime": time.time()}}
-        head.update(header)
-        self.started = True
-        self.write(head)
-        self.sync()
-
-    def abandon(self) -> None:
-        """Give up a recording that was never started: a file this writer created is
-        removed (one that was there is left as it was: it was never truncated)."""
-        if self._f.closed:
-            return
-        try:
-            if self._created and not self.started:
-                mine = os.fstat(self._f.fileno())
-                try:
-                    there = os.lstat(self.path)
-                    if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
-                        os.unlink(self.path)
-                except OSError:
-                    pass
-        finally:
-            self._f.close()
-
-    @classmethod
-    def append(cls, path: str, fd: int) -> "Writer":
-        """Continue a recording through `fd`, inherited from the recorder that started it
-        (the sampler after exec): the open file description that holds the lock. `path`
-        only names it in messages; it is never reopened (that would write unlocked)."""
-        self = cls.__new__(cls)
-        self.path = path
-        self.started = True
-        self._created = False
-        try:
-            os.set_inheritable(fd, False)  # ours alone: no child of the sampler gets it
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-        except OSError as err:
-            raise FootprintError(f"cannot append to recording {path}: {err.strerror}") from None
-        self._f = os.fdopen(fd, "a", encoding="utf-8", buffering=1 << 16)
-        return self
-
-    def detach(self) -> int:
-        """Flush and hand the file over without an end record: returns an inheritable
-        duplicate of its fd (same open file, same lock) for the process that continues
-        it; this writer is closed."""
-        self._f.flush()
-        self.sync()
-        fd = os.dup(self._f.fileno())
-        os.set_inheritable(fd, True)
-        self._f.close()
-        return fd
-
-    def write(self, record: dict) -> None:
-        try:
-            # ensure_ascii: names that are not UTF-8 (surrogate escapes) stay valid JSON text.
-            self._f.write(json.dumps(record, separators=(",", ":"), ensure_ascii=True))
-            self._f.write("\n")
-            self._f.flush()
-        except OSError as err:
-            raise FootprintError(f"cannot write recording {self.path}: {err.strerror}; "
-                                 "free space there or record elsewhere (-o)") from None
-
-    def sync(self) -> None:
-        try:
-            os.fsync(self._f.fileno())
-        except OSError:
-            pass
-
-    def close(self, reason: str) -> None:
-        if self._f.closed:
-            return
-        try:
-            self.write({"type": "end", "t": time.clock_gettime(time.CLOCK_BOOTTIME), "reason": reason})
-            self.sync()
-        finally:
-            self._f.close()
 
 
 @dataclass
@@ -320,56 +156,6 @@ def _lines(path: str) -> Iterator[tuple[int, bytes, bool]]:
             if total > MAX_BYTES:
                 raise _bad(path, f"too large (over {MAX_BYTES >> 20} MiB)")
             yield n, line, line.endswith(b"\n")
-
-
-class _Corrupt(ValueError):
-    """A JSON value outside the bounds of a recording."""
-
-
-def _parse_int(s: str) -> int:
-    if len(s.lstrip("-")) > MAX_INT_DIGITS:
-        raise _Corrupt("an integer too long")
-    v = int(s)
-    if not -MAX_INT < v < MAX_INT:
-        raise _Corrupt("an integer out of range")
-    return v
-
-
-def _parse_float(s: str) -> float:
-    v = float(s)
-    if not math.isfinite(v):
-        raise _Corrupt("a number out of range")
-    return v
-
-
-def _parse_constant(s: str):
-    raise _Corrupt(f"{s} is not a number")
-
-
-_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float,
-                            parse_constant=_parse_constant)
-
-
-def _loads(raw: bytes):
-    """One record, bounded. Raises _Corrupt (why) or ValueError (not JSON)."""
-    # Memory: a record may hold at most one container per 8 bytes ("[[],[],...]" would
-    # cost ~70 bytes of Python objects per 3 bytes of file); the values of the whole file
-    # are counted by the caller.
-    containers = raw.count(b"[") + raw.count(b"{")
-    if containers > len(raw) // 8 + 64:
-        raise _Corrupt("too many nested values")
-    try:
-        obj = _DECODER.decode(raw.decode("utf-8"))
-    except RecursionError:
-        raise _Corrupt("nested too deeply") from None
-    if b"\\ud" in raw or b"\\uD" in raw:  # escaped surrogates: maybe lone ones
-        obj = _valid_unicode(obj)
-    return obj
-
-
-def _values(raw: bytes) -> int:
-    """An upper bound on the number of JSON values in a record."""
-    return raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
 
 
 def _counter(value: Any, path: str, n: int) -> list[int]:
@@ -484,28 +270,6 @@ def _header_ok(h: dict) -> bool:
     return isinstance(created, dict) and all(_is_time(v) for v in created.values())
 
 
-def _valid_unicode(obj):
-    """Names that were not UTF-8 on the traced machine arrive as lone surrogates (the
-    writer's surrogateescape): shown as \\xNN from here on, so every format (pandas'
-    Arrow strings, JSON, HTML) gets valid text."""
-    if isinstance(obj, str):
-        try:
-            obj.encode("utf-8")
-            return obj
-        except UnicodeEncodeError:
-            pass
-        try:  # the original bytes, as the traced machine had them
-            raw = obj.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:  # surrogates that no byte produced
-            raw = obj.encode("utf-8", "surrogatepass")
-        return raw.decode("utf-8", "backslashreplace")
-    if isinstance(obj, dict):
-        return {_valid_unicode(k): _valid_unicode(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_valid_unicode(v) for v in obj]
-    return obj
-
-
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -529,12 +293,12 @@ def read(path: str) -> Recording:
     rec: Recording | None = None
     values = 0
     for n, raw, complete in _lines(path):
-        values += _values(raw)
+        values += count_values(raw)
         if values > MAX_VALUES:
             raise _bad(path, f"too large (over {MAX_VALUES} values at line {n})")
         try:
-            obj = _loads(raw)
-        except _Corrupt as why:
+            obj = loads(raw)
+        except Corrupt as why:
             raise _bad(path, f"corrupt (line {n}: {why})") from None
         except ValueError:  # not JSON (json's errors and UnicodeDecodeError are ValueErrors)
             if not complete and rec is not None:
@@ -555,7 +319,7 @@ def _record(rec: Recording | None, obj, path: str, n: int) -> Recording:
     """Validate one parsed line and add it to `rec` (the header line creates it)."""
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise _bad(path, f"corrupt (line {n} has no record type)")
-    kind = obj["type"]  # strings are valid Unicode already (_loads)
+    kind = obj["type"]  # strings are valid Unicode already (boundedjson.loads)
     if rec is None:
         if kind != "header" or obj.get("format") != FORMAT:
             raise FootprintError(f"{path} is not a footprint recording: "

@@ -25,11 +25,11 @@ import io
 import json
 import os
 
-from . import answer as answer_mod, chain as chain_mod, compare as compare_mod, timeline
+from . import answer as answer_mod, chain_svg, compare as compare_mod, timeline
 from .account import MIB, Account
 from .recording import Recording
-from .report import DROP_STATS, map_drops, summary
-from .safe import inert
+from .report import DROP_STATS, map_drops, span, summary
+from .safe import html_text, inert
 
 TOP_FILES = 25
 STYLE = """
@@ -54,21 +54,20 @@ svg.chain text.head { font-weight: bold; font-size: 14px; }
 #timeline { width: 100%; min-width: 900px; height: 520px; }
 .scroll { overflow-x: auto; }
 """
-# The tracer's own memory in reds, so that it reads as one thing and not as the system's.
-BAND_COLOURS = {"tracer": "#8b1a1a", timeline.INITRAMFS: "#e89b9b"}
-FS_FILL, DEV_FILL, SAME_FILL, COW_FILL = "#cfe0fa", "#e9e9e9", "#f6c28b", "#d9efd9"
+BAND_COLOURS = timeline.BAND_COLOURS
 
 
 def esc(text) -> str:
     """A name from a recording, safe as HTML text or attribute value."""
-    return html.escape(inert(text), quote=True)
+    return html_text(text)
 
 
 def render(rec: Recording, acc: Account, plain: tuple[Recording, Account] | None = None) -> str:
     """The page: the answer (the chain picture and a few sentences), the timeline, the tables."""
     s = summary(rec, acc)
     mi = acc.meminfo
-    ans = answer_mod.answer(acc, plain[1] if plain else None)
+    against = os.path.basename(plain[0].path) if plain else ""
+    ans = answer_mod.answer(acc, plain[1] if plain else None, against=against)
     title = f"footprint: {os.path.basename(rec.path)}"
     state = ("partial (the recorder did not stop cleanly)" if s["partial"]
              else f"complete ({s['end']})")
@@ -82,12 +81,12 @@ def render(rec: Recording, acc: Account, plain: tuple[Recording, Account] | None
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         f'<p class="muted">{esc(s["path"])} — kernel {esc(s["kernel"])} on {esc(s["hostname"])}, '
-        f"{s['samples']} samples over {s['seconds'] or 0:.1f} s, {esc(state)}; "
+        f"{span(s)}, {esc(state)}; "
         f"account at {acc.t:.1f} s after boot</p>",
         "<h2>The answer</h2>",
         '<ul class="short" id="answer-short">'
-        + "".join(f"<li>{esc(x)}</li>" for x in answer_mod.short(ans)) + "</ul>",
-        *_chain_figure(rec, acc, plain),
+        + "".join(f"<li>{esc(x)}</li>" for x in answer_mod.short(ans, against)) + "</ul>",
+        *chain_svg.figure(rec, acc, plain),
         f'<p class="summary" id="summary">In use (MemTotal − MemFree) <b>{mi["nonfree_mib"]:.1f} MiB</b> '
         f'of {mi["memtotal_mib"]:.1f} MiB · used (MemTotal − MemAvailable, free -m) '
         f'{mi["used_mib"]:.1f} MiB · accounted {mi["accounted_mib"]:.1f} MiB · '
@@ -166,24 +165,15 @@ MAX_LANES = 5
 
 
 def timeline_figure(rec: Recording, top: int = 10) -> dict:
-    """Plotly's {"data", "layout"}: stacked bands per subsystem (the `top` largest named,
-    the question's and the tracer's always, the rest as "other"), unattributed on top;
+    """Plotly's {"data", "layout"}: stacked bands per subsystem as `timeline.bands`
+    chooses them (those of the PNG plot), unattributed on top;
     phases as dashed lines with labels set in lanes so that none overlaps another."""
     frame = timeline.for_plot(timeline.build(rec))
     x = [round(float(v), 3) for v in frame["t_s"]]
-    subs = [s for s in timeline.subsystems(frame) if s != "unattributed"]
-    named = subs[:top] + [s for s in subs[top:] if s in timeline.ALWAYS_NAMED]
-    rest = [s for s in subs if s not in named]
-    bands = [(s, frame[s], timeline.COLOURS[i % len(timeline.COLOURS)]) for i, s in enumerate(named)]
-    if rest:
-        bands.append((f"other ({len(rest)} subsystems)", frame[rest].sum(axis=1), timeline.OTHER_COLOUR))
-    if "unattributed" in frame:
-        bands.append(("unattributed", frame["unattributed"].clip(lower=0), "#d9d9d9"))
-    colours = BAND_COLOURS
     data = [{"type": "scatter", "mode": "lines", "stackgroup": "memory", "name": _chart_text(name),
-             "x": x, "y": [round(float(v), 2) for v in y], "line": {"width": 0.5, "color": colours.get(name, c)},
-             "fillcolor": colours.get(name, c), "hovertemplate": "%{y:.1f} MiB"}
-            for name, y, c in bands]
+             "x": x, "y": [round(float(v), 2) for v in y], "line": {"width": 0.5, "color": c},
+             "fillcolor": c, "hovertemplate": "%{y:.1f} MiB"}
+            for name, y, c in timeline.bands(frame, top)]
     phases = sorted(frame.attrs.get("phases", []), key=lambda p: p["t_s"])
     top_mib = float(frame["nonfree_mib"].max()) if len(frame) else 1.0
     shapes, notes, lanes = [], [], _lanes(phases, x)
@@ -230,84 +220,6 @@ def _lanes(phases: list[dict], x: list[float]) -> list:
             ends[lane] = p["t_s"] + width
         out.append(lane)
     return out
-
-
-# --- the chain, as a picture --------------------------------------------------------------
-
-BOX_W = {"fs": 128, "dev": 78}
-GAP, MAX_H, MIN_H = 22, 150, 26
-
-
-def _chain_figure(rec: Recording, acc: Account, plain: tuple[Recording, Account] | None) -> list[str]:
-    live = chain_mod.chain(rec, acc)
-    other = chain_mod.chain(*plain) if plain else None
-    if live is None:
-        return ['<p class="muted">No storage topology in this recording: no chain to draw.</p>']
-    rows = [("this boot", live)] + ([("plain", other)] if other else [])
-    biggest = max([b["mib"] for _n, c in rows for b in c["boxes"] + c["cow"]] + [1.0])
-    svg, y = [], 10
-    width = 0
-    for label, c in rows:
-        part, w, h = _chain_row(label, c, y, biggest)
-        svg += part
-        width, y = max(width, w), y + h + 18
-    caption = ("Each box is a layer of the root file system's storage, bottom (left) to top (right), "
-               "its height the MiB it holds in memory at this moment (block devices: their own cache; "
-               "+ the driver's kernel memory where it has some).")
-    if live["same_data"]:
-        caption += (f" Orange: the same files cached at {len(live['same_data'])} layers, "
-                    f"{live['same_data_mib']:.1f} MiB in all.")
-    return ([f'<figure id="chain"><svg class="chain" viewBox="0 0 {width + 10} {y}" '
-             f'role="img" aria-label="storage chain">']
-            + svg + ["</svg>", f'<figcaption class="muted">{esc(caption)}</figcaption></figure>'])
-
-
-def _chain_row(label: str, c: dict, top: int, biggest: float) -> tuple[list[str], int, int]:
-    """One boot's chain, left to right, boxes on a common baseline; its COW after it."""
-    tallest = max([MIN_H + MAX_H * b["mib"] / biggest for b in c["boxes"] + c["cow"]] + [MIN_H])
-    base = top + 30 + tallest
-    out = [f'<text class="head" x="0" y="{top + 14}">{esc(label)}</text>']
-    x = 0
-    boxes = [(b, False) for b in c["boxes"]] + [(b, True) for b in c["cow"]]
-    same = []
-    for i, (b, is_cow) in enumerate(boxes):
-        if is_cow and not boxes[i - 1][1]:
-            x += 20
-            out.append(f'<text x="{x}" y="{base - MIN_H - 8}">the snapshot\'s COW (writes):</text>')
-        w = BOX_W[b["kind"]]
-        h = MIN_H + MAX_H * b["mib"] / biggest
-        fill = (SAME_FILL if b["same_data"] else COW_FILL if is_cow
-                else FS_FILL if b["kind"] == "fs" else DEV_FILL)
-        out.append(f'<rect class="layer" x="{x}" y="{base - h:.1f}" width="{w}" height="{h:.1f}" '
-                   f'fill="{fill}" stroke="#555" rx="3"><title>{esc(b["name"])}: {b["mib"]:.1f} MiB '
-                   f'({esc(b["what"])})</title></rect>')
-        out.append(f'<text class="mib" x="{x + 5}" y="{base - 7}">{b["mib"]:.1f} MiB</text>')
-        out.append(f'<text x="{x}" y="{base + 15}">{esc(_short(b["name"], w))}</text>')
-        out.append(f'<text x="{x}" y="{base + 29}" class="muted">{esc(_short(_base(b["what"]), w))}</text>')
-        if b.get("kernel_mib", 0) >= 0.05:
-            out.append(f'<text x="{x}" y="{base + 43}">+{b["kernel_mib"]:.1f} MiB {esc(b.get("driver", ""))}</text>')
-        if b["same_data"]:
-            same.append((x, w))
-        nxt = boxes[i + 1] if i + 1 < len(boxes) else None
-        if nxt is not None and nxt[1] == is_cow:
-            out.append(f'<text x="{x + w + 4}" y="{base - MIN_H / 2 + 4}">→</text>')
-        x += w + GAP
-    if len(same) > 1:  # a bracket over the layers that cache the same data
-        x0, x1 = same[0][0], same[-1][0] + same[-1][1]
-        y = top + 22
-        out.append(f'<path d="M{x0} {y + 8} V{y} H{x1} V{y + 8}" fill="none" stroke="#c96a12" stroke-width="2"/>')
-        out.append(f'<text x="{x0 + 4}" y="{y - 3}" fill="#c96a12">the same data, cached at {len(same)} layers: '
-                   f'{c["same_data_mib"]:.1f} MiB</text>')
-    return out, x, base + 50 - top
-
-
-def _short(text: str, width_px: int) -> str:
-    n = max(4, int(width_px / 6.6))
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _base(path) -> str:
-    return str(path).rstrip("/").rsplit("/", 1)[-1] or str(path)
 
 
 def plot_png(rec: Recording) -> bytes:

@@ -26,10 +26,16 @@ _SOURCES = {"traced": "traced", "inventoried": "inventory", "inventoried+traced"
 
 
 def map_drops(stats: dict) -> int:
+    """Events the BPF maps had no room for, summed over DROP_STATS (0: the account is
+    complete as far as the maps go)."""
     return int(sum(stats.get(k, 0) for k in DROP_STATS))
 
 
 def summary(rec: Recording, acc: Account) -> dict:
+    """What the recording is and which moment the account shows: path, kernel, host,
+    "samples" and "seconds" up to the account's sample (since attach), "samples_total"
+    and "seconds_total" of the whole recording, whether it ended cleanly, the loader, the
+    sampling interval and its longest gap, the OOM kills."""
     h = rec.header
     t0 = h.get("attached", h.get("created", {}).get("boottime", 0))
     times = [s["t"] for s in rec.samples]
@@ -38,8 +44,11 @@ def summary(rec: Recording, acc: Account) -> dict:
     if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
         interval = None
     return {"path": rec.path, "kernel": h.get("kernel"), "hostname": h.get("hostname"),
-            "version": h.get("version"), "samples": len(rec.samples),
+            "version": h.get("version"),
+            # `report --at N` shows sample N: the header speaks of the moment shown.
+            "samples": sum(1 for t in times if t <= acc.t + 1e-9), "samples_total": len(times),
             "seconds": round(acc.t - t0, 3) if t0 else None,
+            "seconds_total": round(times[-1] - t0, 3) if t0 and times else None,
             "partial": rec.partial, "end": (rec.end or {}).get("reason"),
             "headers": h.get("plan", {}).get("headers"),
             # Recordings made before the libbpf loader existed were all bcc's.
@@ -51,7 +60,18 @@ def summary(rec: Recording, acc: Account) -> dict:
             "oom_kills": len(rec.oom)}
 
 
+def span(s: dict) -> str:
+    """The header's words for the moment shown, from `summary`: "150 samples over 150.2
+    s", or for an earlier sample "sample 12 of 150, 11.9 s of 150.2 s"."""
+    if s["samples"] < s["samples_total"]:
+        return (f"sample {s['samples']} of {s['samples_total']}, {s['seconds'] or 0:.1f} s "
+                f"of {s['seconds_total'] or 0:.1f} s")
+    return f"{s['samples']} samples over {s['seconds'] or 0:.1f} s"
+
+
 def to_json(rec: Recording, acc: Account, by: str = "layer") -> dict:
+    """The account as one JSON-ready dict: the recording's summary, every row and file,
+    the reconciliation with meminfo, the chains, probes, drops, phases, OOM kills, notes."""
     rows = acc.rows.copy()
     files = acc.files.copy()
     files["resident_mib"] = files["resident_pages"] * acc.page_size / MIB
@@ -133,7 +153,7 @@ def _baseline_line(rec: Recording) -> str:
     if secs is not None:
         line += f", {secs:.2f} s"
     if isinstance(st.get("kernel_refused"), str):
-        line += f" (kernel walk not used: {_fit(inert(st['kernel_refused']), 100)})"
+        line += f" (kernel walk not used: {fit(inert(st['kernel_refused']), 100)})"
     return line
 
 
@@ -147,7 +167,7 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15,
     out = []
     state = "PARTIAL (recorder did not stop cleanly)" if s["partial"] else f"complete ({inert(s['end'])})"
     out.append(f"footprint: {inert(s['path'])} — kernel {inert(s['kernel'])}, "
-               f"{s['samples']} samples over {s['seconds'] or 0:.1f} s, {state}")
+               f"{span(s)}, {state}")
     out.append(f"in use (MemTotal-MemFree) {mi['nonfree_mib']:.1f} MiB of {mi['memtotal_mib']:.1f} MiB"
                f"   free -m used (MemTotal-MemAvailable) {mi['used_mib']:.1f} MiB")
     out.append(f"accounted {mi['accounted_mib']:.1f} MiB, unattributed {mi['unattributed_mib']:.1f} MiB "
@@ -167,7 +187,7 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15,
         shown, rest = (rows, []) if all_rows else fold(rows, lambda r: r.resident_mib)
         name_w = sum(cols[c] for c in keys)
         for r in shown:
-            cells = "".join(f"{_fit(inert(getattr(r, c)), cols[c] - 1):<{cols[c]}}" for c in keys)
+            cells = "".join(f"{fit(inert(getattr(r, c)), cols[c] - 1):<{cols[c]}}" for c in keys)
             out.append(f"{cells}{_mib(r.resident_mib)}{r.resident_pages:>10d}"
                        f"{_mib(r.peak_pages * ps / MIB)}{_mib(r.allocated_pages * ps / MIB)}"
                        + (f"  {_SOURCES.get(r.source, r.source)}" if src else ""))
@@ -185,7 +205,7 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15,
         for ch in acc.chains:
             out.append(f"  {inert(ch['label'])}")
             for lv in ch["levels"]:
-                out.append(f"    {_fit(inert(lv['layer']), 40):<41}{_fit(inert(lv['what']), 40):<41}"
+                out.append(f"    {fit(inert(lv['layer']), 40):<41}{fit(inert(lv['what']), 40):<41}"
                            f"{lv['resident_mib']:8.1f} MiB")
     out.append("")
     active = [inert(p["probe"].removeprefix("tracepoint:")) for p in acc.probes if p.get("active")]
@@ -223,7 +243,7 @@ def _file_table(acc: Account, top_files: int) -> list[str]:
     ps = acc.page_size
     for r in f.head(top_files).itertuples(index=False):
         name = r.path if isinstance(r.path, str) else f"inode {r.ino}"
-        out.append(f"{_fit(inert(name), 47):<48}{r.dev:>9}{r.ino:>10}  {_fit(inert(r.layer), 39):<40}"
+        out.append(f"{fit(inert(name), 47):<48}{r.dev:>9}{r.ino:>10}  {fit(inert(r.layer), 39):<40}"
                    f"{r.resident_pages * ps / MIB:9.1f}")
     if len(f) > top_files:
         rest = int(f["resident_pages"].iloc[top_files:].sum())
@@ -231,7 +251,8 @@ def _file_table(acc: Account, top_files: int) -> list[str]:
     return out
 
 
-def _fit(s: str, width: int) -> str:
+def fit(s: str, width: int) -> str:
+    """`s` cut to `width` characters, the last one an ellipsis where it was cut."""
     return s if len(s) <= width else s[: max(0, width - 1)] + "…"
 
 

@@ -6,7 +6,7 @@ One place for it, so that every text and CSV writer does the same:
 - CSV: the same, and a cell a spreadsheet would evaluate as a formula (one starting with
   ``=``, ``+``, ``-``, ``@``, tab or carriage return) is prefixed with ``'``, as OWASP's
   "CSV injection" guidance recommends. Numbers stay numbers.
-HTML escapes on top of `inert` (tracer/render_html.py); JSON is strict and ASCII-only
+HTML escapes on top of `inert` (`html_text`); JSON is strict and ASCII-only
 (tracer/report.py `dumps_json`).
 """
 
@@ -44,3 +44,11 @@ def to_csv(df) -> str:
             out[col] = out[col].map(csv_cell)
     out.columns = [csv_cell(str(c)) for c in out.columns]
     return out.to_csv(index=False)
+
+
+def html_text(text) -> str:
+    """A name from a recording, safe as HTML text or attribute value: made inert, then
+    escaped (quotes too)."""
+    import html
+
+    return html.escape(inert(text), quote=True)

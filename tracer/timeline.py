@@ -4,7 +4,7 @@ Why not `account.build` per sample: it resolves every file through the storage t
 each time (~0.15 s per sample on a host with 4,000 cached files), so a 100-sample
 recording would take 15 s. Here the expensive part — which subsystem and kind of page
 cache each (s_dev, inode) is — is decided once per topology epoch by the account's own
-`_file_rows`; each sample then only updates the owners whose counters changed (samples
+classification (`pagecache.owners`); each sample then only updates the owners whose counters changed (samples
 are deltas) and adds the other categories with the account's arithmetic. The
 per-sample sums are the account's (tests compare them with `account.build` at every
 sample), so the columns add up to MemTotal − MemFree at each sample, like the report.
@@ -21,8 +21,8 @@ import bisect
 
 import pandas as pd
 
-from . import account
-from .account import MIB, _kb_pages
+from . import account, pagecache
+from .account import MIB, kb_pages
 from .recording import Recording
 
 NOT_SUBSYSTEMS = ("t_s", "nonfree_mib")  # the frame's columns that are not subsystems
@@ -40,7 +40,7 @@ def build(rec: Recording, origin: str = "boot") -> pd.DataFrame:
     rows = []
     for recorded, state in zip(rec.samples, rec.states()):
         pages = sample_pages(rec, state, page_cache.update(state, recorded["files"]), ps)
-        nonfree = _kb_pages(state["meminfo"], "MemTotal", ps) - _kb_pages(state["meminfo"], "MemFree", ps)
+        nonfree = kb_pages(state["meminfo"], "MemTotal", ps) - kb_pages(state["meminfo"], "MemFree", ps)
         row = {"t_s": state["t"] - t0, "nonfree_mib": nonfree * ps / MIB}
         row.update({sub: p * ps / MIB for sub, p in pages.items()})
         rows.append(row)
@@ -57,6 +57,7 @@ def build(rec: Recording, origin: str = "boot") -> pd.DataFrame:
 
 
 def subsystems(frame: pd.DataFrame) -> list[str]:
+    """The frame's subsystem columns (all but t_s and nonfree_mib), in its order."""
     return [c for c in frame.columns if c not in NOT_SUBSYSTEMS]
 
 
@@ -94,7 +95,6 @@ class _PageCacheSums:
 
     def __init__(self, rec: Recording):
         self.rec = rec
-        self.baseline, self.untracked_at, _paths = account._inventory(rec)
         self.every_key = set()
         for s in rec.samples:
             self.every_key.update(s["files"])
@@ -119,9 +119,7 @@ class _PageCacheSums:
         """The owner's resident pages with the account's arithmetic: traced counter plus
         what is left of its inventory baseline after deletes the tracer did not see added."""
         o = self.owners
-        base = o["baseline"].get(key, 0)
-        base_left = max(0, base - (c[4] - o["untracked_at"].get(key, 0))) if base else 0
-        resident = c[0] + base_left
+        resident, _left = pagecache.resident(c, o["baseline"].get(key, 0), o["untracked_at"].get(key, 0))
         if resident <= 0 and c[1] <= 0:
             resident = 0  # the account drops such rows
         sub, kind = o["kinds"].get(key, ("unknown fs", "page-cache"))
@@ -135,23 +133,12 @@ class _PageCacheSums:
         self.sums["shmem" if kind == "shmem" else "cache"] += sign * pages
 
     def _classify(self, t: float) -> dict:
-        """Ask the account's own file-row builder about every key the recording has, once:
-        a state where each key holds one page makes it emit one row per key."""
-        topo = account.topology_at(self.rec, t)
-        probe_state = {"files": {k: [1, 1, 0, 0, 0] for k in self.every_key}}
-        rows = account._file_rows(self.rec, probe_state, topo)
-        kinds = {f"{r.dev}:{r.ino}": (r.subsystem, r.kind) for r in rows.itertuples(index=False)}
-        # Inventory rows of block devices are renamed to the bdev file system's s_dev
-        # once that is known; fold counters and baselines under the same names.
-        bdev = account._bdev_dev(probe_state, topo)
-        rename = {}
-        if bdev:
-            for key in self.baseline:
-                if key.startswith("bdev:"):
-                    rename[key] = f"{bdev}:{key[5:]}"
-        baseline = {rename.get(k, k): v for k, v in self.baseline.items()}
-        untracked_at = {rename.get(k, k): v for k, v in self.untracked_at.items()}
-        return {"kinds": kinds, "baseline": baseline, "untracked_at": untracked_at}
+        """Ask the account which subsystem and kind every key the recording has is, once
+        per topology epoch; the baseline under the keys the tracer uses for block devices."""
+        topo = pagecache.topology_at(self.rec, t)
+        inv = pagecache.inventory(self.rec, pagecache.bdev_dev(self.every_key, topo))
+        kinds = pagecache.owners(self.rec, self.every_key | set(inv.baseline), topo)
+        return {"kinds": kinds, "baseline": inv.baseline, "untracked_at": inv.untracked_at}
 
 
 def sample_pages(rec: Recording, state: dict, page_cache: dict, ps: int) -> dict[str, int]:
@@ -169,14 +156,44 @@ def sample_pages(rec: Recording, state: dict, page_cache: dict, ps: int) -> dict
 
 # --- the plot -------------------------------------------------------------------------
 
-# The first colour is the largest subsystem's; it is distinctive on purpose, so that a
-# screenshot test can find the plot by it.
+# The first colour is the largest subsystem's (the tracer's bands have their own,
+# BAND_COLOURS); it is distinctive on purpose, so that a screenshot test can find the plot.
 COLOURS = ("#2a6fdb", "#e8871e", "#3aa655", "#d64545", "#8e5cc4", "#8c6d31", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#ad494a", "#637939")
-# The 2014 question's subsystems keep a band of their own even when small.
-ALWAYS_NAMED = ("squashfs", "device-mapper", "loop", "tracer", INITRAMFS)
+# The storage drivers of an image stack, and the tracer's own memory, keep a band of
+# their own even when small: they are what a reader of a live boot's timeline looks for.
+ALWAYS_NAMED = (*account.STACK_SUBSYSTEMS, "tracer", INITRAMFS)
 OTHER_COLOUR = "#c7c7c7"
-UNATTRIBUTED_COLOUR = "#eeeeee"
+UNATTRIBUTED_COLOUR = "#d9d9d9"
+# The tracer's own memory in reds, so that it reads as one thing and not as the system's.
+BAND_COLOURS = {"tracer": "#8b1a1a", INITRAMFS: "#e89b9b"}
+
+
+def bands(frame: pd.DataFrame, top: int = 10) -> list[tuple[str, pd.Series, str]]:
+    """The stacked bands of a plot of `frame` (as `for_plot` gives it), bottom first:
+    (label, MiB per sample, colour). The `top` largest subsystems and those in
+    ALWAYS_NAMED are named (at most one per colour), the rest summed as "other (N
+    subsystems)" — unless only one is left, which keeps its name — and unattributed
+    last, clipped at 0 (a stacked area cannot draw over-attribution). One choice for
+    the PNG and the page, so both show the same bands."""
+    subs = [s for s in subsystems(frame) if s != "unattributed"]
+    named = subs[:top] + [s for s in subs[top:] if s in ALWAYS_NAMED]
+    rest = [s for s in subs if s not in named]
+    if len(rest) == 1:  # a band called "other (1 subsystem)" would hide its name
+        named = named + rest
+    palette = iter(COLOURS)  # the tracer's bands have their own colours, the rest in order
+    out = []
+    for s in named:
+        colour = BAND_COLOURS.get(s) or next(palette, None)
+        if colour is None:
+            break
+        out.append((s, frame[s], colour))
+    rest = [s for s in subs if s not in {label for label, _y, _c in out}]
+    if rest:
+        out.append((f"other ({len(rest)} subsystems)", frame[rest].sum(axis=1), OTHER_COLOUR))
+    if "unattributed" in frame:
+        out.append(("unattributed", frame["unattributed"].clip(lower=0), UNATTRIBUTED_COLOUR))
+    return out
 
 
 def plot(frame: pd.DataFrame, out, fmt: str = "png", top: int = 10, title: str = "",
@@ -190,33 +207,18 @@ def plot(frame: pd.DataFrame, out, fmt: str = "png", top: int = 10, title: str =
     import matplotlib.pyplot as plt
 
     frame = for_plot(frame)
-    subs = [s for s in subsystems(frame) if s != "unattributed"]
-    named = subs[:top] + [s for s in subs[top:] if s in ALWAYS_NAMED]
-    rest = [s for s in subs if s not in named]
-    if len(rest) == 1:  # a band called "other (1 subsystem)" would hide its name
-        named, rest = named + rest, []
-    named = named[:len(COLOURS)]
-    rest = [s for s in subs if s not in named]
+    chosen = bands(frame, top)
     x = frame["t_s"].to_numpy(dtype=float)
-    bands = [frame[s].to_numpy(dtype=float) for s in named]
-    labels, colours = list(named), list(COLOURS[:len(named)])
-    if rest:
-        bands.append(frame[rest].sum(axis=1).to_numpy(dtype=float))
-        labels.append(f"other ({len(rest)} subsystems)")
-        colours.append(OTHER_COLOUR)
-    if "unattributed" in frame:
-        # Over-attribution would be negative; a stacked area cannot draw it.
-        bands.append(frame["unattributed"].clip(lower=0).to_numpy(dtype=float))
-        labels.append("unattributed")
-        colours.append(UNATTRIBUTED_COLOUR)
+    ys = [y.to_numpy(dtype=float) for _label, y, _c in chosen]
+    labels, colours = [label for label, _y, _c in chosen], [c for _l, _y, c in chosen]
     if len(x) == 1:  # one sample: draw it as a one-second-wide block, not as nothing
         x = [x[0] - 0.5, x[0] + 0.5]
-        bands = [[b[0], b[0]] for b in bands]
+        ys = [[b[0], b[0]] for b in ys]
 
     fig, ax = plt.subplots(figsize=(width_in, height_in), dpi=dpi)
     try:
         if len(x):
-            ax.stackplot(x, bands, labels=[_plain(lab, legend=True) for lab in labels], colors=colours,
+            ax.stackplot(x, ys, labels=[_plain(lab, legend=True) for lab in labels], colors=colours,
                          linewidth=0)
         ax.set_xlabel("seconds since boot" if frame.attrs.get("origin", "boot") == "boot"
                       else "seconds since the first sample")

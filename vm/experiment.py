@@ -2,9 +2,9 @@
 
 Boots each variant, waits for multi-user (`systemctl is-system-running --wait`), lets it
 settle, then collects: delivery size (host side), `df /`, `free -m`, /proc/meminfo.
-Per-boot hooks (callables `hook(guest, boot_record) -> dict`) run in the booted guest
-before shutdown; their results land in boot_record["extra"][hook_name]. The tracer team
-plugs the recording (account/phases) in there.
+Per-boot hooks (callables `hook(guest, boot) -> dict`, boot a vm/results.py Boot) run in
+the booted guest before shutdown; their results land in boot.extra[hook_name]. The
+traced boots' hook (vm/traced.py) plugs the recording (account, phases) in there.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from tracer.procfs import parse_meminfo
 from . import cache as C
 from .images import VARIANTS, BootSpec, prepare_many
 from .qemu import Guest, GuestError, terminate_as_interrupt
+from .results import Boot, Experiment, Moment
 
 MIB = 1 << 20
-Hook = Callable[[Guest, dict], dict]
+Hook = Callable[[Guest, Boot], dict]
 
 SEED = {
     "source": "Fabian Deutsch, 'Taking a look at the memory footprint of a LiveCD and a disk (image)', 2014-06-16",
@@ -125,7 +126,10 @@ def boot_and_measure(
     guest_options: Optional[dict] = None,
     cache_dir: Optional[os.PathLike] = None,
     moments: Optional[Callable[[Guest], list]] = None,
-) -> dict:
+) -> Boot:
+    """Boots `spec`, waits for multi-user, lets it settle, collects the figures (`collect`),
+    measures the moments (vm/workloads.py) and runs the hooks; returns the Boot. Raises
+    GuestError when the guest does not come up."""
     log = keep_logs / f"{spec.name}.serial.log" if keep_logs else None
     C.say(f"booting {spec.name} ({VARIANTS[spec.name][2]})")
     opts = dict(guest_options or {})
@@ -135,8 +139,7 @@ def boot_and_measure(
         boot_seconds = time.monotonic() - g.started_at  # from QEMU's start to multi-user
         C.say(f"  {spec.name}: agent after {ready:.0f} s, system {state} after {boot_seconds:.0f} s; settling {settle:.0f} s")
         time.sleep(settle)
-        rec = {
-            "name": spec.name,
+        figures = {
             "delivery_mib": round(spec.delivery_bytes / MIB, 1),
             "delivery_note": spec.delivery_note,
             "delivery_path": str(spec.delivery),
@@ -149,28 +152,28 @@ def boot_and_measure(
             "append": spec.append,
         }
         if spec.extra.get("apparent_bytes"):
-            rec["delivery_apparent_mib"] = round(spec.extra["apparent_bytes"] / MIB, 1)
-        rec.update(collect(g))
+            figures["delivery_apparent_mib"] = round(spec.extra["apparent_bytes"] / MIB, 1)
+        figures.update(collect(g))
+        boot = Boot(spec.name, figures=figures)
         if moments is not None:  # vm/workloads.py: after-boot, after-read, after-write
             try:
-                rec["moments"] = moments(g)
+                boot.moments = moments(g)
             except FootprintError as err:
                 C.say(f"  {spec.name}: workloads FAILED: {err}")
-                rec["moments_error"] = str(err)
-        rec["extra"] = {}
+                boot.moments_error = str(err)
+        boot.extra = {}
         for name, hook in hooks.items():
-            rec["extra"][name] = hook(g, rec)
-        rec["traced"] = bool(getattr(spec, "traced", False))
-        fp = rec["extra"].get("footprint")
+            boot.extra[name] = hook(g, boot)
+        boot.traced = bool(getattr(spec, "traced", False))
+        fp = boot.extra.get("footprint")
         if isinstance(fp, dict):  # traced boots: the account and phases at the top level
-            rec["account"] = fp.get("account")
-            rec["phases"] = fp.get("phases")
-            rec["tracer"] = fp.get("recorder")
+            boot.trace = {"account": fp.get("account"), "phases": fp.get("phases"),
+                          "tracer": fp.get("recorder")}
             if fp.get("error"):
-                rec["tracer_error"] = fp["error"]
+                boot.trace["tracer_error"] = fp["error"]
         g.shutdown(timeout=60)
-    C.say(f"  {spec.name}: used {rec['used_mib']} MiB, MemTotal-MemFree {rec['nonfree_mib']:.0f} MiB")
-    return rec
+    C.say(f"  {spec.name}: used {figures['used_mib']} MiB, MemTotal-MemFree {figures['nonfree_mib']:.0f} MiB")
+    return boot
 
 
 def run_experiment(
@@ -187,14 +190,14 @@ def run_experiment(
     workloads: Optional[Sequence[str]] = None,
     workload_mib: Optional[int] = None,
     out: Optional[os.PathLike] = None,
-) -> dict:
-    """Builds what is missing, boots each variant in `names` in turn, returns
-    {"boots": [...], "seed": SEED}. traced: boots with footprint recording from the
-    initramfs on (vm/dracut/95footprint); each boot then has "account" and "phases".
-    workloads (vm/workloads.py MOMENTS): each boot is measured at these moments
-    ("moments"); traced, each moment gets its account, and the result "side_by_side",
-    "answer" and "ranking" (vm/sidebyside.py). out: recordings, experiment.json, CSV,
-    report.html and plot.png are written there."""
+) -> Experiment:
+    """Builds what is missing, boots each variant in `names` in turn, returns the
+    Experiment (vm/results.py; boots and SEED). traced: boots with footprint recording
+    from the initramfs on (vm/dracut/95footprint); each boot then has its account and
+    phases. workloads (vm/workloads.py MOMENTS): each boot is measured at these moments;
+    traced, each moment gets its account, and the experiment side_by_side, answer and
+    ranking (vm/sidebyside.py). out: recordings, experiment.json, CSV, report.html and
+    plot.png are written there."""
     C.require_tools("qemu-system-x86_64", "mkfs.ext4")
     keep = Path(keep_logs) if keep_logs else None
     run_moments = None
@@ -233,12 +236,12 @@ def run_experiment(
                         moments=run_moments))
                 except GuestError as err:  # one failed boot does not void the others
                     C.say(f"  {s.name}: FAILED: {err}")
-                    boots.append({"name": s.name, "error": str(err)})
+                    boots.append(Boot(s.name, error=str(err)))
     except OSError as err:
         if err.errno == errno.ENOSPC:
             raise C.enospc(C.cache_root(cache_dir)) from None
         raise
-    result = {"boots": boots, "seed": SEED}
+    result = Experiment(boots, SEED)
     if workloads:
         from . import sidebyside
 
@@ -261,7 +264,12 @@ def _fmt(v, width: int) -> str:
     return str(v).rjust(width)
 
 
-def format_table(result: dict) -> str:
+def format_table(result) -> str:
+    """The boots' table of `--full`: delivery, rootfs, used, buff/cache and MemTotal −
+    MemFree of each boot beside the 2014 figures, and the notes that say how to read it."""
+    from .results import as_experiment
+
+    exp = as_experiment(result)
     heads = [("boot", ""), ("delivery", "MiB"), ("rootfs", "df / MiB"), ("used", "procps 4"),
              ("buff/cache", "MiB"), ("MemTotal-", "MemFree")]
     widths = [30, 10, 10, 10, 12, 11]
@@ -271,15 +279,15 @@ def format_table(result: dict) -> str:
                        for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     lines = [row([h for h, _ in heads]), row([s for _, s in heads])]
-    for b in result["boots"]:
-        if "error" in b:
-            lines.append(row([f"{b['name']} (FAILED)", "", "", "", "", ""]))
+    for b in exp.boots:
+        if not b.ok:
+            lines.append(row([f"{b.name} (FAILED)", "", "", "", "", ""]))
             continue
-        mem = b.get("memory_mib", 2048)
-        name = f"{b['name']} (today, {mem} MiB)"
-        lines.append(row([name] + [_fmt(b[k], 0) for k in
+        mem = b.figure("memory_mib", 2048)
+        name = f"{b.name} (today, {mem} MiB)"
+        lines.append(row([name] + [_fmt(b.figures[k], 0) for k in
                                    ("delivery_mib", "rootfs_mib", "used_mib", "buff_cache_mib", "nonfree_mib")]))
-    for s in result["seed"]["boots"]:
+    for s in exp.seed["boots"]:
         label = "LiveCD (2014)" if s["name"].startswith("LiveCD") else "plain (2014)"
         lines.append(row([label, _fmt(s["delivery_mib"], 0), _fmt(s["rootfs_mib"], 0), "–", "–",
                           _fmt(s["nonfree_mib"], 0)]))
@@ -293,30 +301,30 @@ def format_table(result: dict) -> str:
         "  ext4 on dm live-rw). 2014 figures as printed by free -m / df -h (MiB).",
         "every guest also runs footprint's agent (python3, ~11 MiB RSS) and mounts its 16 MiB code disk.",
     ]
-    for b in result["boots"]:
-        low = b.get("rootfs_lower")
+    for b in exp.boots:
+        low = b.figure("rootfs_lower")
         if low:
             what = " (compressed)" if low["fstype"] == "squashfs" else ""
-            notes.append(f"  {b['name']}: root is overlayfs; rootfs = df of its lower layer {low['dir']}, "
-                         f"{low['fstype']}{what} (df / = upper tmpfs: {b['root_df_used_mib']:.0f} MiB).")
-    for b in result["boots"]:
-        if not b.get("traced"):
+            notes.append(f"  {b.name}: root is overlayfs; rootfs = df of its lower layer {low['dir']}, "
+                         f"{low['fstype']}{what} (df / = upper tmpfs: {b.figures['root_df_used_mib']:.0f} MiB).")
+    for b in exp.boots:
+        if not b.traced:
             continue
-        t = b.get("tracer") or {}
-        if b.get("tracer_error"):
-            notes.append(f"  {b['name']}: traced boot, but {b['tracer_error']}")
+        t = b.tracer
+        if b.tracer_error:
+            notes.append(f"  {b.name}: traced boot, but {b.tracer_error}")
         elif t:
             mem = t.get("memory_kb", {})
-            notes.append(f"  {b['name']}: traced from the initramfs (recorder attached in "
+            notes.append(f"  {b.name}: traced from the initramfs (recorder attached in "
                          f"{t.get('attach_seconds', '?')} s, RSS after boot "
                          f"{mem.get('VmRSS', 0) / 1024:.0f} MiB);")
             notes.append("    the figures include the tracer's cost (--untraced: without it).")
-    ok = [b for b in result["boots"] if "error" not in b]
+    ok = exp.ok
     if ok:
         b0 = ok[0]
-        notes.append(f"guest: Debian bookworm, kernel {b0.get('kernel')}, {b0.get('accel')}, "
-                     f"measured {b0.get('settle_seconds', 5):.0f} s after `systemctl is-system-running --wait`; boot seconds: "
-                     + ", ".join(f"{b['name']} {b['boot_seconds']:.0f}" for b in ok) + ".")
+        notes.append(f"guest: Debian bookworm, kernel {b0.figure('kernel')}, {b0.figure('accel')}, "
+                     f"measured {b0.figure('settle_seconds', 5):.0f} s after `systemctl is-system-running --wait`; boot seconds: "
+                     + ", ".join(f"{b.name} {b.figures['boot_seconds']:.0f}" for b in ok) + ".")
     return "\n".join(lines + notes)
 
 
@@ -324,6 +332,8 @@ def main_cli(variants: str, memory: int, timeout: float, cache_dir: Optional[str
              keep_logs: Optional[str], as_json: bool, settle: float,
              traced: bool = True, workloads: str = "all", workload_mib: Optional[int] = None,
              out: Optional[str] = None, full: bool = False) -> None:
+    """`footprint experiment` (vm/command.py): checks the options, runs the experiment and
+    prints one screen (vm/screen.py), every table (--full) or every number (--json)."""
     from tracer.errors import require_root
 
     from .images import variant_names
@@ -342,13 +352,13 @@ def main_cli(variants: str, memory: int, timeout: float, cache_dir: Optional[str
                             workloads=moments, workload_mib=workload_mib,
                             out=out or sidebyside.default_out(cache_dir))
     if as_json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.to_dict(), indent=2))
     elif full:
         print(format_table(result))
         print(sidebyside.text(result))
     else:  # one screen: the answer first; --full has every table
         print(screen.screen(result))
     sys.stdout.flush()
-    failed = [b for b in result["boots"] if "error" in b]
+    failed = [b for b in result.boots if not b.ok]
     if failed:
-        raise FootprintError(f"{len(failed)} of {len(result['boots'])} boots failed, first: {failed[0]['error']}")
+        raise FootprintError(f"{len(failed)} of {len(result.boots)} boots failed, first: {failed[0].error}")

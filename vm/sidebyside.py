@@ -1,15 +1,17 @@
 """The experiment's answer: live vs plain side by side at each moment, the plain-language
 answer, the ranking of the boots, and the reports on disk.
 
-Everything is computed from the traced boots' recordings with tracer's own functions
+Everything is computed from the traced boots' recordings with tracer's public API
 (account.build at the sample of each moment, compare.compare, answer.answer,
 render_html.render); this module only picks the samples, lays the results out and writes
 them. The rows of each account add up to its MemTotal − MemFree, so the per-row
 differences add up to the difference in MemTotal − MemFree; the residual is printed.
+The 2014 question (what squashfs, device-mapper and loop claim, against a plain disk) is
+asked here, not by the product.
 
-    an = analyse(result, recordings_dir)      # adds moments' accounts, side_by_side,
-                                              # answer, ranking to the experiment result
-    print(text(result)); write_out(result, an, out_dir)
+    an = analyse(exp, recordings_dir)   # each moment's account; exp.side_by_side, .answer,
+                                        # .ranking (exp: vm/results.py Experiment)
+    print(text(exp)); write_out(exp, an, out_dir)
 """
 
 from __future__ import annotations
@@ -26,19 +28,25 @@ from tracer import account as account_mod, answer as answer_mod, compare as comp
 from tracer import recording as recording_mod, report as report_mod
 from tracer.safe import csv_cell, inert
 
+from .results import Experiment, MomentAccount, as_experiment
 
+# The 2014 question: how much do squashfs, device-mapper and loop claim, against a plain disk.
 QUESTION = ("squashfs", "device-mapper", "loop")
 MIB = 1 << 20
 
 
 @dataclass
 class Analysis:
+    """What the reports are drawn from: each boot's Recording and path, and the Account
+    of each (boot name, moment)."""
+
     recs: dict = field(default_factory=dict)        # boot name -> Recording
     accounts: dict = field(default_factory=dict)    # (boot name, moment) -> Account
     paths: dict = field(default_factory=dict)       # boot name -> recording path
 
 
 def _plain_json(obj):
+    """A product's dict (compare, answer) as plain JSON values (no numpy scalars)."""
     return json.loads(report_mod.dumps_json(obj, pretty=False))
 
 
@@ -47,60 +55,59 @@ def recording_path(recordings_dir: Path, name: str) -> Path:
     return Path(recordings_dir) / f"{name}.recording.jsonl"
 
 
-def analyse(result: dict, recordings_dir: Optional[Path]) -> Analysis:
-    """Adds to each traced boot's moments their account, and to `result` "side_by_side",
-    "answer" and "ranking". Returns the accounts and recordings (for the reports)."""
+def analyse(exp: Experiment, recordings_dir: Optional[Path]) -> Analysis:
+    """Gives each traced boot's moments their account (`Moment.account`), and `exp` its
+    side_by_side, answer and ranking. A boot's recording is the one its hook read
+    (`Boot.recording`), else read from `recordings_dir`. Returns the accounts and
+    recordings (for the reports)."""
     an = Analysis()
-    boots = [b for b in result["boots"] if "error" not in b]
-    for b in boots:
-        path = recording_path(recordings_dir, b["name"]) if recordings_dir else None
-        if not b.get("moments") or path is None or not path.exists():
+    for b in exp.ok:
+        path = recording_path(recordings_dir, b.name) if recordings_dir else None
+        if not b.moments or path is None or not path.exists():
             continue
         try:
-            rec = recording_mod.read(str(path))
-            for m in b["moments"]:
-                index, why = rec.sample_at(m["t_s"])
+            rec = b.recording if b.recording is not None else recording_mod.read(str(path))
+            for m in b.moments:
+                index, why = rec.sample_at(m.t_s)
                 acc = account_mod.build(rec, index)
-                an.accounts[(b["name"], m["name"])] = acc
-                m.update({"sample_index": index, "sample_t_s": acc.t,
-                          "account": _plain_json(report_mod.to_json(rec, acc)["account"]),
-                          "account_meminfo": _plain_json(acc.meminfo)})
-                if why:
-                    m["note"] = why
+                an.accounts[(b.name, m.name)] = acc
+                m.account = MomentAccount(index, acc.t, report_mod.to_json(rec, acc)["account"],
+                                          _plain_json(acc.meminfo), why or None)
         except Exception as err:  # noqa: BLE001 - the boot's other figures still count
-            b["moments_error"] = f"recording not readable: {err}"
+            b.moments_error = f"recording not readable: {err}"
             continue
-        an.recs[b["name"]] = rec
-        an.paths[b["name"]] = path
-    result["side_by_side"] = side_by_side(result, an)
-    result["answer"] = answer_of(result, an)
-    result["ranking"] = ranking(result)
+        an.recs[b.name] = rec
+        an.paths[b.name] = path
+    exp.side_by_side = side_by_side(exp, an)
+    exp.answer = answer_of(exp, an)
+    exp.ranking = ranking(exp)
     return an
 
 
-def _pairs(result: dict, an: Analysis) -> list[tuple[str, str]]:
+def _pairs(exp: Experiment, an: Analysis) -> list[tuple[str, str]]:
     """(plain, other) for every other boot with accounts; plain first in the result."""
-    names = [b["name"] for b in result["boots"] if b["name"] in an.recs]
+    names = [b.name for b in exp.boots if b.name in an.recs]
     if "plain" not in names:
         return []
     return [("plain", n) for n in names if n != "plain"]
 
 
-def moment_names(result: dict) -> list[str]:
+def live_name(names: list[str]) -> Optional[str]:
+    """The boot set against plain: "live" where it is among `names` (the boots other than
+    plain), else the first of them."""
+    return "live" if "live" in names else (names[0] if names else None)
+
+
+def moment_names(result) -> list[str]:
     """The moments measured in any boot of the experiment, in the order first seen."""
-    seen: list[str] = []
-    for b in result["boots"]:
-        for m in b.get("moments") or []:
-            if m["name"] not in seen:
-                seen.append(m["name"])
-    return seen
+    return as_experiment(result).moment_names()
 
 
-def side_by_side(result: dict, an: Analysis) -> list[dict]:
+def side_by_side(exp: Experiment, an: Analysis) -> list[dict]:
     """Per moment and pair (plain, other): compare.compare by subsystem and by layer."""
     out = []
-    for moment in moment_names(result):
-        for a, b in _pairs(result, an):
+    for moment in exp.moment_names():
+        for a, b in _pairs(exp, an):
             acc_a, acc_b = an.accounts.get((a, moment)), an.accounts.get((b, moment))
             if acc_a is None or acc_b is None:
                 continue
@@ -111,21 +118,22 @@ def side_by_side(result: dict, an: Analysis) -> list[dict]:
     return out
 
 
-def _live_name(result: dict, an: Analysis) -> Optional[str]:
-    pairs = [b for _a, b in _pairs(result, an)]
-    return "live" if "live" in pairs else (pairs[0] if pairs else None)
+def _live_name(exp: Experiment, an: Analysis) -> Optional[str]:
+    return live_name([b for _a, b in _pairs(exp, an)])
 
 
-def answer_of(result: dict, an: Analysis) -> Optional[dict]:
-    """answer.answer(live, plain) right after boot, and at every other moment in by_moment."""
-    live = _live_name(result, an)
+def answer_of(exp: Experiment, an: Analysis) -> Optional[dict]:
+    """The 2014 question asked of answer.answer(live, plain) right after boot, and at
+    every other moment in by_moment."""
+    live = _live_name(exp, an)
     if live is None:
         return None
     by_moment = {}
-    for moment in moment_names(result):
+    for moment in exp.moment_names():
         acc_l, acc_p = an.accounts.get((live, moment)), an.accounts.get(("plain", moment))
         if acc_l is not None and acc_p is not None:
-            by_moment[moment] = _plain_json(answer_mod.answer(acc_l, acc_p))
+            by_moment[moment] = _plain_json(answer_mod.answer(acc_l, acc_p, subsystems=QUESTION,
+                                                              against="the plain disk"))
     if not by_moment:
         return None
     first = "after-boot" if "after-boot" in by_moment else next(iter(by_moment))
@@ -133,23 +141,18 @@ def answer_of(result: dict, an: Analysis) -> Optional[dict]:
             "by_moment": by_moment}
 
 
-def _question_mib(moment: dict) -> dict:
-    rows = moment.get("account") or []
-    return {sub: sum(r["resident_mib"] for r in rows if r["subsystem"] == sub) for sub in QUESTION}
-
-
-def ranking(result: dict) -> dict:
+def ranking(result) -> dict:
     """The boots ranked by memory in use after boot (MemTotal − MemFree; procps 4 used)
     and by delivery size: the 2014 trade-off."""
+    exp = as_experiment(result)
     rows = []
-    for b in result["boots"]:
-        if "error" in b:
-            continue
-        row = {"name": b["name"], "nonfree_mib": b["nonfree_mib"], "used_mib": b["used_mib"],
-               "delivery_mib": b["delivery_mib"], "rootfs_mib": b.get("rootfs_mib"),
-               "moments": {m["name"]: {"nonfree_mib": m["nonfree_mib"], "used_mib": m["used_mib"],
-                                       **({"question_mib": _question_mib(m)} if m.get("account") else {})}
-                           for m in b.get("moments") or []}}
+    for b in exp.ok:
+        row = {"name": b.name, "nonfree_mib": b.nonfree_mib, "used_mib": b.figure("used_mib"),
+               "delivery_mib": b.figure("delivery_mib"), "rootfs_mib": b.figure("rootfs_mib"),
+               "moments": {m.name: {"nonfree_mib": m.nonfree_mib, "used_mib": m.used_mib,
+                                    **({"question_mib": {s: m.account.mib(s) for s in QUESTION}}
+                                       if m.account and m.account.rows else {})}
+                           for m in b.moments or []}}
         rows.append(row)
     rows.sort(key=lambda r: r["nonfree_mib"])
     for i, r in enumerate(rows, 1):
@@ -166,16 +169,19 @@ def ranking(result: dict) -> dict:
 # --- text ------------------------------------------------------------------------------
 
 
-def text(result: dict) -> str:
+def text(result) -> str:
+    """Every table of `footprint experiment --full` after the boots' table: the moments,
+    live − plain per moment by subsystem and by layer, the answer, the ranking, the files."""
+    exp = as_experiment(result)
     out = []
-    moments_t = moments_table(result)
+    moments_t = moments_table(exp)
     if moments_t:
         out += ["", "Moments (MiB): in use at each moment and what squashfs, device-mapper and loop claim",
                 moments_t]
-    if moments_t and not result.get("side_by_side"):
+    if moments_t and not exp.side_by_side:
         out += ["", "No side by side: it needs the recordings of a plain and another traced boot "
                 "(boot without --untraced; a boot whose recorder failed says why in its tracer_error)."]
-    for e in result.get("side_by_side") or []:
+    for e in exp.side_by_side or []:
         sub, lay = e["subsystem"], e["layer"]
         out += ["", f"== {e['moment']}: {inert(e['a'])} vs {inert(e['b'])} (MiB) ==", "",
                 compare_mod.text(sub, e["a"], e["b"]).rstrip(), "",
@@ -184,42 +190,46 @@ def text(result: dict) -> str:
                 f"{inert(e['b'])} − {inert(e['a'])} = {sub['nonfree_delta_mib']:+.1f} MiB in use, sum of the "
                 f"differences {sub['sum_of_deltas_mib']:+.1f} MiB, residual {sub['residual_mib']:+.1f} MiB "
                 f"(by layer: residual {lay['residual_mib']:+.1f} MiB)."]
-    ans = result.get("answer")
+    ans = exp.answer
     if ans:
         out += ["", f"The answer ({inert(ans['boot'])} against {inert(ans['against'])}):"]
         for moment, a in ans["by_moment"].items():
             out += ["", f"{moment}: {a['paragraph']}"]
-    rk = ranking_table(result)
+    rk = ranking_table(exp)
     if rk:
         out += ["", "Ranking: memory in use after boot against delivery size (the 2014 trade-off)", rk]
-    files = result.get("files")
+    files = exp.files
     if files:
         out += ["", f"Written to {inert(os.path.dirname(files['json']))}: "
                 + ", ".join(inert(os.path.basename(p)) for p in files.values())]
     return "\n".join(out)
 
 
-def moments_table(result: dict) -> str:
+def moments_table(result) -> str:
+    """Per moment and boot: in use, used, and what the question's subsystems claim."""
+    exp = as_experiment(result)
     lines = []
     head = f"{'moment':<13}{'boot':<16}{'MemTotal-MemFree':>17}{'used':>8}{'squashfs':>10}{'dm':>8}{'loop':>8}"
-    for moment in moment_names(result):
-        for b in result["boots"]:
-            m = next((x for x in b.get("moments") or [] if x["name"] == moment), None)
+    for moment in exp.moment_names():
+        for b in exp.boots:
+            m = next((x for x in b.moments or [] if x.name == moment), None)
             if m is None:
                 continue
-            q = _question_mib(m) if m.get("account") else None
+            q = {s: m.account.mib(s) for s in QUESTION} if m.account and m.account.rows else None
             cells = "".join(f"{q[s]:>{w}.1f}" if q else f"{'-':>{w}}"
                             for s, w in zip(QUESTION, (10, 8, 8)))
-            lines.append(f"{moment:<13}{inert(b['name'])[:15]:<16}{m['nonfree_mib']:>17.1f}"
-                         f"{m['used_mib']:>8.1f}{cells}")
+            lines.append(f"{moment:<13}{inert(b.name)[:15]:<16}{m.nonfree_mib:>17.1f}"
+                         f"{m.used_mib:>8.1f}{cells}")
     return "\n".join([head] + lines) if lines else ""
 
 
-def ranking_table(result: dict) -> str:
-    rk = result.get("ranking")
+def ranking_table(result) -> str:
+    """The ranking (`ranking`) as a table, the 2014 boots below it."""
+    exp = as_experiment(result)
+    rk = exp.ranking
     if not rk or not rk["rows"]:
         return ""
-    extra = [m for m in moment_names(result) if m != "after-boot"]
+    extra = [m for m in exp.moment_names() if m != "after-boot"]
     head = (f"{'rank':<6}{'boot':<16}{'MemTotal-MemFree':>17}{'used':>10}{'delivery':>10}{'rootfs':>8}"
             + "".join(f"{m:>14}" for m in extra))
     lines = [head, f"{'':<22}{'after boot':>17}{'procps 4':>10}{'MiB':>10}{'df MiB':>8}"
@@ -230,7 +240,7 @@ def ranking_table(result: dict) -> str:
         rootfs = f"{r['rootfs_mib']:>8.0f}" if r["rootfs_mib"] is not None else f"{'-':>8}"
         lines.append(f"{r['rank']:<6}{inert(r['name'])[:15]:<16}{r['nonfree_mib']:>17.1f}{r['used_mib']:>10.1f}"
                      f"{r['delivery_mib']:>10.1f}{rootfs}{cells}")
-    for s in result.get("seed", {}).get("boots", []):
+    for s in (exp.seed or {}).get("boots", []):
         label = "LiveCD 2014" if s["name"].startswith("LiveCD") else "plain 2014"
         d = f"{s['delivery_mib']:>10.0f}" if s["delivery_mib"] is not None else f"{'-':>10}"
         lines.append(f"{'':<6}{label:<16}{s['nonfree_mib']:>17.0f}{'-':>10}{d}{s['rootfs_mib']:>8.0f}")
@@ -243,14 +253,14 @@ def ranking_table(result: dict) -> str:
 # --- on disk ---------------------------------------------------------------------------
 
 
-def csv_text(result: dict) -> str:
+def csv_text(result) -> str:
     """The per-moment side-by-side table: one line per moment, pair, grouping and row, plus
     the in-use, sum-of-rows and residual lines. Names made inert and never read as
     formulas (as footprint's CSV)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["moment", "a", "b", "by", "subsystem", "layer", "kind", "a_mib", "b_mib", "delta_mib"])
-    for e in result.get("side_by_side") or []:
+    for e in as_experiment(result).side_by_side or []:
         for by in ("subsystem", "layer"):
             c = e[by]
             pre = [e["moment"], csv_cell(e["a"]), csv_cell(e["b"]), by]
@@ -265,7 +275,7 @@ def csv_text(result: dict) -> str:
     return buf.getvalue()
 
 
-def write_out(result: dict, an: Analysis, out: Path) -> dict:
+def write_out(exp: Experiment, an: Analysis, out: Path) -> dict:
     """experiment.json, side-by-side.csv, plot.png and report.html (the live boot with the
     plain one to compare, at its last moment) plus report-<moment>.html per moment, each
     written as footprint writes its outputs (tracer/outfile.py: mode 0600, renamed into
@@ -284,12 +294,12 @@ def write_out(result: dict, an: Analysis, out: Path) -> dict:
     for name, path in an.paths.items():
         dest = recording_path(out, name)
         put(f"recording {name}", dest.name, Path(path).read_bytes())
-    put("side-by-side csv", "side-by-side.csv", csv_text(result).encode())
-    live = _live_name(result, an)
+    put("side-by-side csv", "side-by-side.csv", csv_text(exp).encode())
+    live = _live_name(exp, an)
     if live and live in an.recs:
         rec_l, rec_p = an.recs[live], an.recs.get("plain")
         put("plot", "plot.png", render_html.plot_png(rec_l))
-        moments = [m for m in moment_names(result) if (live, m) in an.accounts]
+        moments = [m for m in exp.moment_names() if (live, m) in an.accounts]
         for moment in moments:
             plain = ((rec_p, an.accounts[("plain", moment)])
                      if rec_p is not None and ("plain", moment) in an.accounts else None)
@@ -298,8 +308,8 @@ def write_out(result: dict, an: Analysis, out: Path) -> dict:
             if moment == moments[-1]:
                 put("report", "report.html", page)
     files["json"] = str(out / "experiment.json")
-    result["files"] = files
-    put("json", "experiment.json", (report_mod.dumps_json(result, pretty=True) + "\n").encode())
+    exp.files = files
+    put("json", "experiment.json", (report_mod.dumps_json(exp.to_dict(), pretty=True) + "\n").encode())
     return files
 
 

@@ -3,22 +3,22 @@
 A traced boot (BootSpec.traced, see vm/dracut/95footprint) starts `footprint record` in the
 initramfs before dracut-cmdline and udev, and it keeps recording through switch_root into
 /run/footprint/recording.jsonl. `footprint_hook` is an experiment per-boot hook
-(vm.experiment hooks: `hook(guest, boot_record) -> dict`): it reads the recorder's own
-memory while it still runs, stops it (the stop file), fetches the recording and builds the
-account on the host.
+(vm.experiment hooks: `hook(guest, boot) -> dict`): it reads the recorder's own memory
+while it still runs, stops it (the stop file), fetches the recording, reads it once on the
+host (kept on the Boot for the moments' accounts) and builds the account after boot.
 
     from vm.traced import footprint_hook, fetch_recording
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 from .qemu import Guest
+from .results import Boot
 
 RUN = "/run/footprint"
 RECORDING = f"{RUN}/recording.jsonl"
@@ -76,24 +76,28 @@ def stop_recorder(g: Guest, pid: Optional[int], timeout: float = 120.0) -> str:
     return "SIGTERM"
 
 
-def account_of(path: Path) -> dict:
-    """`footprint report --json` of a recording file (the last sample)."""
-    from tracer import account, recording, report
+def account_of(rec) -> dict:
+    """`footprint report --json` of a Recording at its last sample, as a dict."""
+    from tracer import account, report
 
-    rec = recording.read(str(path))
-    acc = account.build(rec)
-    return json.loads(report.dumps_json(report.to_json(rec, acc), pretty=False))
+    return report.to_json(rec, account.build(rec))
 
 
 def fetch_recording(g: Guest, host_path: Path) -> Path:
+    """Copies the guest's recording (/run/footprint/recording.jsonl) to `host_path`."""
     g.get_file(RECORDING, host_path, timeout=300)
     return host_path
 
 
-def footprint_hook(g: Guest, boot: dict, keep: Optional[Path] = None) -> dict:
+def footprint_hook(g: Guest, boot: Boot | dict, keep: Optional[Path] = None) -> dict:
     """Experiment hook for traced boots: {"recorder": state, "account": rows, "phases":
     [{"name", "t_s"}] in boot order, "recording": summary}; {"error": why} if the boot
-    was not traced (the console line of footprint-start says why)."""
+    was not traced (the console line of footprint-start says why). The Recording read
+    goes to `boot.recording` (a Boot; a {"name": …} dict also does, for callers outside
+    the experiment), the file to `keep` (<name>.recording.jsonl)."""
+    from tracer import recording
+
+    name = boot.name if isinstance(boot, Boot) else boot.get("name", "boot")
     state = recorder_state(g)
     result: dict = {"recorder": state}
     if not state.get("running") and "not tracing" in state.get("start_log", ""):
@@ -109,12 +113,15 @@ def footprint_hook(g: Guest, boot: dict, keep: Optional[Path] = None) -> dict:
             return result
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
-            (keep / f"{boot.get('name', 'boot')}.recording.jsonl").write_bytes(path.read_bytes())
+            (keep / f"{name}.recording.jsonl").write_bytes(path.read_bytes())
         try:
-            rep = account_of(path)
+            rec = recording.read(str(path))
+            rep = account_of(rec)
         except Exception as err:  # noqa: BLE001
             result["error"] = f"recording not readable: {err}"
             return result
+    if isinstance(boot, Boot):
+        boot.recording = rec
     result["account"] = rep["account"]
     result["phases"] = sorted(rep["phases"], key=lambda p: p["t_s"])
     result["recording"] = rep["recording"]

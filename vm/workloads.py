@@ -20,7 +20,7 @@ waits `settle_samples` sampling intervals after each mark so that sample exists 
 next workload starts.
 
     moments = run_moments(g, ["after-boot", "after-read"], mib=64)   # in the guest
-    index = rec.sample_at(moments[1]["t_s"])                     # on the host
+    index, why = rec.sample_at(moments[1].t_s)                   # on the host
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import time
 from typing import Callable, Sequence
 
 from tracer.errors import FootprintError
+
+from .results import Moment
 
 MOMENTS = ("after-boot", "after-read", "after-write")
 DEFAULT_MIB = 128
@@ -118,6 +120,8 @@ def _json_out(out: bytes) -> dict:
 
 
 def cold_read(g, mib: int, roots: Sequence[str] = ("/usr/bin", "/usr/lib")) -> dict:
+    """In the guest: drop caches, then read whole files under `roots` in sorted path order
+    until `mib` MiB are listed; returns what was listed and read, and how long it took."""
     rc, out, err = g.run(["python3", "-c", _READ, str(mib), *roots], timeout=3600)
     if rc != 0:
         raise FootprintError(f"cold read failed in the guest: {err.decode(errors='replace')[-300:]}")
@@ -125,6 +129,8 @@ def cold_read(g, mib: int, roots: Sequence[str] = ("/usr/bin", "/usr/lib")) -> d
 
 
 def write(g, mib: int, path: str = WRITE_FILE) -> dict:
+    """In the guest: write `mib` MiB of zeros to `path` on / (fsync), sync, drop caches;
+    returns what was written and how long it took."""
     t0 = time.monotonic()
     rc, out, err = g.run(f"dd if=/dev/zero of={path} bs=1M count={int(mib)} conv=fsync 2>&1 && sync && "
                          "echo 3 > /proc/sys/vm/drop_caches", timeout=3600)
@@ -150,9 +156,9 @@ def mark(g, name: str, marks: str = MARKS) -> dict:
 
 
 def run_moments(g, names: Sequence[str], mib: int = DEFAULT_MIB, *, interval: float = 1.0,
-                settle_samples: int = 2, say: Callable[[str], None] = lambda s: None) -> list[dict]:
-    """Runs each moment's workload, marks it, reads meminfo and free -m; returns
-    [{"name", "t_s", "workload", "meminfo", "nonfree_mib", "used_mib", "free_m"}]."""
+                settle_samples: int = 2, say: Callable[[str], None] = lambda s: None) -> list[Moment]:
+    """Runs each moment's workload, marks it, reads meminfo and free -m; returns the
+    Moments (vm/results.py), their accounts still to be built on the host."""
     from tracer.procfs import parse_meminfo
 
     moments = []
@@ -162,12 +168,12 @@ def run_moments(g, names: Sequence[str], mib: int = DEFAULT_MIB, *, interval: fl
         m = mark(g, name)
         rc, free_out, _ = g.run(["free", "-m"], timeout=60)
         mi = parse_meminfo(m["meminfo"])
-        moment = {"name": name, "t_s": m["t"], "workload": work, "meminfo": mi,
-                  "nonfree_mib": round((mi["MemTotal"] - mi["MemFree"]) / 1024, 1),
-                  "used_mib": round((mi["MemTotal"] - mi["MemAvailable"]) / 1024, 1),
-                  "free_m": free_out.decode(errors="replace")}
+        moment = Moment(name, m["t"], workload=work, meminfo=mi,
+                        nonfree_mib=round((mi["MemTotal"] - mi["MemFree"]) / 1024, 1),
+                        used_mib=round((mi["MemTotal"] - mi["MemAvailable"]) / 1024, 1),
+                        free_m=free_out.decode(errors="replace"))
         moments.append(moment)
-        say(f"  {name}: MemTotal-MemFree {moment['nonfree_mib']:.0f} MiB "
+        say(f"  {name}: MemTotal-MemFree {moment.nonfree_mib:.0f} MiB "
             f"(workload {time.monotonic() - t0:.0f} s)")
         time.sleep(settle_samples * interval + 0.5)  # the recorder's sample after the mark
     return moments
