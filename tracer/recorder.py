@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from . import loader, procfs, recording
 from .bpfmaps import Maps, prog_misses
@@ -230,10 +230,12 @@ class Recorder:
     def begin(self) -> None:
         """What needs no bcc: symbols, topology, uevents, the inventory."""
         self.kallsyms = Kallsyms.load()
-        self.write_topology()
+        # No device opened to learn its file system before the kernel baseline has had
+        # the chance to name every superblock (blockdev.probe_fstype is a last resort).
+        self.write_topology(probe=False)
         self.uevents = self._uevent_watcher()
-        if self.opts.inventory:
-            self.take_inventory()
+        sb_fstypes = self.take_inventory() if self.opts.inventory else None
+        self.write_topology(sb_fstypes=sb_fstypes, probe=sb_fstypes is None)
         _release_memory()
 
     def _uevent_watcher(self):
@@ -247,11 +249,11 @@ class Recorder:
             self.log(f"uevents not recorded: {err}")
             return None
 
-    def write_topology(self) -> None:
+    def write_topology(self, **how) -> None:
         try:
             from .topology import read_topology
 
-            topo = _as_dict(read_topology())
+            topo = _as_dict(read_topology(**how))
         except FootprintError:
             raise
         except Exception as err:  # a half-visible sysfs must not stop the recording
@@ -259,7 +261,7 @@ class Recorder:
             return
         self.writer.write({"type": "topology", "t": boottime(), "topology": topo})
 
-    def take_inventory(self) -> None:
+    def take_inventory(self) -> Optional[dict]:
         """Pages resident before we attached. Taken after attaching, so pages added in
         between are both traced and seen by cachestat/mincore: a file's baseline is what
         the measurement saw beyond what the tracer counted for it at that instant, and
@@ -282,7 +284,7 @@ class Recorder:
             read_topology(), budget=(1_000_000, self.opts.inventory_seconds), traced=traced_now),
             log=self.log)
         if result is None:
-            return
+            return None
         rows = result["rows"]
         after = self._read_files()
         self.named_files = {f"{r['dev'] or 'bdev'}:{r['ino']}" for r in rows if r.get("path")}
@@ -313,6 +315,7 @@ class Recorder:
                  f"{sum(f[2] for f in files)} pages already resident, "
                  f"{100 * (st.get('completeness') or 0):.1f} % of Cached+Buffers "
                  f"({boottime() - t0:.1f} s)")
+        return result.get("superblock_fstypes")
 
     # -- sampling ----------------------------------------------------------------
     def _read_files(self) -> dict[str, list[int]]:
