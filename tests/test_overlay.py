@@ -196,3 +196,40 @@ def test_pages_are_charged_to_the_layer_that_holds_them(ovl, tmp_path):
     assert layers == {T.layer_of(T.read_topology(), sq), T.layer_of(T.read_topology(), up)}, layers
     # Nothing of the overlay itself: it has no page cache of its own for files.
     assert not (f["dev"] == ovl.dev(ovl.merged + "/etc")).any()
+
+
+# live-boot's layout after switch_root, as mountinfo shows it (no root needed): the
+# account names layers from the recorded topology on any machine.
+LIVE_BOOT = b"""\
+22 1 0:21 / / rw,noatime - overlay overlay rw,lowerdir=/run/live/rootfs/filesystem.squashfs/,upperdir=/run/live/overlay/rw,workdir=/run/live/overlay/work
+24 22 0:23 / /run rw,nosuid,nodev - tmpfs tmpfs rw,size=200000k
+26 24 11:0 / /run/live/medium ro,noatime - iso9660 /dev/sr0 ro
+27 24 7:0 / /run/live/rootfs/filesystem.squashfs ro,noatime - squashfs /dev/loop0 ro
+28 24 0:25 / /run/live/overlay rw,noatime - tmpfs tmpfs rw
+"""
+
+
+def test_live_boot_layers_from_mountinfo_alone():
+    mounts = T.parse_mountinfo(LIVE_BOOT)
+    bds = {"loop0": {"name": "loop0", "dev": "7:0", "kind": "loop",
+                     "loop": {"backing_file": "/run/live/medium/live/filesystem.squashfs",
+                              "backing_dev": "11:0", "backing_ino": 1234}},
+           "sr0": {"name": "sr0", "dev": "11:0", "kind": "rom"}}
+    topo = T.Topology(time=0.0, mounts=mounts, block_devices=bds)
+    assert T.layer_of(topo, "7:0") == "squashfs on loop0 (lower layer of overlay /)"
+    assert T.layer_of(topo, "0:25") == "tmpfs /run/live/overlay (upper layer of overlay /)"
+    assert T.layer_of(topo, "0:23") == "tmpfs /run"  # /run holds the layers' mounts, is none
+    assert T.layer_of(topo, "11:0") == "iso9660 on sr0"
+    spell = T.UserPaths(mounts, verify=False)
+    assert spell.spell("/run/live/rootfs/filesystem.squashfs/usr/bin/python3.11", "7:0", 5) \
+        == "/usr/bin/python3.11"
+    assert spell.spell("/run/live/overlay/rw/root/notes", "0:25", 9) == "/root/notes"
+    assert spell.spell("/run/live/overlay/work/x", "0:25", 10) == "/run/live/overlay/work/x"
+    assert spell.spell("/run/live/medium/live/filesystem.squashfs", "11:0", 1234) \
+        == "/run/live/medium/live/filesystem.squashfs"
+    chain = T.resolve(topo, "0:21", 0)["chain"]
+    labels = [c["label"] for c in chain]
+    assert labels[0] == "overlay /"
+    assert any(lb.startswith("upper /run/live/overlay/rw: tmpfs /run/live/overlay") for lb in labels)
+    assert any(lb.startswith("lower /run/live/rootfs/filesystem.squashfs: squashfs on loop0") for lb in labels)
+    assert any("loop0 backed by /run/live/medium/live/filesystem.squashfs" in lb for lb in labels)

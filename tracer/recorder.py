@@ -112,6 +112,8 @@ class Recorder:
         self.marks_fd: int | None = None  # the marks file, held (shared lock) while recording
         self.marks_pos = 0
         self.oom_seen = 0
+        self.last_mountinfo: bytes | None = None  # as last looked at (poll_mounts)
+        self.last_named = 0.0  # boottime of the last naming of files while recording
 
     # -- set-up ------------------------------------------------------------------
     def attach(self) -> None:
@@ -441,7 +443,8 @@ class Recorder:
                 wanted.setdefault(dev, set()).add(int(ino))
         if not wanted:
             return
-        found = paths_of(read_topology(), wanted, budget=(300_000, seconds))
+        found = paths_of(read_topology(probe=False), wanted, budget=(300_000, seconds))
+        self.named_files.update(f"{d}:{i}" for d, i in found)  # not looked for again
         if found:
             self.writer.write({"type": "paths", "t": boottime(),
                                "paths": [[d, i, p] for (d, i), p in found.items()]})
@@ -549,6 +552,7 @@ class Recorder:
             if now >= next_sample:
                 self.poll_marks()
                 self.sample()
+                self.poll_mounts()
                 next_sample = now + opts.interval
             if deadline is not None and now >= deadline:
                 return "duration"
@@ -558,6 +562,34 @@ class Recorder:
             if deadline is not None:
                 wait = min(wait, deadline - boottime())
             self.poll_uevents(wait)
+
+    # Seconds between namings of new big files while recording; each walk is held to
+    # 0.3 s (at most 2 % of a CPU).
+    NAME_EVERY = 15.0
+
+    def poll_mounts(self) -> None:
+        """Follow mounts while recording: a file system mounted (or unmounted) since the
+        last look goes into the recording at once, so it is named while mounted; and
+        every NAME_EVERY seconds, or when mounts changed, the biggest files not yet named
+        get paths (briefly: a running recording read with `--at` shows them)."""
+        mi = None
+        for who in ("1", "self"):  # as topology.read_mounts looks
+            try:
+                with open(f"/proc/{who}/mountinfo", "rb") as f:
+                    mi = f.read()
+                break
+            except OSError:
+                continue
+        changed = mi is not None and self.last_mountinfo is not None and mi != self.last_mountinfo
+        if mi is not None:
+            self.last_mountinfo = mi
+        if changed:
+            self.write_topology()
+        now = boottime()
+        if changed or now - self.last_named >= self.NAME_EVERY:
+            if self.last_named:  # not at the first sample: the baseline just named them
+                self.name_top_files(seconds=0.3)
+            self.last_named = now
 
     def _last_word(self, reason: str) -> str:
         """A last sample and the names of the biggest files, then the end record; returns

@@ -98,15 +98,20 @@ def path_of(topo: Topology, dev: Any, ino: int, budget: Tuple[int, float] = (200
 def paths_of(topo: Topology, wanted: Dict[str, set], budget: Tuple[int, float] = (300_000, 5.0)
              ) -> Dict[Tuple[str, int], str]:
     """Paths for many inodes at once ({dev: {ino, ...}} → {(dev, ino): path}): one walk
-    per mounted superblock in `wanted`, under one budget (max entries, max seconds),
-    stopping early once every inode of a superblock is found. A file on an overlay's
+    per mounted superblock in `wanted`, under one budget (max entries, max seconds)
+    shared fairly between them, stopping early once every inode of a superblock is found. A file on an overlay's
     layer is named as the user sees it, through the overlay, when the overlay shows that
     same inode there."""
     found: Dict[Tuple[str, int], str] = {}
-    b = Budget(*budget)
+    max_entries, seconds = budget
+    end = time.monotonic() + seconds
     root = system_root()
     spell = UserPaths(topo.mounts, root=root)
-    for dev, inos in wanted.items():
+    for n, (dev, inos) in enumerate(wanted.items()):
+        # A fair share of what is left for each superblock: a big root file system
+        # cannot eat the time of a small one mounted later.
+        share = len(wanted) - n
+        b = Budget(max_entries // len(wanted), max(0.0, end - time.monotonic()) / share)
         left = set(inos)
         for top, st in _mount_tops(topo, dev, root):
             if not left or b.exhausted:
