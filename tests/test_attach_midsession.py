@@ -1,5 +1,5 @@
 """footprint attached to a running session of the lab's guests (live: dracut's dmsquash-live
-stack; plain: one ext4 disk), after several hundred MiB were cached: every superblock's
+stack; plain: one ext4 disk; live-overlayfs: dracut's overlay root), after several hundred MiB were cached: every superblock's
 page cache in the recording against the kernel's own count at the same moment, read from
 kernel memory by tests/pagecache_truth.py (no code shared with the tracer), within 1 % or
 64 pages; and attaching leaves no line in the kernel log (no device opened to probe it).
@@ -66,7 +66,7 @@ def _session(variant, lab_cache, out):
             "log": (out / "rec.log").read_text(errors="replace")}
 
 
-@pytest.fixture(scope="module", params=["live", "plain"])
+@pytest.fixture(scope="module", params=["live", "plain", "live-overlayfs"])
 def session(request, lab_cache, tmp_path_factory):
     return request.param, _session(request.param, lab_cache, tmp_path_factory.mktemp(request.param))
 
@@ -108,3 +108,27 @@ def test_attaching_leaves_no_line_in_the_kernel_log(session):
     before, after = s["klog_before"], s["klog_after"]
     new = after[len(before):] if after[:len(before)] == before else after
     assert not new, f"{variant}: the kernel log gained:\n" + "\n".join(new[-20:])
+
+
+def test_an_overlay_root_is_named_by_its_layers(session):
+    """rd.live.overlay.overlayfs: / is an overlay; its pages are on its layers, each named
+    as a layer of overlay /, and files are spelled through the overlay."""
+    variant, s = session
+    if variant != "live-overlayfs":
+        pytest.skip("only the overlayfs boot has an overlay root")
+    from tracer import account, recording
+    from tracer.topology import overlays
+
+    rec = recording.read(str(s["rec"]))
+    acc = account.build(rec)
+    topo = account.topology_at(rec, None)
+    [root] = [o for o in overlays(topo.mounts) if o["mountpoint"] == "/"]
+    layers = set(acc.files["layer"])
+    assert any(lb.endswith("(upper layer of overlay /)") for lb in layers), layers
+    assert any(lb.endswith("(lower layer of overlay /)") for lb in layers), layers
+    dirs = [p["dir"] for p in [root["upper"]] + root["lowers"] if p]
+    paths = [p for p in acc.files["path"].dropna()]
+    assert any(p.startswith("/usr/") for p in paths), paths[:20]
+    spelled_on_layer = [p for p in paths if any(p.startswith(d + "/") for d in dirs)]
+    # Only a lower file hidden by its copy-up may keep its layer path: a handful at most.
+    assert len(spelled_on_layer) <= 2, spelled_on_layer
