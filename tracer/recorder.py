@@ -584,7 +584,7 @@ class Recorder:
         if mi is not None:
             self.last_mountinfo = mi
         if changed:
-            self.write_topology()
+            self.write_topology(probe=False)  # a new mount names its own file system
         now = boottime()
         if changed or now - self.last_named >= self.NAME_EVERY:
             if self.last_named:  # not at the first sample: the baseline just named them
