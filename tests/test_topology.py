@@ -299,7 +299,8 @@ def test_live_read_topology(live_stack):
     lb = topo.block_devices[s.loop_b_name]["loop"]
     assert (la["backing_dev"], la["backing_ino"]) == _st(s.squashfs_img)
     assert (lb["backing_dev"], lb["backing_ino"]) == _st(s.rootfs_img)
-    assert la["source"] == "LOOP_GET_STATUS64" and la["backing_file"] == s.squashfs_img
+    # The backing file is reachable: stat'ed, the loop device is not opened.
+    assert la["source"] == "stat" and la["backing_file"] == s.squashfs_img
     assert lb["backing_file"] == s.rootfs_img
     json.dumps(topo.to_dict())
 
@@ -467,6 +468,14 @@ def test_unmounted_loop_gets_its_fstype_from_the_superblock_without_caching(tmp_
         assert topo.block_devices[name]["probed_fstype"] == "squashfs"
         assert layer_of(topo, dev) == f"squashfs on {name} (not mounted)"
         assert resolve(topo, dev, 2)["fstype"] == "squashfs"
+        # Named by the kernel's superblocks (the baseline's s_magic) or udev, nothing is
+        # read; without either and without probe, the device stays unnamed.
+        topo = read_topology(sb_fstypes={dev: "squashfs"}, probe=False)
+        assert topo.block_devices[name]["probed_fstype"] == "squashfs"
+        from tracer.topology import udev_fstype
+
+        if udev_fstype(dev) is None:
+            assert "probed_fstype" not in read_topology(probe=False).block_devices[name]
     finally:
         subprocess.run(["losetup", "-d", lo], check=False)
 

@@ -232,7 +232,8 @@ def _devstr(kdev: int) -> str:
 
 
 def kernel_inventory() -> Dict[str, Any]:
-    """The kernel walk shaped like tracer/inventory.py's inventory(): {time, rows, stats},
+    """The kernel walk shaped like tracer/inventory.py's inventory(): {time, rows, stats,
+    superblock_fstypes: {"maj:min": fstype} of superblocks on block devices},
     rows {dev "maj:min", ino, path None, fstype, resident_pages, swapped_pages, method
     "kernel", what "file"|"bdev", block_dev?, unlinked?}. A block device's own cache is
     the bdev pseudo file system's inode whose i_ino is the device's dev_t (block/bdev.c
@@ -262,7 +263,11 @@ def kernel_inventory() -> Dict[str, Any]:
                  superblocks_torn=[_devstr(d) for d, _n, _p, _m, f in walk["superblocks"] if f & REC_TORN],
                  superblocks_capped=[_devstr(d) for d, _n, _p, _m, f in walk["superblocks"] if f & REC_CAPPED])
     stats.update(_completeness(sum(r["resident_pages"] for r in rows), walk["meminfo"]))
-    return {"time": t, "rows": rows, "stats": stats}
+    # The type of every superblock on a block device, from s_magic: the topology names
+    # a device nobody mounted (a lazily unmounted squashfs) without opening it.
+    on_bdev = {_devstr(d): fstype[d] for d, _n, _p, _m, _f in walk["superblocks"]
+               if d >> _MINORBITS and fstype.get(d)}
+    return {"time": t, "rows": rows, "stats": stats, "superblock_fstypes": on_bdev}
 
 
 def _completeness(found: int, mem: Dict[str, int]) -> Dict[str, Any]:

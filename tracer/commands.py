@@ -153,14 +153,18 @@ def report(recording, by, as_json, as_csv, parquet, index, all_rows):
 def topology(as_json):
     """Show the storage stack: mounts, loop and dm devices, what backs what."""
     from . import report as rep
-    from .topology import double_caching, layer_of, read_topology, resolve
+    from .topology import double_caching, layer_of, layer_role, read_topology, resolve
 
     topo = read_topology()
     if as_json:
         click.echo(rep.dumps_json(topo.to_dict()))
         return
     for m in topo.mounts:
-        if topo.device(m["dev"]) is None and m["fstype"] not in ("squashfs", "iso9660", "ramfs", "rootfs"):
+        # Overlays (a live or container root) and their layers (a tmpfs upper) are part
+        # of the storage stack though no block device is under them.
+        if topo.device(m["dev"]) is None and m["fstype"] not in (
+                "squashfs", "iso9660", "ramfs", "rootfs", "overlay") \
+                and not layer_role(topo.mounts, m["dev"]):
             continue
         click.echo(f"{rep.inert(m['mountpoint']):<30} {rep.inert(layer_of(topo, m['dev']))}")
         chain = resolve(topo, m["dev"], 0)["chain"]

@@ -26,6 +26,9 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .topology import Topology, devstr, kdev
+from .topology.blockdev import may_open
+from .topology.overlay import UserPaths
+from .topology.paths import Budget, walk_tree
 
 __all__ = ["resident_pages", "cachestat", "mincore_pages", "inventory", "DEFAULT_FSTYPES",
            "PAGE_SIZE", "cachestat_available"]
@@ -279,9 +282,10 @@ def inventory(topo: Topology, mounts: Optional[Iterable[Dict[str, Any]]] = None,
         bf = lo.get("backing_file")
         if bf and not lo.get("deleted") and not bd.get("gone") and os.path.exists(bf):
             add(bf)
-    # 2. Block devices' own page cache.
+    # 2. Block devices' own page cache: never opening a removable, optical, floppy or
+    # empty device (the open alone makes the driver probe the media and log errors).
     for bd in topo.block_devices.values():
-        if bd.get("gone"):
+        if bd.get("gone") or not may_open(bd):
             continue
         node = os.path.join("/dev", bd["name"])
         if os.path.exists(node):
@@ -293,6 +297,8 @@ def inventory(topo: Topology, mounts: Optional[Iterable[Dict[str, Any]]] = None,
         mounts = sorted((m for m in topo.mounts if m["fstype"] in fstypes and not m.get("gone")),
                         key=lambda m: (order.get(m["dev"], len(order)), len(m["mountpoint"])))
     walked_devs_roots: set = set()
+    budget_ = Budget(max_files, max(0.0, deadline - time.monotonic()))
+    errors: list = []
     for m in mounts:
         mp = m["mountpoint"]
         if any(mp == p or mp.startswith(p + "/") for p in SKIP_PREFIXES):
@@ -300,7 +306,7 @@ def inventory(topo: Topology, mounts: Optional[Iterable[Dict[str, Any]]] = None,
             continue
         if (m["dev"], m["root"]) in walked_devs_roots:
             continue  # a bind mount of a tree already walked
-        if stats["truncated"]:
+        if budget_.exhausted:
             stats["skipped_mounts"].append({"mountpoint": mp, "why": "budget"})
             continue
         walked_devs_roots.add((m["dev"], m["root"]))
@@ -313,49 +319,35 @@ def inventory(topo: Topology, mounts: Optional[Iterable[Dict[str, Any]]] = None,
             stats["skipped_mounts"].append({"mountpoint": mp, "why": "over-mounted"})
             continue
         stats["walked_mounts"].append(mp)
-        stack = [mp]
-        while stack and not stats["truncated"]:
-            p = stack.pop()
-            try:
-                it = os.scandir(p)
-            except OSError:
+        for e, st in walk_tree(mp, top_dev, budget_, errors):
+            if not stat.S_ISREG(st.st_mode) or st.st_size <= 0 or (top_dev, st.st_ino) in seen:
+                continue
+            if method != "auto":
+                add(e.path, fstype=m["fstype"])
+                continue
+            stats["files_measured"] += 1
+            n, how = _measure_regular(e.path, st.st_size)
+            if n is None:
                 stats["errors"] += 1
                 continue
-            with it:
-                for e in it:
-                    stats["files_seen"] += 1
-                    if stats["files_seen"] > max_files or (
-                            (stats["files_seen"] & 255) == 0 and time.monotonic() > deadline):
-                        stats["truncated"] = True
-                        stats["skipped_mounts"].append({"mountpoint": mp, "why": "budget (partly walked)"})
-                        break
-                    try:
-                        st = e.stat(follow_symlinks=False)
-                    except OSError:
-                        stats["errors"] += 1
-                        continue
-                    if devstr(st.st_dev) != top_dev:
-                        continue  # another mount below this one: walked on its own
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append(e.path)
-                    elif stat.S_ISREG(st.st_mode) and st.st_size > 0:
-                        if (top_dev, st.st_ino) in seen:
-                            continue
-                        if method != "auto":
-                            add(e.path, fstype=m["fstype"])
-                            continue
-                        stats["files_measured"] += 1
-                        n, how = _measure_regular(e.path, st.st_size)
-                        if n is None:
-                            stats["errors"] += 1
-                            continue
-                        seen.add((top_dev, st.st_ino))
-                        if n or include_empty:
-                            rows.append({"dev": top_dev, "ino": st.st_ino, "path": e.path,
-                                         "fstype": m["fstype"], "resident_pages": n,
-                                         "size_pages": (st.st_size + PAGE_SIZE - 1) // PAGE_SIZE,
-                                         "method": how, "what": "file"})
-                            if traced is not None:
-                                rows[-1]["traced_at"] = traced(top_dev, st.st_ino)
+            seen.add((top_dev, st.st_ino))
+            if n or include_empty:
+                rows.append({"dev": top_dev, "ino": st.st_ino, "path": e.path,
+                             "fstype": m["fstype"], "resident_pages": n,
+                             "size_pages": (st.st_size + PAGE_SIZE - 1) // PAGE_SIZE,
+                             "method": how, "what": "file"})
+                if traced is not None:
+                    rows[-1]["traced_at"] = traced(top_dev, st.st_ino)
+        if budget_.exhausted:
+            stats["skipped_mounts"].append({"mountpoint": mp, "why": "budget (partly walked)"})
+    stats["files_seen"] = budget_.entries
+    stats["truncated"] = budget_.exhausted
+    stats["errors"] += len(errors)
+    # One spelling per file: a file on an overlay's layer is named through the overlay.
+    spell = UserPaths(topo.mounts)
+    if spell:
+        for row in rows:
+            if row["what"] == "file":
+                row["path"] = spell.spell(row["path"], row["dev"], row["ino"])
     stats["elapsed"] = time.monotonic() - t0
     return {"time": time.clock_gettime(time.CLOCK_BOOTTIME), "rows": rows, "stats": stats}

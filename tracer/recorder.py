@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from . import loader, procfs, recording
 from .bpfmaps import Maps, prog_misses
@@ -112,6 +112,8 @@ class Recorder:
         self.marks_fd: int | None = None  # the marks file, held (shared lock) while recording
         self.marks_pos = 0
         self.oom_seen = 0
+        self.last_mountinfo: bytes | None = None  # as last looked at (poll_mounts)
+        self.last_named = 0.0  # boottime of the last naming of files while recording
 
     # -- set-up ------------------------------------------------------------------
     def attach(self) -> None:
@@ -230,10 +232,12 @@ class Recorder:
     def begin(self) -> None:
         """What needs no bcc: symbols, topology, uevents, the inventory."""
         self.kallsyms = kallsyms()  # read once: the kernel baseline asks the same copy
-        self.write_topology()
+        # No device opened to learn its file system before the kernel baseline has had
+        # the chance to name every superblock (blockdev.probe_fstype is a last resort).
+        self.write_topology(probe=False)
         self.uevents = self._uevent_watcher()
-        if self.opts.inventory:
-            self.take_inventory()
+        sb_fstypes = self.take_inventory() if self.opts.inventory else None
+        self.write_topology(sb_fstypes=sb_fstypes, probe=sb_fstypes is None)
         _release_memory()
 
     def _uevent_watcher(self):
@@ -247,11 +251,11 @@ class Recorder:
             self.log(f"uevents not recorded: {err}")
             return None
 
-    def write_topology(self) -> None:
+    def write_topology(self, **how) -> None:
         try:
             from .topology import read_topology
 
-            topo = _as_dict(read_topology())
+            topo = _as_dict(read_topology(**how))
         except FootprintError:
             raise
         except Exception as err:  # a half-visible sysfs must not stop the recording
@@ -259,7 +263,7 @@ class Recorder:
             return
         self.writer.write({"type": "topology", "t": boottime(), "topology": topo})
 
-    def take_inventory(self) -> None:
+    def take_inventory(self) -> Optional[dict]:
         """Pages resident before we attached. Taken after attaching, so pages added in
         between are both traced and seen by cachestat/mincore: a file's baseline is what
         the measurement saw beyond what the tracer counted for it at that instant, and
@@ -282,7 +286,7 @@ class Recorder:
             read_topology(), budget=(1_000_000, self.opts.inventory_seconds), traced=traced_now),
             log=self.log)
         if result is None:
-            return
+            return None
         rows = result["rows"]
         after = self._read_files()
         self.named_files = {f"{r['dev'] or 'bdev'}:{r['ino']}" for r in rows if r.get("path")}
@@ -313,6 +317,7 @@ class Recorder:
                  f"{sum(f[2] for f in files)} pages already resident, "
                  f"{100 * (st.get('completeness') or 0):.1f} % of Cached+Buffers "
                  f"({boottime() - t0:.1f} s)")
+        return result.get("superblock_fstypes")
 
     # -- sampling ----------------------------------------------------------------
     def _read_files(self) -> dict[str, list[int]]:
@@ -438,7 +443,8 @@ class Recorder:
                 wanted.setdefault(dev, set()).add(int(ino))
         if not wanted:
             return
-        found = paths_of(read_topology(), wanted, budget=(300_000, seconds))
+        found = paths_of(read_topology(probe=False), wanted, budget=(300_000, seconds))
+        self.named_files.update(f"{d}:{i}" for d, i in found)  # not looked for again
         if found:
             self.writer.write({"type": "paths", "t": boottime(),
                                "paths": [[d, i, p] for (d, i), p in found.items()]})
@@ -546,6 +552,7 @@ class Recorder:
             if now >= next_sample:
                 self.poll_marks()
                 self.sample()
+                self.poll_mounts()
                 next_sample = now + opts.interval
             if deadline is not None and now >= deadline:
                 return "duration"
@@ -555,6 +562,34 @@ class Recorder:
             if deadline is not None:
                 wait = min(wait, deadline - boottime())
             self.poll_uevents(wait)
+
+    # Seconds between namings of new big files while recording; each walk is held to
+    # 0.3 s (at most 2 % of a CPU).
+    NAME_EVERY = 15.0
+
+    def poll_mounts(self) -> None:
+        """Follow mounts while recording: a file system mounted (or unmounted) since the
+        last look goes into the recording at once, so it is named while mounted; and
+        every NAME_EVERY seconds, or when mounts changed, the biggest files not yet named
+        get paths (briefly: a running recording read with `--at` shows them)."""
+        mi = None
+        for who in ("1", "self"):  # as topology.read_mounts looks
+            try:
+                with open(f"/proc/{who}/mountinfo", "rb") as f:
+                    mi = f.read()
+                break
+            except OSError:
+                continue
+        changed = mi is not None and self.last_mountinfo is not None and mi != self.last_mountinfo
+        if mi is not None:
+            self.last_mountinfo = mi
+        if changed:
+            self.write_topology(probe=False)  # a new mount names its own file system
+        now = boottime()
+        if changed or now - self.last_named >= self.NAME_EVERY:
+            if self.last_named:  # not at the first sample: the baseline just named them
+                self.name_top_files(seconds=0.3)
+            self.last_named = now
 
     def _last_word(self, reason: str) -> str:
         """A last sample and the names of the biggest files, then the end record; returns

@@ -2,8 +2,9 @@
 holders), LOOP_GET_STATUS64 where sysfs is silent, a superblock probe for devices nobody
 mounted in our namespace, and device-mapper tables from `dmsetup table`.
 
-Nothing here opens a device it has no reason to: a loop device's status is asked only of
-loop devices, a superblock only of devices with no mounted file system.
+Nothing here opens a device it has no reason to: a loop device's status is asked only
+when its backing file cannot be stat'ed, a superblock read only of fixed, non-empty
+devices that no mount, no udev record and no kernel superblock names.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def _kind_of(name: str, major: int, sysdir: str) -> str:
     return "disk"
 
 
-def _loop_info(name: str, sysdir: str, dev: str, devdir: str) -> Dict[str, Any]:
+def _loop_info(name: str, sysdir: str, dev: str, devdir: str, size: int = -1) -> Dict[str, Any]:
     """A loop device's backing: sysfs (drivers/block/loop.c: loop/backing_file is the
     d_path, with " (deleted)" when unlinked), then LOOP_GET_STATUS64 for (dev, ino)."""
     lo = os.path.join(sysdir, "loop")
@@ -106,21 +107,31 @@ def _loop_info(name: str, sysdir: str, dev: str, devdir: str) -> Dict[str, Any]:
     info["deleted"] = bool(bf and bf.endswith(" (deleted)"))
     for attr in ("offset", "sizelimit", "autoclear", "partscan", "dio"):
         info[attr] = _int_attr(os.path.join(lo, attr))
+    if bf and not info["deleted"]:
+        # The path sysfs gives, stat'ed: no open of the device. Only a reachable regular
+        # file counts (after switch_root the same path may name another file).
+        try:
+            s = os.stat(bf)
+            # d_path is relative to our root: the same string may name another file
+            # here (a chroot, after switch_root). The loop's size (loop_set_size: the
+            # backing size less offset, capped by sizelimit, in sectors) must agree.
+            want = max(0, s.st_size - (info.get("offset") or 0))
+            if info.get("sizelimit"):
+                want = min(want, info["sizelimit"])
+            if stat.S_ISREG(s.st_mode) and (size < 0 or want // 512 * 512 == size):
+                info.update(backing_dev=devstr(s.st_dev), backing_ino=s.st_ino, source="stat")
+                return info
+        except OSError:
+            pass
+    # Deleted or hidden backing file: ask the loop driver (an ioctl, no I/O).
     st = loop_status(os.path.join(devdir, name))
     if st is None:
-        # No device node (or a stale one): try a private node, then stat the path.
-        st = _loop_status_via_mknod(dev)
+        st = _loop_status_via_mknod(dev)  # no device node (or a stale one)
     if st is not None:
         info.update(backing_dev=st["backing_dev"], backing_ino=st["backing_ino"],
                     flags=st["flags"], source="LOOP_GET_STATUS64")
         if info.get("offset") is None:
             info["offset"] = st["offset"]
-    elif bf and not info["deleted"]:
-        try:
-            s = os.stat(bf)
-            info.update(backing_dev=devstr(s.st_dev), backing_ino=s.st_ino, source="stat")
-        except OSError:
-            pass
     return info
 
 
@@ -178,7 +189,7 @@ def read_block_devices(sys: str = "/sys", devdir: str = "/dev") -> Dict[str, Dic
             # /sys/class/block/vda1 → …/block/vda/vda1: the parent disk is the directory above.
             bd["parent"] = os.path.basename(os.path.dirname(os.path.realpath(d)))
         if kind == "loop":
-            bd["loop"] = _loop_info(name, d, dev, devdir)
+            bd["loop"] = _loop_info(name, d, dev, devdir, sectors * 512)
         if kind == "dm":
             bd["dm"] = {
                 "name": _read_attr(os.path.join(d, "dm", "name")),
@@ -202,8 +213,34 @@ _SIGNATURES = (
 )
 
 
+def udev_fstype(dev: str, run: str = "/run") -> Optional[str]:
+    """The file system type udev's blkid builtin found on block device `dev` ("maj:min"):
+    `E:ID_FS_TYPE=` in its database, /run/udev/data/b<maj>:<min> (systemd-udevd and
+    eudev alike). Costs no open of the device; None when udev has not probed it."""
+    try:
+        with open(os.path.join(run, "udev", "data", f"b{dev}"), "rb") as f:
+            data = f.read(1 << 16)
+    except OSError:
+        return None
+    for line in data.split(b"\n"):
+        if line.startswith(b"E:ID_FS_TYPE="):
+            v = line[13:].decode(errors="replace").strip()
+            return v if v and v.isprintable() and len(v) < 32 else None
+    return None
+
+
+def may_open(bd: Dict[str, Any]) -> bool:
+    """Whether opening the device node costs nothing and logs nothing: never a removable
+    device, an optical drive or a floppy (opening an empty one makes the driver check
+    the media: "I/O error, dev fd0"), nor a device of size 0."""
+    return (not bd.get("removable") and bd.get("size_bytes", 0) > 0
+            and bd["kind"] not in ("rom",) and not bd["name"].startswith("fd"))
+
+
 def probe_fstype(devnode: str) -> Optional[str]:
-    """The file system type written on a block device, by superblock magic, or None."""
+    """The file system type written on a block device, by superblock magic, or None.
+    A last resort (read_topology asks udev's database and the kernel's superblocks
+    first); callers check may_open() before."""
     import mmap
 
     try:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from .blockdev import probe_fstype, read_block_devices, read_dm_tables
+from .blockdev import may_open, probe_fstype, read_block_devices, read_dm_tables, udev_fstype
 from .mounts import read_mounts
 
 
@@ -76,21 +76,29 @@ def _root_mount(mounts: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 
 
 def read_topology(proc: str = "/proc", sys: str = "/sys", devdir: str = "/dev",
-                  dm: bool = True) -> Topology:
-    """Mounts + block devices + dm tables, stamped with CLOCK_BOOTTIME. Loop, dm, optical
-    and disk devices that no mount shows get `probed_fstype` from their superblock (a
-    recorder in a mount namespace of its own may not see the real root's mount: a plain
-    boot's root disk then still reads "ext4 on vda (not mounted)", not "unmounted vda")."""
+                  dm: bool = True, sb_fstypes: Optional[Dict[str, str]] = None,
+                  probe: bool = True) -> Topology:
+    """Mounts + block devices + dm tables, stamped with CLOCK_BOOTTIME. Devices that no
+    mount shows get `probed_fstype` (a recorder in a mount namespace of its own may not
+    see the real root's mount: a plain boot's root disk then still reads "ext4 on vda
+    (not mounted)", not "unmounted vda"), from, in order: `sb_fstypes` ({"maj:min":
+    fstype} of the kernel's superblocks, as the kernel baseline reads s_magic — a lazily
+    unmounted squashfs still has one), udev's database (no open), and only as a last
+    resort, when `probe`, a read of the superblock of a fixed, non-empty device
+    (blockdev.may_open: never a removable drive, an empty CD or a floppy)."""
     t = time.clock_gettime(time.CLOCK_BOOTTIME)
     mounts = read_mounts(proc)
     bds = read_block_devices(sys, devdir)
     mounted = {m["dev"] for m in mounts}
     for bd in bds.values():
         bound = bd["kind"] != "loop" or bd.get("loop", {}).get("bound")
-        if bd["kind"] in ("loop", "dm", "rom", "disk", "part") and bound and bd["dev"] not in mounted and bd["size_bytes"]:
+        if bd["dev"] in mounted or not bound or not bd["size_bytes"]:
+            continue
+        fstype = (sb_fstypes or {}).get(bd["dev"]) or udev_fstype(bd["dev"])
+        if fstype is None and probe and bd["kind"] in ("loop", "dm", "disk", "part") and may_open(bd):
             fstype = probe_fstype(os.path.join(devdir, bd["name"]))
-            if fstype:
-                bd["probed_fstype"] = fstype
+        if fstype:
+            bd["probed_fstype"] = fstype
     if dm and any(bd["kind"] == "dm" for bd in bds.values()):
         tables = read_dm_tables()
         for bd in bds.values():

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .devices import devstr
 from .model import Topology
+from .overlay import layer_role, overlays
 
 
 def _device_label(bd: Dict[str, Any]) -> str:
@@ -34,9 +35,9 @@ def layer_of(topo: Topology, dev: str) -> str:
         if _is_initramfs_root(m):
             fs = "ramfs" if m["fstype"] == "rootfs" else m["fstype"]
             return f"{fs} (initramfs root)"
-        if bd:
-            return f"{m['fstype']} on {_device_label(bd)}"
-        return f"{m['fstype']} {m['mountpoint']}"
+        label = f"{m['fstype']} on {_device_label(bd)}" if bd else f"{m['fstype']} {m['mountpoint']}"
+        role = layer_role(topo.mounts, dev)
+        return f"{label} ({role})" if role else label
     if bd and bd.get("probed_fstype"):
         return f"{bd['probed_fstype']} on {_device_label(bd)} (not mounted)"
     if bd:
@@ -166,15 +167,26 @@ def _walk_file(topo: Topology, dev: str, ino: Optional[int], path: Optional[str]
     _walk_fs(topo, dev, depth + 1, out, seen)
 
 
-def _walk_fs(topo: Topology, dev: str, depth: int, out: List[Dict[str, Any]], seen: set) -> None:
+def _walk_fs(topo: Topology, dev: str, depth: int, out: List[Dict[str, Any]], seen: set,
+             role: Optional[str] = None) -> None:
     if ("f", dev) in seen:
         return
     seen.add(("f", dev))
     e = _fs_entry(topo, dev)
     e["depth"] = depth
+    if role:
+        e["role"] = role
+        e["label"] = f"{role}: {e['label']}"
     out.append(e)
     if topo.device(dev) is not None:
         _walk_device(topo, dev, "device", depth + 1, out, seen)
+    # An overlay holds no page cache for its files: its layers do (overlay.py).
+    for o in overlays(topo.mounts) if e["fstype"] == "overlay" else ():
+        if o["dev"] != dev:
+            continue
+        for r, place in ([("upper", o["upper"])] if o["upper"] else []) + \
+                [("lower", lo) for lo in o["lowers"]]:
+            _walk_fs(topo, place["dev"], depth + 1, out, seen, role=f"{r} {place['dir']}")
 
 
 def resolve(topo: Topology, dev: Any, ino: int) -> Dict[str, Any]:
