@@ -143,6 +143,10 @@ class UserPaths:
         return None
 
     def spell(self, path: Optional[str], dev: Any, ino: int) -> Optional[str]:
+        """The path through the overlay for a file of superblock `dev` found at `path`,
+        or `path` itself (see the class). Relies on overlayfs keeping no page cache of
+        its own for regular files: the pages are on the layer's inode (since 4.19's
+        stacked file operations; before, a copy-up opened the upper inode directly)."""
         if not path or not self.layers:
             return path
         d = devstr(dev)
