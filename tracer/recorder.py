@@ -551,8 +551,11 @@ class Recorder:
             now = boottime()
             if now >= next_sample:
                 self.poll_marks()
+                # A mount is recorded before the sample that sees its pages (an account
+                # at that sample must know it), its new files are named after it.
+                mounts_changed = self.poll_mounts()
                 self.sample()
-                self.poll_mounts()
+                self.name_new_files(mounts_changed)
                 next_sample = now + opts.interval
             if deadline is not None and now >= deadline:
                 return "duration"
@@ -567,11 +570,10 @@ class Recorder:
     # 0.3 s (at most 2 % of a CPU).
     NAME_EVERY = 15.0
 
-    def poll_mounts(self) -> None:
+    def poll_mounts(self) -> bool:
         """Follow mounts while recording: a file system mounted (or unmounted) since the
-        last look goes into the recording at once, so it is named while mounted; and
-        every NAME_EVERY seconds, or when mounts changed, the biggest files not yet named
-        get paths (briefly: a running recording read with `--at` shows them)."""
+        last look goes into the recording at once, so it is named while mounted. Returns
+        whether mounts changed."""
         mi = None
         for who in ("1", "self"):  # as topology.read_mounts looks
             try:
@@ -585,8 +587,13 @@ class Recorder:
             self.last_mountinfo = mi
         if changed:
             self.write_topology(probe=False)  # a new mount names its own file system
+        return changed
+
+    def name_new_files(self, mounts_changed: bool) -> None:
+        """Every NAME_EVERY seconds, or when mounts changed, the biggest files not yet
+        named get paths (briefly: a running recording read with `--at` shows them)."""
         now = boottime()
-        if changed or now - self.last_named >= self.NAME_EVERY:
+        if mounts_changed or now - self.last_named >= self.NAME_EVERY:
             if self.last_named:  # not at the first sample: the baseline just named them
                 self.name_top_files(seconds=0.3)
             self.last_named = now
