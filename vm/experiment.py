@@ -135,6 +135,10 @@ def boot_and_measure(
         boot_seconds = time.monotonic() - g.started_at  # from QEMU's start to multi-user
         C.say(f"  {spec.name}: agent after {ready:.0f} s, system {state} after {boot_seconds:.0f} s; settling {settle:.0f} s")
         time.sleep(settle)
+        if spec.traced and spec.extra.get("attach"):  # no early-boot tracer: attach now
+            from .livebuild import attach_in_session
+
+            attach_in_session(g, spec.name)
         rec = {
             "name": spec.name,
             "delivery_mib": round(spec.delivery_bytes / MIB, 1),

@@ -10,6 +10,7 @@ changed; a step's hash includes its parent's hash and the text of its build func
     rootimg    ext4 image of the tree, label Root                    -> rootfs.img (also the plain disk)
     live       LiveOS/squashfs.img holding LiveOS/rootfs.img, ISO    -> live.iso
     direct     LiveOS/squashfs.img holding the tree itself, ISO      -> direct.iso
+    livebuild  not from this tree: Debian's live-build alone (vm/livebuild.py) -> livebuild.iso
 
 squashfs compression is xz (what live media ship; ~2 min here on 2 CPUs). dracut 059 on
 kernel 6.1 also reads zstd/gzip squashfs; FOOTPRINT_SQUASHFS_COMP=zstd trades delivery
@@ -320,6 +321,7 @@ class Artefacts:
     live: Optional[Path] = None
     direct: Optional[Path] = None
     initramfs_footprint: Optional[Path] = None
+    livebuild: Optional[Path] = None
 
     @property
     def kernel(self) -> Path:
@@ -342,16 +344,23 @@ class Artefacts:
 def build(need: set[str], cache_dir: Optional[os.PathLike] = None,
           traced: bool = False) -> Artefacts:
     """Builds (or finds in the cache) the steps needed for the image kinds in `need`
-    ({"plain", "live", "direct"}); with `traced`, also the initramfs with footprint's
-    dracut module."""
+    ({"plain", "live", "direct", "livebuild"}); with `traced`, also the initramfs with
+    footprint's dracut module."""
     root = C.cache_root(cache_dir)
+    lb = None
+    if "livebuild" in need:  # its own build, none of the mmdebstrap tree's steps
+        from . import livebuild
+
+        lb = livebuild.build(cache_dir)
+        if not need - {"livebuild"}:
+            return Artefacts(root, None, None, None, livebuild=lb)  # type: ignore[arg-type]
     rk = rootfs_key()
     rootfs = C.step(root, "rootfs", rk, _build_rootfs)
     ik = C.digest("initramfs", rk, DRACUT_DRIVERS, _build_initramfs)
     initramfs = C.step(root, "initramfs", ik, lambda o: _build_initramfs(o, rootfs))
     gk = C.digest("rootimg", rk, _build_rootimg)
     rootimg = C.step(root, "rootimg", gk, lambda o: _build_rootimg(o, rootfs))
-    art = Artefacts(root, rootfs, initramfs, rootimg)
+    art = Artefacts(root, rootfs, initramfs, rootimg, livebuild=lb)
     if traced:
         fk = C.digest("initramfs-footprint", ik, dracut_module_files(), _build_initramfs_footprint)
         art.initramfs_footprint = C.step(root, "initramfs-footprint", fk,
@@ -398,6 +407,8 @@ VARIANTS = {
     # '/run/overlayfs'", "Can't mount root filesystem". Asking for overlayfs boots.
     "live-direct": ("direct", "rd.live.overlay.overlayfs=1",
                     "LiveOS ISO: squashfs holds the root tree itself, overlayfs root"),
+    # vm/livebuild.py; traced, footprint record is attached at run time (no initramfs-tools hook)
+    "livebuild": ("livebuild", "", "Debian Live ISO (live-build): live-boot, squashfs under an overlayfs root"),
 }
 DEFAULT_BOOTS = ("plain", "live")
 
@@ -420,6 +431,10 @@ def _allocated(path: Path) -> int:
 
 def _spec_untraced(name: str, art: Artefacts) -> BootSpec:
     kind, extra, _ = VARIANTS[name]
+    if kind == "livebuild":
+        from . import livebuild
+
+        return livebuild.spec(art.livebuild)
     if kind == "plain":
         disk = art.rootimg / "rootfs.img"
         return BootSpec(
@@ -445,7 +460,9 @@ def spec_for(name: str, art: Artefacts, traced: bool = False, append: str = "") 
     the code cpio (from the same cache) appended; `append`: more kernel arguments (e.g.
     rd.footprint.stop=never)."""
     spec = _spec_untraced(name, art)
-    if traced:
+    if traced and spec.extra.get("attach"):  # traced from the running session on
+        spec.traced = True
+    elif traced:
         from .code import code_cpio
 
         spec.initrd = art.initrd_traced
