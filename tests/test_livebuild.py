@@ -79,7 +79,7 @@ def test_the_variant_boots_its_own_kernel_and_attaches_at_run_time(tmp_path):
                        ("kver", b"6.1.0-57-amd64\n"), ("squashfs.bytes", b"123\n")):
         (tmp_path / name).write_bytes(data)
     assert images.variant_names("plain,livebuild") == ["plain", "livebuild"]
-    art = images.Artefacts(tmp_path, None, None, None, livebuild=tmp_path)
+    art = images.Artefacts(tmp_path, None, None, None, others={"livebuild": tmp_path})
     spec = images.spec_for("livebuild", art, traced=True, append="rd.footprint.stop=never")
     assert spec.kernel == tmp_path / "vmlinuz" and spec.initrd == tmp_path / "initrd.img"
     assert spec.append.startswith("boot=live components ") and spec.kver == "6.1.0-57-amd64"

@@ -10,7 +10,9 @@ changed; a step's hash includes its parent's hash and the text of its build func
     rootimg    ext4 image of the tree, label Root                    -> rootfs.img (also the plain disk)
     live       LiveOS/squashfs.img holding LiveOS/rootfs.img, ISO    -> live.iso
     direct     LiveOS/squashfs.img holding the tree itself, ISO      -> direct.iso
-    livebuild  not from this tree: Debian's live-build alone (vm/livebuild.py) -> livebuild.iso
+
+Image kinds built another way register in OTHER_KINDS (vm/livebuild.py: Debian's live-build
+alone -> livebuild.iso).
 
 squashfs compression is xz (what live media ship; ~2 min here on 2 CPUs). dracut 059 on
 kernel 6.1 also reads zstd/gzip squashfs; FOOTPRINT_SQUASHFS_COMP=zstd trades delivery
@@ -321,7 +323,7 @@ class Artefacts:
     live: Optional[Path] = None
     direct: Optional[Path] = None
     initramfs_footprint: Optional[Path] = None
-    livebuild: Optional[Path] = None
+    others: dict = field(default_factory=dict)  # OTHER_KINDS' kind -> its cached directory
 
     @property
     def kernel(self) -> Path:
@@ -347,20 +349,16 @@ def build(need: set[str], cache_dir: Optional[os.PathLike] = None,
     ({"plain", "live", "direct", "livebuild"}); with `traced`, also the initramfs with
     footprint's dracut module."""
     root = C.cache_root(cache_dir)
-    lb = None
-    if "livebuild" in need:  # its own build, none of the mmdebstrap tree's steps
-        from . import livebuild
-
-        lb = livebuild.build(cache_dir)
-        if not need - {"livebuild"}:
-            return Artefacts(root, None, None, None, livebuild=lb)  # type: ignore[arg-type]
+    others = {k: OTHER_KINDS[k][0](cache_dir) for k in sorted(need) if k in OTHER_KINDS}
+    if not need - set(others):  # none of the mmdebstrap tree's steps needed
+        return Artefacts(root, None, None, None, others=others)  # type: ignore[arg-type]
     rk = rootfs_key()
     rootfs = C.step(root, "rootfs", rk, _build_rootfs)
     ik = C.digest("initramfs", rk, DRACUT_DRIVERS, _build_initramfs)
     initramfs = C.step(root, "initramfs", ik, lambda o: _build_initramfs(o, rootfs))
     gk = C.digest("rootimg", rk, _build_rootimg)
     rootimg = C.step(root, "rootimg", gk, lambda o: _build_rootimg(o, rootfs))
-    art = Artefacts(root, rootfs, initramfs, rootimg, livebuild=lb)
+    art = Artefacts(root, rootfs, initramfs, rootimg, others=others)
     if traced:
         fk = C.digest("initramfs-footprint", ik, dracut_module_files(), _build_initramfs_footprint)
         art.initramfs_footprint = C.step(root, "initramfs-footprint", fk,
@@ -411,6 +409,10 @@ VARIANTS = {
     "livebuild": ("livebuild", "", "Debian Live ISO (live-build): live-boot, squashfs under an overlayfs root"),
 }
 DEFAULT_BOOTS = ("plain", "live")
+# Image kinds built outside this pipeline: kind -> (build(cache_dir) -> cached dir,
+# spec(cached dir) -> BootSpec). vm/livebuild.py registers "livebuild" (vm/__init__
+# imports it), so that this module needs none of it.
+OTHER_KINDS: dict = {}
 
 
 def variant_names(spec: str) -> list[str]:
@@ -431,10 +433,8 @@ def _allocated(path: Path) -> int:
 
 def _spec_untraced(name: str, art: Artefacts) -> BootSpec:
     kind, extra, _ = VARIANTS[name]
-    if kind == "livebuild":
-        from . import livebuild
-
-        return livebuild.spec(art.livebuild)
+    if kind in OTHER_KINDS:
+        return OTHER_KINDS[kind][1](art.others[kind])
     if kind == "plain":
         disk = art.rootimg / "rootfs.img"
         return BootSpec(

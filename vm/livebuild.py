@@ -30,7 +30,7 @@ from typing import Optional
 from tracer.errors import FootprintError
 
 from . import cache as C
-from .images import BAKED, COMMON_APPEND, GUEST_DIR, MIRROR, SECURITY, SUITE, BootSpec
+from .images import BAKED, COMMON_APPEND, GUEST_DIR, MIRROR, OTHER_KINDS, SECURITY, SUITE, BootSpec
 
 NAME = "livebuild"
 # What the lab needs in the guest; live-build adds live-boot, live-config, systemd-sysv
@@ -136,6 +136,9 @@ def spec(art_dir: Path) -> BootSpec:
         iso, iso.stat().st_size, f"{NAME}: ISO size (live-build, hybrid)",
         (art_dir / "kver").read_text().strip(),
         {"attach": True, "squashfs_bytes": int((art_dir / "squashfs.bytes").read_text())})
+
+
+OTHER_KINDS[NAME] = (build, spec)  # vm/images.py builds and boots it through these
 
 
 # ------------------------------------------------------------------ run-time attach
