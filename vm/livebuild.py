@@ -34,7 +34,8 @@ from .images import BAKED, COMMON_APPEND, GUEST_DIR, MIRROR, OTHER_KINDS, SECURI
 
 NAME = "livebuild"
 # What the lab needs in the guest; live-build adds live-boot, live-config, systemd-sysv
-# and the kernel itself. busybox: live-boot's initramfs scripts need it (recommended only).
+# and the kernel itself. busybox: live-boot-initramfs-tools depends on busybox |
+# busybox-initramfs, and initramfs-tools recommends the full one.
 PACKAGES = [
     "python3", "libbpf1", "python3-click", "python3-pandas", "python3-pyroute2",
     "procps", "util-linux", "kmod", "iproute2", "udev", "dbus", "dmsetup", "busybox",
@@ -42,7 +43,9 @@ PACKAGES = [
 # live-build's defaults except: no Recommends (the lab's package policy, as for the other
 # guests: python3-pandas alone would pull in matplotlib, scipy, tables...), no firmware
 # (there is no hardware to drive in QEMU, and finding it downloads the archive's Contents
-# files), security and updates from the same mirror host as the other guests.
+# files), security and updates from the same mirror host as the other guests. Without
+# Recommends there is no zstd, so update-initramfs compresses with gzip (a Debian Live ISO
+# built with Recommends has a zstd initramfs); the root file system is the same.
 LB_CONFIG = [
     "--distribution", SUITE,
     "--archive-areas", "main",
