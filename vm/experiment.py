@@ -151,6 +151,7 @@ def boot_and_measure(
             "accel": g.accel_used,
             "settle_seconds": settle,
             "append": spec.append,
+            "attached_in_session": bool(spec.traced and spec.extra.get("attach")),
         }
         if spec.extra.get("apparent_bytes"):
             rec["delivery_apparent_mib"] = round(spec.extra["apparent_bytes"] / MIB, 1)
@@ -311,7 +312,8 @@ def format_table(result: dict) -> str:
             notes.append(f"  {b['name']}: traced boot, but {b['tracer_error']}")
         elif t:
             mem = t.get("memory_kb", {})
-            notes.append(f"  {b['name']}: traced from the initramfs (recorder attached in "
+            since = "attached in the running session" if b.get("attached_in_session") else "traced from the initramfs"
+            notes.append(f"  {b['name']}: {since} (recorder attached in "
                          f"{t.get('attach_seconds', '?')} s, RSS after boot "
                          f"{mem.get('VmRSS', 0) / 1024:.0f} MiB);")
             notes.append("    the figures include the tracer's cost (--untraced: without it).")
