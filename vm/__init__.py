@@ -23,3 +23,4 @@ from .images import VARIANTS, BootSpec, prepare, variant_names  # noqa: F401
 from .code import code_cpio, code_disk, code_tree  # noqa: F401
 from .qemu import Guest, GuestError, guest, terminate_as_interrupt  # noqa: F401
 from .experiment import collect, run_experiment  # noqa: F401
+from . import livebuild  # noqa: F401,E402  registers the livebuild image kind in images

@@ -139,6 +139,10 @@ def boot_and_measure(
         boot_seconds = time.monotonic() - g.started_at  # from QEMU's start to multi-user
         C.say(f"  {spec.name}: agent after {ready:.0f} s, system {state} after {boot_seconds:.0f} s; settling {settle:.0f} s")
         time.sleep(settle)
+        if spec.traced and spec.extra.get("attach"):  # no early-boot tracer: attach now
+            from .livebuild import attach_in_session
+
+            attach_in_session(g, spec.name)
         figures = {
             "delivery_mib": round(spec.delivery_bytes / MIB, 1),
             "delivery_note": spec.delivery_note,
@@ -150,6 +154,7 @@ def boot_and_measure(
             "accel": g.accel_used,
             "settle_seconds": settle,
             "append": spec.append,
+            "attached_in_session": bool(spec.traced and spec.extra.get("attach")),
         }
         if spec.extra.get("apparent_bytes"):
             figures["delivery_apparent_mib"] = round(spec.extra["apparent_bytes"] / MIB, 1)
@@ -315,7 +320,8 @@ def format_table(result) -> str:
             notes.append(f"  {b.name}: traced boot, but {b.tracer_error}")
         elif t:
             mem = t.get("memory_kb", {})
-            notes.append(f"  {b.name}: traced from the initramfs (recorder attached in "
+            since = "attached in the running session" if b.figure("attached_in_session") else "traced from the initramfs"
+            notes.append(f"  {b.name}: {since} (recorder attached in "
                          f"{t.get('attach_seconds', '?')} s, RSS after boot "
                          f"{mem.get('VmRSS', 0) / 1024:.0f} MiB);")
             notes.append("    the figures include the tracer's cost (--untraced: without it).")

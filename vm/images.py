@@ -11,6 +11,9 @@ changed; a step's hash includes its parent's hash and the text of its build func
     live       LiveOS/squashfs.img holding LiveOS/rootfs.img, ISO    -> live.iso
     direct     LiveOS/squashfs.img holding the tree itself, ISO      -> direct.iso
 
+Image kinds built another way register in OTHER_KINDS (vm/livebuild.py: Debian's live-build
+alone -> livebuild.iso).
+
 squashfs compression is xz (what live media ship; ~2 min here on 2 CPUs). dracut 059 on
 kernel 6.1 also reads zstd/gzip squashfs; FOOTPRINT_SQUASHFS_COMP=zstd trades delivery
 size for build time (it changes the hash, so both can be cached side by side).
@@ -320,6 +323,7 @@ class Artefacts:
     live: Optional[Path] = None
     direct: Optional[Path] = None
     initramfs_footprint: Optional[Path] = None
+    others: dict = field(default_factory=dict)  # OTHER_KINDS' kind -> its cached directory
 
     @property
     def kernel(self) -> Path:
@@ -342,16 +346,19 @@ class Artefacts:
 def build(need: set[str], cache_dir: Optional[os.PathLike] = None,
           traced: bool = False) -> Artefacts:
     """Builds (or finds in the cache) the steps needed for the image kinds in `need`
-    ({"plain", "live", "direct"}); with `traced`, also the initramfs with footprint's
-    dracut module."""
+    ({"plain", "live", "direct", "livebuild"}); with `traced`, also the initramfs with
+    footprint's dracut module."""
     root = C.cache_root(cache_dir)
+    others = {k: OTHER_KINDS[k][0](cache_dir) for k in sorted(need) if k in OTHER_KINDS}
+    if not need - set(others):  # none of the mmdebstrap tree's steps needed
+        return Artefacts(root, None, None, None, others=others)  # type: ignore[arg-type]
     rk = rootfs_key()
     rootfs = C.step(root, "rootfs", rk, _build_rootfs)
     ik = C.digest("initramfs", rk, DRACUT_DRIVERS, _build_initramfs)
     initramfs = C.step(root, "initramfs", ik, lambda o: _build_initramfs(o, rootfs))
     gk = C.digest("rootimg", rk, _build_rootimg)
     rootimg = C.step(root, "rootimg", gk, lambda o: _build_rootimg(o, rootfs))
-    art = Artefacts(root, rootfs, initramfs, rootimg)
+    art = Artefacts(root, rootfs, initramfs, rootimg, others=others)
     if traced:
         fk = C.digest("initramfs-footprint", ik, dracut_module_files(), _build_initramfs_footprint)
         art.initramfs_footprint = C.step(root, "initramfs-footprint", fk,
@@ -398,8 +405,14 @@ VARIANTS = {
     # '/run/overlayfs'", "Can't mount root filesystem". Asking for overlayfs boots.
     "live-direct": ("direct", "rd.live.overlay.overlayfs=1",
                     "LiveOS ISO: squashfs holds the root tree itself, overlayfs root"),
+    # vm/livebuild.py; traced, footprint record is attached at run time (no initramfs-tools hook)
+    "livebuild": ("livebuild", "", "Debian Live ISO (live-build): live-boot, squashfs under an overlayfs root"),
 }
 DEFAULT_BOOTS = ("plain", "live")
+# Image kinds built outside this pipeline: kind -> (build(cache_dir) -> cached dir,
+# spec(cached dir) -> BootSpec). vm/livebuild.py registers "livebuild" (vm/__init__
+# imports it), so that this module needs none of it.
+OTHER_KINDS: dict = {}
 
 
 def variant_names(spec: str) -> list[str]:
@@ -420,6 +433,8 @@ def _allocated(path: Path) -> int:
 
 def _spec_untraced(name: str, art: Artefacts) -> BootSpec:
     kind, extra, _ = VARIANTS[name]
+    if kind in OTHER_KINDS:
+        return OTHER_KINDS[kind][1](art.others[kind])
     if kind == "plain":
         disk = art.rootimg / "rootfs.img"
         return BootSpec(
@@ -445,7 +460,9 @@ def spec_for(name: str, art: Artefacts, traced: bool = False, append: str = "") 
     the code cpio (from the same cache) appended; `append`: more kernel arguments (e.g.
     rd.footprint.stop=never)."""
     spec = _spec_untraced(name, art)
-    if traced:
+    if traced and spec.extra.get("attach"):  # traced from the running session on
+        spec.traced = True
+    elif traced:
         from .code import code_cpio
 
         spec.initrd = art.initrd_traced

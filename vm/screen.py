@@ -24,9 +24,8 @@ from .sidebyside import live_name
 QUESTION = ("squashfs", "device-mapper", "loop", "iso9660", "ramfs")
 TOP_DIFFS = 10
 # Variants shown in a column of their own beside the dracut live boot in the 2014 table
-# (e.g. a live-build ISO: its lab variant appends its name here). At most two more
-# columns fit in WIDTH.
-BESIDE_LIVE: list[str] = []
+# (the live-build ISO: a LiveCD nobody here built). At most two more columns fit in WIDTH.
+BESIDE_LIVE: list[str] = ["livebuild"]
 WIDTH = 100  # columns; and at most 60 lines in all
 
 
@@ -110,7 +109,7 @@ def _moments_table(result: Experiment) -> list[str]:
     if not names:
         return []
     live = _live_name(result)
-    out = [f"{'moment (MiB)':<13}{'boot':<9}{'in use':>8}{'squashfs':>10}{'dm':>7}{'loop':>7}"
+    out = [f"{'moment (MiB)':<13}{'boot':<10}{'in use':>8}{'squashfs':>10}{'dm':>7}{'loop':>7}"
            f"{'iso9660':>9}{'ramfs/COW':>11}{'same data':>11}"]
     for name in names:
         first = True
@@ -123,7 +122,7 @@ def _moments_table(result: Experiment) -> list[str]:
             cells = "".join(_n(q[s] if q else None, ".1f", w)
                             for s, w in zip(QUESTION, (10, 7, 7, 9, 11)))
             same = f"{st['mib']:.0f} ×{st['layers']}" if st else "–"
-            out.append(f"{name if first else '':<13}{inert(b.name)[:8]:<9}{m.nonfree_mib:>8.0f}"
+            out.append(f"{name if first else '':<13}{inert(b.name)[:9]:<10}{m.nonfree_mib:>8.0f}"
                        f"{cells}{same:>11}")
             first = False
     out.append("same data: MiB of the same files cached at ×N layers of the live stack (ext4, squashfs, iso9660).")

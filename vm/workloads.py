@@ -68,7 +68,8 @@ def walk(d):
         if total >= limit:
             return False
         try:
-            if e.is_dir(follow_symlinks=False):
+            # not into other mounts: live-boot bind-mounts its medium at /usr/lib/live/mount
+            if e.is_dir(follow_symlinks=False) and not os.path.ismount(e.path):
                 if not walk(e.path):
                     return False
             elif e.is_file(follow_symlinks=False):
