@@ -1,4 +1,4 @@
-"""footprint from the initramfs on: the dracut module vm/dracut/95footprint on a live boot.
+"""footprint from the initramfs on: the dracut module (tracer/dracut_module) on a live boot.
 
 Two boots under QEMU (TCG: a few minutes each), shared by the tests of this module:
   traced_live   live ISO, traced initramfs, rd.footprint=1 rd.footprint.stop=never: the
@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from conftest import qemu_skip_reason
+from tracer import dracut
 from vm import images
 from vm.traced import EXPERIMENT_APPEND, footprint_hook
 
@@ -37,7 +38,7 @@ def needs_qemu(fn):
     return pytest.mark.qemu(_skip(fn))
 
 
-MODULE = Path(images.DRACUT_MODULE)
+MODULE = dracut.module_source()
 
 # dracut's hooks in boot order, then switch_root and the booted system's targets. The mount
 # hook has no mark on a systemd initramfs whose root is not mounted by dracut-mount.service.

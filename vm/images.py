@@ -5,8 +5,9 @@ changed; a step's hash includes its parent's hash and the text of its build func
 
     rootfs     mmdebstrap tree + the baked guest files (agent unit) -> tree/, vmlinuz, kver
     initramfs  dracut in the chroot (dmsquash-live + drivers)      -> initrd.img
-    initramfs-footprint  as initramfs, plus the dracut module vm/dracut/95footprint (the
-               tracer from the cmdline hook through switch_root) -> initrd.img, manifest
+    initramfs-footprint  as initramfs, plus footprint's dracut module (tracer/dracut_module,
+               installed as `footprint dracut install` does; the tracer from the cmdline
+               hook through switch_root) -> initrd.img, manifest, sizes.json
     rootimg    ext4 image of the tree, label Root                    -> rootfs.img (also the plain disk)
     live       LiveOS/squashfs.img holding LiveOS/rootfs.img, ISO    -> live.iso
     direct     LiveOS/squashfs.img holding the tree itself, ISO      -> direct.iso
@@ -148,34 +149,42 @@ chroot "$R" dracut --force --no-hostonly --add dmsquash-live --add-drivers "$DRI
 
 # ---------------------------------------------------------------- step: initramfs-footprint
 
-DRACUT_MODULE = Path(__file__).parent / "dracut" / "95footprint"
 TRACED_APPEND = "rd.footprint=1"
+GUEST_PYTHON = "/usr/bin/python3"
+GUEST_CODE = "/opt/footprint"
 
 
 def dracut_module_files() -> list[tuple[str, bytes]]:
     """The module's files that go into the initramfs (its README does not)."""
-    return [(p.name, p.read_bytes()) for p in sorted(DRACUT_MODULE.iterdir())
+    from tracer import dracut
+
+    return [(p.name, p.read_bytes()) for p in sorted(dracut.module_source().iterdir())
             if p.is_file() and p.suffix != ".md"]
 
 
 def _build_initramfs_footprint(out: Path, rootfs: Path) -> None:
-    """dracut --add "dmsquash-live footprint" in the chroot. The read-only tree gets the
-    module through a bind-mounted copy of its modules.d (the cached rootfs stays as it is).
-    footprint's code is not in it: code_cpio() is appended at boot."""
+    """dracut --add "dmsquash-live footprint" in the chroot, the module installed as a
+    user's `footprint dracut install` does, for the guest's python with footprint's code
+    at /opt/footprint (the code tree bind-mounted there; the cached rootfs stays as it is).
+    At boot recorder_cpio() overlays /opt/footprint/tracer with the current code."""
     C.require_tools("unshare")
     kver = (rootfs / "kver").read_text().strip()
     from tracer import dracut
+
+    from .code import code_tree
 
     mods = out / "modules.d"
     # What a user's `footprint dracut install --root TREE` does, into a writable copy of
     # the tree's modules dir (dracut's own, from its dracut.pc; its version checked).
     shutil.copytree(dracut.modules_dir(rootfs / "tree"), mods, symlinks=True)
-    dracut.install_into(mods)
+    dracut.install_into(mods, python=GUEST_PYTHON, pythonpath=GUEST_CODE)
+    code_tree(out / "code")
     script = r'''
 set -e
-R=$1; OUT=$2; K=$3; DRIVERS=$4
+R=$1; OUT=$2; K=$3; DRIVERS=$4; CODE=$5
 mount --bind "$R" "$R"; mount -o remount,bind,ro "$R" "$R"
 mount --bind "$OUT/modules.d" "$R/usr/lib/dracut/modules.d"
+mount --bind "$OUT/code" "$R$CODE"
 mount --rbind /dev "$R/dev"
 mount -t proc proc "$R/proc"
 mount -t sysfs sysfs "$R/sys"
@@ -186,10 +195,11 @@ chroot "$R" dracut --force --no-hostonly --add "dmsquash-live footprint" \
 '''
     try:
         C.run_logged(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-                      str(rootfs / "tree"), str(out), kver, DRACUT_DRIVERS],
+                      str(rootfs / "tree"), str(out), kver, DRACUT_DRIVERS, GUEST_CODE],
                      out / "dracut.log", "dracut (footprint)")
     finally:
         shutil.rmtree(mods, ignore_errors=True)
+        shutil.rmtree(out / "code", ignore_errors=True)
     if not (out / "initrd.img").is_file():
         raise FootprintError(f"dracut made no initramfs: see {out}/dracut.log")
     facts = initramfs_facts(out / "initrd.img", want="usr/lib/footprint/manifest")
@@ -353,7 +363,12 @@ def build(need: set[str], cache_dir: Optional[os.PathLike] = None,
     rootimg = C.step(root, "rootimg", gk, lambda o: _build_rootimg(o, rootfs))
     art = Artefacts(root, rootfs, initramfs, rootimg)
     if traced:
-        fk = C.digest("initramfs-footprint", ik, dracut_module_files(), _build_initramfs_footprint)
+        from .code import import_signature
+
+        # not the code itself (recorder_cpio() brings it at boot): what it imports
+        fk = C.digest("initramfs-footprint", ik, dracut_module_files(), import_signature(),
+                      Path(__file__).parent.parent / "tracer" / "closure.py",
+                      _build_initramfs_footprint)
         art.initramfs_footprint = C.step(root, "initramfs-footprint", fk,
                                          lambda o: _build_initramfs_footprint(o, rootfs))
     if "live" in need:
@@ -381,7 +396,7 @@ class BootSpec:
     kver: str
     extra: dict = field(default_factory=dict)
     # traced: the initramfs holds footprint's dracut module, the command line enables it
-    # (rd.footprint=1) and footprint's code rides along as a cpio appended to the initrd.
+    # (rd.footprint=1) and the current tracer/ rides along as a cpio appended to the initrd.
     traced: bool = False
     initrd_append: list = field(default_factory=list)
 
@@ -442,16 +457,16 @@ def _spec_untraced(name: str, art: Artefacts) -> BootSpec:
 
 def spec_for(name: str, art: Artefacts, traced: bool = False, append: str = "") -> BootSpec:
     """The BootSpec of variant `name`; `traced`: footprint's initramfs, rd.footprint=1 and
-    the code cpio (from the same cache) appended; `append`: more kernel arguments (e.g.
-    rd.footprint.stop=never)."""
+    the current tracer/ (recorder_cpio, from the same cache) appended; `append`: more
+    kernel arguments (e.g. rd.footprint.stop=never)."""
     spec = _spec_untraced(name, art)
     if traced:
-        from .code import code_cpio
+        from .code import recorder_cpio
 
         spec.initrd = art.initrd_traced
         spec.append = f"{spec.append} {TRACED_APPEND}"
         spec.traced = True
-        spec.initrd_append = [code_cpio(art.root.parent)]
+        spec.initrd_append = [recorder_cpio(art.root.parent)]
     if append:
         spec.append = f"{spec.append} {append}"
     return spec
@@ -460,7 +475,7 @@ def spec_for(name: str, art: Artefacts, traced: bool = False, append: str = "") 
 def prepare(name: str, cache_dir: Optional[os.PathLike] = None, traced: bool = False,
             append: str = "") -> BootSpec:
     """The BootSpec of variant `name`, building whatever is missing. traced=True: boots
-    with footprint recording from the initramfs on (see vm/dracut/95footprint)."""
+    with footprint recording from the initramfs on (see tracer/dracut_module)."""
     if name not in VARIANTS:
         variant_names(name)  # raises the one-line error
     return spec_for(name, build({VARIANTS[name][0]}, cache_dir, traced=traced), traced, append)
