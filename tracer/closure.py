@@ -3,7 +3,7 @@
 The dracut module's module-setup.sh runs `PYTHON -m tracer.closure` with the interpreter
 `footprint dracut install` recorded. This process starts a probe: the same interpreter,
 started the way the initramfs starts it (`-S`, PYTHONHOME, PYTHONPATH; see
-footprint-start.sh), imports the recorder's entry (tracer.boot), then every module that a
+footprint-start.sh), imports the recorder's entries (tracer.boot, tracer.sampler), then every module that a
 loaded `tracer` module imports anywhere, even inside a function (read from its source with
 ast), and loads libbpf.so.1 through tracer.libbpf's own lookup. Its answer is what it
 actually loaded: every module's file and cached bytecode, the BPF objects, and the ELF
@@ -28,7 +28,9 @@ import shlex
 import subprocess
 import sys
 
-ENTRY = "tracer.boot"
+# What the initramfs runs: the recorder's entry, and the sampler it execs into (named in a
+# `python -c` string, not an import statement: see recorder.sampler_argv).
+ENTRIES = ("tracer.boot", "tracer.sampler")
 REFUSED = ("pandas", "numpy", "matplotlib", "plotly", "pyarrow", "bcc", "click", "PIL",
            # optional in the recorder (topology.uevents parses uevents itself without it);
            # importing the package loads asyncio, ssl and sqlite3 (~8 MiB with libcrypto)
@@ -127,7 +129,7 @@ class Refuse:
         return None
 
 sys.meta_path.insert(0, Refuse())
-for m in %(codecs)r + (%(entry)r,):
+for m in %(codecs)r + %(entries)r:
     importlib.import_module(m)
 
 def imports_of(mod):
@@ -184,6 +186,13 @@ for mod in list(sys.modules.values()):
     best = max((p for p in sys.path if p and f.startswith(p.rstrip("/") + "/")), key=len, default=None)
     if best:
         used.add(best)
+# loader.bpf_file's way to the objects of an installed package (it imports readers and
+# zipfile lazily), taken even where a checkout's bpf/ would be found first
+from importlib import resources
+try:
+    resources.files("tracer.bpf").joinpath("footprint.bpf.o").is_file()
+except ImportError:  # a checkout: tracer.bpf is its bpf/, found by path
+    pass
 for name in ("footprint.bpf.o", "baseline.bpf.o"):
     p = loader.bpf_file(name)
     if os.path.isfile(str(p)):
@@ -200,7 +209,7 @@ with open("/proc/self/maps") as f:
             if ".so" in os.path.basename(path) and path not in modfiles:
                 libs.add(path)
 print(json.dumps({"files": sorted(files), "used_path": sorted(used), "libs": sorted(libs)}))
-''' % {"refused": REFUSED, "codecs": CODECS, "entry": ENTRY}
+''' % {"refused": REFUSED, "codecs": CODECS, "entries": ENTRIES}
 
 
 def main() -> int:
