@@ -16,26 +16,35 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def closure(cwd: Path) -> tuple[dict, list[str]]:
+def closure(cwd: Path, where: Path) -> tuple[dict, list[str]]:
     p = subprocess.run([sys.executable, "-m", "tracer.closure"], capture_output=True, text=True,
-                       cwd=cwd, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+                       cwd=cwd, env=dict(os.environ, PYTHONPATH=str(where)), timeout=300)
     assert p.returncode == 0, p.stderr
     head, _, tail = p.stdout.partition("\n--\n")
     env = dict(line.split("=", 1) for line in head.splitlines())
     return env, tail.split()
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    return closure(tmp_path_factory.mktemp("cwd"))
+@pytest.fixture(scope="module", params=["checkout", "installed"])
+def files(request, tmp_path_factory):
+    """The closure of this checkout, and of a copy laid out as installed (tracer/bpf/ inside
+    the package, no bpf/ beside it: the objects are found through importlib.resources)."""
+    where = REPO
+    if request.param == "installed":
+        from vm.code import code_tree
+
+        where = tmp_path_factory.mktemp("site") / "packages"
+        code_tree(where)
+        shutil.rmtree(where / "vm")
+    return closure(tmp_path_factory.mktemp("cwd"), where) + (where,)
 
 
 def test_closure_is_the_recorder_and_nothing_heavy(files):
-    env, paths = files
+    env, paths, where = files
     names = set(paths)
     assert os.path.realpath(sys.executable) in names and env["FP_PYTHON"] == os.path.realpath(sys.executable)
     for mod in ("boot", "recorder", "sampler", "loader", "libbpf", "bpfmaps", "baseline", "recording"):
-        assert str(REPO / "tracer" / f"{mod}.py") in names, mod
+        assert str(where / "tracer" / f"{mod}.py") in names, mod
     assert any(re.search(r"/libbpf\.so\.1$", p) for p in paths), "libbpf by its soname"
     assert any(p.endswith("/footprint.bpf.o") for p in paths)
     assert any(p.endswith("/baseline.bpf.o") for p in paths)
@@ -45,7 +54,7 @@ def test_closure_is_the_recorder_and_nothing_heavy(files):
     # every path absolute, existing, no shell surprises (module-setup reads one per line)
     assert all(p.startswith("/") and os.path.lexists(p) for p in paths)
     # the search path holds tracer's parent, never the directory dracut ran in
-    assert env["FP_PYTHONPATH"].split(":")[0] == str(REPO)
+    assert env["FP_PYTHONPATH"].split(":")[0] == str(where)
     assert "/" not in env["FP_PYTHONPATH"].split(":")
 
 
@@ -54,7 +63,7 @@ def test_closure_covers_what_a_recording_imports(files, tmp_path):
     started as footprint-start starts it, with every import logged by python itself."""
     if os.geteuid() != 0:
         pytest.skip("recording needs root")
-    env, paths = files
+    env, paths, where = files
     run_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     run_env.update(PYTHONHOME=env["FP_PYTHONHOME"].strip("'"), PYTHONPATH=env["FP_PYTHONPATH"].strip("'"),
                    PYTHONPROFILEIMPORTTIME="1", PYTHONDONTWRITEBYTECODE="1")
@@ -91,7 +100,7 @@ def test_closure_covers_what_a_recording_imports(files, tmp_path):
          "    try: s = importlib.util.find_spec(n)\n"
          "    except Exception: s = None\n"
          "    print(n, getattr(s, 'origin', None) or '-')", *sorted(imported)],
-        env=run_env, capture_output=True, text=True, check=True).stdout
+        env=run_env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     have = {os.path.realpath(x) for x in paths}
     missing = [line for line in where.splitlines()
                if line.split()[1].startswith("/") and os.path.realpath(line.split()[1]) not in have]

@@ -169,6 +169,14 @@ while True:
 
 from tracer import libbpf, loader
 libbpf.lib()
+# loader.bpf_file's way to the objects of an installed package (it imports readers and
+# zipfile lazily), taken even where a checkout's bpf/ would be found first
+from importlib import resources
+try:
+    resources.files("tracer.bpf").joinpath("footprint.bpf.o").is_file()
+except ImportError:  # a checkout: tracer.bpf is its bpf/, found by path
+    pass
+objects = [os.path.abspath(str(loader.bpf_file(n))) for n in ("footprint.bpf.o", "baseline.bpf.o")]
 files, used, modfiles = set(), set(), set()
 for mod in list(sys.modules.values()):
     f = getattr(mod, "__file__", None)
@@ -186,17 +194,7 @@ for mod in list(sys.modules.values()):
     best = max((p for p in sys.path if p and f.startswith(p.rstrip("/") + "/")), key=len, default=None)
     if best:
         used.add(best)
-# loader.bpf_file's way to the objects of an installed package (it imports readers and
-# zipfile lazily), taken even where a checkout's bpf/ would be found first
-from importlib import resources
-try:
-    resources.files("tracer.bpf").joinpath("footprint.bpf.o").is_file()
-except ImportError:  # a checkout: tracer.bpf is its bpf/, found by path
-    pass
-for name in ("footprint.bpf.o", "baseline.bpf.o"):
-    p = loader.bpf_file(name)
-    if os.path.isfile(str(p)):
-        files.add(os.path.abspath(str(p)))
+files.update(p for p in objects if os.path.isfile(p))
 libs = set()
 with open("/proc/self/maps") as f:
     for line in f:
