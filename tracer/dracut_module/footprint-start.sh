@@ -84,6 +84,8 @@ fi
 # their mount-time ones are.
 if [ "$preload" != 0 ]; then
     modprobe -q -a squashfs loop dm_mod dm_snapshot overlay iso9660 2> /dev/null
+    read -r t_mod _ < /proc/uptime
+    echo "footprint: storage modules loaded at $t_mod s" >> "$DIR/start.log"
 fi
 
 set -- @footprint -S -m tracer.boot record -o "$REC" --interval "$interval" --slab "$slab" \
