@@ -48,6 +48,10 @@ _fp_btf() {
 
 check() {
     _fp_conf || return 1
+    if ! PYTHONPATH="$FP_INSTALL_PYTHONPATH" "$FP_INSTALL_PYTHON" -c 'import tracer.closure' 2> /dev/null; then
+        dwarn "footprint: not added: $FP_INSTALL_PYTHON cannot import footprint any more: run \`footprint dracut install\` again"
+        return 1
+    fi
     _fp_btf
     if [ $? = 1 ]; then
         dwarn "footprint: not added: early-boot tracing needs a kernel with BTF (CONFIG_DEBUG_INFO_BTF); $kernel has none"
