@@ -131,7 +131,8 @@ def route(wheel, lab_cache, lab_logs) -> dict:
             out["report"] = _run(g, f"cd / && {NOPATH}{VENV}/bin/footprint report --json", 600)
             out["text"] = _run(g, f"cd / && {NOPATH}{VENV}/bin/footprint report", 600)
             out["header"] = _run(g, "head -n 1 /run/footprint/recording.jsonl")
-            out["manifest"] = _run(g, "ls /run/footprint/")
+            g.get_file("/run/footprint/recording.jsonl", lab_logs / "pip-route.recording.jsonl")
+            out["recording"] = lab_logs / "pip-route.recording.jsonl"
             g.shutdown(timeout=120)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -158,3 +159,13 @@ def test_readme_route_traces_early_boot_from_a_pip_installed_footprint(route):
     layers = {r.get("layer") or "" for r in rep["account"] if (r.get("resident_pages") or 0) > 0}
     assert any("ext4" in x and "vda" in x for x in layers), sorted(layers)
     assert rep["recording"]["samples"] >= 3 and rep["recording"]["partial"] is False
+    # and the account of the last sample before switch_root, read here from the guest's
+    # recording: the root disk's page cache was already there, seen by the early recorder
+    from tracer import account, recording
+
+    rec = recording.read(str(route["recording"]))
+    before = [i for i, s in enumerate(rec.samples) if s["t"] < phases["switch_root"]]
+    assert before, phases
+    rows = account.build(rec, before[-1]).rows
+    early = rows[(rows["resident_pages"] > 0) & rows["layer"].str.contains("vda")]
+    assert len(early), rows[["subsystem", "layer", "resident_pages"]].to_string()
