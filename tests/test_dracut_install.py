@@ -37,7 +37,13 @@ def test_install_uses_dracuts_own_module_dir_and_uninstall_removes_it(tmp_path):
     assert p.returncode == 0, p.stderr
     dest = root / "usr/lib/dracut/modules.d/95footprint"
     assert (dest / "module-setup.sh").is_file()
-    assert sorted(f.name for f in dest.iterdir()) == sorted(f.name for f in dracut.module_source().iterdir())
+    shipped = {f.name for f in dracut.module_source().iterdir() if f.suffix != ".md"}
+    assert sorted(f.name for f in dest.iterdir()) == sorted(shipped | {"footprint.conf"})
+    # the python that runs footprint, and where it imports tracer from: module-setup.sh
+    # asks exactly that interpreter for the recorder's files
+    conf = (dest / "footprint.conf").read_text()
+    assert f"FP_INSTALL_PYTHON={sys.executable}\n" in conf, conf
+    assert f"FP_INSTALL_PYTHONPATH={Path(dracut.__file__).resolve().parent.parent}\n" in conf
     assert "dracut --force --add footprint" in p.stdout
     assert footprint("dracut", "install", "--root", str(root)).returncode == 0  # idempotent
     (dest / "module-setup.sh").write_text("# changed\n")

@@ -1,4 +1,4 @@
-"""footprint from the initramfs on: the dracut module vm/dracut/95footprint on a live boot.
+"""footprint from the initramfs on: the dracut module (tracer/dracut_module) on a live boot.
 
 Two boots under QEMU (TCG: a few minutes each), shared by the tests of this module:
   traced_live   live ISO, traced initramfs, rd.footprint=1 rd.footprint.stop=never: the
@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 
 from conftest import qemu_skip_reason
-from vm import images
+from tracer import dracut
+from vm import cpio, images
 from vm.traced import EXPERIMENT_APPEND, footprint_hook
 
 _skip = pytest.mark.skipif(qemu_skip_reason() is not None, reason=qemu_skip_reason() or "")
@@ -37,7 +38,7 @@ def needs_qemu(fn):
     return pytest.mark.qemu(_skip(fn))
 
 
-MODULE = Path(images.DRACUT_MODULE)
+MODULE = dracut.module_source()
 
 # dracut's hooks in boot order, then switch_root and the booted system's targets. The mount
 # hook has no mark on a systemd initramfs whose root is not mounted by dracut-mount.service.
@@ -196,7 +197,7 @@ def test_initramfs_facts_reads_concatenated_archives(tmp_path):
     main = gzip.compress(archive({"usr/lib/footprint/manifest": b"/a\n/b\n", "init": b"x" * 1000}))
     p = tmp_path / "initrd.img"
     p.write_bytes(early + main)
-    f = images.initramfs_facts(p, want="usr/lib/footprint/manifest")
+    f = cpio.initramfs_facts(p, want="usr/lib/footprint/manifest")
     assert f["file"] == b"/a\n/b\n" and f["members"] == 3
     assert f["unpacked_bytes"] == 10 + 6 + 1000 and f["compressed_bytes"] == len(early + main)
 

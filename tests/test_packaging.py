@@ -40,7 +40,9 @@ def test_wheel_carries_bpf_source_and_dracut_module(wheel):
               "baseline.bpf.o", "baseline.bpf.c", "baseline.h"):
         assert f"tracer/bpf/{f}" in names, f
     assert not any(n.endswith(("vmlinux.h", ".key")) or ".build" in n for n in names), names
-    assert "vm/dracut/95footprint/module-setup.sh" in names
+    assert "tracer/dracut_module/module-setup.sh" in names
+    assert "tracer/closure.py" in names and "tracer/boot.py" in names
+    assert not any(n.startswith("vm/dracut/") for n in names), names
     assert "tracer/sampler.py" in names
 
 

@@ -2,9 +2,11 @@
 
 The module directory is the one dracut itself declares in its pkg-config file
 (`dracutmodulesdir` in dracut.pc, shipped by every dracut since 2013); the version comes
-from dracut-version.sh. Installing copies the module (vm/dracut/95footprint) and never
-touches an existing initramfs: the user rebuilds it when they choose, with
-`dracut --force --add footprint` and boots with `rd.footprint=1`.
+from dracut-version.sh. Installing copies the module (package data: tracer/dracut_module)
+and writes footprint.conf beside it: the interpreter this command runs under and the
+directory `tracer` was imported from, which module-setup.sh asks for the recorder's files
+(tracer.closure). It never touches an existing initramfs: the user rebuilds it when they
+choose, with `dracut --force --add footprint` and boots with `rd.footprint=1`.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shlex
 import shutil
 import stat
+import sys
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 from .errors import FootprintError
@@ -27,16 +30,39 @@ PC_CANDIDATES = ("usr/share/pkgconfig/dracut.pc", "usr/lib/pkgconfig/dracut.pc",
 VERSION_FILES = ("usr/lib/dracut/dracut-version.sh", "usr/lib64/dracut/dracut-version.sh")
 
 
+CONF = "footprint.conf"
+
+
 def module_source() -> Path:
-    """The module shipped with footprint (in the repo or inside the installed wheel)."""
-    here = Path(__file__).resolve().parent.parent / "vm" / "dracut" / MODULE
+    """The module shipped with footprint: package data beside this file (the checkout's
+    tracer/dracut_module, or the installed wheel's)."""
+    here = Path(__file__).resolve().parent / "dracut_module"
     if (here / "module-setup.sh").is_file():
         return here
-    packaged = Path(str(resources.files("vm").joinpath("dracut", MODULE)))
-    if (packaged / "module-setup.sh").is_file():
-        return packaged
     raise FootprintError("footprint's dracut module is missing from this installation: "
                          "reinstall footprint")
+
+
+def conf_text(python: str | None = None, pythonpath: str | None = None) -> str:
+    """footprint.conf: which python module-setup.sh asks for the recorder's files, and
+    where it finds `tracer` (default: this interpreter and this package's parent)."""
+    python = python or sys.executable
+    if pythonpath is None:
+        pythonpath = str(Path(__file__).resolve().parent.parent)
+    if not python or not os.path.isabs(python):
+        raise FootprintError("cannot tell which python runs footprint (sys.executable is "
+                             f"{python!r}): run `footprint dracut install` with a python by its path")
+    return ("# written by `footprint dracut install`: the python that imports footprint\n"
+            f"FP_INSTALL_PYTHON={shlex.quote(python)}\n"
+            f"FP_INSTALL_PYTHONPATH={shlex.quote(pythonpath)}\n")
+
+
+def _module_files(conf: str) -> dict:
+    """name -> bytes of the module as installed (its README stays in the package)."""
+    files = {f.name: f.read_bytes() for f in module_source().iterdir()
+             if f.is_file() and f.suffix != ".md"}
+    files[CONF] = conf.encode()
+    return files
 
 
 def _pc_variables(text: str) -> dict:
@@ -50,6 +76,8 @@ def _pc_variables(text: str) -> dict:
 
 
 def dracut_version(root: Path) -> str | None:
+    """The dracut version installed under `root` (DRACUT_VERSION in its
+    dracut-version.sh), or None."""
     for rel in VERSION_FILES:
         try:
             m = re.search(r"DRACUT_VERSION=['\"]?([\w.+-]+)", (root / rel).read_text())
@@ -102,14 +130,17 @@ def install(root: Path = Path("/"), force: bool = False) -> Path:
     return install_into(modules_dir(root), force=force)
 
 
-def install_into(mods: Path, force: bool = False) -> Path:
-    """Into a given modules dir (e.g. a writable copy of an image's, as the lab does).
-    Never follows a symlink at the destination: a symlink or a file there is refused, or
-    with force removed (the link itself, not what it points to)."""
+def install_into(mods: Path, force: bool = False, python: str | None = None,
+                 pythonpath: str | None = None) -> Path:
+    """Into a given modules dir (e.g. a writable copy of an image's, as the lab does);
+    `python`/`pythonpath`: the interpreter of the system the initramfs is built in, when
+    that is not this one. Never follows a symlink at the destination: a symlink or a file
+    there is refused, or with force removed (the link itself, not what it points to)."""
     dest = mods / MODULE
+    files = _module_files(conf_text(python, pythonpath))
     kind = _kind(dest)
     if kind == "directory" and not force:
-        if _same_tree(module_source(), dest):
+        if _same_tree(files, dest):
             return dest
         raise FootprintError(f"{dest} exists and differs: pass --force to replace it")
     if kind not in (None, "directory") and not force:
@@ -121,10 +152,9 @@ def install_into(mods: Path, force: bool = False) -> Path:
         try:
             tmp.chmod(0o755)
             # the module is flat; scripts executable whatever the wheel kept of modes
-            for f in module_source().iterdir():
-                data = f.read_bytes()
-                (tmp / f.name).write_bytes(data)
-                (tmp / f.name).chmod(0o755 if data.startswith(b"#!") else 0o644)
+            for name, data in files.items():
+                (tmp / name).write_bytes(data)
+                (tmp / name).chmod(0o755 if data.startswith(b"#!") else 0o644)
             _remove(dest)
             tmp.rename(dest)
         except BaseException:
@@ -136,6 +166,8 @@ def install_into(mods: Path, force: bool = False) -> Path:
 
 
 def uninstall(root: Path = Path("/")) -> Path | None:
+    """Removes footprint's module from dracut's modules dir under `root`; returns the
+    path removed, or None when it was not installed. Only a directory is removed."""
     dest = modules_dir(root) / MODULE
     kind = _kind(dest)
     if kind is None:
@@ -186,13 +218,12 @@ def _error(where: Path, err: OSError) -> FootprintError:
                           "complete under --root")
 
 
-def _same_tree(a: Path, b: Path) -> bool:
+def _same_tree(files: dict, b: Path) -> bool:
     """Same names and contents; a symlink or directory inside `b` makes it different."""
     try:
-        names = sorted(p.name for p in a.iterdir())
-        if names != sorted(p.name for p in b.iterdir()):
+        if sorted(files) != sorted(p.name for p in b.iterdir()):
             return False
-        return all(_kind(b / n) == "file" and (a / n).read_bytes() == (b / n).read_bytes()
-                   for n in names)
+        return all(_kind(b / n) == "file" and (b / n).read_bytes() == data
+                   for n, data in files.items())
     except OSError as err:
         raise _error(b, err) from None

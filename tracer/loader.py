@@ -404,6 +404,11 @@ def _plan_kprobes(p: Plan) -> None:
     if not os.path.exists(os.path.join(p.tracefs, "kprobe_events")):
         p.kprobes_missing += [(f, "no kprobes in this kernel") for f in KPROBE_EXTRAS]
         return
+    if p.loader == "libbpf":
+        # CO-RE relocates the struct reads and LibbpfProgram names a kprobe that does not
+        # attach: no pass over /proc/kallsyms, no BTF parsed in Python (2.7 s under TCG)
+        p.kprobes.append("shmem_add_to_page_cache")
+        return
     present = _text_symbols(set(KPROBE_EXTRAS))
     if "shmem_add_to_page_cache" not in present:
         p.kprobes_missing.append(("shmem_add_to_page_cache", "not a probeable function here (inlined?)"))

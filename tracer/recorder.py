@@ -45,9 +45,14 @@ def _as_dict(obj):
     return obj
 
 
+MANIFEST = "/usr/lib/footprint/manifest"  # in an initramfs built with the dracut module
+
+
 def tracer_files() -> list[list]:
-    """(dev, ino, path) of the files this process maps: python, libbpf or bcc and LLVM. Their page
-    cache is the tracer's own cost, not the storage stack's."""
+    """(dev, ino, path) of the files this process maps (python, libbpf or bcc and LLVM)
+    and, in an initramfs built with footprint's dracut module, of every file the module
+    put there (its manifest: python's modules it imported once, the objects, the scripts).
+    Their page cache is the tracer's own cost, not the storage stack's."""
     seen = {}
     try:
         with open("/proc/self/maps") as f:
@@ -60,6 +65,18 @@ def tracer_files() -> list[list]:
                 seen.setdefault(key, parts[5].strip())
     except OSError:
         pass
+    try:
+        with open(MANIFEST) as f:
+            listed = [line.rstrip("\n") for line in f if line.startswith("/")]
+    except OSError:
+        listed = []
+    for path in listed[:100_000]:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if st.st_mode & 0o170000 == 0o100000:  # regular files: links hold no pages
+            seen.setdefault((f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", st.st_ino), path)
     return [[d, i, p] for (d, i), p in seen.items()]
 
 

@@ -7,24 +7,34 @@ The tree put at /opt/footprint in the guest:
     /opt/footprint/tracer/bpf/...    the repo's bpf/ (installed as package tracer.bpf)
     /opt/footprint/vm/...            the repo's vm/ (the guest agent is vm/guest/fp_agent.py)
 
-Two carriers, both cached by a hash of the files' names and contents:
-  code_disk()  ext4 image, label FPCODE, attached as a virtio disk with serial "fpcode";
-               the guest's footprint-agent.service mounts it read-only at /opt/footprint.
-  code_cpio()  newc cpio with the same tree under opt/footprint, to append to an
-               initramfs (concatenated cpio archives are a valid initramfs).
+Carriers, each cached by a hash of the files' names and contents:
+  code_disk()      ext4 image, label FPCODE, attached as a virtio disk with serial "fpcode";
+                   the guest's footprint-agent.service mounts it read-only at /opt/footprint.
+  code_cpio()      newc cpio with the same tree under opt/footprint, to append to an
+                   initramfs (concatenated cpio archives are a valid initramfs).
+  recorder_cpio()  only tracer/ (what the initramfs's recorder imports from
+                   /opt/footprint) with its bytecode: appended at boot to the traced
+                   initramfs, it overlays the copy the dracut module installed there (a
+                   later archive's file replaces an earlier one of the same path), so a code
+                   change costs a second, not a 1-2 min initramfs rebuild.
+
+The traced initramfs itself is rebuilt only when what the recorder needs from outside
+tracer/ may have changed: its key holds `import_signature()`, the modules tracer/ imports.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
+import py_compile
 import shutil
-import stat
 import subprocess
 from pathlib import Path
 from typing import Optional
 
 from . import cache as C
+from . import cpio
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_PY = '''#!/usr/bin/python3
@@ -109,7 +119,7 @@ def code_disk(cache_dir: Optional[os.PathLike] = None, repo: Path = REPO) -> Pat
             f.truncate(size_mib << 20)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "FPCODE", "-d", str(tmp / "tree"),
                         str(tmp / "code.img")], check=True, capture_output=True)
-        _write_cpio(tmp / "tree", tmp / "code.cpio")
+        cpio.write(tmp / "tree", tmp / "code.cpio")
         shutil.rmtree(tmp / "tree")
     _prune(root)
     return img
@@ -121,36 +131,53 @@ def code_cpio(cache_dir: Optional[os.PathLike] = None, repo: Path = REPO) -> Pat
     return code_disk(cache_dir, repo).parent / "code.cpio"
 
 
-def _write_cpio(tree: Path, out: Path, prefix: str = "opt/footprint") -> None:
-    entries: list[tuple[str, Optional[Path], int]] = []
-    parts = prefix.split("/")
-    for i in range(len(parts)):
-        entries.append(("/".join(parts[: i + 1]), None, stat.S_IFDIR | 0o755))
-    for dirpath, dirnames, filenames in os.walk(tree):
-        dirnames.sort()
-        rel_dir = Path(dirpath).relative_to(tree)
-        for d in dirnames:
-            entries.append((f"{prefix}/{rel_dir / d}".replace("/./", "/"), None, stat.S_IFDIR | 0o755))
-        for fn in sorted(filenames):
-            src = Path(dirpath) / fn
-            mode = stat.S_IFREG | (0o755 if os.access(src, os.X_OK) else 0o644)
-            entries.append((f"{prefix}/{rel_dir / fn}".replace("/./", "/"), src, mode))
-    ino = 1000
-    with open(out, "wb") as f:
-        for name, src, mode in entries:
-            data = src.read_bytes() if src else b""
-            ino += 1
-            _cpio_entry(f, name, mode, data, ino, 2 if src is None else 1)
-        _cpio_entry(f, "TRAILER!!!", 0, b"", 0, 1)
-        pad = (-f.tell()) % 512
-        f.write(b"\0" * pad)
+def import_signature(repo: Path = REPO) -> list[str]:
+    """Every module name tracer/ imports from outside itself, anywhere in a file (sorted):
+    the part of the code that decides which files of python the initramfs needs."""
+    names = set()
+    for rel, src in _files(repo):
+        if not (rel.startswith("tracer/") and rel.endswith(".py")):
+            continue
+        for node in ast.walk(ast.parse(src.read_bytes())):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names.update(f"{node.module}.{a.name}" for a in node.names)
+    return sorted(n for n in names if n.split(".")[0] != "tracer")
 
 
-def _cpio_entry(f, name: str, mode: int, data: bytes, ino: int, nlink: int) -> None:
-    nb = name.encode() + b"\0"
-    fields = [ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(nb), 0]
-    hdr = b"070701" + b"".join(b"%08X" % v for v in fields)
-    f.write(hdr + nb)
-    f.write(b"\0" * ((-(len(hdr) + len(nb))) % 4))
-    f.write(data)
-    f.write(b"\0" * ((-len(data)) % 4))
+def recorder_cpio(cache_dir: Optional[os.PathLike] = None, repo: Path = REPO) -> Path:
+    """newc cpio of tracer/ (and its BPF objects) at /opt/footprint, each module with
+    bytecode compiled by this python as unchecked-hash .pyc (valid whatever the archive's
+    mtimes; ignored, and compiled at import, by a guest python of another version)."""
+    files = [(rel, src) for rel, src in _files(repo)
+             if rel.startswith("tracer/") and not rel.startswith("tracer/dracut_module/")]
+    key = _key(files)
+    root = C.cache_root(cache_dir)
+    final = root / f"recorder-{key}"
+    out = final / "recorder.cpio"
+    if out.exists():
+        os.utime(final)
+        return out
+    with C.building(final) as tmp:
+        tree = tmp / "tree"
+        for rel, src in files:
+            dst = tree / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            os.chmod(dst, 0o644)
+            if rel.endswith(".py"):
+                py_compile.compile(str(dst), cfile=_cache_from_source(dst), dfile=f"/opt/footprint/{rel}",
+                                   doraise=True,
+                                   invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        cpio.write(tree, tmp / "recorder.cpio")
+        shutil.rmtree(tree)
+    for old in sorted(root.glob("recorder-*"), key=lambda p: p.stat().st_mtime, reverse=True)[6:]:
+        C.remove_tree(old)
+    return out
+
+
+def _cache_from_source(path: Path) -> str:
+    import importlib.util
+
+    return importlib.util.cache_from_source(str(path))

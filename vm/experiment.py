@@ -198,7 +198,7 @@ def run_experiment(
 ) -> Experiment:
     """Builds what is missing, boots each variant in `names` in turn, returns the
     Experiment (vm/results.py; boots and SEED). traced: boots with footprint recording
-    from the initramfs on (vm/dracut/95footprint); each boot then has its account and
+    from the initramfs on (the product's dracut module, tracer/dracut_module); each boot then has its account and
     phases. workloads (vm/workloads.py MOMENTS): each boot is measured at these moments;
     traced, each moment gets its account, and the experiment side_by_side, answer and
     ranking (vm/sidebyside.py). out: recordings, experiment.json, CSV, report.html and

@@ -5,8 +5,9 @@ changed; a step's hash includes its parent's hash and the text of its build func
 
     rootfs     mmdebstrap tree + the baked guest files (agent unit) -> tree/, vmlinuz, kver
     initramfs  dracut in the chroot (dmsquash-live + drivers)      -> initrd.img
-    initramfs-footprint  as initramfs, plus the dracut module vm/dracut/95footprint (the
-               tracer from the cmdline hook through switch_root) -> initrd.img, manifest
+    initramfs-footprint  as initramfs, plus footprint's dracut module (tracer/dracut_module,
+               installed as `footprint dracut install` does; the tracer from the cmdline
+               hook through switch_root) -> initrd.img, manifest, sizes.json
     rootimg    ext4 image of the tree, label Root                    -> rootfs.img (also the plain disk)
     live       LiveOS/squashfs.img holding LiveOS/rootfs.img, ISO    -> live.iso
     direct     LiveOS/squashfs.img holding the tree itself, ISO      -> direct.iso
@@ -17,6 +18,10 @@ alone -> livebuild.iso).
 squashfs compression is xz (what live media ship; ~2 min here on 2 CPUs). dracut 059 on
 kernel 6.1 also reads zstd/gzip squashfs; FOOTPRINT_SQUASHFS_COMP=zstd trades delivery
 size for build time (it changes the hash, so both can be cached side by side).
+
+Long because the steps are one chain of cached builds whose keys are made of each other's
+(and of their build functions' text) and of the variants booted from them: one file keeps
+a step's inputs readable in one place. The cpio format lives in vm/cpio.py.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Optional
 from tracer.errors import FootprintError
 
 from . import cache as C
+from . import cpio
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("FOOTPRINT_MIRROR", "http://deb.debian.org/debian")
@@ -62,6 +68,8 @@ COMMON_APPEND = "console=ttyS0 rd.shell=0 rd.emergency=poweroff panic=-1"
 
 
 def sources() -> list[str]:
+    """The apt sources the rootfs is built from (Debian, or snapshot.debian.org at
+    FOOTPRINT_SNAPSHOT)."""
     if SNAPSHOT:
         base = f"http://snapshot.debian.org/archive/debian/{SNAPSHOT}"
         sec = f"http://snapshot.debian.org/archive/debian-security/{SNAPSHOT}"
@@ -119,6 +127,7 @@ def _build_rootfs(out: Path) -> None:
 
 
 def rootfs_key() -> str:
+    """The rootfs step's cache key: suite, sources, packages, baked files, builder."""
     baked = [(k, (GUEST_DIR / n).read_bytes(), m) for k, (n, m) in BAKED.items()]
     return C.digest("rootfs", SUITE, sources(), PACKAGES, baked, _build_rootfs)
 
@@ -151,34 +160,42 @@ chroot "$R" dracut --force --no-hostonly --add dmsquash-live --add-drivers "$DRI
 
 # ---------------------------------------------------------------- step: initramfs-footprint
 
-DRACUT_MODULE = Path(__file__).parent / "dracut" / "95footprint"
 TRACED_APPEND = "rd.footprint=1"
+GUEST_PYTHON = "/usr/bin/python3"
+GUEST_CODE = "/opt/footprint"
 
 
 def dracut_module_files() -> list[tuple[str, bytes]]:
     """The module's files that go into the initramfs (its README does not)."""
-    return [(p.name, p.read_bytes()) for p in sorted(DRACUT_MODULE.iterdir())
+    from tracer import dracut
+
+    return [(p.name, p.read_bytes()) for p in sorted(dracut.module_source().iterdir())
             if p.is_file() and p.suffix != ".md"]
 
 
 def _build_initramfs_footprint(out: Path, rootfs: Path) -> None:
-    """dracut --add "dmsquash-live footprint" in the chroot. The read-only tree gets the
-    module through a bind-mounted copy of its modules.d (the cached rootfs stays as it is).
-    footprint's code is not in it: code_cpio() is appended at boot."""
+    """dracut --add "dmsquash-live footprint" in the chroot, the module installed as a
+    user's `footprint dracut install` does, for the guest's python with footprint's code
+    at /opt/footprint (the code tree bind-mounted there; the cached rootfs stays as it is).
+    At boot recorder_cpio() overlays /opt/footprint/tracer with the current code."""
     C.require_tools("unshare")
     kver = (rootfs / "kver").read_text().strip()
     from tracer import dracut
+
+    from .code import code_tree
 
     mods = out / "modules.d"
     # What a user's `footprint dracut install --root TREE` does, into a writable copy of
     # the tree's modules dir (dracut's own, from its dracut.pc; its version checked).
     shutil.copytree(dracut.modules_dir(rootfs / "tree"), mods, symlinks=True)
-    dracut.install_into(mods)
+    dracut.install_into(mods, python=GUEST_PYTHON, pythonpath=GUEST_CODE)
+    code_tree(out / "code")
     script = r'''
 set -e
-R=$1; OUT=$2; K=$3; DRIVERS=$4
+R=$1; OUT=$2; K=$3; DRIVERS=$4; CODE=$5
 mount --bind "$R" "$R"; mount -o remount,bind,ro "$R" "$R"
 mount --bind "$OUT/modules.d" "$R/usr/lib/dracut/modules.d"
+mount --bind "$OUT/code" "$R$CODE"
 mount --rbind /dev "$R/dev"
 mount -t proc proc "$R/proc"
 mount -t sysfs sysfs "$R/sys"
@@ -189,78 +206,16 @@ chroot "$R" dracut --force --no-hostonly --add "dmsquash-live footprint" \
 '''
     try:
         C.run_logged(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-                      str(rootfs / "tree"), str(out), kver, DRACUT_DRIVERS],
+                      str(rootfs / "tree"), str(out), kver, DRACUT_DRIVERS, GUEST_CODE],
                      out / "dracut.log", "dracut (footprint)")
     finally:
         shutil.rmtree(mods, ignore_errors=True)
+        shutil.rmtree(out / "code", ignore_errors=True)
     if not (out / "initrd.img").is_file():
         raise FootprintError(f"dracut made no initramfs: see {out}/dracut.log")
-    facts = initramfs_facts(out / "initrd.img", want="usr/lib/footprint/manifest")
+    facts = cpio.initramfs_facts(out / "initrd.img", want="usr/lib/footprint/manifest")
     (out / "manifest").write_bytes(facts.pop("file") or b"")
     (out / "sizes.json").write_text(json.dumps(facts) + "\n")
-
-
-def _cpio_members(data: bytes, pos: int = 0):
-    """(name, file data, end offset) of the newc members of the archive at `pos`."""
-    while data[pos:pos + 6] in (b"070701", b"070702"):
-        f = [int(data[pos + 6 + 8 * i: pos + 14 + 8 * i], 16) for i in range(13)]
-        size, namesize = f[6], f[11]
-        name_end = pos + 110 + namesize
-        name = data[pos + 110: name_end - 1].decode(errors="replace")
-        start = name_end + (-name_end) % 4
-        end = start + size
-        yield name, f[1], data[start:end], end + (-end) % 4
-        pos = end + (-end) % 4
-        if name == "TRAILER!!!":
-            return
-
-
-def initramfs_facts(path: Path, want: Optional[str] = None) -> dict:
-    """Sizes of an initramfs: compressed (the file), unpacked (the sum of its members'
-    data, what the initramfs file system holds), member count; and `want`'s content."""
-    import gzip
-    import lzma
-
-    raw = path.read_bytes()
-    pos, parts = 0, []
-    while pos < len(raw):
-        while pos < len(raw) and raw[pos] == 0:
-            pos += 1
-        if pos >= len(raw):
-            break
-        if raw[pos:pos + 6] in (b"070701", b"070702"):  # an uncompressed (early) archive
-            end = pos
-            for _n, _m, _d, end in _cpio_members(raw, pos):
-                pass
-            parts.append(raw[pos:end])
-            pos = end
-            continue
-        head = raw[pos:pos + 4]
-        if head[:2] == b"\x1f\x8b":
-            parts.append(gzip.decompress(raw[pos:]))
-        elif head == b"\x28\xb5\x2f\xfd":
-            parts.append(subprocess.run(["zstd", "-dc"], input=raw[pos:], capture_output=True).stdout)
-        elif head[:3] == b"\xfd7z":
-            parts.append(lzma.decompress(raw[pos:]))
-        break
-    unpacked, members, content = 0, 0, None
-    for part in parts:
-        p = 0
-        while p < len(part):
-            while p < len(part) and part[p] == 0:
-                p += 1
-            if part[p:p + 6] not in (b"070701", b"070702"):
-                break
-            for name, mode, data, p in _cpio_members(part, p):
-                if name == "TRAILER!!!":
-                    continue
-                members += 1
-                if mode & 0o170000 == 0o100000:
-                    unpacked += len(data)
-                if want and name.lstrip("./") == want:
-                    content = data
-    return {"compressed_bytes": len(raw), "unpacked_bytes": unpacked, "members": members,
-            "file": content}
 
 
 # ---------------------------------------------------------------- step: rootimg
@@ -316,6 +271,9 @@ def _build_direct(out: Path, rootfs: Path) -> None:
 
 @dataclass
 class Artefacts:
+    """The built images of one cache: rootfs tree, initramfs (traced too), root image,
+    live/direct ISOs and the images of other kinds (OTHER_KINDS)."""
+
     root: Path
     rootfs: Path
     initramfs: Path
@@ -360,7 +318,12 @@ def build(need: set[str], cache_dir: Optional[os.PathLike] = None,
     rootimg = C.step(root, "rootimg", gk, lambda o: _build_rootimg(o, rootfs))
     art = Artefacts(root, rootfs, initramfs, rootimg, others=others)
     if traced:
-        fk = C.digest("initramfs-footprint", ik, dracut_module_files(), _build_initramfs_footprint)
+        from .code import import_signature
+
+        # not the code itself (recorder_cpio() brings it at boot): what it imports
+        fk = C.digest("initramfs-footprint", ik, dracut_module_files(), import_signature(),
+                      Path(__file__).parent.parent / "tracer" / "closure.py",
+                      _build_initramfs_footprint)
         art.initramfs_footprint = C.step(root, "initramfs-footprint", fk,
                                          lambda o: _build_initramfs_footprint(o, rootfs))
     if "live" in need:
@@ -388,7 +351,7 @@ class BootSpec:
     kver: str
     extra: dict = field(default_factory=dict)
     # traced: the initramfs holds footprint's dracut module, the command line enables it
-    # (rd.footprint=1) and footprint's code rides along as a cpio appended to the initrd.
+    # (rd.footprint=1) and the current tracer/ rides along as a cpio appended to the initrd.
     traced: bool = False
     initrd_append: list = field(default_factory=list)
 
@@ -457,18 +420,18 @@ def _spec_untraced(name: str, art: Artefacts) -> BootSpec:
 
 def spec_for(name: str, art: Artefacts, traced: bool = False, append: str = "") -> BootSpec:
     """The BootSpec of variant `name`; `traced`: footprint's initramfs, rd.footprint=1 and
-    the code cpio (from the same cache) appended; `append`: more kernel arguments (e.g.
-    rd.footprint.stop=never)."""
+    the current tracer/ (recorder_cpio, from the same cache) appended; `append`: more
+    kernel arguments (e.g. rd.footprint.stop=never)."""
     spec = _spec_untraced(name, art)
     if traced and spec.extra.get("attach"):  # traced from the running session on
         spec.traced = True
     elif traced:
-        from .code import code_cpio
+        from .code import recorder_cpio
 
         spec.initrd = art.initrd_traced
         spec.append = f"{spec.append} {TRACED_APPEND}"
         spec.traced = True
-        spec.initrd_append = [code_cpio(art.root.parent)]
+        spec.initrd_append = [recorder_cpio(art.root.parent)]
     if append:
         spec.append = f"{spec.append} {append}"
     return spec
@@ -477,7 +440,7 @@ def spec_for(name: str, art: Artefacts, traced: bool = False, append: str = "") 
 def prepare(name: str, cache_dir: Optional[os.PathLike] = None, traced: bool = False,
             append: str = "") -> BootSpec:
     """The BootSpec of variant `name`, building whatever is missing. traced=True: boots
-    with footprint recording from the initramfs on (see vm/dracut/95footprint)."""
+    with footprint recording from the initramfs on (see tracer/dracut_module)."""
     if name not in VARIANTS:
         variant_names(name)  # raises the one-line error
     return spec_for(name, build({VARIANTS[name][0]}, cache_dir, traced=traced), traced, append)
@@ -485,5 +448,6 @@ def prepare(name: str, cache_dir: Optional[os.PathLike] = None, traced: bool = F
 
 def prepare_many(names: list[str], cache_dir: Optional[os.PathLike] = None,
                  traced: bool = False, append: str = "") -> list[BootSpec]:
+    """The BootSpecs of several variants, their images built in one pass."""
     art = build({VARIANTS[n][0] for n in names}, cache_dir, traced=traced)
     return [spec_for(n, art, traced, append) for n in names]

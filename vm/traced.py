@@ -1,6 +1,6 @@
 """Traced boots: the recording footprint's dracut module made, fetched and accounted.
 
-A traced boot (BootSpec.traced, see vm/dracut/95footprint) starts `footprint record` in the
+A traced boot (BootSpec.traced, see tracer/dracut_module) starts `footprint record` in the
 initramfs before dracut-cmdline and udev, and it keeps recording through switch_root into
 /run/footprint/recording.jsonl. `footprint_hook` is an experiment per-boot hook
 (vm.experiment hooks: `hook(guest, boot) -> dict`): it reads the recorder's own memory

@@ -10,8 +10,9 @@
 #   proc sys dev      recursive binds of the initramfs's (the same kernel views)
 #   run               bind of /run: the tmpfs the booted system gets (recording, marks,
 #                     stop file are shared with it)
-#   usr etc opt       binds of the initramfs's (python, bcc and footprint: their files are
-#                     deleted at switch_root; what the recorder mapped or imported stays)
+#   every other top-level directory (usr, etc, lib, a venv's or a python's own tree
+#                     wherever footprint was installed): binds of the initramfs's (their
+#                     files are deleted at switch_root; what the recorder mapped stays)
 #   sysroot           bind of /sysroot (the live root as dracut mounts it, for topology)
 # The namespace is a slave until the cleanup hook makes it private (footprint-detach), so
 # the live stack's mounts reach it while dracut assembles it.
@@ -19,22 +20,21 @@ R=/run/footprint/root
 set -e
 mkdir -p "$R"
 mount -t tmpfs -o mode=0755,size=16m footprint-root "$R"
-mkdir -p "$R/proc" "$R/sys" "$R/dev" "$R/run" "$R/usr" "$R/etc" "$R/opt" "$R/sysroot" "$R/tmp"
+mkdir -p "$R/proc" "$R/sys" "$R/dev" "$R/run" "$R/sysroot" "$R/tmp"
 chmod 1777 "$R/tmp"
 mount --bind /run "$R/run"
 mount --rbind /proc "$R/proc"
 mount --rbind /sys "$R/sys"
 mount --rbind /dev "$R/dev"
-mount --bind /usr "$R/usr"
-mount --bind /etc "$R/etc"
-[ -d /opt ] && mount --bind /opt "$R/opt"
 [ -d /sysroot ] && mount --bind /sysroot "$R/sysroot"
-for l in bin sbin lib lib64; do
-    if [ -L "/$l" ]; then
-        cp -P "/$l" "$R/$l"
-    elif [ -d "/$l" ]; then
+for d in /*; do
+    l=${d#/}
+    case $l in proc | sys | dev | run | sysroot | tmp) continue ;; esac
+    if [ -L "$d" ]; then
+        cp -P "$d" "$R/$l"
+    elif [ -d "$d" ]; then
         mkdir -p "$R/$l"
-        mount --bind "/$l" "$R/$l"
+        mount --bind "$d" "$R/$l"
     fi
 done
 set +e

@@ -70,36 +70,40 @@ case $timeout in '' | *[!0-9]*) timeout=240 ;; esac
 
 read -r t_start _ < /proc/uptime
 
-if ! command -v python3 > /dev/null 2>&1; then
-    say 3 "not tracing: python3 is not in the initramfs"
+if [ ! -r /usr/lib/footprint/python.env ]; then
+    say 3 "not tracing: no /usr/lib/footprint/python.env (rebuild the initramfs after footprint dracut install)"
     exit 0
 fi
-if [ ! -f /opt/footprint/run.py ]; then
-    say 3 "not tracing: no /opt/footprint/run.py (append footprint's code cpio to the initramfs)"
-    exit 0
-fi
+# FP_PYTHON, FP_PYTHONHOME, FP_PYTHONPATH, FP_LIBPATH: how the recorder was found when the
+# initramfs was built (module-setup.sh, python -m tracer.closure)
+# shellcheck disable=SC1091
+. /usr/lib/footprint/python.env
 
 # The storage modules, loaded before attaching so that the recorder's symbol table knows
 # them (it reads /proc/kallsyms once): their load-time allocations are then not traced,
 # their mount-time ones are.
 if [ "$preload" != 0 ]; then
     modprobe -q -a squashfs loop dm_mod dm_snapshot overlay iso9660 2> /dev/null
+    read -r t_mod _ < /proc/uptime
+    echo "footprint: storage modules loaded at $t_mod s" >> "$DIR/start.log"
 fi
 
-set -- python3 /opt/footprint/run.py record -o "$REC" --interval "$interval" --slab "$slab" \
+set -- @footprint -S -m tracer.boot record -o "$REC" --interval "$interval" --slab "$slab" \
     --marks "$DIR/marks" --stop-file "$DIR/stop"
 case $brk in
-    1) set -- python3 -c 'raise SystemExit("deliberately broken (rd.footprint.break=1)")' ;;
+    1) set -- @footprint -S -c 'raise SystemExit("deliberately broken (rd.footprint.break=1)")' ;;
     hang) set -- sleep 100000 ;;
 esac
 : > "$DIR/marks"
 : > "$LOG"
 # argv[0] "@footprint" for the recorder itself (bash's exec -a, in the last exec of the
-# chain); PYTHONHOME since python does not derive its prefix from that argv[0]. Neither unshare
-# (no --fork) nor setsid (not a process group leader here) forks: $pid is the recorder.
+# chain); PYTHONHOME since python does not derive its prefix from that argv[0]; -S and
+# PYTHONPATH: the paths the closure was taken with, nothing else. Neither unshare (no
+# --fork) nor setsid (not a process group leader here) forks: $pid is the recorder.
 (
     exec < /dev/null >> "$LOG" 2>&1
-    export PYTHONHOME=/usr PYTHONPATH=/opt/footprint PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+    export PYTHONHOME="$FP_PYTHONHOME" PYTHONPATH="$FP_PYTHONPATH" PYTHONDONTWRITEBYTECODE=1 \
+        PYTHONUNBUFFERED=1 PYTHONNOUSERSITE=1 LD_LIBRARY_PATH="$FP_LIBPATH"
     # argv[0] "@footprint" resolves through PATH to python (sys.executable, for re-exec)
     PATH=/usr/lib/footprint/bin:$PATH
     if command -v unshare > /dev/null 2>&1 && [ "$(arg rd.footprint.ns 1)" != 0 ]; then
