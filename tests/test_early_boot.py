@@ -182,15 +182,13 @@ def test_module_check_asks_to_be_named():
 def test_initramfs_facts_reads_concatenated_archives(tmp_path):
     import gzip
 
-    from vm.code import _cpio_entry
-
     def archive(files: dict) -> bytes:
         import io
 
         buf = io.BytesIO()
         for i, (name, data) in enumerate(files.items()):
-            _cpio_entry(buf, name, 0o100644, data, 100 + i, 1)
-        _cpio_entry(buf, "TRAILER!!!", 0, b"", 0, 1)
+            cpio.entry(buf, name, 0o100644, data, 100 + i, 1)
+        cpio.entry(buf, "TRAILER!!!", 0, b"", 0, 1)
         return buf.getvalue() + b"\0" * ((-buf.tell()) % 512)
 
     early = archive({"kernel/x86/microcode/GenuineIntel.bin": b"u" * 10})

@@ -33,13 +33,14 @@ def write(tree: Path, out: Path, prefix: str = "opt/footprint") -> None:
         for name, src, mode in entries:
             data = src.read_bytes() if src else b""
             ino += 1
-            _entry(f, name, mode, data, ino, 2 if src is None else 1)
-        _entry(f, "TRAILER!!!", 0, b"", 0, 1)
+            entry(f, name, mode, data, ino, 2 if src is None else 1)
+        entry(f, "TRAILER!!!", 0, b"", 0, 1)
         pad = (-f.tell()) % 512
         f.write(b"\0" * pad)
 
 
-def _entry(f, name: str, mode: int, data: bytes, ino: int, nlink: int) -> None:
+def entry(f, name: str, mode: int, data: bytes, ino: int, nlink: int) -> None:
+    """Writes one newc member (header, name, data, each padded to 4 bytes) to `f`."""
     nb = name.encode() + b"\0"
     fields = [ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(nb), 0]
     hdr = b"070701" + b"".join(b"%08X" % v for v in fields)
