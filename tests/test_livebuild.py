@@ -264,8 +264,6 @@ def test_files_read_after_attach_were_traced_to_the_page(session):
 
 
 @pytest.mark.qemu
-@pytest.mark.xfail(strict=False, reason="overlayfs naming (upper/lower layer names, one spelling "
-                   "per path, through the overlay) is helper overlay-baseline's work (issue #17)")
 def test_layers_are_named_as_the_user_sees_them(session):
     out, truth, facts = session
     acc, _ = _account_at(out, truth["time"])

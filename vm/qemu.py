@@ -12,6 +12,9 @@ shows it boots a kernel, else TCG (the verdict is cached). A hard time limit kil
 Leaving the `with` block (normally, by exception, Ctrl-C, or SIGTERM turned into an
 exception by `terminate_as_interrupt`) kills QEMU by its pid and removes the temp dir;
 QEMU also gets PR_SET_PDEATHSIG so a SIGKILLed footprint takes it along.
+
+Long because a guest's whole life is one object: accelerator choice, QEMU's argv, the
+agent's protocol and the teardown share its state (pid, work dir, socket, time limit).
 """
 
 from __future__ import annotations
@@ -228,6 +231,8 @@ class Guest:
         self.close()
 
     def command(self) -> list[str]:
+        """QEMU's argv for this guest: accelerator, kernel, initrd (+ appended archives),
+        command line, disks, the agent's virtio-serial socket, serial log."""
         assert self.workdir is not None
         spec = self.spec
         accel = self.accel or pick_accel(spec.kernel, self.cache_dir)
@@ -271,6 +276,8 @@ class Guest:
         return self.workdir / "agent.sock"  # type: ignore[operator]
 
     def start(self) -> None:
+        """Starts QEMU in a fresh work dir (after sweeping those of dead runs), with the
+        hard time limit armed; returns once QEMU runs (not once the guest is up)."""
         C.require_tools(QEMU)
         _sweep_workdirs()
         self.workdir = Path(tempfile.mkdtemp(prefix=f"footprint-guest-{os.getpid()}-"))
@@ -341,6 +348,7 @@ class Guest:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def alive(self) -> bool:
+        """Whether QEMU is still running."""
         return self.proc is not None and self.proc.poll() is None
 
     def _check_alive(self, doing: str) -> None:
@@ -360,6 +368,7 @@ class Guest:
         return f"see {where}{tail}"
 
     def serial_text(self) -> str:
+        """The serial console's log so far ("" before it exists)."""
         try:
             return self.serial_log.read_text(errors="replace")
         except (OSError, TypeError):
@@ -410,6 +419,8 @@ class Guest:
             return self._replies.pop(rid)
 
     def request(self, req: dict, timeout: float, doing: str) -> dict:
+        """Sends one request to the agent and returns its reply; GuestError naming
+        `doing` when none comes within `timeout` or QEMU died."""
         rid = self._send(req)
         msg = self._wait_reply(rid, timeout, doing)
         if msg is None:
@@ -477,6 +488,7 @@ class Guest:
         return data
 
     def put_file(self, guest_path: str, data: bytes, mode: int = 0o644, timeout: float = 120.0) -> None:
+        """Writes `data` to `guest_path` in the guest (through the agent), with `mode`."""
         msg = self.request({"op": "write", "path": guest_path, "mode": mode,
                             "data_b64": base64.b64encode(data).decode()}, timeout, f"writing {guest_path}")
         if msg.get("rc") != 0:
