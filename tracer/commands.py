@@ -60,11 +60,11 @@ class _Seconds(click.ParamType):
               help="File of phase marks to follow (lines 'BOOTTIME NAME').")
 @click.option("--stop-file", default=None, help="Stop when this file appears.")
 @click.option("--max-files", type=click.IntRange(min=64), default=None,
-              help="Files with page cache followed (default: 1 per 32 pages of RAM, at least 32768).")
-@click.option("--max-stacks", type=click.IntRange(min=64), default=16384, show_default=True,
+              help="Files with page cache followed (default: 1.5 times those with page cache at attach, plus 8192).")
+@click.option("--max-stacks", type=click.IntRange(min=64), default=8192, show_default=True,
               help="Distinct kernel stacks of page allocations (two stack maps of half each).")
 @click.option("--max-objects", type=click.IntRange(min=64), default=None,
-              help="Live slab objects followed (default: 1 per 16 pages of RAM, at least 65536).")
+              help="Live slab objects followed (default: 16384; 65536 with --slab all).")
 @click.option("--no-exec", is_flag=True,
               help="Keep sampling in this process (default: exec into a lean sampler without "
                    "bcc/LLVM once attached).")

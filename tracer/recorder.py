@@ -230,11 +230,23 @@ class Recorder:
     def begin(self) -> None:
         """What needs no bcc: symbols, topology, uevents, the inventory."""
         self.kallsyms = Kallsyms.load()
+        self._set_slab_filter()
         self.write_topology()
         self.uevents = self._uevent_watcher()
         if self.opts.inventory:
             self.take_inventory()
         _release_memory()
+
+    def _set_slab_filter(self) -> None:
+        """--slab kmalloc: from here on the program follows kmalloc objects only from
+        modules and the storage stack's built-in code (until now: every one)."""
+        if self.opts.slab != "kmalloc" or "slab_filter" not in self.maps.maps:
+            return
+        try:
+            text, ranges = loader.slab_ranges(self.kallsyms)
+            self.maps.set_slab_filter(text, ranges)
+        except OSError as err:
+            self.log(f"slab filter not set (every kmalloc object followed): {err.strerror}")
 
     def _uevent_watcher(self):
         try:
