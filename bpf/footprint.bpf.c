@@ -46,7 +46,7 @@ FP_MAP(chunk_zero, BPF_MAP_TYPE_ARRAY, int, struct fp_chunk);
 FP_MAP(slab_filter, BPF_MAP_TYPE_ARRAY, int, struct fp_slab_filter);
 FP_MAP(stats, BPF_MAP_TYPE_ARRAY, int, u64);
 FP_MAP(files, BPF_MAP_TYPE_HASH, struct fp_file_key, struct fp_file_val);
-FP_MAP(stack_pages, BPF_MAP_TYPE_HASH, u32, struct fp_counter);
+FP_MAP(stack_pages, BPF_MAP_TYPE_ARRAY, u32, struct fp_counter);
 FP_MAP(objs, BPF_MAP_TYPE_HASH, u64, struct fp_obj_val);
 FP_MAP(sites, BPF_MAP_TYPE_HASH, struct fp_site_key, struct fp_counter);
 FP_MAP(oom_victims, BPF_MAP_TYPE_ARRAY, int, struct fp_oom_victim);

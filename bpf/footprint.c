@@ -53,7 +53,7 @@ BPF_ARRAY(stats, u64, ST_MAX);
 BPF_HASH(files, struct fp_file_key, struct fp_file_val, FP_FILES_MAX);
 BPF_TABLE("stacktrace", int, struct fp_stack, stacks, FP_STACKS_MAX);
 BPF_TABLE("stacktrace", int, struct fp_stack, stacks_alt, FP_STACKS_MAX);
-BPF_HASH(stack_pages, u32, struct fp_counter, 2 * FP_STACKS_MAX + 1);
+BPF_ARRAY(stack_pages, struct fp_counter, 2 * FP_STACKS_MAX + 1);
 BPF_HASH(objs, u64, struct fp_obj_val, FP_OBJS_MAX);
 BPF_HASH(sites, struct fp_site_key, struct fp_counter, FP_SITES_MAX);
 #ifdef FP_HAS_oom_mark_victim
@@ -78,10 +78,6 @@ static __always_inline struct fp_slab_filter *slab_filter_lookup(int *k) { retur
 static __always_inline struct fp_file_val *files_lookup(struct fp_file_key *k) { return files.lookup(k); }
 static __always_inline int files_insert(struct fp_file_key *k, struct fp_file_val *v) { return files.insert(k, v); }
 static __always_inline struct fp_counter *stack_pages_lookup(u32 *k) { return stack_pages.lookup(k); }
-static __always_inline struct fp_counter *stack_pages_lookup_or_try_init(u32 *k, struct fp_counter *v)
-{
-    return stack_pages.lookup_or_try_init(k, v);
-}
 static __always_inline struct fp_obj_val *objs_lookup(u64 *k) { return objs.lookup(k); }
 static __always_inline int objs_update(u64 *k, struct fp_obj_val *v) { return objs.update(k, v); }
 static __always_inline int objs_delete(u64 *k) { return objs.delete(k); }

@@ -308,8 +308,7 @@ FP_TRACEPOINT(kmem, mm_page_alloc, mm_page_alloc)
         id = 0;
     if (!id)
         stat_inc(ST_STACK_LOST);
-    struct fp_counter zero = {};
-    struct fp_counter *c = FP_LOOKUP_OR_INIT(stack_pages, &id, &zero);
+    struct fp_counter *c = FP_LOOKUP(stack_pages, &id);
     if (!c)
         return 0;
     if (pfn_set(pfn, order, FP_PFN_KPAGE, id, &was) < 0)

@@ -155,7 +155,7 @@ struct fp_oom_victim {
  *   stats         array  u64 per enum fp_stat
  *   files         hash   fp_file_key -> fp_file_val
  *   stacks, stacks_alt  stack traces (CFG_STACKS_MAX buckets each)
- *   stack_pages   hash   u32 stack id -> fp_counter
+ *   stack_pages   array  stack id -> fp_counter        (ids are dense: an array, no hash)
  *   objs          hash   u64 address -> fp_obj_val
  *   sites         hash   fp_site_key -> fp_counter
  *   oom_victims   array  CFG_OOM_SLOTS x fp_oom_victim

@@ -19,6 +19,7 @@ _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_GET = 7
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
 
@@ -45,6 +46,17 @@ class _BatchAttr(ctypes.Structure):
                 ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
                 ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
                 ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _ObjAttr(ctypes.Structure):
+    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
+                ("file_flags", ctypes.c_uint32)]
+
+
+def obj_get(path: str) -> int:
+    """An fd of the BPF object (map, program, link) pinned at `path` on bpffs (4.4+)."""
+    name = ctypes.create_string_buffer(os.fsencode(path))
+    return _bpf(BPF_OBJ_GET, _ObjAttr(pathname=ctypes.addressof(name)))
 
 
 class _InfoAttr(ctypes.Structure):
@@ -227,7 +239,9 @@ class Maps:
         return dict(self.file_entry(k, v) for k, v in self.maps["files"].items())
 
     def stack_pages(self) -> dict[int, tuple]:
-        return dict(self.stack_entry(k, v) for k, v in self.maps["stack_pages"].items())
+        """Stacks that were ever charged (an array: entries never used are all zero)."""
+        return dict(self.stack_entry(k, v) for k, v in self.maps["stack_pages"].items()
+                    if v.count(0) != len(v))
 
     def sites(self) -> dict[tuple[int, int], tuple]:
         return dict(self.site_entry(k, v) for k, v in self.maps["sites"].items())

@@ -92,6 +92,7 @@ class Options:
     loader: str = "auto"  # auto | libbpf | bcc (loader.choose_loader)
     sizes: loader.MapSizes | None = None
     exec: bool = True  # hand off to the lean sampler after attaching
+    pin: bool = False  # pin links and maps in bpffs: the account outlives the recorder
 
 
 class Recorder:
@@ -124,6 +125,10 @@ class Recorder:
         self.writer = recording.Writer(opts.output)
         self.plan = loader.plan(sizes=opts.sizes, kernel_headers=opts.kernel_headers, slab=opts.slab,
                                 loader=opts.loader)
+        if opts.pin:
+            from . import pinned
+
+            pinned.check_free()
         t0 = boottime()
         self.program = loader.Program(self.plan)
         attach_s = boottime() - t0
@@ -137,6 +142,10 @@ class Recorder:
         self.attach_fds = self.program.attach_fds()
         self.prog_fds = self.program.prog_fds()
         self.maps = Maps(self.map_fds)
+        if opts.pin:
+            from . import pinned
+
+            pinned.pin(self.program, opts.output, sorted(self.map_fds))
         self._hold_marks()
         self.writer.start({
             "plan": {
@@ -187,7 +196,7 @@ class Recorder:
         if self.marks_fd is not None:
             os.set_inheritable(self.marks_fd, True)  # and its lock with it
         output_fd = self.writer.detach()
-        state = {"opts": {k: v for k, v in asdict(self.opts).items() if k != "sizes"},
+        state = {"opts": {k: v for k, v in asdict(self.opts).items() if k not in ("sizes", "pin")},
                  "map_fds": self.map_fds, "attach_fds": self.attach_fds,
                  "prog_fds": self.prog_fds, "output_fd": output_fd,
                  "marks_fd": self.marks_fd, "marks_pos": self.marks_pos,
@@ -337,6 +346,8 @@ class Recorder:
         now = self.maps.raw(name)
         before = self.last_raw[name]
         out = {}
+        if name == "stack_pages":  # an array: ids never used are all zero (and stay out)
+            now = {k: v for k, v in now.items() if v.count(0) != len(v)}
         for k, v in now.items():
             if before.get(k) == v:
                 continue
