@@ -137,3 +137,59 @@ def test_maps_are_sized_by_what_is_seen(loader_name):
     ram_pages = os.sysconf("SC_PHYS_PAGES")
     # keys and values only (no hash headers): well under 2 bytes a page of RAM here
     assert total < 2 * ram_pages + (16 << 20), (total, ram_pages)
+
+
+def test_slab_ranges_name_the_storage_stack():
+    """The core-kernel ranges whose kmalloc objects are followed by default: storage
+    functions (adjacent ones merged), nothing else, at most 64."""
+    from tracer.symbols import Kallsyms
+
+    text = "\n".join([
+        "ffffffff81000000 T _stext",
+        "ffffffff81001000 T do_sys_open",
+        "ffffffff81002000 T squashfs_read_data",
+        "ffffffff81002400 t squashfs_cache_get",
+        "ffffffff81003000 T vfs_read",
+        "ffffffff81004000 T filemap_add_folio",
+        "ffffffff81004800 T tcp_sendmsg",
+        "ffffffff81005000 T _etext",
+        "ffffffffc0001000 t loop_queue_rq\t[loop]",
+    ])
+    (lo, hi), ranges = loader.slab_ranges(Kallsyms.from_text(text))
+    assert (lo, hi) == (0xffffffff81000000, 0xffffffff81005000)
+    assert ranges == [(0xffffffff81002000, 0xffffffff81003000),
+                      (0xffffffff81004000, 0xffffffff81004800)]
+    many = "\n".join(["ffffffff81000000 T _stext"]
+                     + [f"{0xffffffff81001000 + 0x200 * i:x} T {'loop' if i % 2 else 'tcp'}_f{i}"
+                        for i in range(400)] + ["ffffffff81100000 T _etext"])
+    assert len(loader.slab_ranges(Kallsyms.from_text(many))[1]) == loader.SLAB_RANGES
+
+
+def test_kmalloc_objects_of_the_core_kernel_are_not_followed_by_default(loader_name):
+    """With the filter set (what the sampler does at start with --slab kmalloc), no call
+    site inside the core kernel's text outside the named ranges gets a counter."""
+    from tracer.symbols import Kallsyms
+
+    p = loader.plan(loader=loader_name, slab="kmalloc")
+    prog = loader.Program(p)
+    try:
+        maps = Maps({n: prog[n].map_fd for n in Maps.NAMES})
+        (lo, hi), ranges = loader.slab_ranges(Kallsyms.load())
+
+        def core_sites_after_work() -> list[int]:
+            before = maps.sites()
+            for _ in range(200):  # kmallocs of the core kernel: opening files, reading /proc
+                with open("/proc/self/status") as f:
+                    f.read()
+            time.sleep(0.2)
+            grown = [a for (a, kind), c in maps.sites().items()
+                     if kind == 0 and c[2] > before.get((a, kind), (0, 0, 0))[2]]
+            return [a for a in grown if lo <= a < hi and not any(r0 <= a < r1 for r0, r1 in ranges)]
+
+        unfiltered = core_sites_after_work()  # until the sampler sets it: every object
+        maps.set_slab_filter((lo, hi), ranges)
+        filtered = core_sites_after_work()
+    finally:
+        prog.close()
+    assert unfiltered, "no core-kernel kmalloc seen at all: the test proves nothing"
+    assert not filtered, [hex(a) for a in filtered]

@@ -61,7 +61,7 @@ class _Seconds(click.ParamType):
 @click.option("--stop-file", default=None, help="Stop when this file appears.")
 @click.option("--max-files", type=click.IntRange(min=64), default=None,
               help="Files with page cache followed (default: 1.5 times those with page cache at attach, plus 8192).")
-@click.option("--max-stacks", type=click.IntRange(min=64), default=8192, show_default=True,
+@click.option("--max-stacks", type=click.IntRange(min=64), default=16384, show_default=True,
               help="Distinct kernel stacks of page allocations (two stack maps of half each).")
 @click.option("--max-objects", type=click.IntRange(min=64), default=None,
               help="Live slab objects followed (default: 16384; 65536 with --slab all).")

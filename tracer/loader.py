@@ -69,7 +69,7 @@ class MapSizes:
     so each is sized by what the kernel holds at attach, not by RAM."""
 
     files: int = 0  # 0: from the files with page cache at attach (resolved)
-    stacks: int = 8192  # hash buckets, split over two stack maps (see bpf/footprint.c)
+    stacks: int = 16384  # hash buckets, split over two stack maps (see bpf/footprint.c)
     stack_depth: int = 20
     objs: int = 0  # 0: 16384 live slab objects (--slab kmalloc: storage call sites), 65536 (all)
     sites: int = 2048
@@ -83,13 +83,14 @@ class MapSizes:
 
     def resolved(self, max_pfn: int, slab: str = "kmalloc") -> "MapSizes":
         """Sizes for this kernel now. Files: those with page cache now (_files_now), and
-        half as many again plus 8192 for what comes. Chunks of the kernel pages' stack
+        half as many again plus 8192 for what comes, at least 16384 (an initramfs has a
+        few hundred; the booted system reads thousands more). Chunks of the kernel pages' stack
         ids: the pageblocks of unmovable and reclaimable type (/proc/pagetypeinfo) twice
         over, plus 256. Objects: 16384 at the storage stack's call sites, 65536 with
         `--slab all` (every object)."""
         from dataclasses import replace
 
-        files = self.files or min(1 << 20, _files_now() * 3 // 2 + 8192)
+        files = self.files or min(1 << 20, max(16384, _files_now() * 3 // 2 + 8192))
         total_chunks = max(1, -(-max_pfn // 512))
         chunks = self.chunks or min(total_chunks, 2 * _kernel_pageblocks(total_chunks) + 256)
         objs = self.objs or (65536 if slab == "all" else 16384)

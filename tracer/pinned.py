@@ -125,6 +125,7 @@ def snapshot(out: str = SNAPSHOT) -> str:
             raise FootprintError(f"the recording of the pinned account, {meta['recording']}, "
                                  "has no header")
         rec.writer, rec.maps, rec.prog_fds = writer, Maps(fds), progs
+        rec.own_process = False  # no recorder runs: this reader is not the tracer
         rec.kallsyms = Kallsyms.load()
         rec.sample()  # every entry: nothing is "unchanged" against an empty reference
         writer.close("snapshot of the pinned account")

@@ -113,6 +113,7 @@ class Recorder:
         self.marks_fd: int | None = None  # the marks file, held (shared lock) while recording
         self.marks_pos = 0
         self.oom_seen = 0
+        self.own_process = True  # the sampler is the tracer's process (not a snapshot's reader)
 
     # -- set-up ------------------------------------------------------------------
     def attach(self) -> None:
@@ -421,7 +422,7 @@ class Recorder:
         rec = {"type": "sample", "t": t, "meminfo": procfs.meminfo(), "stats": stats,
                "pcp_pages": procfs.zone_pcp_pages(),
                "files": files, "stacks": {str(k): v for k, v in stacks.items()}, "sites": sites,
-               "tracer": _own_memory()}
+               "tracer": _own_memory() if self.own_process else {}}
         # Slab and vmalloc totals are written whole, and only when they changed.
         for name, now in (("slab", _slab_summary()), ("vmalloc", _vmalloc_summary())):
             if now != self.last.get(name):
