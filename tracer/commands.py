@@ -142,11 +142,11 @@ def report(recording, by, as_json, as_csv, parquet, index, all_rows, pinned):
     from . import report as rep
 
     if pinned:
-        from . import pinned as pins
         from .errors import require_root
+        from .snapshot import snapshot
 
         require_root("reading the pinned account")
-        recording = pins.snapshot()
+        recording = snapshot()
     rec, acc = _load_account(recording, index)
     if parquet:
         import io

@@ -81,8 +81,10 @@ class MapSizes:
         the buckets up to one, and ids above the map size would run into the second)."""
         return 1 << max(5, (max(1, self.stacks // 2) - 1).bit_length())
 
-    def resolved(self, max_pfn: int, slab: str = "kmalloc") -> "MapSizes":
-        """Sizes for this kernel now. Files: those with page cache now (_files_now), and
+    def resolved(self, max_pfn: int, slab: str = "kmalloc",
+                 files_now: int | None = None) -> "MapSizes":
+        """Sizes for this kernel now. Files: those with page cache now (`files_now`, the
+        recorder has it from the kernel baseline; else guessed by _files_now), and
         half as many again plus 8192 for what comes, at least 16384 (an initramfs has a
         few hundred; the booted system reads thousands more). Chunks of the kernel pages' stack
         ids: the pageblocks of unmovable and reclaimable type (/proc/pagetypeinfo) twice
@@ -90,7 +92,9 @@ class MapSizes:
         `--slab all` (every object)."""
         from dataclasses import replace
 
-        files = self.files or min(1 << 20, max(16384, _files_now() * 3 // 2 + 8192))
+        if files_now is None:
+            files_now = _files_now()
+        files = self.files or min(1 << 20, max(16384, files_now * 3 // 2 + 8192))
         total_chunks = max(1, -(-max_pfn // 512))
         chunks = self.chunks or min(total_chunks, 2 * _kernel_pageblocks(total_chunks) + 256)
         objs = self.objs or (65536 if slab == "all" else 16384)
@@ -98,17 +102,9 @@ class MapSizes:
 
 
 def _files_now() -> int:
-    """Files with page cache now: the kernel baseline's count (tracer/baseline.py, a
-    walk of every inode in tens of milliseconds) where it runs; else a third of the
-    in-core inodes (fs/inode.c's nr_inodes - nr_unused, /proc/sys/fs/inode-nr: every
-    file with page cache has one; 41k of 119k had pages on this 24 GiB host)."""
-    from . import baseline
-
-    if baseline.unavailable() is None:
-        try:
-            return len(baseline.kernel_walk()["inodes"])
-        except FootprintError:
-            pass
+    """Files with page cache now, guessed: a third of the in-core inodes (fs/inode.c's
+    nr_inodes - nr_unused, /proc/sys/fs/inode-nr: every file with page cache has one;
+    41k of 119k had pages on this 24 GiB host)."""
     try:
         used, unused = (int(x) for x in Path("/proc/sys/fs/inode-nr").read_text().split()[:2])
         return max(0, used - unused) // 3
@@ -351,8 +347,10 @@ def find_headers(explicit: str | None = None) -> Headers:
 
 
 def plan(sizes: MapSizes | None = None, kernel_headers: str | None = None,
-         max_pfn: int | None = None, slab: str = "kmalloc", loader: str = "auto") -> Plan:
-    """Decide what to load for the running kernel; raises FootprintError if it cannot work."""
+         max_pfn: int | None = None, slab: str = "kmalloc", loader: str = "auto",
+         files_now: int | None = None) -> Plan:
+    """Decide what to load for the running kernel; raises FootprintError if it cannot work.
+    `files_now`: files with page cache now, if known (sizes the files table)."""
     from .procfs import zone_max_pfn
 
     tfs = tracefs()
@@ -361,7 +359,7 @@ def plan(sizes: MapSizes | None = None, kernel_headers: str | None = None,
                else Headers(None, "none needed (CO-RE object, relocated by libbpf)", True, needed=False))
     max_pfn = max_pfn or zone_max_pfn()
     p = Plan(tracefs=tfs, kernel=platform.release(), headers=headers,
-             max_pfn=max_pfn, sizes=(sizes or MapSizes()).resolved(max_pfn, slab),
+             max_pfn=max_pfn, sizes=(sizes or MapSizes()).resolved(max_pfn, slab, files_now),
              slab=slab, loader=which, bpf_object=obj)
     if slab not in SLAB_MODES:
         raise FootprintError(f"unknown --slab mode {slab!r}: use one of {', '.join(SLAB_MODES)}")

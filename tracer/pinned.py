@@ -66,7 +66,7 @@ def pin(program, recording_path: str, maps: list[str]) -> None:
         raise
 
 
-def _meta() -> dict:
+def meta() -> dict:
     try:
         with open(META) as f:
             meta = json.load(f)
@@ -80,62 +80,6 @@ def _meta() -> dict:
             or not isinstance(meta.get("recording"), str):
         raise FootprintError(f"{META} is corrupt: remove the pinned account with `footprint unpin`")
     return meta
-
-
-def snapshot(out: str = SNAPSHOT) -> str:
-    """Write `out`: the pinned account's recording with one more sample, read now from
-    the pinned maps; returns its path."""
-    from .bpfmaps import Maps, obj_get
-    from .recorder import Options, Recorder
-    from .recording import Writer
-    from .symbols import Kallsyms
-
-    meta = _meta()
-    try:
-        fds = {name: obj_get(f"{PIN_DIR}/map-{name}") for name in meta["maps"]}
-        progs = {name: obj_get(f"{PIN_DIR}/prog-{name}") for name in meta.get("programs", [])}
-    except OSError as err:
-        raise FootprintError(f"the pinned account in {PIN_DIR} is incomplete ({err.strerror}): "
-                             "remove it with `footprint unpin`") from None
-    try:
-        src = open(meta["recording"], encoding="utf-8")
-    except OSError as err:
-        raise FootprintError(f"the recording of the pinned account, {meta['recording']}, is "
-                             f"unreadable ({err.strerror})") from None
-    writer = Writer(out)
-    rec = Recorder(Options(output=out, marks=None, slab=meta.get("slab", "kmalloc")))
-    try:
-        with src:
-            for n, line in enumerate(src):
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    continue  # a torn last line of a killed recorder
-                if not isinstance(obj, dict) or obj.get("type") == "end":
-                    continue
-                if n == 0:
-                    writer.start(obj)  # the header as it was (start() keeps its fields)
-                    continue
-                if obj.get("type") == "stack":
-                    rec.known_stacks.add(obj.get("id"))
-                elif obj.get("type") == "site":
-                    rec.known_sites.add(obj.get("key"))
-                writer.write(obj)
-        if not writer.started:
-            raise FootprintError(f"the recording of the pinned account, {meta['recording']}, "
-                                 "has no header")
-        rec.writer, rec.maps, rec.prog_fds = writer, Maps(fds), progs
-        rec.own_process = False  # no recorder runs: this reader is not the tracer
-        rec.kallsyms = Kallsyms.load()
-        rec.sample()  # every entry: nothing is "unchanged" against an empty reference
-        writer.close("snapshot of the pinned account")
-    except BaseException:
-        writer.abandon()
-        raise
-    finally:
-        for fd in list(fds.values()) + list(progs.values()):
-            os.close(fd)
-    return out
 
 
 def unpin(quiet: bool = False) -> str:

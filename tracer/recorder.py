@@ -125,7 +125,7 @@ class Recorder:
         # is refused before it compiles anything, and the first one's file is untouched.
         self.writer = recording.Writer(opts.output)
         self.plan = loader.plan(sizes=opts.sizes, kernel_headers=opts.kernel_headers, slab=opts.slab,
-                                loader=opts.loader)
+                                loader=opts.loader, files_now=_files_with_pages(opts))
         if opts.pin:
             from . import pinned
 
@@ -596,6 +596,22 @@ class Recorder:
         finally:
             self.writer.close(reason)
         return reason
+
+
+def _files_with_pages(opts: Options) -> int | None:
+    """How many files have page cache now, to size the files table: the kernel
+    baseline's walk (tracer/baseline.py: tens of milliseconds) where it runs and the
+    table is not sized by hand; None (the loader guesses) otherwise."""
+    if (opts.sizes and opts.sizes.files) or opts.baseline not in ("auto", "kernel"):
+        return None
+    from . import baseline
+
+    if baseline.unavailable() is not None:
+        return None
+    try:
+        return len(baseline.kernel_walk()["inodes"])
+    except FootprintError:
+        return None
 
 
 def _release_memory() -> None:
