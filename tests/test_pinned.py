@@ -51,8 +51,11 @@ def no_pinned_account():
     done = subprocess.run(["bash", str(REPO / "scripts" / "build-bpf")], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(done.stderr.strip().splitlines()[-1])
+    mounted = pinned._bpffs_mounted()
     yield
     pinned.unpin(quiet=True)
+    if not mounted and pinned._bpffs_mounted():  # record --pin mounted it: leave none behind
+        subprocess.run(["umount", pinned.BPFFS], check=False)
 
 
 def test_pinned_account_outlives_the_recorder(tmp_path, no_pinned_account):
