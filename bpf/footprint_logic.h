@@ -304,8 +304,8 @@ FP_TRACEPOINT(kmem, mm_page_alloc, mm_page_alloc)
     }
     /* No room for the id in the side table: charged to the unknown stack, which is
      * what the free will find. */
-    if (id && !chunk_get(pfn, true))
-        id = 0;
+    if (id && (!chunk_get(pfn, true) || !chunk_get(pfn + (1ULL << (order & 15)) - 1, true)))
+        id = 0;  /* both ends: an order-10 block spans two chunks */
     if (!id)
         stat_inc(ST_STACK_LOST);
     struct fp_counter *c = FP_LOOKUP(stack_pages, &id);

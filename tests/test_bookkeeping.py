@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,13 +22,26 @@ pytestmark = [pytest.mark.bpf,
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", params=["libbpf", "bcc"])
+@pytest.fixture(params=["libbpf", "bcc"])
 def loader_name(request):
+    """libbpf in this process; bcc in a child pytest: libbcc carries its own libbpf, whose
+    exported symbols would stand in for libbpf.so.1's in every later test of this
+    process (libbpf's messages then go to bcc's printer, not ours)."""
     if request.param == "libbpf":
         done = subprocess.run(["bash", str(REPO / "scripts" / "build-bpf")], capture_output=True,
                               text=True)
         if done.returncode != 0:
             pytest.skip(done.stderr.strip().splitlines()[-1])
+    elif not os.environ.get("FP_BOOKKEEPING_CHILD"):
+        child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                "-rs", request.node.nodeid], cwd=REPO, capture_output=True,
+                               text=True, env=dict(os.environ, FP_BOOKKEEPING_CHILD="1"),
+                               timeout=600)
+        last = (child.stdout.strip().splitlines() or [""])[-1]
+        if child.returncode == 0 and "skipped" in last and "passed" not in last:
+            pytest.skip(f"bcc: {last}")
+        assert child.returncode == 0, child.stdout[-3000:] + child.stderr[-2000:]
+        return None
     return request.param
 
 
@@ -69,6 +83,8 @@ def test_pages_migrated_by_compaction_stay_counted(tmp_path, loader_name):
     old folio is freed). The file still holds its pages: the count must not drop. The
     design before this one subtracted them at the free (and the delete of the new folio,
     unseen, then ate the baseline)."""
+    if loader_name is None:  # bcc: run, and passed, in a child (loader_name)
+        return
     big = Path("/var/tmp") / f"fp-migrate-{os.getpid()}"
     big.write_bytes(os.urandom(1 << 20) * 256)
     try:
@@ -100,6 +116,8 @@ def test_pages_migrated_by_compaction_stay_counted(tmp_path, loader_name):
 def test_files_are_not_rationed_per_cpu(tmp_path, loader_name):
     """Files read on one CPU get counters up to the table's size (file ids were handed
     out in per-CPU slices: one busy CPU ran out at size / possible CPUs)."""
+    if loader_name is None:  # bcc: run, and passed, in a child (loader_name)
+        return
     n = 600
     for i in range(n):
         (tmp_path / f"f{i}").write_bytes(b"x" * 4096)
@@ -124,6 +142,8 @@ def test_files_are_not_rationed_per_cpu(tmp_path, loader_name):
 def test_maps_are_sized_by_what_is_seen(loader_name):
     """The per-pfn state costs 2 bits a page (an array of u64, 32 pfns each), files are
     sized from the files with page cache now, and all maps together stay small."""
+    if loader_name is None:  # bcc: run, and passed, in a child (loader_name)
+        return
     p, prog, maps = _program(loader_name)
     try:
         pfn = Map(prog["pfn_state"].map_fd)
@@ -168,6 +188,8 @@ def test_slab_ranges_name_the_storage_stack():
 def test_kmalloc_objects_of_the_core_kernel_are_not_followed_by_default(loader_name):
     """With the filter set (what the sampler does at start with --slab kmalloc), no call
     site inside the core kernel's text outside the named ranges gets a counter."""
+    if loader_name is None:  # bcc: run, and passed, in a child (loader_name)
+        return
     from tracer.symbols import Kallsyms
 
     p = loader.plan(loader=loader_name, slab="kmalloc")
