@@ -6,6 +6,10 @@ in one run (machines are noisy: ratios of interleaved runs, medians).
 Host part (this machine's kernel, tracepoints only):
   workload_overhead_ratio_host  cold read of a file tree on a squashfs-in-ext4 loop
                                 stack, traced / untraced (median of interleaved runs)
+  tracer_own_mib_host           the tracer's own memory on this host during a 20 s record
+                                under a cold read: its BPF maps (the kernel's memlock of
+                                every map its programs use) + the recorder's RSS
+  lost_events_host              events the kernel skipped for our programs in that record
   max_file_error_pct            worst per-file error of footprint vs the kernel's own
                                 count (cachestat; fincore where it sees every page)
   report_seconds_1m_pages       `footprint report --json` on a recording holding
@@ -40,6 +44,7 @@ import livestack  # noqa: E402
 
 FOOTPRINT = [sys.executable, "-m", "tracer"]
 GOALS = {"workload_overhead_ratio": 1.03, "workload_overhead_ratio_host": 1.03,
+         "tracer_own_mib_host": 32, "lost_events_host": 0,
          "boot_overhead_ratio": 1.10, "lost_events": 0, "map_drops": 0, "tracer_own_mib": 8,
          "report_seconds_1m_pages": 2.0, "html_seconds_20k_phases": 5.0, "max_file_error_pct": 1.0,
          "unattributed_pct": 3.0, "initramfs_added_mib": 24, "attach_seconds_guest": 2.0}
@@ -98,6 +103,65 @@ def host_workload_and_accuracy(runs: int) -> dict:
         error = _max_file_error(stack, Path(tmp))
     return {"workload_overhead_ratio_host": round(ratio, 3), "max_file_error_pct": error,
             "cold_read_seconds_untraced": round(statistics.median(untraced), 3)}
+
+
+def _bpftool_json(*args) -> dict | list:
+    return json.loads(subprocess.run(["bpftool", "--json", *args], check=True, capture_output=True,
+                                     text=True).stdout)
+
+
+def tracer_own_bytes(pid: int) -> dict:
+    """A running recorder's own memory: every BPF map its programs use (found from the
+    program fds it holds, /proc/PID/fdinfo prog_id; each map's bytes_memlock, which is
+    its real size since 6.4's map_mem_usage) and its resident set (VmRSS)."""
+    prog_ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("prog_id:"):
+                prog_ids.add(int(line.split()[1]))
+    map_ids = set()
+    for pid_ in prog_ids:
+        map_ids.update(_bpftool_json("prog", "show", "id", str(pid_)).get("map_ids", []))
+    maps = sum(int(_bpftool_json("map", "show", "id", str(m)).get("bytes_memlock", 0)) for m in map_ids)
+    rss = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+    return {"maps": maps, "rss": rss}
+
+
+def host_own_and_lost(seconds: float = 20.0) -> dict:
+    """A 20 s record (with the kernel baseline, as a user would run it) while cold reads
+    of a squashfs/ext4 loop stack run: the tracer's own memory at the end, and the events
+    the kernel skipped for our programs (recursion misses) over the record."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="fp-bench-") as tmp, \
+            livestack.live_like_stack(Path(tmp), tree_mib=256) as stack:
+        rec = Path(tmp) / "own.jsonl"
+        p = subprocess.Popen(FOOTPRINT + ["record", "-o", str(rec), "--interval", "1"],
+                             stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while not (rec.exists() and b'"type":"sample"' in rec.read_bytes()):
+                if time.monotonic() > deadline or p.poll() is not None:
+                    raise RuntimeError("recorder did not start")
+                time.sleep(0.1)
+            t_end = time.monotonic() + seconds
+            while time.monotonic() < t_end:
+                _cold_read(stack["ext"])
+            own = tracer_own_bytes(p.pid)
+        finally:
+            _stop(p)
+        rep = json.loads(subprocess.run(FOOTPRINT + ["report", "--json", str(rec)], check=True,
+                                        capture_output=True, text=True).stdout)
+    say(f"own memory: maps {own['maps'] / 2**20:.1f} MiB + recorder RSS {own['rss'] / 2**20:.1f} MiB")
+    return {"tracer_own_mib_host": round((own["maps"] + own["rss"]) / 2**20, 1),
+            "tracer_maps_mib_host": round(own["maps"] / 2**20, 1),
+            "tracer_rss_mib_host": round(own["rss"] / 2**20, 1),
+            "lost_events_host": rep.get("lost_events")}
 
 
 def _max_file_error(stack: dict, tmp: Path) -> float:
@@ -268,14 +332,22 @@ def main() -> int:
     ap.add_argument("--guest", action="store_true", help="also the QEMU guest benchmarks (slow)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--guest-runs", type=int, default=1, help="boots of each kind (minutes each)")
+    ap.add_argument("--only", choices=["own"], help="only these keys (own: tracer_own_mib_host, "
+                    "lost_events_host)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (loop devices, BPF): run it as root", file=sys.stderr)
         return 2
     results: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} "
                      f"{platform.release()} {os.cpu_count()} CPUs"}
+    if args.only == "own":
+        results.update(host_own_and_lost())
+        print(json.dumps(results, indent=2))
+        return 0
     say("host: cold-read overhead and per-file accuracy")
     results.update(host_workload_and_accuracy(args.runs))
+    say("host: own memory and lost events over a 20 s record under cold reads")
+    results.update(host_own_and_lost())
     say("report on 1M resident pages")
     results.update(report_scale(args.runs))
     if args.guest:

@@ -6,7 +6,7 @@
  * relocated against the running kernel's own BTF at load time.
  *
  * The loader (tracer/libbpf.py) sets before load: every map's max_entries (sizes from
- * RAM), the stack maps' value size (frames kept), fp_cfg below, and which programs load
+ * what is seen), the stack maps' value size (frames kept), fp_cfg below, and which programs load
  * at all (an optional tracepoint absent from tracefs, the shmem kprobe where the kernel
  * has no kprobes, are not loaded).
  */
@@ -23,19 +23,14 @@ char LICENSE[] SEC("license") = "GPL";
  * packs this struct: keep its order and all fields u64. */
 struct fp_config {
     u64 max_pfn;
-    u64 files_max;
-    u64 files_per_cpu;
     u64 stacks_max;
     u64 migrate_movable;
     u64 oom_slots;
 };
 const volatile struct fp_config fp_cfg = {
-    .max_pfn = 1, .files_max = 1, .files_per_cpu = 1, .stacks_max = 1,
-    .migrate_movable = 1, .oom_slots = 1,
+    .max_pfn = 1, .stacks_max = 1, .migrate_movable = 1, .oom_slots = 1,
 };
 #define CFG_MAX_PFN fp_cfg.max_pfn
-#define CFG_FILES_MAX fp_cfg.files_max
-#define CFG_FILES_PER_CPU fp_cfg.files_per_cpu
 #define CFG_STACKS_MAX fp_cfg.stacks_max
 #define CFG_MIGRATE_MOVABLE fp_cfg.migrate_movable
 #define CFG_OOM_SLOTS fp_cfg.oom_slots
@@ -45,12 +40,13 @@ const volatile struct fp_config fp_cfg = {
 #define FP_MAP(name, kind, k, v) \
     struct { __uint(type, kind); __type(key, k); __type(value, v); __uint(max_entries, 1); } name SEC(".maps")
 
-FP_MAP(pfn_state, BPF_MAP_TYPE_ARRAY, int, u32);
+FP_MAP(pfn_state, BPF_MAP_TYPE_ARRAY, int, u64);
+FP_MAP(kpage_ids, BPF_MAP_TYPE_HASH, u32, struct fp_chunk);
+FP_MAP(chunk_zero, BPF_MAP_TYPE_ARRAY, int, struct fp_chunk);
+FP_MAP(slab_filter, BPF_MAP_TYPE_ARRAY, int, struct fp_slab_filter);
 FP_MAP(stats, BPF_MAP_TYPE_ARRAY, int, u64);
-FP_MAP(next_file_id, BPF_MAP_TYPE_PERCPU_ARRAY, int, u32);
 FP_MAP(files, BPF_MAP_TYPE_HASH, struct fp_file_key, struct fp_file_val);
-FP_MAP(file_of, BPF_MAP_TYPE_ARRAY, int, struct fp_file_key);
-FP_MAP(stack_pages, BPF_MAP_TYPE_HASH, u32, struct fp_counter);
+FP_MAP(stack_pages, BPF_MAP_TYPE_ARRAY, u32, struct fp_counter);
 FP_MAP(objs, BPF_MAP_TYPE_HASH, u64, struct fp_obj_val);
 FP_MAP(sites, BPF_MAP_TYPE_HASH, struct fp_site_key, struct fp_counter);
 FP_MAP(oom_victims, BPF_MAP_TYPE_ARRAY, int, struct fp_oom_victim);

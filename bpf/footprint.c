@@ -4,9 +4,9 @@
  * footprint_logic.h; the loader (tracer/loader.py) puts them in place of the #includes.
  *
  * Knobs substituted by the loader before compilation:
- *   FP_MAX_PFN      size of the per-pfn array (highest pfn + 1, from /proc/zoneinfo)
+ *   FP_MAX_PFN      highest pfn + 1 (from /proc/zoneinfo); FP_PFN_WORDS its u64 words
  *   FP_FILES_MAX    (s_dev, inode) pairs with page-cache pages
- *   FP_FILES_PER_CPU  FP_FILES_MAX / possible CPUs (file ids are handed out per CPU)
+ *   FP_CHUNKS_MAX   chunks of the kernel pages' stack-id side table
  *   FP_STACKS_MAX   buckets of each of the two stack maps (non-movable page allocations)
  *   FP_STACK_DEPTH  frames kept per stack
  *   FP_OBJS_MAX     live slab objects tracked by address
@@ -19,8 +19,6 @@
 #include "footprint_types.h"
 
 #define CFG_MAX_PFN FP_MAX_PFN
-#define CFG_FILES_MAX FP_FILES_MAX
-#define CFG_FILES_PER_CPU FP_FILES_PER_CPU
 #define CFG_STACKS_MAX FP_STACKS_MAX
 #define CFG_MIGRATE_MOVABLE FP_MIGRATE_MOVABLE
 #define CFG_OOM_SLOTS FP_OOM_SLOTS
@@ -47,14 +45,15 @@ struct fp_stack {
     u64 ip[FP_STACK_DEPTH];
 };
 
-BPF_ARRAY(pfn_state, u32, FP_MAX_PFN);
+BPF_ARRAY(pfn_state, u64, FP_PFN_WORDS);
+BPF_HASH(kpage_ids, u32, struct fp_chunk, FP_CHUNKS_MAX);
+BPF_ARRAY(chunk_zero, struct fp_chunk, 1);
+BPF_ARRAY(slab_filter, struct fp_slab_filter, 1);
 BPF_ARRAY(stats, u64, ST_MAX);
-BPF_PERCPU_ARRAY(next_file_id, u32, 1);
 BPF_HASH(files, struct fp_file_key, struct fp_file_val, FP_FILES_MAX);
-BPF_ARRAY(file_of, struct fp_file_key, FP_FILES_MAX);
 BPF_TABLE("stacktrace", int, struct fp_stack, stacks, FP_STACKS_MAX);
 BPF_TABLE("stacktrace", int, struct fp_stack, stacks_alt, FP_STACKS_MAX);
-BPF_HASH(stack_pages, u32, struct fp_counter, 2 * FP_STACKS_MAX + 1);
+BPF_ARRAY(stack_pages, struct fp_counter, 2 * FP_STACKS_MAX + 1);
 BPF_HASH(objs, u64, struct fp_obj_val, FP_OBJS_MAX);
 BPF_HASH(sites, struct fp_site_key, struct fp_counter, FP_SITES_MAX);
 #ifdef FP_HAS_oom_mark_victim
@@ -71,17 +70,14 @@ BPF_ARRAY(oom_victims, struct fp_oom_victim, FP_OOM_SLOTS);
 #define FP_STACKID(m, ctx, flags) m##_stackid(ctx, flags)
 
 static __always_inline u64 *stats_lookup(int *k) { return stats.lookup(k); }
-static __always_inline u32 *pfn_state_lookup(int *k) { return pfn_state.lookup(k); }
-static __always_inline u32 *next_file_id_lookup(int *k) { return next_file_id.lookup(k); }
+static __always_inline u64 *pfn_state_lookup(int *k) { return pfn_state.lookup(k); }
+static __always_inline struct fp_chunk *kpage_ids_lookup(u32 *k) { return kpage_ids.lookup(k); }
+static __always_inline int kpage_ids_insert(u32 *k, struct fp_chunk *v) { return kpage_ids.insert(k, v); }
+static __always_inline struct fp_chunk *chunk_zero_lookup(int *k) { return chunk_zero.lookup(k); }
+static __always_inline struct fp_slab_filter *slab_filter_lookup(int *k) { return slab_filter.lookup(k); }
 static __always_inline struct fp_file_val *files_lookup(struct fp_file_key *k) { return files.lookup(k); }
 static __always_inline int files_insert(struct fp_file_key *k, struct fp_file_val *v) { return files.insert(k, v); }
-static __always_inline struct fp_file_key *file_of_lookup(int *k) { return file_of.lookup(k); }
-static __always_inline int file_of_update(int *k, struct fp_file_key *v) { return file_of.update(k, v); }
 static __always_inline struct fp_counter *stack_pages_lookup(u32 *k) { return stack_pages.lookup(k); }
-static __always_inline struct fp_counter *stack_pages_lookup_or_try_init(u32 *k, struct fp_counter *v)
-{
-    return stack_pages.lookup_or_try_init(k, v);
-}
 static __always_inline struct fp_obj_val *objs_lookup(u64 *k) { return objs.lookup(k); }
 static __always_inline int objs_update(u64 *k, struct fp_obj_val *v) { return objs.update(k, v); }
 static __always_inline int objs_delete(u64 *k) { return objs.delete(k); }

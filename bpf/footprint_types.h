@@ -11,9 +11,8 @@
  *   map access       FP_LOOKUP, FP_UPDATE, FP_INSERT, FP_DELETE, FP_LOOKUP_OR_INIT,
  *                    FP_STACKID (bcc cannot use its map methods inside a macro, so its
  *                    glue maps these onto one small function per map and operation)
- *   knobs            CFG_MAX_PFN, CFG_FILES_MAX, CFG_FILES_PER_CPU, CFG_STACKS_MAX,
- *                    CFG_MIGRATE_MOVABLE, CFG_OOM_SLOTS (bcc: -D constants; CO-RE:
- *                    .rodata set by the loader before load)
+ *   knobs            CFG_MAX_PFN, CFG_STACKS_MAX, CFG_MIGRATE_MOVABLE, CFG_OOM_SLOTS
+ *                    (bcc: -D constants; CO-RE: .rodata set by the loader before load)
  *   context fields   FP_FOLIO_ORDER, FP_PERCPU_CALL_SITE, FP_VICTIM_COMM (fields that
  *                    some kernels lack: bcc from tracefs formats, CO-RE from BTF)
  *   probes           FP_TRACEPOINT(group, event, raw): a classic tracepoint program whose
@@ -23,34 +22,70 @@
  * Tracepoints only (kmem, filemap, percpu, oom): stable, and present on every kernel we
  * meet. Nothing is streamed to user space; the recorder samples the maps.
  *
- * State is keyed by page frame number so that it cannot drift: a pfn is set when a
- * page is added to the page cache (or allocated for the kernel), and cleared when it
- * is deleted from the page cache *or* freed. A missed delete therefore cannot leave a
- * freed page counted. Only the head pfn of a folio/compound allocation is stored,
- * with its order.
+ * State is keyed by page frame number (2 bits a page, below), every pfn of a folio or
+ * compound allocation marked, so that a split allocation's pages freed one by one
+ * (split_page) each find their state.
  *
  * Map names, key/value layouts and the stats enum are read by tracer/bpfmaps.py: change
  * them together.
  */
 
-/* A pfn's state word: kind in the low 2 bits, order in the next 5, id above. */
-#define FP_KIND_NONE 0
-#define FP_KIND_PAGECACHE 1 /* id = file id (index into file_of) */
-#define FP_KIND_KPAGE 2     /* id = stack id (+1; 0 = stack unknown) */
-#define FP_STATE(kind, order, id) ((u32)(kind) | ((u32)(order) << 2) | ((u32)(id) << 7))
-#define FP_STATE_KIND(s) ((s) & 3)
-#define FP_STATE_ORDER(s) (((s) >> 2) & 31)
-#define FP_STATE_ID(s) ((s) >> 7)
+/*
+ * Per-pfn state: 2 bits a page, 32 pages to a u64 array element (arrays round every
+ * value up to 8 bytes: a u32 per pfn cost 8 B/page; this costs 1/4 B/page, 1.6 MiB at
+ * 24 GiB). What a page must remember is only what no event says again: the delete
+ * tracepoints carry (s_dev, ino) and the order, mm_page_free carries the order; so the
+ * word holds a kind, and the one rare thing that needs more (which stack a kernel page
+ * was charged to) lives in a side table of pageblock-sized chunks (FP_CHUNK_PFNS u16
+ * stack ids each), which only the pageblocks that hold kernel pages ever occupy: the
+ * page allocator groups unmovable allocations into their own pageblocks.
+ *
+ *   NONE   not allocated since attach (a page cache page here was there before: the
+ *          baseline has it)
+ *   NEW    allocated since attach, not counted (user memory, or page cache that arrived
+ *          without an add event: a folio migrated by compaction, a split folio's tail)
+ *   PC     in the page cache, counted in its file by the add event
+ *   KPAGE  a kernel page, counted in its stack's counter (id in the side table)
+ *
+ * A page-cache page freed without a delete was migrated: its data lives on in the new
+ * folio, which the file's counter still counts, and whose delete (the pfn is NEW) takes
+ * it off. A delete of a NONE page consumes the file's baseline (untracked_removed).
+ */
+#define FP_PFN_NONE 0
+#define FP_PFN_NEW 1
+#define FP_PFN_PC 2
+#define FP_PFN_KPAGE 3
+#define FP_PFN_BITS 2
+#define FP_PFNS_PER_WORD 32
+#define FP_PATTERN 0x5555555555555555ULL /* 01 in every pfn's field */
+#define FP_MAX_ORDER 10                  /* MAX_ORDER (6.1) / MAX_PAGE_ORDER (6.18) on x86 */
+#define FP_CHUNK_SHIFT 9
+#define FP_CHUNK_PFNS (1 << FP_CHUNK_SHIFT)
+
+struct fp_chunk {
+    u16 sid[FP_CHUNK_PFNS]; /* stack id of each KPAGE pfn (0: unknown) */
+};
+
+/* kmalloc call sites followed by default (--slab kmalloc): those outside the core
+ * kernel's text (modules: the guest's squashfs, loop, dm, isofs...) and those inside
+ * the core ranges the recorder names (built-in storage code). Until the recorder has
+ * written it (on == 0) every object is followed. */
+#define FP_SLAB_RANGES 64
+struct fp_slab_filter {
+    u64 text_lo, text_hi; /* [_stext, _etext) */
+    u32 on, n;
+    u64 lo[FP_SLAB_RANGES], hi[FP_SLAB_RANGES]; /* sorted, disjoint */
+};
 
 /* Counters the report prints: nothing is dropped silently. */
 enum fp_stat {
     ST_PC_ADD,             /* page-cache folios added */
     ST_PC_DEL,             /* deleted, pfn known */
-    ST_PC_DEL_UNTRACKED,   /* deleted, pfn not known (added before attach, or a split folio) */
-    ST_PC_FREED_NO_DEL,    /* freed while still counted in the page cache (e.g. migration) */
+    ST_PC_DEL_UNTRACKED,   /* deleted, added before attach (the baseline's) */
+    ST_PC_FREED_NO_DEL,    /* freed without a delete: migrated (the file keeps the pages) */
     ST_KPAGE_ALLOC,        /* non-movable page allocations tracked */
     ST_KPAGE_FREE,
-    ST_STACK_LOST,         /* bpf_get_stackid failed: page counted under "unknown stack" */
+    ST_STACK_LOST,         /* no stack id (stack maps or the chunk table full): "unknown stack" */
     ST_FILES_FULL,         /* file table full: page not counted */
     ST_PFN_RANGE,          /* pfn beyond the per-pfn array */
     ST_OBJ_ALLOC,
@@ -76,9 +111,13 @@ struct fp_counter {
     s64 untracked_removed; /* pages deleted whose add was not seen */
 };
 
+/* A file's counter in pages, 32-bit (a file of 16 TiB): 24 B a value, not 48. */
 struct fp_file_val {
-    struct fp_counter c;
-    u32 id;
+    s32 resident;
+    s32 peak;
+    u32 added;
+    u32 removed;
+    s32 untracked_removed; /* deletes of pages there before attach (NONE) */
     u32 flags;  /* FILE_ADDS_BY_KPROBE: adds come without pfns (tmpfs) */
 };
 #define FILE_ADDS_BY_KPROBE 1
@@ -109,18 +148,19 @@ struct fp_oom_victim {
 
 /*
  * Maps (declared by each frontend with these names and layouts):
- *   pfn_state     array  u32 per pfn                    (the state word above)
+ *   pfn_state     array  u64 per 32 pfns                (2 bits a pfn, above)
+ *   kpage_ids     hash   chunk (pfn >> FP_CHUNK_SHIFT) -> fp_chunk
+ *   chunk_zero    array  1 fp_chunk of zeroes           (what a new chunk starts as)
+ *   slab_filter   array  1 fp_slab_filter
  *   stats         array  u64 per enum fp_stat
- *   next_file_id  percpu array, 1 u32                   (per-CPU id ranges)
  *   files         hash   fp_file_key -> fp_file_val
- *   file_of       array  file id -> fp_file_key
  *   stacks, stacks_alt  stack traces (CFG_STACKS_MAX buckets each)
- *   stack_pages   hash   u32 stack id -> fp_counter
+ *   stack_pages   array  stack id -> fp_counter        (ids are dense: an array, no hash)
  *   objs          hash   u64 address -> fp_obj_val
  *   sites         hash   fp_site_key -> fp_counter
  *   oom_victims   array  CFG_OOM_SLOTS x fp_oom_victim
  *
- * Every hash map is preallocated on purpose. A no-prealloc map refills itself with
+ * Every hash map is preallocated on purpose (nothing is allocated on the tracing path). A no-prealloc map refills itself with
  * kmalloc (bpf_mem_alloc) from irq_work: updated from the kmalloc tracepoints that was a
  * feedback loop (24 MB in two seconds), and from the others it made the kernel skip our
  * kmalloc program while one of ours was running (lost events, counted per program).

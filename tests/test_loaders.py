@@ -58,7 +58,7 @@ def test_forced_libbpf_says_what_is_missing(monkeypatch, tmp_path):
 def test_bcc_source_has_the_shared_logic_inlined():
     src = loader.bpf_source()
     assert '#include "footprint_' not in src
-    assert "pfn_release" in src and "enum fp_stat" in src and "BPF_HASH(files" in src
+    assert "pfn_set" in src and "enum fp_stat" in src and "BPF_HASH(files" in src
 
 
 def test_both_frontends_declare_the_maps_the_sampler_reads():

@@ -17,7 +17,9 @@ import time
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_GET = 7
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
 
@@ -26,7 +28,8 @@ _libc.syscall.restype = ctypes.c_long
 
 COUNTER = struct.Struct("<qqQQq")          # struct counter
 FILE_KEY = struct.Struct("<QII")           # struct file_key {ino, dev, pad}
-FILE_VAL = struct.Struct("<qqQQqII")       # struct file_val {counter, id, pad}
+FILE_VAL = struct.Struct("<iiIIiI")        # struct fp_file_val {resident .. untracked, flags}
+SLAB_FILTER = struct.Struct("<QQII64Q64Q")  # struct fp_slab_filter
 SITE_KEY = struct.Struct("<QII")           # struct site_key {call_site, kind, pad}
 OOM_VICTIM = struct.Struct("<QII16s16s")   # struct fp_oom_victim
 U32 = struct.Struct("<I")
@@ -43,6 +46,17 @@ class _BatchAttr(ctypes.Structure):
                 ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
                 ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
                 ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _ObjAttr(ctypes.Structure):
+    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
+                ("file_flags", ctypes.c_uint32)]
+
+
+def obj_get(path: str) -> int:
+    """An fd of the BPF object (map, program, link) pinned at `path` on bpffs (4.4+)."""
+    name = ctypes.create_string_buffer(os.fsencode(path))
+    return _bpf(BPF_OBJ_GET, _ObjAttr(pathname=ctypes.addressof(name)))
 
 
 class _InfoAttr(ctypes.Structure):
@@ -91,6 +105,12 @@ class Map:
                 return None
             raise
         return v.raw
+
+    def update(self, key: bytes, value: bytes) -> None:
+        k = ctypes.create_string_buffer(key, self.key_size)
+        v = ctypes.create_string_buffer(value, self.value_size)
+        _bpf(BPF_MAP_UPDATE_ELEM, _ElemAttr(map_fd=self.fd, key=ctypes.addressof(k),
+                                            value=ctypes.addressof(v)))
 
     def items(self) -> list[tuple[bytes, bytes]]:
         if self._batch_ok:
@@ -172,7 +192,7 @@ def prog_misses(fd: int) -> int:
 class Maps:
     """footprint's maps, decoded: the sampler's whole view of the kernel-side account."""
 
-    NAMES = ("files", "stack_pages", "sites", "stacks", "stacks_alt", "stats")
+    NAMES = ("files", "stack_pages", "sites", "stacks", "stacks_alt", "stats", "slab_filter")
     OPTIONAL = ("oom_victims",)  # only where the kernel has the tracepoint
 
     def __init__(self, fds: dict[str, int]):
@@ -184,9 +204,22 @@ class Maps:
         return dict(self.maps[name].items())
 
     @staticmethod
-    def file_entry(k: bytes, v: bytes) -> tuple[tuple[int, int], tuple]:
+    def file_counter(v: bytes) -> tuple:
+        """A file's 5 counters as the recording keeps them (never negative). The
+        program's resident count goes below zero when pages it did not count are
+        deleted (one migrated before attach, a tmpfs page added where no kprobe saw it):
+        that deficit is deletes of pages not traced in, which is what untracked_removed
+        counts (they consume the file's baseline), so it is moved there."""
+        resident, peak, added, removed, untracked, _flags = FILE_VAL.unpack(v)
+        if resident < 0:
+            untracked -= resident
+            resident = 0
+        return resident, max(peak, 0), added, removed, max(untracked, 0)
+
+    @classmethod
+    def file_entry(cls, k: bytes, v: bytes) -> tuple[tuple[int, int], tuple]:
         ino, dev, _ = FILE_KEY.unpack(k)
-        return (dev, ino), FILE_VAL.unpack(v)[:5]
+        return (dev, ino), cls.file_counter(v)
 
     @staticmethod
     def stack_entry(k: bytes, v: bytes) -> tuple[int, tuple]:
@@ -200,13 +233,15 @@ class Maps:
     def file_counters(self, dev: int, ino: int) -> tuple | None:
         """One file's counters (kernel dev_t, inode), None if the tracer has none."""
         raw = self.maps["files"].lookup(FILE_KEY.pack(ino, dev, 0))
-        return None if raw is None else FILE_VAL.unpack(raw)[:5]
+        return None if raw is None else self.file_counter(raw)
 
     def files(self) -> dict[tuple[int, int], tuple]:
         return dict(self.file_entry(k, v) for k, v in self.maps["files"].items())
 
     def stack_pages(self) -> dict[int, tuple]:
-        return dict(self.stack_entry(k, v) for k, v in self.maps["stack_pages"].items())
+        """Stacks that were ever charged (an array: entries never used are all zero)."""
+        return dict(self.stack_entry(k, v) for k, v in self.maps["stack_pages"].items()
+                    if v.count(0) != len(v))
 
     def sites(self) -> dict[tuple[int, int], tuple]:
         return dict(self.site_entry(k, v) for k, v in self.maps["sites"].items())
@@ -242,6 +277,15 @@ class Maps:
                         "comm": comm.split(b"\0", 1)[0].decode(errors="replace"),
                         "trigger": trigger.split(b"\0", 1)[0].decode(errors="replace")})
         return out
+
+    def set_slab_filter(self, text: tuple[int, int], ranges: list[tuple[int, int]]) -> None:
+        """Follow kmalloc objects only from modules and from these core-kernel ranges
+        (sorted, disjoint, at most 64): bpf/footprint_types.h, struct fp_slab_filter."""
+        ranges = sorted(ranges)[:64]
+        lo = [r[0] for r in ranges] + [0] * (64 - len(ranges))
+        hi = [r[1] for r in ranges] + [0] * (64 - len(ranges))
+        self.maps["slab_filter"].update(U32.pack(0), SLAB_FILTER.pack(
+            text[0], text[1], 1, len(ranges), *lo, *hi))
 
     def stats(self, count: int) -> list[int]:
         m = self.maps["stats"]

@@ -60,11 +60,14 @@ class _Seconds(click.ParamType):
               help="File of phase marks to follow (lines 'BOOTTIME NAME').")
 @click.option("--stop-file", default=None, help="Stop when this file appears.")
 @click.option("--max-files", type=click.IntRange(min=64), default=None,
-              help="Files with page cache followed (default: 1 per 32 pages of RAM, at least 32768).")
+              help="Files with page cache followed (default: 1.5 times those with page cache at attach, plus 8192).")
 @click.option("--max-stacks", type=click.IntRange(min=64), default=16384, show_default=True,
               help="Distinct kernel stacks of page allocations (two stack maps of half each).")
 @click.option("--max-objects", type=click.IntRange(min=64), default=None,
-              help="Live slab objects followed (default: 1 per 16 pages of RAM, at least 65536).")
+              help="Live slab objects followed (default: 16384; 65536 with --slab all).")
+@click.option("--pin", is_flag=True,
+              help="Pin the programs and maps in bpffs (libbpf): the account goes on after the "
+                   "recorder exits; `footprint report --pinned` reads it, `footprint unpin` ends it.")
 @click.option("--no-exec", is_flag=True,
               help="Keep sampling in this process (default: exec into a lean sampler without "
                    "bcc/LLVM once attached).")
@@ -73,7 +76,7 @@ class _Seconds(click.ParamType):
               show_default=True, help="libbpf: the CO-RE object built ahead of time (needs BTF); "
                                       "bcc: compile at attach time; auto: libbpf where it can.")
 def record(output, duration, interval, baseline, no_inventory, inventory_seconds, slab, kernel_headers, marks, stop_file,
-           max_files, max_stacks, max_objects, no_exec, ebpf, loader_name):
+           max_files, max_stacks, max_objects, pin, no_exec, ebpf, loader_name):
     """Trace page cache, kernel pages and slab objects into a recording."""
     from . import loader, recorder
 
@@ -93,7 +96,7 @@ def record(output, duration, interval, baseline, no_inventory, inventory_seconds
         output=output, duration=duration, interval=interval, inventory=baseline != "none",
         inventory_seconds=inventory_seconds, baseline=baseline,
         marks=marks, stop_file=stop_file, slab=slab, kernel_headers=kernel_headers,
-        sizes=sizes, exec=not no_exec, loader=loader_name))
+        sizes=sizes, exec=not no_exec, loader=loader_name, pin=pin))
     click.echo(f"footprint: recording {output} written ({reason})", err=True)
 
 
@@ -111,6 +114,16 @@ DEFAULT_RECORDING = "/run/footprint/recording.jsonl"
 
 
 @group.command()
+def unpin():
+    """Remove the account pinned by `footprint record --pin` (its programs detach)."""
+    from . import pinned
+    from .errors import require_root
+
+    require_root("removing the pinned account")
+    click.echo(f"footprint: {pinned.unpin()}", err=True)
+
+
+@group.command()
 @click.argument("recording", required=False, default=DEFAULT_RECORDING)
 @click.option("--by", type=click.Choice(["subsystem", "layer", "file", "kind"]), default="layer",
               show_default=True, help="How to group the account.")
@@ -122,10 +135,18 @@ DEFAULT_RECORDING = "/run/footprint/recording.jsonl"
               help="Which sample (0 = first, -1 = last).")
 @click.option("--all", "all_rows", is_flag=True,
               help="Every row (by default rows under 1 MiB are summed on one line).")
-def report(recording, by, as_json, as_csv, parquet, index, all_rows):
+@click.option("--pinned", is_flag=True,
+              help="The account pinned by `record --pin`, read now (RECORDING is not used).")
+def report(recording, by, as_json, as_csv, parquet, index, all_rows, pinned):
     """Print the account of a recording: where the memory went."""
     from . import report as rep
 
+    if pinned:
+        from .errors import require_root
+        from .snapshot import snapshot
+
+        require_root("reading the pinned account")
+        recording = snapshot()
     rec, acc = _load_account(recording, index)
     if parquet:
         import io

@@ -79,6 +79,9 @@ def lib() -> ctypes.CDLL:
             ("bpf_program__fd", I, [P]),
             ("bpf_program__attach", P, [P]),
             ("bpf_link__fd", I, [P]),
+            ("bpf_link__pin", I, [P, ctypes.c_char_p]),
+            ("bpf_map__pin", I, [P, ctypes.c_char_p]),
+            ("bpf_program__pin", I, [P, ctypes.c_char_p]),
             ("bpf_link__destroy", I, [P]),
             ("libbpf_strerror", I, [I, ctypes.c_char_p, ctypes.c_size_t]),
             ("libbpf_set_print", P, [_PRINT_FN])):
@@ -116,6 +119,7 @@ class Object:
         _log.clear()
         self.so = lib()
         self.links: list[int] = []
+        self.link_of: dict[str, int] = {}  # program name → its link (for pinning)
         self.ptr = self.so.bpf_object__open_file(os.fsencode(path), None)
         if not self.ptr:
             err = ctypes.get_errno()
@@ -178,7 +182,22 @@ class Object:
             err = ctypes.get_errno()
             raise FootprintError(f"cannot attach {prog} ({strerror(err)}: {why()})")
         self.links.append(link)
+        self.link_of[prog] = link
         return self.so.bpf_link__fd(link)
+
+    def pin(self, directory: str, maps: list[str]) -> None:
+        """Pin every attached program's link (it stays attached with no process: bpf_link
+        pinning, raw_tp/tracing links 5.7+, perf-event links 5.15+), the program itself
+        (its recursion-miss counter: lost events) and the maps named, in `directory` on
+        bpffs: link-NAME, prog-NAME, map-NAME."""
+        for prog, link in self.link_of.items():
+            self._check(self.so.bpf_link__pin(link, os.fsencode(f"{directory}/link-{prog}")),
+                        f"pinning the link of {prog}", fix="")
+            self._check(self.so.bpf_program__pin(self._prog(prog), os.fsencode(f"{directory}/prog-{prog}")),
+                        f"pinning {prog}", fix="")
+        for name in maps:
+            self._check(self.so.bpf_map__pin(self._map(name), os.fsencode(f"{directory}/map-{name}")),
+                        f"pinning map {name}", fix="")
 
     def autoloaded(self, prog: str) -> bool:
         return bool(self.so.bpf_program__autoload(self._prog(prog)))
@@ -200,7 +219,7 @@ class Object:
             self.so.bpf_object__close(self.ptr)
             self.ptr = None
 
-    def _check(self, ret: int, what: str) -> None:
+    def _check(self, ret: int, what: str,
+               fix: str = ": rebuild the object with scripts/build-bpf") -> None:
         if ret:
-            raise FootprintError(f"libbpf refused {what} ({strerror(ret)}): rebuild the object "
-                                 "with scripts/build-bpf")
+            raise FootprintError(f"libbpf refused {what} ({strerror(ret)}){fix}")

@@ -13,6 +13,7 @@ tree in the cache.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import platform
@@ -64,13 +65,16 @@ LOADERS = ("auto", "libbpf", "bcc")
 
 @dataclass
 class MapSizes:
-    """Capacity of each BPF map; a full map is counted, never silent."""
+    """Capacity of each BPF map; a full map is counted, never silent. Every map is
+    preallocated (nothing is allocated on the tracing path: see bpf/footprint_types.h),
+    so each is sized by what the kernel holds at attach, not by RAM."""
 
-    files: int = 0  # 0: sized to the machine (resolved)
+    files: int = 0  # 0: from the files with page cache at attach (resolved)
     stacks: int = 16384  # hash buckets, split over two stack maps (see bpf/footprint.c)
     stack_depth: int = 20
-    objs: int = 0  # 0: sized to the machine (auto_objs)
-    sites: int = 8192
+    objs: int = 0  # 0: 16384 live slab objects (--slab kmalloc: storage call sites), 65536 (all)
+    sites: int = 2048
+    chunks: int = 0  # 0: from the kernel's unmovable pageblocks at attach (resolved)
 
     @property
     def stacks_per_map(self) -> int:
@@ -78,14 +82,56 @@ class MapSizes:
         the buckets up to one, and ids above the map size would run into the second)."""
         return 1 << max(5, (max(1, self.stacks // 2) - 1).bit_length())
 
-    def resolved(self, mem_pages: int) -> "MapSizes":
-        """Maps are preallocated, so they scale with memory. Live slab objects: 1 slot per
-        16 pages, at least 65536 (~72 bytes a slot: 4.5 MiB on a 2 GiB guest, 27 MiB at
-        24 GiB). Files with page cache: 1 per 32 pages, at least 32768 (~110 bytes)."""
+    def resolved(self, max_pfn: int, slab: str = "kmalloc",
+                 files_now: int | None = None) -> "MapSizes":
+        """Sizes for this kernel now. Files: those with page cache now (`files_now`, the
+        recorder has it from the kernel baseline; else guessed by _files_now), and
+        half as many again plus 8192 for what comes, at least 16384 (an initramfs has a
+        few hundred; the booted system reads thousands more). Chunks of the kernel pages' stack
+        ids: the pageblocks of unmovable and reclaimable type (/proc/pagetypeinfo) twice
+        over, plus 256. Objects: 16384 at the storage stack's call sites, 65536 with
+        `--slab all` (every object)."""
         from dataclasses import replace
 
-        return replace(self, objs=self.objs or max(65536, mem_pages // 16),
-                       files=self.files or max(32768, mem_pages // 32))
+        if files_now is None:
+            files_now = _files_now()
+        files = self.files or min(1 << 20, max(16384, files_now * 3 // 2 + 8192))
+        total_chunks = max(1, -(-max_pfn // 512))
+        chunks = self.chunks or min(total_chunks, 2 * _kernel_pageblocks(total_chunks) + 256)
+        objs = self.objs or (65536 if slab == "all" else 16384)
+        return replace(self, files=files, chunks=chunks, objs=objs)
+
+
+def _files_now() -> int:
+    """Files with page cache now, guessed: a third of the in-core inodes (fs/inode.c's
+    nr_inodes - nr_unused, /proc/sys/fs/inode-nr: every file with page cache has one;
+    41k of 119k had pages on this 24 GiB host)."""
+    try:
+        used, unused = (int(x) for x in Path("/proc/sys/fs/inode-nr").read_text().split()[:2])
+        return max(0, used - unused) // 3
+    except (OSError, ValueError):
+        return 65536
+
+
+def _kernel_pageblocks(default_total: int) -> int:
+    """Pageblocks whose migratetype is Unmovable or Reclaimable, summed over zones
+    (/proc/pagetypeinfo, root only: 2.6.24+); an eighth of all when unreadable."""
+    try:
+        text = Path("/proc/pagetypeinfo").read_text()
+    except OSError:
+        return default_total // 8
+    head = re.search(r"^Number of blocks type\s+(.*)$", text, re.M)
+    if not head:
+        return default_total // 8
+    cols = head.group(1).split()
+    want = [i for i, c in enumerate(cols) if c in ("Unmovable", "Reclaimable")]
+    total = 0
+    for line in text[head.end():].splitlines():
+        m = re.match(r"^Node\s+\d+, zone\s+\S+\s+(.*)$", line)
+        if m:
+            nums = m.group(1).split()
+            total += sum(int(nums[i]) for i in want if i < len(nums))
+    return total
 
 
 @dataclass
@@ -130,25 +176,26 @@ class Plan:
         """Each map's capacity, as bpf/footprint.c declares them for bcc; libbpf sets the
         same on the CO-RE object before load."""
         per_map = self.sizes.stacks_per_map
-        return {"pfn_state": self.max_pfn, "stats": ST_MAX, "next_file_id": 1,
-                "files": self.sizes.files, "file_of": self.sizes.files,
+        return {"pfn_state": self.pfn_words(), "kpage_ids": self.sizes.chunks, "chunk_zero": 1,
+                "slab_filter": 1, "stats": ST_MAX, "files": self.sizes.files,
                 "stacks": per_map, "stacks_alt": per_map, "stack_pages": 2 * per_map + 1,
                 "objs": self.sizes.objs, "sites": self.sizes.sites, "oom_victims": OOM_SLOTS}
 
-    def files_per_cpu(self) -> int:
-        return max(1, self.sizes.files // possible_cpus())
+    def pfn_words(self) -> int:
+        """u64 words of the per-pfn array: 32 pfns each (2 bits a pfn)."""
+        return -(-self.max_pfn // 32)
 
     def cflags(self) -> list[str]:
         flags = [
             f"-DFP_MAX_PFN={self.max_pfn}",
+            f"-DFP_PFN_WORDS={self.pfn_words()}",
+            f"-DFP_CHUNKS_MAX={self.sizes.chunks}",
             f"-DFP_FILES_MAX={self.sizes.files}",
-            f"-DFP_FILES_PER_CPU={self.files_per_cpu()}",
             f"-DFP_STACKS_MAX={self.sizes.stacks_per_map}",
             f"-DFP_STACK_DEPTH={self.sizes.stack_depth}",
             f"-DFP_OBJS_MAX={self.sizes.objs}",
             f"-DFP_SITES_MAX={self.sizes.sites}",
             f"-DFP_MIGRATE_MOVABLE={MIGRATE_MOVABLE}",
-            f"-DFP_TRACK_SLAB={0 if self.slab == 'off' else 1}",
             f"-DFP_OOM_SLOTS={OOM_SLOTS}",
         ]
         if self.percpu_call_site:
@@ -301,17 +348,19 @@ def find_headers(explicit: str | None = None) -> Headers:
 
 
 def plan(sizes: MapSizes | None = None, kernel_headers: str | None = None,
-         max_pfn: int | None = None, slab: str = "kmalloc", loader: str = "auto") -> Plan:
-    """Decide what to load for the running kernel; raises FootprintError if it cannot work."""
+         max_pfn: int | None = None, slab: str = "kmalloc", loader: str = "auto",
+         files_now: int | None = None) -> Plan:
+    """Decide what to load for the running kernel; raises FootprintError if it cannot work.
+    `files_now`: files with page cache now, if known (sizes the files table)."""
     from .procfs import zone_max_pfn
 
     tfs = tracefs()
     which, obj = choose_loader(loader)
     headers = (find_headers(kernel_headers) if which == "bcc"
                else Headers(None, "none needed (CO-RE object, relocated by libbpf)", True, needed=False))
-    mem_pages = os.sysconf("SC_PHYS_PAGES")
+    max_pfn = max_pfn or zone_max_pfn()
     p = Plan(tracefs=tfs, kernel=platform.release(), headers=headers,
-             max_pfn=max_pfn or zone_max_pfn(), sizes=(sizes or MapSizes()).resolved(mem_pages),
+             max_pfn=max_pfn, sizes=(sizes or MapSizes()).resolved(max_pfn, slab, files_now),
              slab=slab, loader=which, bpf_object=obj)
     if slab not in SLAB_MODES:
         raise FootprintError(f"unknown --slab mode {slab!r}: use one of {', '.join(SLAB_MODES)}")
@@ -358,6 +407,77 @@ def _stderr_captured():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+# Built-in code whose kmalloc objects can change an answer (with --slab kmalloc): the
+# storage stack's subsystems (symbols.subsystem_of) and the page-cache and block-device
+# paths of the core kernel. Modules are followed whole (see struct fp_slab_filter).
+SLAB_SUBSYSTEMS = frozenset({"squashfs", "loop", "device-mapper", "ext4", "iso9660", "overlay",
+                             "virtio-blk", "shmem", "zram", "cdrom"})
+SLAB_CORE_PREFIXES = ("filemap_", "__filemap_", "page_cache_", "bdev_", "blkdev_", "blk_",
+                      "__blk_", "bio_", "__bio_", "submit_bio", "mpage_", "block_", "readahead")
+SLAB_RANGES = 64  # FP_SLAB_RANGES
+
+
+def _symbol_index(names, name: str) -> int | None:
+    """Index of a symbol in symbols._Names (one blob, an offsets array) by a search of the
+    blob in C: decoding 120k names one by one takes a tenth of a second."""
+    blob, offs, want = getattr(names, "blob", None), getattr(names, "offsets", None), name.encode()
+    if blob is None or offs is None:
+        return next((i for i, n in enumerate(names) if n == name), None)
+    at = blob.find(want)
+    while at >= 0:
+        i = bisect.bisect_left(offs, at)
+        if i < len(offs) - 1 and offs[i] == at and offs[i + 1] == at + len(want):
+            return i
+        at = blob.find(want, at + 1)
+    return None
+
+
+def slab_ranges(ksyms) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """((_stext, _etext), ranges of core-kernel text whose kmalloc objects are followed):
+    the functions of SLAB_SUBSYSTEMS and SLAB_CORE_PREFIXES, adjacent ones merged, then
+    the nearest merged until SLAB_RANGES are left (a few other functions come along)."""
+    from .symbols import PREFIX_SUBSYSTEMS
+
+    # One startswith() a symbol (a C call): the storage prefixes of symbols.subsystem_of
+    # (built-in code goes by prefix there too) and the core paths.
+    prefixes = tuple(pre for pre, sub in PREFIX_SUBSYSTEMS if sub in SLAB_SUBSYSTEMS) \
+        + SLAB_CORE_PREFIXES
+    addrs, names, mods = ksyms.addrs, ksyms.names, ksyms.modules
+    lo = hi = None
+    for name in ("_stext", "_etext"):
+        i = _symbol_index(names, name)
+        if i is None:
+            return (0, 0), []  # every call site counts as a module's: all followed
+        lo, hi = (addrs[i], hi) if name == "_stext" else (lo, addrs[i])
+    ranges: list[list[int]] = []
+    first = bisect.bisect_left(addrs, lo)
+    last = bisect.bisect_left(addrs, hi)
+    blob, offs = getattr(names, "blob", None), getattr(names, "offsets", None)
+    bprefixes = tuple(pre.encode() for pre in prefixes)
+    for i in range(first, min(last, len(addrs) - 1)):
+        hit = (blob.startswith(bprefixes, offs[i], offs[i + 1]) if blob is not None
+               else names[i].startswith(prefixes))
+        if not hit or mods[i] is not None:
+            continue
+        a = addrs[i]
+        end = addrs[i + 1] if addrs[i + 1] > a else a + 1
+        if ranges and ranges[-1][1] >= a:
+            ranges[-1][1] = max(ranges[-1][1], end)
+        else:
+            ranges.append([a, end])
+    if len(ranges) > SLAB_RANGES:  # close the smallest gaps, all at once
+        gaps = sorted(range(len(ranges) - 1), key=lambda j: ranges[j + 1][0] - ranges[j][1])
+        close = set(gaps[:len(ranges) - SLAB_RANGES])
+        merged = [ranges[0]]
+        for j in range(1, len(ranges)):
+            if j - 1 in close:
+                merged[-1][1] = ranges[j][1]
+            else:
+                merged.append(ranges[j])
+        ranges = merged
+    return (lo, hi), [(a, b) for a, b in ranges]
 
 
 # Optional kprobe extras: function → what it adds. Attached only where kprobes exist and
@@ -479,8 +599,8 @@ class LibbpfProgram:
             obj.set_value_size("stacks", 8 * p.sizes.stack_depth)
             obj.set_value_size("stacks_alt", 8 * p.sizes.stack_depth)
             # struct fp_config in bpf/footprint.bpf.c, field by field.
-            obj.set_rodata(struct.pack("<6Q", p.max_pfn, p.sizes.files, p.files_per_cpu(),
-                                       p.sizes.stacks_per_map, MIGRATE_MOVABLE, OOM_SLOTS))
+            obj.set_rodata(struct.pack("<4Q", p.max_pfn, p.sizes.stacks_per_map,
+                                       MIGRATE_MOVABLE, OOM_SLOTS))
             wanted = set(self._wanted(p))
             for prog in obj.programs():
                 obj.set_autoload(prog, prog in wanted)

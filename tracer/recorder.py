@@ -109,6 +109,7 @@ class Options:
     loader: str = "auto"  # auto | libbpf | bcc (loader.choose_loader)
     sizes: loader.MapSizes | None = None
     exec: bool = True  # hand off to the lean sampler after attaching
+    pin: bool = False  # pin links and maps in bpffs: the account outlives the recorder
 
 
 class Recorder:
@@ -131,6 +132,7 @@ class Recorder:
         self.oom_seen = 0
         self.last_mountinfo: bytes | None = None  # as last looked at (poll_mounts)
         self.last_named = 0.0  # boottime of the last naming of files while recording
+        self.own_process = True  # the sampler is the tracer's process (not a snapshot's reader)
 
     # -- set-up ------------------------------------------------------------------
     def attach(self) -> None:
@@ -142,7 +144,11 @@ class Recorder:
         # is refused before it compiles anything, and the first one's file is untouched.
         self.writer = recording.Writer(opts.output)
         self.plan = loader.plan(sizes=opts.sizes, kernel_headers=opts.kernel_headers, slab=opts.slab,
-                                loader=opts.loader)
+                                loader=opts.loader, files_now=_files_with_pages(opts))
+        if opts.pin:
+            from . import pinned
+
+            pinned.check_free()
         t0 = boottime()
         self.program = loader.Program(self.plan)
         attach_s = boottime() - t0
@@ -156,6 +162,10 @@ class Recorder:
         self.attach_fds = self.program.attach_fds()
         self.prog_fds = self.program.prog_fds()
         self.maps = Maps(self.map_fds)
+        if opts.pin:
+            from . import pinned
+
+            pinned.pin(self.program, opts.output, sorted(self.map_fds))
         self._hold_marks()
         self.writer.start({
             "plan": {
@@ -206,7 +216,7 @@ class Recorder:
         if self.marks_fd is not None:
             os.set_inheritable(self.marks_fd, True)  # and its lock with it
         output_fd = self.writer.detach()
-        state = {"opts": {k: v for k, v in asdict(self.opts).items() if k != "sizes"},
+        state = {"opts": {k: v for k, v in asdict(self.opts).items() if k not in ("sizes", "pin")},
                  "map_fds": self.map_fds, "attach_fds": self.attach_fds,
                  "prog_fds": self.prog_fds, "output_fd": output_fd,
                  "marks_fd": self.marks_fd, "marks_pos": self.marks_pos,
@@ -249,6 +259,7 @@ class Recorder:
     def begin(self) -> None:
         """What needs no bcc: symbols, topology, uevents, the inventory."""
         self.kallsyms = kallsyms()  # read once: the kernel baseline asks the same copy
+        self._set_slab_filter()
         # No device opened to learn its file system before the kernel baseline has had
         # the chance to name every superblock (blockdev.probe_fstype is a last resort).
         self.write_topology(probe=False)
@@ -256,6 +267,17 @@ class Recorder:
         sb_fstypes = self.take_inventory() if self.opts.inventory else None
         self.write_topology(sb_fstypes=sb_fstypes, probe=sb_fstypes is None)
         _release_memory()
+
+    def _set_slab_filter(self) -> None:
+        """--slab kmalloc: from here on the program follows kmalloc objects only from
+        modules and the storage stack's built-in code (until now: every one)."""
+        if self.opts.slab != "kmalloc" or "slab_filter" not in self.maps.maps:
+            return
+        try:
+            text, ranges = loader.slab_ranges(self.kallsyms)
+            self.maps.set_slab_filter(text, ranges)
+        except OSError as err:
+            self.log(f"slab filter not set (every kmalloc object followed): {err.strerror}")
 
     def _uevent_watcher(self):
         try:
@@ -347,6 +369,8 @@ class Recorder:
         now = self.maps.raw(name)
         before = self.last_raw[name]
         out = {}
+        if name == "stack_pages":  # an array: ids never used are all zero (and stay out)
+            now = {k: v for k, v in now.items() if v.count(0) != len(v)}
         for k, v in now.items():
             if before.get(k) == v:
                 continue
@@ -420,7 +444,7 @@ class Recorder:
         rec = {"type": "sample", "t": t, "meminfo": procfs.meminfo(), "stats": stats,
                "pcp_pages": procfs.zone_pcp_pages(),
                "files": files, "stacks": {str(k): v for k, v in stacks.items()}, "sites": sites,
-               "tracer": _own_memory()}
+               "tracer": _own_memory() if self.own_process else {}}
         # Slab and vmalloc totals are written whole, and only when they changed.
         for name, now in (("slab", _slab_summary()), ("vmalloc", _vmalloc_summary())):
             if now != self.last.get(name):
@@ -631,6 +655,22 @@ class Recorder:
         finally:
             self.writer.close(reason)
         return reason
+
+
+def _files_with_pages(opts: Options) -> int | None:
+    """How many files have page cache now, to size the files table: the kernel
+    baseline's walk (tracer/baseline.py: tens of milliseconds) where it runs and the
+    table is not sized by hand; None (the loader guesses) otherwise."""
+    if (opts.sizes and opts.sizes.files) or opts.baseline not in ("auto", "kernel"):
+        return None
+    from . import baseline
+
+    if baseline.unavailable() is not None:
+        return None
+    try:
+        return len(baseline.kernel_walk()["inodes"])
+    except FootprintError:
+        return None
 
 
 def _release_memory() -> None:

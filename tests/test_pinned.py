@@ -1,0 +1,113 @@
+"""The account kept with no process: `record --pin` (libbpf) leaves the programs attached
+and the maps in bpffs when the recorder exits; `report --pinned` reads them (a file read
+after the recorder is gone is counted, as cachestat counts it); `unpin` detaches them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tracer import pinned
+
+pytestmark = [pytest.mark.bpf,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root to load and pin BPF")]
+REPO = Path(__file__).resolve().parent.parent
+FOOTPRINT = [sys.executable, "-m", "tracer"]
+
+
+def _run(*args, **kw):
+    return subprocess.run(FOOTPRINT + list(args), capture_output=True, text=True, cwd=REPO,
+                          timeout=300, **kw)
+
+
+def _prog_ids() -> set[int]:
+    from tracer.bpfmaps import obj_get
+
+    ids = set()
+    for name in os.listdir(pinned.PIN_DIR):
+        if name.startswith("prog-"):
+            fd = obj_get(f"{pinned.PIN_DIR}/{name}")
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                ids |= {int(ln.split()[1]) for ln in f if ln.startswith("prog_id:")}
+            os.close(fd)
+    return ids
+
+
+def _prog_alive(prog_id: int) -> bool:
+    return subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def no_pinned_account():
+    if os.path.exists(pinned.PIN_DIR) or os.path.exists(pinned.META):
+        pytest.skip(f"an account is pinned already ({pinned.PIN_DIR}): not ours to remove")
+    done = subprocess.run(["bash", str(REPO / "scripts" / "build-bpf")], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(done.stderr.strip().splitlines()[-1])
+    mounted = pinned._bpffs_mounted()
+    yield
+    pinned.unpin(quiet=True)
+    if not mounted and pinned._bpffs_mounted():  # record --pin mounted it: leave none behind
+        subprocess.run(["umount", pinned.BPFFS], check=False)
+
+
+def test_pinned_account_outlives_the_recorder(tmp_path, no_pinned_account):
+    rec = tmp_path / "boot.jsonl"
+    p = _run("record", "--pin", "--loader", "libbpf", "-o", str(rec), "-d", "1",
+             "--interval", "0.5", "--no-inventory")
+    assert p.returncode == 0, p.stderr
+    ids = _prog_ids()
+    assert len(ids) >= 4 and all(_prog_alive(i) for i in ids), ids
+    # A second pin is refused in one line while this one stands.
+    again = _run("record", "--pin", "--loader", "libbpf", "-o", str(tmp_path / "b.jsonl"), "-d", "1")
+    assert again.returncode == 2 and "footprint unpin" in again.stderr, again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+
+    # Read after the recorder is gone: only the pinned programs can count it.
+    late = Path("/var/tmp") / f"fp-pinned-{os.getpid()}"
+    late.write_bytes(os.urandom(1 << 20) * 6)
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        late.read_bytes()
+        rep = _run("report", "--pinned", "--json")
+        assert rep.returncode == 0, rep.stderr
+        report = json.loads(rep.stdout)
+        st = late.stat()
+        key = (f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", st.st_ino)
+        got = {(f["dev"], f["ino"]): f["resident_pages"] for f in report["files"]}.get(key, 0)
+        from tracer.inventory import cachestat
+
+        fd = os.open(late, os.O_RDONLY)
+        truth = cachestat(fd)["nr_cache"]
+        os.close(fd)
+    finally:
+        late.unlink()
+    assert truth > 1000 and abs(got - truth) <= max(1, truth // 100), (got, truth)
+    assert report["recording"]["loader"] == "libbpf"
+    assert report["map_drops"] == 0
+
+    gone = _run("unpin")
+    assert gone.returncode == 0 and "unpinned" in gone.stderr, gone.stderr
+    assert not os.path.exists(pinned.PIN_DIR)
+    deadline = time.monotonic() + 10  # programs are freed after an RCU grace period
+    while any(_prog_alive(i) for i in ids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_prog_alive(i) for i in ids), ids
+    none = _run("report", "--pinned")
+    assert none.returncode == 2 and "no account is pinned" in none.stderr, none.stderr
+
+
+def test_pin_needs_libbpf(tmp_path, no_pinned_account):
+    p = _run("record", "--pin", "--loader", "bcc", "-o", str(tmp_path / "r.jsonl"), "-d", "1",
+             "--no-inventory")
+    assert p.returncode == 2 and "--loader libbpf" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not os.path.exists(pinned.PIN_DIR)

@@ -1,0 +1,111 @@
+"""The account kept in the kernel with no process left: pinned in bpffs.
+
+`footprint record --pin` (libbpf loader) pins the programs' links, the programs and the
+maps under PIN_DIR: they stay attached and keep counting when the recorder exits (at the
+end of early boot, say), at the cost of the maps alone (no Python process).
+`footprint report --pinned` reads them: a copy of the recording that pinned them (its
+header, topology, baseline, stacks) with one more sample of the pinned maps, reported
+like any recording. `footprint unpin` removes them: the programs detach and the maps are
+freed once no process holds them.
+
+Relies on: bpffs (4.4+); bpf_link pinning (raw_tp/tracing links 5.7+, the perf-event
+links libbpf makes for tracepoints and kprobes where the kernel has them, 5.15+: 6.1
+and 6.18 do); BPF_OBJ_GET (4.4+).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .errors import FootprintError
+
+BPFFS = "/sys/fs/bpf"
+PIN_DIR = f"{BPFFS}/footprint"
+META = "/run/footprint/pinned.json"
+SNAPSHOT = "/run/footprint/pinned-snapshot.jsonl"
+
+
+def _bpffs_mounted() -> bool:
+    try:
+        with open("/proc/self/mounts") as f:
+            return any(line.split()[1:3] == [BPFFS, "bpf"] for line in f)
+    except OSError:
+        return False
+
+
+def check_free() -> None:
+    """Refuse (one line) when an account is pinned already: one at a time."""
+    if os.path.exists(PIN_DIR) or os.path.exists(META):
+        raise FootprintError(f"an account is already pinned in {PIN_DIR}: read it with "
+                             "`footprint report --pinned`, remove it with `footprint unpin`")
+
+
+def pin(program, recording_path: str, maps: list[str]) -> None:
+    """Pin the loaded, attached `program` (loader.LibbpfProgram) and the maps named, and
+    note which recording they continue in META."""
+    if getattr(program, "obj", None) is None:
+        raise FootprintError("--pin needs the libbpf loader (bcc attaches through perf-event "
+                             "fds, which cannot be pinned): record with --loader libbpf")
+    check_free()
+    if not _bpffs_mounted():
+        os.makedirs(BPFFS, exist_ok=True)
+        if os.system(f"mount -t bpf bpf {BPFFS} 2>/dev/null") != 0 or not _bpffs_mounted():
+            raise FootprintError(f"bpffs is not mounted at {BPFFS} and could not be: "
+                                 f"mount -t bpf bpf {BPFFS}")
+    os.mkdir(PIN_DIR, 0o700)
+    try:
+        program.obj.pin(PIN_DIR, maps)
+        os.makedirs(os.path.dirname(META), exist_ok=True)
+        with open(META, "w") as f:
+            json.dump({"recording": os.path.abspath(recording_path), "pin_dir": PIN_DIR,
+                       "maps": maps, "programs": sorted(program.obj.link_of),
+                       "slab": program.plan.slab}, f)
+    except BaseException:
+        unpin(quiet=True)
+        raise
+
+
+def meta() -> dict:
+    try:
+        with open(META) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise FootprintError("no account is pinned: record with `footprint record --pin` "
+                             "(libbpf loader)") from None
+    except (OSError, ValueError) as err:
+        raise FootprintError(f"{META} is unreadable ({err}): remove the pinned account "
+                             "with `footprint unpin`") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("maps"), list) \
+            or not isinstance(meta.get("recording"), str):
+        raise FootprintError(f"{META} is corrupt: remove the pinned account with `footprint unpin`")
+    return meta
+
+
+def unpin(quiet: bool = False) -> str:
+    """Remove the pinned account (its pins and META); returns a line saying what went."""
+    removed = 0
+    try:
+        names = os.listdir(PIN_DIR)
+    except FileNotFoundError:
+        names = None
+    for name in names or []:
+        try:
+            os.unlink(os.path.join(PIN_DIR, name))
+            removed += 1
+        except OSError:
+            pass
+    if names is not None:
+        try:
+            os.rmdir(PIN_DIR)
+        except OSError as err:
+            if not quiet:
+                raise FootprintError(f"cannot remove {PIN_DIR} ({err.strerror})") from None
+    for path in (META, SNAPSHOT):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    if names is None and not quiet:
+        return "no account was pinned"
+    return f"unpinned: {removed} pins removed from {PIN_DIR} (the programs detach)"

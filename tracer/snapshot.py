@@ -1,0 +1,71 @@
+"""`footprint report --pinned`: the account pinned by `record --pin` (tracer/pinned.py),
+read now. A copy of the recording that pinned it (its header, topology, baseline,
+stacks) with one more sample of the pinned maps, reported like any recording; the sample
+is taken the recorder's way (Recorder.sample), so it reads as any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from . import pinned
+from .errors import FootprintError
+
+SNAPSHOT = pinned.SNAPSHOT
+
+
+def snapshot(out: str = SNAPSHOT) -> str:
+    """Write `out`: the pinned account's recording with one more sample, read now from
+    the pinned maps; returns its path."""
+    from .bpfmaps import Maps, obj_get
+    from .recorder import Options, Recorder
+    from .recording import Writer
+    from .symbols import Kallsyms
+
+    meta = pinned.meta()
+    try:
+        fds = {name: obj_get(f"{pinned.PIN_DIR}/map-{name}") for name in meta["maps"]}
+        progs = {name: obj_get(f"{pinned.PIN_DIR}/prog-{name}") for name in meta.get("programs", [])}
+    except OSError as err:
+        raise FootprintError(f"the pinned account in {pinned.PIN_DIR} is incomplete ({err.strerror}): "
+                             "remove it with `footprint unpin`") from None
+    try:
+        src = open(meta["recording"], encoding="utf-8")
+    except OSError as err:
+        raise FootprintError(f"the recording of the pinned account, {meta['recording']}, is "
+                             f"unreadable ({err.strerror})") from None
+    writer = Writer(out)
+    rec = Recorder(Options(output=out, marks=None, slab=meta.get("slab", "kmalloc")))
+    try:
+        with src:
+            for n, line in enumerate(src):
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line of a killed recorder
+                if not isinstance(obj, dict) or obj.get("type") == "end":
+                    continue
+                if n == 0:
+                    writer.start(obj)  # the header as it was (start() keeps its fields)
+                    continue
+                if obj.get("type") == "stack":
+                    rec.known_stacks.add(obj.get("id"))
+                elif obj.get("type") == "site":
+                    rec.known_sites.add(obj.get("key"))
+                writer.write(obj)
+        if not writer.started:
+            raise FootprintError(f"the recording of the pinned account, {meta['recording']}, "
+                                 "has no header")
+        rec.writer, rec.maps, rec.prog_fds = writer, Maps(fds), progs
+        rec.own_process = False  # no recorder runs: this reader is not the tracer
+        rec.kallsyms = Kallsyms.load()
+        rec.sample()  # every entry: nothing is "unchanged" against an empty reference
+        writer.close("snapshot of the pinned account")
+    except BaseException:
+        writer.abandon()
+        raise
+    finally:
+        for fd in list(fds.values()) + list(progs.values()):
+            os.close(fd)
+    return out
