@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
+from . import outfile
 from .errors import FootprintError
 
 BPFFS = "/sys/fs/bpf"
@@ -50,23 +52,25 @@ def pin(program, recording_path: str, maps: list[str]) -> None:
     check_free()
     if not _bpffs_mounted():
         os.makedirs(BPFFS, exist_ok=True)
-        if os.system(f"mount -t bpf bpf {BPFFS} 2>/dev/null") != 0 or not _bpffs_mounted():
+        done = subprocess.run(["mount", "-t", "bpf", "bpf", BPFFS], capture_output=True)
+        if done.returncode != 0 or not _bpffs_mounted():
             raise FootprintError(f"bpffs is not mounted at {BPFFS} and could not be: "
                                  f"mount -t bpf bpf {BPFFS}")
     os.mkdir(PIN_DIR, 0o700)
     try:
         program.obj.pin(PIN_DIR, maps)
         os.makedirs(os.path.dirname(META), exist_ok=True)
-        with open(META, "w") as f:
-            json.dump({"recording": os.path.abspath(recording_path), "pin_dir": PIN_DIR,
-                       "maps": maps, "programs": sorted(program.obj.link_of),
-                       "slab": program.plan.slab}, f)
+        outfile.write(META, json.dumps({
+            "recording": os.path.abspath(recording_path), "pin_dir": PIN_DIR, "maps": maps,
+            "programs": sorted(program.obj.link_of), "slab": program.plan.slab}).encode())
     except BaseException:
         unpin(quiet=True)
         raise
 
 
 def meta() -> dict:
+    """What `pin` noted in META (the recording the pinned account continues, its maps),
+    validated: one line naming the fix when it is missing or corrupt."""
     try:
         with open(META) as f:
             meta = json.load(f)

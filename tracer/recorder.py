@@ -150,7 +150,14 @@ class Recorder:
 
             pinned.check_free()
         t0 = boottime()
-        self.program = loader.Program(self.plan)
+        # libbpf reports through a Python callback (tracer/libbpf.py): a stop signal
+        # handled inside it would raise there, where ctypes swallows the exception, and
+        # the disarmed handler would never stop us. Blocked, it waits for the load's end.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.program = loader.Program(self.plan)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         attach_s = boottime() - t0
         self.attached = t0
         self.map_fds = {name: self.program[name].map_fd for name in Maps.NAMES}
@@ -165,7 +172,11 @@ class Recorder:
         if opts.pin:
             from . import pinned
 
-            pinned.pin(self.program, opts.output, sorted(self.map_fds))
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # as above
+            try:
+                pinned.pin(self.program, opts.output, sorted(self.map_fds))
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._hold_marks()
         self.writer.start({
             "plan": {
