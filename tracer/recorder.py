@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
-from . import loader, procfs, recording
+from . import loader, procfs, programs, recording, slabfilter
 from .bpfmaps import Maps, prog_misses
 from . import errors
 from .errors import FootprintError, require_root
@@ -155,7 +155,7 @@ class Recorder:
         # the disarmed handler would never stop us. Blocked, it waits for the load's end.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            self.program = loader.Program(self.plan)
+            self.program = programs.Program(self.plan)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         attach_s = boottime() - t0
@@ -285,7 +285,7 @@ class Recorder:
         if self.opts.slab != "kmalloc" or "slab_filter" not in self.maps.maps:
             return
         try:
-            text, ranges = loader.slab_ranges(self.kallsyms)
+            text, ranges = slabfilter.slab_ranges(self.kallsyms)
             self.maps.set_slab_filter(text, ranges)
         except OSError as err:
             self.log(f"slab filter not set (every kmalloc object followed): {err.strerror}")
