@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer import loader
+from tracer import loader, programs, slabfilter
 from tracer.bpfmaps import Map, Maps
 from tracer.recorder import STAT_NAMES
 
@@ -70,7 +70,7 @@ def _cachestat(path) -> int:
 def _program(loader_name, **sizes):
     p = loader.plan(sizes=loader.MapSizes(**sizes) if sizes else None, loader=loader_name,
                     slab="off")
-    prog = loader.Program(p)
+    prog = programs.Program(p)
     return p, prog, Maps({n: prog[n].map_fd for n in Maps.NAMES})
 
 
@@ -175,14 +175,14 @@ def test_slab_ranges_name_the_storage_stack():
         "ffffffff81005000 T _etext",
         "ffffffffc0001000 t loop_queue_rq\t[loop]",
     ])
-    (lo, hi), ranges = loader.slab_ranges(Kallsyms.from_text(text))
+    (lo, hi), ranges = slabfilter.slab_ranges(Kallsyms.from_text(text))
     assert (lo, hi) == (0xffffffff81000000, 0xffffffff81005000)
     assert ranges == [(0xffffffff81002000, 0xffffffff81003000),
                       (0xffffffff81004000, 0xffffffff81004800)]
     many = "\n".join(["ffffffff81000000 T _stext"]
                      + [f"{0xffffffff81001000 + 0x200 * i:x} T {'loop' if i % 2 else 'tcp'}_f{i}"
                         for i in range(400)] + ["ffffffff81100000 T _etext"])
-    assert len(loader.slab_ranges(Kallsyms.from_text(many))[1]) == loader.SLAB_RANGES
+    assert len(slabfilter.slab_ranges(Kallsyms.from_text(many))[1]) == slabfilter.SLAB_RANGES
 
 
 def test_kmalloc_objects_of_the_core_kernel_are_not_followed_by_default(loader_name):
@@ -193,10 +193,10 @@ def test_kmalloc_objects_of_the_core_kernel_are_not_followed_by_default(loader_n
     from tracer.symbols import Kallsyms
 
     p = loader.plan(loader=loader_name, slab="kmalloc")
-    prog = loader.Program(p)
+    prog = programs.Program(p)
     try:
         maps = Maps({n: prog[n].map_fd for n in Maps.NAMES})
-        (lo, hi), ranges = loader.slab_ranges(Kallsyms.load())
+        (lo, hi), ranges = slabfilter.slab_ranges(Kallsyms.load())
 
         def core_sites_after_work() -> list[int]:
             before = maps.sites()

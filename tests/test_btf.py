@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from tracer import loader
+from tracer import kprobes
 from tracer.btf import (ARRAY, CONST, ENUM, FUNC, FUNC_PROTO, INT, PTR, STRUCT, TYPEDEF, UNION,
                         VAR, Btf)
 from tracer.errors import FootprintError
@@ -112,7 +112,7 @@ def test_the_shmem_extra_refuses_another_signature(blob):
     proto = b.add("", FUNC_PROTO, 1, 0, struct.pack("<II", b.s("page"), b.add("", PTR, 0, page)))
     b.add("shmem_add_to_page_cache", FUNC, 0, proto)
     with pytest.raises(KeyError, match="is not"):
-        loader.shmem_offsets(Btf(b.bytes()))
+        kprobes.shmem_offsets(Btf(b.bytes()))
 
 
 @pytest.mark.skipif(not os.path.exists("/sys/kernel/btf/vmlinux"), reason="kernel without BTF")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer import loader
+from tracer import loader, programs
 from tracer.errors import FootprintError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,7 +109,7 @@ def test_libbpf_sizes_maps_and_knobs_before_load(bpf_object):
 
     p = loader.plan(sizes=loader.MapSizes(files=4096, stacks=256, stack_depth=12, objs=8192),
                     loader="libbpf")
-    prog = loader.Program(p)
+    prog = programs.Program(p)
     try:
         for name, entries in p.map_entries().items():
             m = Map(prog[name].map_fd)
@@ -159,5 +159,5 @@ def test_libbpf_load_failure_is_one_line_naming_the_cause(bpf_object):
     p = loader.plan(loader="libbpf")
     p.max_pfn = 0  # an array of no entries: the kernel refuses it
     with pytest.raises(FootprintError) as err:
-        loader.Program(p)
+        programs.Program(p)
     assert "pfn_state" in str(err.value) and "\n" not in str(err.value), err.value

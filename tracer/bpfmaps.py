@@ -95,6 +95,7 @@ class Map:
         self._batch_ok = True
 
     def lookup(self, key: bytes) -> bytes | None:
+        """The value under `key` (BPF_MAP_LOOKUP_ELEM), None if absent (ENOENT)."""
         k = ctypes.create_string_buffer(key, self.key_size)
         v = ctypes.create_string_buffer(self.value_size)
         attr = _ElemAttr(map_fd=self.fd, key=ctypes.addressof(k), value=ctypes.addressof(v))
@@ -107,12 +108,15 @@ class Map:
         return v.raw
 
     def update(self, key: bytes, value: bytes) -> None:
+        """Set `key` to `value` (BPF_MAP_UPDATE_ELEM, BPF_ANY)."""
         k = ctypes.create_string_buffer(key, self.key_size)
         v = ctypes.create_string_buffer(value, self.value_size)
         _bpf(BPF_MAP_UPDATE_ELEM, _ElemAttr(map_fd=self.fd, key=ctypes.addressof(k),
                                             value=ctypes.addressof(v)))
 
     def items(self) -> list[tuple[bytes, bytes]]:
+        """Every (key, value): BPF_MAP_LOOKUP_BATCH (5.6+) where the map type has it, else
+        key by key with BPF_MAP_GET_NEXT_KEY."""
         if self._batch_ok:
             try:
                 return self._items_batch()
@@ -201,6 +205,7 @@ class Maps:
     # Each map is read raw and compared as bytes with the previous read: only the entries
     # that changed are decoded (a sample of 10k files decodes tens, not 10k).
     def raw(self, name: str) -> dict[bytes, bytes]:
+        """Map `name` whole, undecoded (key bytes -> value bytes)."""
         return dict(self.maps[name].items())
 
     @staticmethod
@@ -218,15 +223,18 @@ class Maps:
 
     @classmethod
     def file_entry(cls, k: bytes, v: bytes) -> tuple[tuple[int, int], tuple]:
+        """A files-map entry decoded: ((kernel dev_t, inode), its 5 counters)."""
         ino, dev, _ = FILE_KEY.unpack(k)
         return (dev, ino), cls.file_counter(v)
 
     @staticmethod
     def stack_entry(k: bytes, v: bytes) -> tuple[int, tuple]:
+        """A stack_pages entry decoded: (stack id, its counters)."""
         return U32.unpack(k)[0], COUNTER.unpack(v)
 
     @staticmethod
     def site_entry(k: bytes, v: bytes) -> tuple[tuple[int, int], tuple]:
+        """A sites entry decoded: ((call site address, kind: 0 slab, 1 percpu), counters)."""
         call_site, kind, _ = SITE_KEY.unpack(k)
         return (call_site, kind), COUNTER.unpack(v)
 
@@ -236,6 +244,7 @@ class Maps:
         return None if raw is None else self.file_counter(raw)
 
     def files(self) -> dict[tuple[int, int], tuple]:
+        """Every file the program counts: (kernel dev_t, inode) -> its 5 counters."""
         return dict(self.file_entry(k, v) for k, v in self.maps["files"].items())
 
     def stack_pages(self) -> dict[int, tuple]:
@@ -244,6 +253,7 @@ class Maps:
                     if v.count(0) != len(v))
 
     def sites(self) -> dict[tuple[int, int], tuple]:
+        """Every kmalloc/percpu call site: (address, kind) -> its counters."""
         return dict(self.site_entry(k, v) for k, v in self.maps["sites"].items())
 
     def stack(self, sid: int) -> list[int]:
@@ -288,5 +298,6 @@ class Maps:
             text[0], text[1], 1, len(ranges), *lo, *hi))
 
     def stats(self, count: int) -> list[int]:
+        """The first `count` of the program's counters (enum fp_stat), 0 where unset."""
         m = self.maps["stats"]
         return [U64.unpack((m.lookup(U32.pack(i)) or b"\0" * 8)[:8])[0] for i in range(count)]

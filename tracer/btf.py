@@ -66,6 +66,7 @@ class Btf:
 
     @classmethod
     def load(cls, path: str = VMLINUX) -> "Btf":
+        """The BTF at `path` (the running kernel's by default); FootprintError when absent."""
         try:
             with open(path, "rb") as f:
                 return cls(f.read())
@@ -80,6 +81,7 @@ class Btf:
         return (info >> 24) & 0x1F, info & 0xFFFF, size_or_type, info >> 31
 
     def name(self, tid: int) -> str:
+        """The name of type `tid` ("" for anonymous ones)."""
         return self._name_at(self.name_offs[tid])
 
     def _ids_named(self, name: str, kinds: tuple) -> list[int]:
@@ -156,6 +158,7 @@ class Btf:
         return self.strings[off: self.strings.index(b"\0", off)].decode()
 
     def enum_value(self, enum_name: str, member: str) -> int:
+        """The value of `member` of enum `enum_name`; KeyError if either is absent."""
         for tid in self._ids_named(enum_name, (ENUM,)):
             _, vlen, _, _ = self._record(tid)
             base = self.offsets[tid] + 12
@@ -178,6 +181,7 @@ class Btf:
         return [self.type_name(_PARAM.unpack_from(self.types, base + 8 * i)[1]) for i in range(vlen)]
 
     def type_name(self, tid: int) -> str:
+        """Type `tid` as C spells it ("struct folio *"), modifiers and typedefs stripped."""
         tid = self._strip(tid)
         if tid == 0:
             return "void"

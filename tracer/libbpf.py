@@ -43,6 +43,7 @@ _print_cb = _PRINT_FN(_on_print)  # kept referenced: libbpf holds the pointer
 
 
 def available() -> bool:
+    """Whether libbpf.so.1 can be loaded here."""
     try:
         lib()
     except FootprintError:
@@ -93,6 +94,7 @@ def lib() -> ctypes.CDLL:
 
 
 def strerror(err: int) -> str:
+    """libbpf's text for error `err` (negative or positive errno, or libbpf's own)."""
     buf = ctypes.create_string_buffer(256)
     lib().libbpf_strerror(abs(err), buf, len(buf))
     return buf.value.decode(errors="replace") or os.strerror(abs(err))
@@ -139,6 +141,7 @@ class Object:
         return p
 
     def programs(self) -> list[str]:
+        """The names of the object's programs, in its order."""
         names, p = [], None
         while True:
             p = self.so.bpf_object__next_program(self.ptr, p)
@@ -148,9 +151,11 @@ class Object:
 
     # -- before load ---------------------------------------------------------------
     def set_max_entries(self, name: str, entries: int) -> None:
+        """Size map `name` before load (bpf_map__set_max_entries)."""
         self._check(self.so.bpf_map__set_max_entries(self._map(name), entries), f"sizing map {name}")
 
     def set_value_size(self, name: str, size: int) -> None:
+        """Set map `name`'s value size before load (bpf_map__set_value_size)."""
         self._check(self.so.bpf_map__set_value_size(self._map(name), size), f"sizing map {name}")
 
     def set_rodata(self, data: bytes) -> None:
@@ -164,10 +169,13 @@ class Object:
         self._check(self.so.bpf_map__set_initial_value(m, data, len(data)), "setting .rodata")
 
     def set_autoload(self, prog: str, on: bool) -> None:
+        """Load program `prog` with the object, or leave it out (bpf_program__set_autoload)."""
         self._check(self.so.bpf_program__set_autoload(self._prog(prog), on), f"choosing {prog}")
 
     # -- load, attach --------------------------------------------------------------
     def load(self) -> None:
+        """Load the object into the kernel (CO-RE relocation against the kernel's BTF, then
+        the verifier); FootprintError with libbpf's reason when refused."""
         _log.clear()
         err = self.so.bpf_object__load(self.ptr)
         if err:
@@ -200,18 +208,22 @@ class Object:
                         f"pinning map {name}", fix="")
 
     def autoloaded(self, prog: str) -> bool:
+        """Whether program `prog` is set to load with the object."""
         return bool(self.so.bpf_program__autoload(self._prog(prog)))
 
     def map_fd(self, name: str) -> int:
+        """The fd of map `name` once loaded; KeyError if it has none."""
         fd = self.so.bpf_map__fd(self._map(name))
         if fd < 0:
             raise KeyError(name)
         return fd
 
     def prog_fd(self, prog: str) -> int:
+        """The fd of program `prog` once loaded."""
         return self.so.bpf_program__fd(self._prog(prog))
 
     def close(self) -> None:
+        """Destroy the links (detach) and close the object (its maps and programs)."""
         for link in self.links:
             self.so.bpf_link__destroy(link)
         self.links = []

@@ -8,22 +8,20 @@ What the kernel offers is read, not assumed: tracepoint formats from tracefs dec
 probes are compiled in or loaded (and, for bcc, whether filemap events carry a folio
 order), /proc/zoneinfo sizes the per-pfn array, and bcc's header tree is found the way bcc
 would, plus a fallback for kernels that ship none (these machines' 6.18): a close Debian
-tree in the cache.
+tree in the cache. This module plans; tracer/programs.py loads and attaches by the plan,
+tracer/kprobes.py decides the kprobe extras, tracer/slabfilter.py the --slab kmalloc ranges.
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
 import os
 import platform
 import re
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import FootprintError, require_root
+from .errors import FootprintError
+from .kprobes import plan_kprobes
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 CACHE_DIR = Path(os.environ.get("FOOTPRINT_CACHE", "/var/cache/footprint"))
@@ -136,12 +134,16 @@ def _kernel_pageblocks(default_total: int) -> int:
 
 @dataclass
 class Headers:
+    """The kernel header tree bcc compiles against (unused by libbpf's CO-RE object)."""
+
     path: str | None  # None: bcc finds them itself (build dir or kheaders)
     source: str  # how they were found
     matches_kernel: bool
     needed: bool = True  # libbpf's CO-RE object needs none
 
     def describe(self) -> str:
+        """One line for the log and the header: where the headers come from, and whether
+        they are the running kernel's own."""
         if not self.needed:
             return self.source
         where = self.path or "bcc default"
@@ -186,6 +188,7 @@ class Plan:
         return -(-self.max_pfn // 32)
 
     def cflags(self) -> list[str]:
+        """bcc's -D flags: the map sizes, the pfn range and the optional events planned."""
         flags = [
             f"-DFP_MAX_PFN={self.max_pfn}",
             f"-DFP_PFN_WORDS={self.pfn_words()}",
@@ -310,6 +313,8 @@ def tracepoint_fields(tfs: str, group: str, event: str) -> list[str] | None:
 
 
 def kernel_header_release(tree: Path) -> str | None:
+    """The kernel release a header tree was made for (its utsrelease.h or
+    kernel.release), None when it says nothing."""
     for rel in ("include/generated/utsrelease.h", "include/config/kernel.release"):
         try:
             text = (tree / rel).read_text()
@@ -373,7 +378,7 @@ def plan(sizes: MapSizes | None = None, kernel_headers: str | None = None,
         p.tracepoints.append((group, event))
         if group == "filemap" and "order" in fields:
             p.folio_order = True
-    _plan_kprobes(p)
+    plan_kprobes(p)
     for group, event in OPTIONAL_TRACEPOINTS:
         fields = tracepoint_fields(tfs, group, event)
         if fields is None:
@@ -388,307 +393,3 @@ def plan(sizes: MapSizes | None = None, kernel_headers: str | None = None,
         if event == "mark_victim" and "comm" in fields:
             p.oom_victim_comm = True
     return p
-
-
-@contextlib.contextmanager
-def _stderr_captured():
-    """Redirect fd 2 (where libbcc/clang write) to a temp file; yields a reader."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    tmp = tempfile.TemporaryFile()
-    os.dup2(tmp.fileno(), 2)
-
-    def text() -> str:
-        tmp.seek(0)
-        return tmp.read().decode("utf-8", "replace")
-
-    try:
-        yield text
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-# Built-in code whose kmalloc objects can change an answer (with --slab kmalloc): the
-# storage stack's subsystems (symbols.subsystem_of) and the page-cache and block-device
-# paths of the core kernel. Modules are followed whole (see struct fp_slab_filter).
-SLAB_SUBSYSTEMS = frozenset({"squashfs", "loop", "device-mapper", "ext4", "iso9660", "overlay",
-                             "virtio-blk", "shmem", "zram", "cdrom"})
-SLAB_CORE_PREFIXES = ("filemap_", "__filemap_", "page_cache_", "bdev_", "blkdev_", "blk_",
-                      "__blk_", "bio_", "__bio_", "submit_bio", "mpage_", "block_", "readahead")
-SLAB_RANGES = 64  # FP_SLAB_RANGES
-
-
-def _symbol_index(names, name: str) -> int | None:
-    """Index of a symbol in symbols._Names (one blob, an offsets array) by a search of the
-    blob in C: decoding 120k names one by one takes a tenth of a second."""
-    blob, offs, want = getattr(names, "blob", None), getattr(names, "offsets", None), name.encode()
-    if blob is None or offs is None:
-        return next((i for i, n in enumerate(names) if n == name), None)
-    at = blob.find(want)
-    while at >= 0:
-        i = bisect.bisect_left(offs, at)
-        if i < len(offs) - 1 and offs[i] == at and offs[i + 1] == at + len(want):
-            return i
-        at = blob.find(want, at + 1)
-    return None
-
-
-def slab_ranges(ksyms) -> tuple[tuple[int, int], list[tuple[int, int]]]:
-    """((_stext, _etext), ranges of core-kernel text whose kmalloc objects are followed):
-    the functions of SLAB_SUBSYSTEMS and SLAB_CORE_PREFIXES, adjacent ones merged, then
-    the nearest merged until SLAB_RANGES are left (a few other functions come along)."""
-    from .symbols import PREFIX_SUBSYSTEMS
-
-    # One startswith() a symbol (a C call): the storage prefixes of symbols.subsystem_of
-    # (built-in code goes by prefix there too) and the core paths.
-    prefixes = tuple(pre for pre, sub in PREFIX_SUBSYSTEMS if sub in SLAB_SUBSYSTEMS) \
-        + SLAB_CORE_PREFIXES
-    addrs, names, mods = ksyms.addrs, ksyms.names, ksyms.modules
-    lo = hi = None
-    for name in ("_stext", "_etext"):
-        i = _symbol_index(names, name)
-        if i is None:
-            return (0, 0), []  # every call site counts as a module's: all followed
-        lo, hi = (addrs[i], hi) if name == "_stext" else (lo, addrs[i])
-    ranges: list[list[int]] = []
-    first = bisect.bisect_left(addrs, lo)
-    last = bisect.bisect_left(addrs, hi)
-    blob, offs = getattr(names, "blob", None), getattr(names, "offsets", None)
-    bprefixes = tuple(pre.encode() for pre in prefixes)
-    for i in range(first, min(last, len(addrs) - 1)):
-        hit = (blob.startswith(bprefixes, offs[i], offs[i + 1]) if blob is not None
-               else names[i].startswith(prefixes))
-        if not hit or mods[i] is not None:
-            continue
-        a = addrs[i]
-        end = addrs[i + 1] if addrs[i + 1] > a else a + 1
-        if ranges and ranges[-1][1] >= a:
-            ranges[-1][1] = max(ranges[-1][1], end)
-        else:
-            ranges.append([a, end])
-    if len(ranges) > SLAB_RANGES:  # close the smallest gaps, all at once
-        gaps = sorted(range(len(ranges) - 1), key=lambda j: ranges[j + 1][0] - ranges[j][1])
-        close = set(gaps[:len(ranges) - SLAB_RANGES])
-        merged = [ranges[0]]
-        for j in range(1, len(ranges)):
-            if j - 1 in close:
-                merged[-1][1] = ranges[j][1]
-            else:
-                merged.append(ranges[j])
-        ranges = merged
-    return (lo, hi), [(a, b) for a, b in ranges]
-
-
-# Optional kprobe extras: function → what it adds. Attached only where kprobes exist and
-# the kernel describes its structs in BTF (the fields they read, see shmem_offsets).
-KPROBE_EXTRAS = {"shmem_add_to_page_cache": "tmpfs/shmem page-cache adds (no tracepoint)"}
-
-
-def _text_symbols(names) -> set:
-    found = set()
-    try:
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[1] in "tT" and parts[2] in names:
-                    found.add(parts[2])
-    except OSError:
-        pass
-    return found
-
-
-def shmem_offsets(btf) -> dict[str, int]:
-    """What kprobe__shmem_add_to_page_cache reads, from the kernel's own BTF; KeyError
-    (saying what is missing) where the function or a field differs (older kernels pass
-    a struct page; 6.1 keeps a folio's order in _folio_order, 6.18 in _flags_1's low byte)."""
-    params = btf.func_params("shmem_add_to_page_cache")
-    if params[:2] != ["struct folio *", "struct address_space *"]:
-        raise KeyError(f"shmem_add_to_page_cache({', '.join(params[:2])}) is not (folio, mapping)")
-    try:
-        order = btf.member_offset("folio", "_folio_order")
-    except KeyError:
-        order = btf.member_offset("folio", "_flags_1")  # the order is its low byte
-    return {"FP_OFF_MAPPING_HOST": btf.member_offset("address_space", "host"),
-            "FP_OFF_INODE_INO": btf.member_offset("inode", "i_ino"),
-            "FP_OFF_INODE_SB": btf.member_offset("inode", "i_sb"),
-            "FP_OFF_SB_DEV": btf.member_offset("super_block", "s_dev"),
-            "FP_OFF_FOLIO_FLAGS": btf.member_offset("folio", "flags"),
-            "FP_OFF_FOLIO_ORDER": order,
-            "FP_PG_HEAD": btf.enum_value("pageflags", "PG_head")}
-
-
-def _plan_kprobes(p: Plan) -> None:
-    from .btf import Btf
-
-    if not os.path.exists(os.path.join(p.tracefs, "kprobe_events")):
-        p.kprobes_missing += [(f, "no kprobes in this kernel") for f in KPROBE_EXTRAS]
-        return
-    if p.loader == "libbpf":
-        # CO-RE relocates the struct reads and LibbpfProgram names a kprobe that does not
-        # attach: no pass over /proc/kallsyms, no BTF parsed in Python (2.7 s under TCG)
-        p.kprobes.append("shmem_add_to_page_cache")
-        return
-    present = _text_symbols(set(KPROBE_EXTRAS))
-    if "shmem_add_to_page_cache" not in present:
-        p.kprobes_missing.append(("shmem_add_to_page_cache", "not a probeable function here (inlined?)"))
-        return
-    try:
-        p.kprobe_defines = shmem_offsets(Btf.load())
-    except FootprintError as err:
-        p.kprobes_missing.append(("shmem_add_to_page_cache", str(err).split(":")[0]))
-        return
-    except (KeyError, ValueError) as err:
-        p.kprobes_missing.append(("shmem_add_to_page_cache", f"BTF: {err}".replace("'", "")))
-        return
-    p.kprobes.append("shmem_add_to_page_cache")
-
-
-def Program(p: Plan):
-    """The loaded, attached program, by the plan's loader; both offer what the recorder
-    uses: map fds by name (program[name].map_fd), prog_fds(), attach_fds(), close()."""
-    if p.loader == "libbpf":
-        return LibbpfProgram(p)
-    return BccProgram(p)
-
-
-class LibbpfProgram:
-    """The CO-RE object loaded and attached by libbpf: sized, configured and trimmed to
-    this kernel before load (tracer/libbpf.py). No compiler, no bcc."""
-
-    KPROBE_PROGS = {"shmem_add_to_page_cache": "kprobe__shmem_add_to_page_cache"}
-
-    def __init__(self, p: Plan):
-        require_root("loading BPF programs")
-        self.plan = p
-        try:
-            self.obj = self._load(p)
-        except FootprintError as err:
-            if not p.kprobes:
-                raise
-            # The extras read kernel structs: if they do not load here, go without.
-            p.kprobes_missing += [(f, f"failed to load: {err}") for f in p.kprobes]
-            p.kprobes = []
-            self.obj = self._load(p)
-        try:
-            self.links = {name: self.obj.attach(name) for name in self._wanted(p, kprobes=False)}
-            for f in list(p.kprobes):  # extras: one that does not attach is named, not fatal
-                try:
-                    self.links[self.KPROBE_PROGS[f]] = self.obj.attach(self.KPROBE_PROGS[f])
-                except FootprintError as err:
-                    p.kprobes.remove(f)
-                    p.kprobes_missing.append((f, f"failed to attach: {err}"))
-        except FootprintError:
-            self.obj.close()
-            raise
-
-    @staticmethod
-    def _wanted(p: Plan, kprobes: bool = True) -> list[str]:
-        return ([f"tracepoint__{g}__{e}" for g, e in p.tracepoints]
-                + ([LibbpfProgram.KPROBE_PROGS[f] for f in p.kprobes] if kprobes else []))
-
-    def _load(self, p: Plan):
-        import struct
-
-        from .libbpf import Object
-
-        obj = Object(p.bpf_object)
-        try:
-            for name, entries in p.map_entries().items():
-                obj.set_max_entries(name, entries)
-            obj.set_value_size("stacks", 8 * p.sizes.stack_depth)
-            obj.set_value_size("stacks_alt", 8 * p.sizes.stack_depth)
-            # struct fp_config in bpf/footprint.bpf.c, field by field.
-            obj.set_rodata(struct.pack("<4Q", p.max_pfn, p.sizes.stacks_per_map,
-                                       MIGRATE_MOVABLE, OOM_SLOTS))
-            wanted = set(self._wanted(p))
-            for prog in obj.programs():
-                obj.set_autoload(prog, prog in wanted)
-            missing = wanted - set(obj.programs())
-            if missing:
-                raise FootprintError(f"the BPF object lacks {', '.join(sorted(missing))}: it is "
-                                     "out of date, rebuild it with scripts/build-bpf")
-            obj.load()
-        except BaseException:
-            obj.close()
-            raise
-        return obj
-
-    def prog_fds(self) -> dict[str, int]:
-        """The loaded programs' fds (for their recursion-miss counters: lost events)."""
-        return {name: self.obj.prog_fd(name) for name in self.links}
-
-    def attach_fds(self) -> list[int]:
-        """The links' fds: each alone keeps its program attached (inherited across exec)."""
-        return list(self.links.values())
-
-    def __getitem__(self, name):
-        return _MapRef(self.obj.map_fd(name))
-
-    def close(self) -> None:
-        self.obj.close()
-
-
-@dataclass
-class _MapRef:
-    map_fd: int
-
-
-class BccProgram:
-    """The compiled, attached program; a thin owner of the bcc object and its maps."""
-
-    def __init__(self, p: Plan):
-        require_root("loading BPF programs")
-        self.plan = p
-        try:
-            from bcc import BPF  # noqa: WPS433 (imported late: early boot may lack bcc)
-        except ImportError as err:
-            raise FootprintError(f"bcc is not importable ({err}): install python3-bpfcc "
-                                 "and run scripts/setup") from None
-        if p.headers.path:
-            os.environ["BCC_KERNEL_SOURCE"] = p.headers.path
-        err = self._load(BPF, p)
-        if err is not None and p.kprobes:
-            # The extras read kernel structs: if they do not compile here, go without.
-            why = f"failed to load: {self._last_error(err)}"
-            p.kprobes_missing += [(f, why) for f in p.kprobes]
-            p.kprobes = []
-            err = self._load(BPF, p)
-        if err is not None:
-            msg = self._last_error(err)
-            raise FootprintError(f"BPF program failed to load ({msg}): check the kernel "
-                                 "headers (--kernel-headers) and that BPF is enabled")
-
-    def _load(self, BPF, p: Plan):
-        """Compile and attach; returns the exception (clang's chatter kept in _stderr:
-        a header tree that is not the running kernel's gives pages of warnings)."""
-        with _stderr_captured() as captured:
-            try:
-                self.bpf = BPF(text=bpf_source(), cflags=p.cflags())
-                err = None
-            except Exception as exc:  # bcc raises plain Exception on compile/load failure
-                err = exc
-            self._stderr = captured()
-        return err
-
-    def _last_error(self, err: Exception) -> str:
-        lines = [ln for ln in self._stderr.splitlines() if "error" in ln.lower()]
-        return (lines[-1] if lines else (str(err).strip().splitlines() or ["?"])[-1]).strip()[:300]
-
-    def prog_fds(self) -> dict[str, int]:
-        """The loaded programs' fds (for their recursion-miss counters: lost events)."""
-        return {name.decode() if isinstance(name, bytes) else name: fn.fd
-                for name, fn in self.bpf.funcs.items()}
-
-    def attach_fds(self) -> list[int]:
-        """The perf-event fds that keep the programs attached (inherited across exec)."""
-        fds = list(self.bpf.tracepoint_fds.values())
-        for per_event in self.bpf.kprobe_fds.values():
-            fds += list(per_event.values())
-        return fds
-
-    def __getitem__(self, name):
-        return self.bpf[name]
-
-    def close(self) -> None:
-        self.bpf.cleanup()

@@ -44,7 +44,7 @@ def check_free() -> None:
 
 
 def pin(program, recording_path: str, maps: list[str]) -> None:
-    """Pin the loaded, attached `program` (loader.LibbpfProgram) and the maps named, and
+    """Pin the loaded, attached `program` (programs.LibbpfProgram) and the maps named, and
     note which recording they continue in META."""
     if getattr(program, "obj", None) is None:
         raise FootprintError("--pin needs the libbpf loader (bcc attaches through perf-event "

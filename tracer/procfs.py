@@ -22,6 +22,7 @@ __all__ = [
     "slabinfo", "parse_slabinfo",
     "zone_max_pfn", "parse_zoneinfo_max_pfn",
     "boottime",
+    "own_memory", "release_memory", "slab_summary", "vmalloc_summary", "tracer_files",
 ]
 
 
@@ -227,3 +228,88 @@ def boottime() -> float:
     """CLOCK_BOOTTIME in seconds (includes suspend): the clock recordings are stamped with.
     The kernel's bpf_ktime_get_boot_ns() reads the same clock."""
     return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+# --- the recorder's own process and the system's totals, as samples carry them ---------
+
+
+def own_memory() -> dict:
+    """The calling process's resident memory (kB) from /proc/self/status: RssAnon,
+    RssFile, RssShmem (split out since 4.5) and the peak VmHWM; {} where unreadable."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("RssAnon", "RssFile", "RssShmem", "VmHWM"):
+                    out[key.lower().replace("rss", "") + "_kb"] = int(value.split()[0])
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def release_memory() -> None:
+    """Hand the transient peaks of start-up (kallsyms parsing, the inventory walk) back to
+    the kernel (glibc's malloc_trim): the recorder's resident memory is the tracer's own
+    cost, read by own_memory()."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def slab_summary() -> dict:
+    """/proc/slabinfo as {cache: [active_objs, objsize, pages]}; {} where unreadable
+    (it is root-only since 2.6.x)."""
+    try:
+        return {r["name"]: [r["active_objs"], r["objsize"], r["pages"]] for r in slabinfo()}
+    except (FootprintError, OSError, KeyError):
+        return {}
+
+
+def vmalloc_summary() -> dict:
+    """/proc/vmallocinfo as {caller: pages}, callers with pages only; {} where unreadable."""
+    try:
+        return {caller: v["pages"] for caller, v in vmallocinfo().items() if v["pages"]}
+    except (FootprintError, OSError):
+        return {}
+
+
+MANIFEST = "/usr/lib/footprint/manifest"  # in an initramfs built with the dracut module
+
+
+def tracer_files() -> list[list]:
+    """(dev, ino, path) of the files this process maps (/proc/self/maps: python, libbpf
+    or bcc and LLVM) and, in an initramfs built with footprint's dracut module, of every
+    file the module put there (its manifest: python's modules it imported once, the
+    objects, the scripts). Their page cache is the tracer's own cost, not the storage
+    stack's."""
+    seen = {}
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(maxsplit=5)
+                if len(parts) < 6 or parts[4] == "0":
+                    continue
+                major, minor = (int(x, 16) for x in parts[3].split(":"))
+                key = (f"{major}:{minor}", int(parts[4]))
+                seen.setdefault(key, parts[5].strip())
+    except OSError:
+        pass
+    try:
+        with open(MANIFEST) as f:
+            listed = [line.rstrip("\n") for line in f if line.startswith("/")]
+    except OSError:
+        listed = []
+    for path in listed[:100_000]:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if st.st_mode & 0o170000 == 0o100000:  # regular files: links hold no pages
+            seen.setdefault((f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", st.st_ino), path)
+    return [[d, i, p] for (d, i), p in seen.items()]

@@ -18,10 +18,11 @@ SNAPSHOT = pinned.SNAPSHOT
 def snapshot(out: str = SNAPSHOT) -> str:
     """Write `out`: the pinned account's recording with one more sample, read now from
     the pinned maps; returns its path."""
-    from .bpfmaps import Maps, obj_get
+    from .bpfmaps import obj_get
     from .recorder import Options, Recorder
     from .recording import Writer
     from .symbols import Kallsyms
+    from .symbolizer import Symbolizer
 
     meta = pinned.meta()
     try:
@@ -37,6 +38,7 @@ def snapshot(out: str = SNAPSHOT) -> str:
                              f"unreadable ({err.strerror})") from None
     writer = Writer(out)
     rec = Recorder(Options(output=out, marks=None, slab=meta.get("slab", "kmalloc")))
+    known_stacks, known_sites = set(), set()
     try:
         with src:
             for n, line in enumerate(src):
@@ -50,16 +52,18 @@ def snapshot(out: str = SNAPSHOT) -> str:
                     writer.start(obj)  # the header as it was (start() keeps its fields)
                     continue
                 if obj.get("type") == "stack":
-                    rec.known_stacks.add(obj.get("id"))
+                    known_stacks.add(obj.get("id"))
                 elif obj.get("type") == "site":
-                    rec.known_sites.add(obj.get("key"))
+                    known_sites.add(obj.get("key"))
                 writer.write(obj)
         if not writer.started:
             raise FootprintError(f"the recording of the pinned account, {meta['recording']}, "
                                  "has no header")
-        rec.writer, rec.maps, rec.prog_fds = writer, Maps(fds), progs
-        rec.own_process = False  # no recorder runs: this reader is not the tracer
-        rec.kallsyms = Kallsyms.load()
+        rec.writer = writer
+        rec.use_maps(fds, progs, own_process=False)  # this reader is not the tracer
+        rec.sampler.known_stacks.update(known_stacks)  # described already: not again
+        rec.sampler.known_sites.update(known_sites)
+        rec.symbols = Symbolizer(Kallsyms.load())
         rec.sample()  # every entry: nothing is "unchanged" against an empty reference
         writer.close("snapshot of the pinned account")
     except BaseException:

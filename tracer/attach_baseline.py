@@ -1,0 +1,107 @@
+"""The page cache resident before the tracer attached, matched against the tracer's counters.
+
+Taken after attaching, so pages added in between are both traced and seen by the
+measurement (the kernel's per-inode counts of bpf/baseline.bpf.c, tracer/baseline.py, or
+the walk of paths with cachestat(2) (6.5+) / mincore(2), tracer/inventory.py): a file's
+baseline is what the measurement saw beyond what the tracer counted for it at that instant,
+and deletes of untraced pages count against the baseline from that instant on. Returns
+data; the recorder writes the "inventory" record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from .bpfmaps import Maps
+from .errors import FootprintError
+from .procfs import boottime
+from .topology import devstr, kdev
+
+UNNAMED_KEPT = 256  # the biggest unnamed files go over to the sampler (environment <= 128 KiB)
+
+
+@dataclass
+class AttachBaseline:
+    """The "inventory" record and what the sampler goes on with."""
+
+    record: dict
+    named_files: set[str] = field(default_factory=set)  # "dev:ino" with a path already
+    unnamed_baseline: dict[str, int] = field(default_factory=dict)  # "dev:ino" -> pages
+    superblock_fstypes: Optional[dict] = None  # for the topology (kernel walk only)
+
+
+def _read_files(maps: Maps) -> dict[str, list[int]]:
+    return {f"{devstr(dev, kernel=True)}:{ino}": list(c) for (dev, ino), c in maps.files().items()}
+
+
+def take(maps: Maps, method: str, seconds: float,
+         log: Callable[[str], None] = lambda m: None) -> Optional[AttachBaseline]:
+    """The baseline `method` asks for (baseline.take: kernel | walk | none | auto), the
+    walk held to `seconds`, each file's baseline net of the tracer's counters when it was
+    measured; None for "none"."""
+    from .baseline import take as measure
+    from .inventory import inventory
+    from .topology import read_topology
+
+    def traced_now(dev: str, ino: int) -> list[int]:
+        return list(maps.file_counters(kdev(dev), ino) or (0, 0, 0, 0, 0))
+
+    t0 = boottime()
+    # Block devices have no (s_dev, ino) the walk can know (the bdev pseudo file
+    # system's s_dev is learnt from the tracer's own pages): they are measured first,
+    # against the counters of just before and just after the whole walk.
+    before = _read_files(maps)
+    # The kernel's own per-inode counts where it can (tracer/baseline.py), else the
+    # walk of paths; rows without traced_at are matched against before/after.
+    result = measure(method, lambda: inventory(
+        read_topology(), budget=(1_000_000, seconds), traced=traced_now), log=log)
+    if result is None:
+        return None
+    rows = result["rows"]
+    after = _read_files(maps)
+    out = AttachBaseline(record={}, superblock_fstypes=result.get("superblock_fstypes"))
+    out.named_files = {f"{r['dev'] or 'bdev'}:{r['ino']}" for r in rows if r.get("path")}
+    untracked, unnamed, files = {}, {}, []
+    for row in rows:
+        key = f"{row['dev'] or 'bdev'}:{row['ino']}"
+        at = row.get("traced_at")
+        if at is None:
+            at = list(before.get(key, (0, 0, 0, 0, 0)))
+            at[4] = after[key][4] if key in after else 0
+        baseline = row["resident_pages"] - at[0]
+        if baseline <= 0:
+            continue
+        untracked[key] = at[4]
+        # A block device's page cache lives on the bdev pseudo file system, whose
+        # s_dev is only known once the tracer has seen one of its pages: "bdev".
+        files.append([row["dev"] or "bdev", row["ino"], baseline, row.get("path")])
+        if not row.get("path"):
+            unnamed[key] = baseline
+    out.unnamed_baseline = dict(sorted(unnamed.items(), key=lambda kv: -kv[1])[:UNNAMED_KEPT])
+    method_used = sorted({r.get("method", "?") for r in rows})
+    out.record = {"type": "inventory", "t": boottime(), "method": ",".join(method_used),
+                  "seconds": round(boottime() - t0, 3), "stats": result.get("stats", {}),
+                  "untracked_at_inventory": untracked, "files": files}
+    st = result.get("stats", {})
+    log(f"inventory ({st.get('baseline')}): {len(files)} files with "
+        f"{sum(f[2] for f in files)} pages already resident, "
+        f"{100 * (st.get('completeness') or 0):.1f} % of Cached+Buffers "
+        f"({boottime() - t0:.1f} s)")
+    return out
+
+
+def files_with_pages(method: str, files_sized: bool) -> int | None:
+    """How many files have page cache now, to size the files table: the kernel
+    baseline's walk (tracer/baseline.py: tens of milliseconds) where it runs and the
+    table is not sized by hand (`files_sized`); None (the loader guesses) otherwise."""
+    if files_sized or method not in ("auto", "kernel"):
+        return None
+    from . import baseline
+
+    if baseline.unavailable() is not None:
+        return None
+    try:
+        return len(baseline.kernel_walk()["inodes"])
+    except FootprintError:
+        return None

@@ -1,0 +1,127 @@
+"""One sample of the in-kernel account: the BPF maps read and diffed against the last read.
+
+Returns data and writes nothing (the recorder writes). Relies on the maps of
+bpf/footprint_types.h (tracer/bpfmaps.py reads them by fd), on each program's recursion-miss
+counter (bpf_prog_info.recursion_misses, kernel 5.12+; older kernels count nothing) for
+lost events, and on /proc/PID/comm to name an OOM victim while it may still exist
+(oom:mark_victim carries only the pid on 6.1, the name too on 6.18).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import procfs
+from .bpfmaps import Maps, prog_misses
+from .procfs import boottime
+from .topology import devstr
+
+STAT_NAMES = (
+    "pagecache_added", "pagecache_deleted", "pagecache_deleted_untracked",
+    "pagecache_freed_without_delete", "kernel_pages_allocated", "kernel_pages_freed",
+    "stack_lost", "files_full", "pfn_out_of_range", "objects_allocated",
+    "objects_freed", "objects_full", "sites_full", "percpu_full", "oom_kills",
+)
+
+
+@dataclass
+class Reading:
+    """What one sample found: its record, and what it saw for the first time."""
+
+    record: dict  # the "sample" record
+    new_stacks: dict[int, list[int]] = field(default_factory=dict)  # stack id -> frames
+    new_sites: list[str] = field(default_factory=list)  # "slab:0x..." / "percpu:0x..."
+    oom_victims: list[dict] = field(default_factory=list)  # "oom" records' fields
+
+
+class MapSampler:
+    """Reads the maps behind `maps` (and the programs' fds for lost events); each read()
+    carries only the entries that changed since the one before, slab and vmalloc totals
+    only when they changed. `own_process`: the caller is the tracer (its own memory is
+    sampled), not a reader of a pinned account."""
+
+    def __init__(self, maps: Maps, prog_fds: dict[str, int], own_process: bool = True):
+        self.maps = maps
+        self.prog_fds = prog_fds
+        self.own_process = own_process
+        self.last: dict[str, dict] = {}  # slab, vmalloc: as last returned
+        self.last_raw: dict[str, dict[bytes, bytes]] = {"files": {}, "stack_pages": {}, "sites": {}}
+        self.known_stacks: set[int] = set()  # described already (in the recording)
+        self.known_sites: set[str] = set()
+        self.oom_seen = 0  # the kernel's oom_kills count at the last read
+
+    def changed(self, name: str) -> dict:
+        """The entries of map `name` that changed since the last read, decoded to the
+        recording's keys; the raw read becomes the new reference."""
+        now = self.maps.raw(name)
+        before = self.last_raw[name]
+        out = {}
+        if name == "stack_pages":  # an array: ids never used are all zero (and stay out)
+            now = {k: v for k, v in now.items() if v.count(0) != len(v)}
+        for k, v in now.items():
+            if before.get(k) == v:
+                continue
+            if name == "files":
+                (dev, ino), c = self.maps.file_entry(k, v)
+                out[f"{devstr(dev, kernel=True)}:{ino}"] = list(c)
+            elif name == "stack_pages":
+                sid, c = self.maps.stack_entry(k, v)
+                out[sid] = list(c)
+            else:
+                (addr, kind), c = self.maps.site_entry(k, v)
+                out[f"{'percpu' if kind else 'slab'}:{addr:#x}"] = list(c)
+        self.last_raw[name] = now
+        return out
+
+    def resident_files(self) -> list[tuple[int, str]]:
+        """(resident pages, "dev:ino") of every file in the files map as last read."""
+        return [(c[0], f"{devstr(dev, kernel=True)}:{ino}") for (dev, ino), c in
+                (self.maps.file_entry(k, v) for k, v in self.last_raw["files"].items())]
+
+    def lost_events(self) -> int:
+        """Events the programs missed (a program already running on that CPU), summed."""
+        total = 0
+        for fd in self.prog_fds.values():
+            try:
+                total += prog_misses(fd)
+            except OSError:  # kernels before 5.12 do not count them
+                pass
+        return total
+
+    def _oom_victims(self, count: int) -> list[dict]:
+        """The OOM killer's victims since the last read, named from /proc if the event
+        did not carry the name."""
+        out = []
+        for v in self.maps.oom_victims(self.oom_seen, count):
+            if not v["comm"]:
+                try:
+                    with open(f"/proc/{v['pid']}/comm") as f:
+                        v["comm"] = f.read().strip()
+                except OSError:
+                    pass
+            out.append(v)
+        self.oom_seen = count
+        return out
+
+    def read(self) -> Reading:
+        """Sample now: the changed files, stacks and call sites, the counters, meminfo,
+        per-CPU free pages, this process's memory, slab and vmalloc totals."""
+        t = boottime()
+        files, stacks, sites = self.changed("files"), self.changed("stack_pages"), self.changed("sites")
+        new_stacks = {sid: self.maps.stack(sid) for sid in stacks if sid not in self.known_stacks}
+        new_sites = [key for key in sites if key not in self.known_sites]
+        self.known_stacks.update(new_stacks)
+        self.known_sites.update(new_sites)
+        stats = dict(zip(STAT_NAMES, self.maps.stats(len(STAT_NAMES))))
+        stats["lost_events"] = self.lost_events()
+        victims = self._oom_victims(stats["oom_kills"]) if stats["oom_kills"] > self.oom_seen else []
+        rec = {"type": "sample", "t": t, "meminfo": procfs.meminfo(), "stats": stats,
+               "pcp_pages": procfs.zone_pcp_pages(),
+               "files": files, "stacks": {str(k): v for k, v in stacks.items()}, "sites": sites,
+               "tracer": procfs.own_memory() if self.own_process else {}}
+        # Slab and vmalloc totals are carried whole, and only when they changed.
+        for name, now in (("slab", procfs.slab_summary()), ("vmalloc", procfs.vmalloc_summary())):
+            if now != self.last.get(name):
+                rec[name] = now
+                self.last[name] = now
+        return Reading(rec, new_stacks, new_sites, victims)

@@ -1,0 +1,82 @@
+"""Which built-in kernel code's kmalloc objects the program follows under --slab kmalloc.
+
+The BPF program's fp_slab_filter (bpf/footprint_types.h) holds the core kernel's text
+bounds (_stext, _etext from /proc/kallsyms) and up to SLAB_RANGES address ranges: a call
+site outside the text is a module's (followed whole), one inside is followed only when it
+lies in a range computed here from the kernel's own symbol table.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+
+# Built-in code whose kmalloc objects can change an answer (with --slab kmalloc): the
+# storage stack's subsystems (symbols.subsystem_of) and the page-cache and block-device
+# paths of the core kernel. Modules are followed whole (see struct fp_slab_filter).
+SLAB_SUBSYSTEMS = frozenset({"squashfs", "loop", "device-mapper", "ext4", "iso9660", "overlay",
+                             "virtio-blk", "shmem", "zram", "cdrom"})
+SLAB_CORE_PREFIXES = ("filemap_", "__filemap_", "page_cache_", "bdev_", "blkdev_", "blk_",
+                      "__blk_", "bio_", "__bio_", "submit_bio", "mpage_", "block_", "readahead")
+SLAB_RANGES = 64  # FP_SLAB_RANGES
+
+
+def _symbol_index(names, name: str) -> int | None:
+    """Index of a symbol in symbols._Names (one blob, an offsets array) by a search of the
+    blob in C: decoding 120k names one by one takes a tenth of a second."""
+    blob, offs, want = getattr(names, "blob", None), getattr(names, "offsets", None), name.encode()
+    if blob is None or offs is None:
+        return next((i for i, n in enumerate(names) if n == name), None)
+    at = blob.find(want)
+    while at >= 0:
+        i = bisect.bisect_left(offs, at)
+        if i < len(offs) - 1 and offs[i] == at and offs[i + 1] == at + len(want):
+            return i
+        at = blob.find(want, at + 1)
+    return None
+
+
+def slab_ranges(ksyms) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """((_stext, _etext), ranges of core-kernel text whose kmalloc objects are followed):
+    the functions of SLAB_SUBSYSTEMS and SLAB_CORE_PREFIXES, adjacent ones merged, then
+    the nearest merged until SLAB_RANGES are left (a few other functions come along)."""
+    from .symbols import PREFIX_SUBSYSTEMS
+
+    # One startswith() a symbol (a C call): the storage prefixes of symbols.subsystem_of
+    # (built-in code goes by prefix there too) and the core paths.
+    prefixes = tuple(pre for pre, sub in PREFIX_SUBSYSTEMS if sub in SLAB_SUBSYSTEMS) \
+        + SLAB_CORE_PREFIXES
+    addrs, names, mods = ksyms.addrs, ksyms.names, ksyms.modules
+    lo = hi = None
+    for name in ("_stext", "_etext"):
+        i = _symbol_index(names, name)
+        if i is None:
+            return (0, 0), []  # every call site counts as a module's: all followed
+        lo, hi = (addrs[i], hi) if name == "_stext" else (lo, addrs[i])
+    ranges: list[list[int]] = []
+    first = bisect.bisect_left(addrs, lo)
+    last = bisect.bisect_left(addrs, hi)
+    blob, offs = getattr(names, "blob", None), getattr(names, "offsets", None)
+    bprefixes = tuple(pre.encode() for pre in prefixes)
+    for i in range(first, min(last, len(addrs) - 1)):
+        hit = (blob.startswith(bprefixes, offs[i], offs[i + 1]) if blob is not None
+               else names[i].startswith(prefixes))
+        if not hit or mods[i] is not None:
+            continue
+        a = addrs[i]
+        end = addrs[i + 1] if addrs[i + 1] > a else a + 1
+        if ranges and ranges[-1][1] >= a:
+            ranges[-1][1] = max(ranges[-1][1], end)
+        else:
+            ranges.append([a, end])
+    if len(ranges) > SLAB_RANGES:  # close the smallest gaps, all at once
+        gaps = sorted(range(len(ranges) - 1), key=lambda j: ranges[j + 1][0] - ranges[j][1])
+        close = set(gaps[:len(ranges) - SLAB_RANGES])
+        merged = [ranges[0]]
+        for j in range(1, len(ranges)):
+            if j - 1 in close:
+                merged[-1][1] = ranges[j][1]
+            else:
+                merged.append(ranges[j])
+        ranges = merged
+    return (lo, hi), [(a, b) for a, b in ranges]
