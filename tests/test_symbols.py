@@ -302,3 +302,59 @@ def test_kallsyms_is_read_once_per_process_and_the_baseline_asks_that_copy(monke
     assert baseline._kernel_addresses() == (0xffffffff82000000, 0xffffffff81000000) and len(reads) == 1
     symbols.kallsyms(reload=True)
     assert len(reads) == 2
+
+
+def test_prefetch_reads_once_in_a_thread_and_kallsyms_takes_that_copy(monkeypatch):
+    """tracer.boot starts the read before importing the recorder; the recorder's
+    kallsyms() waits for it instead of reading again."""
+    import threading
+
+    from tracer import symbols
+
+    reads = []
+    fake = Kallsyms.from_text("ffffffff81000000 T _text\nffffffff82000000 b super_blocks\n")
+    gate = threading.Event()
+
+    def slow_load(cls, proc="/proc"):
+        reads.append(threading.current_thread().name)
+        gate.wait(5)
+        return fake
+
+    monkeypatch.setattr(symbols, "_LOADED", None)
+    monkeypatch.setattr(symbols, "_PENDING", None)
+    monkeypatch.setattr(Kallsyms, "load", classmethod(slow_load))
+    symbols.prefetch()
+    symbols.prefetch()  # a second call starts nothing
+    threading.Timer(0.2, gate.set).start()
+    assert symbols.kallsyms() is fake and symbols.kallsyms() is fake
+    assert reads == ["footprint-kallsyms"]
+
+
+def test_a_failed_prefetch_raises_in_the_caller(monkeypatch):
+    from tracer import symbols
+
+    monkeypatch.setattr(symbols, "_LOADED", None)
+    monkeypatch.setattr(symbols, "_PENDING", None)
+    monkeypatch.setattr(Kallsyms, "load", classmethod(
+        lambda cls, proc="/proc": Kallsyms.from_text("0000000000000000 T _text\n")))
+    symbols.prefetch()
+    with pytest.raises(FootprintError, match="kptr_restrict"):
+        symbols.kallsyms()
+
+
+def test_parse_matches_a_line_by_line_reading_of_this_kernel():
+    """The one-pass parse against an independent line-by-line reading of /proc/kallsyms."""
+    with open("/proc/kallsyms", "rb") as f:
+        data = f.read()
+    ks = Kallsyms.from_bytes(data)
+    want = {}
+    for line in data.decode("ascii", "replace").splitlines():
+        p = line.split()
+        if len(p) >= 3 and p[1] in "tTwW":
+            want.setdefault(int(p[0], 16), set()).add((p[2], p[3][1:-1] if len(p) > 3 else None))
+    if not any(want):
+        pytest.skip("kernel addresses hidden (not root)")
+    assert len(ks) == sum(map(len, want.values()))
+    assert list(ks.addrs) == sorted(ks.addrs)
+    for i in range(0, len(ks), max(1, len(ks) // 5000)):
+        assert (ks.names[i], ks.modules[i]) in want[ks.addrs[i]]

@@ -160,17 +160,47 @@ class Kallsyms:
 
 
 _LOADED: Optional[Kallsyms] = None
+_PENDING = None  # the thread prefetch() started, until kallsyms() joined it
 
 
 def kallsyms(reload: bool = False) -> Kallsyms:
-    """The running kernel's symbols, read from /proc once per process (parsing 120k
-    lines takes 0.15 s on a host, seconds under emulation) and shared by the recorder's
-    stack naming and the kernel baseline; `reload` re-reads them (a module loaded
-    since). Raises FootprintError as `Kallsyms.load`, OSError when /proc is unreadable."""
-    global _LOADED
+    """The running kernel's symbols, read from /proc once per process (~0.15 s on a host,
+    about ten times that under emulation) and shared by the recorder's stack naming and
+    the kernel baseline; `reload` re-reads them (a module loaded since). Waits for a
+    read prefetch() started. Raises FootprintError as `Kallsyms.load`, OSError when /proc
+    is unreadable."""
+    global _LOADED, _PENDING
+    if _PENDING is not None:
+        _PENDING.join()  # a failed prefetch left _LOADED None: read again, raise here
+        _PENDING = None
     if _LOADED is None or reload:
         _LOADED = Kallsyms.load()
     return _LOADED
+
+
+def prefetch() -> None:
+    """Start reading the symbols in a thread and return; kallsyms() takes that copy.
+
+    For the early-boot recorder (tracer.boot), whose boot waits for its first sample:
+    the kernel's formatting of /proc/kallsyms (read(2) releases the GIL) overlaps the
+    recorder's imports, and the parse overlaps libbpf's load of the program (ctypes
+    releases the GIL for the bpf(2) calls and the verifier). The table is then the one of
+    the moment before attaching, not after: modules the boot needs are loaded before
+    python starts (footprint-start.sh), and reload=True reads a newer one."""
+    global _PENDING
+    if _LOADED is not None or _PENDING is not None:
+        return
+    import threading
+
+    def read() -> None:
+        global _LOADED
+        try:
+            _LOADED = Kallsyms.load()
+        except BaseException:  # noqa: BLE001  kallsyms() reads again and raises it there
+            pass
+
+    _PENDING = threading.Thread(target=read, name="footprint-kallsyms", daemon=True)
+    _PENDING.start()
 
 
 class _Names:
