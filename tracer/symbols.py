@@ -21,7 +21,7 @@ from .owners import (KIND_MARKERS, MODULE_SUBSYSTEMS, PREFIX_SUBSYSTEMS,  # noqa
                      classify_stack, frame_kind, normalize, subsystem_of)
 
 __all__ = [
-    "Kallsyms", "kallsyms", "NAMED_SYMBOLS", "normalize", "subsystem_of", "classify_stack", "frame_kind",
+    "Kallsyms", "kallsyms", "kernel_address", "prefetch", "NAMED_SYMBOLS", "normalize", "subsystem_of", "classify_stack", "frame_kind",
     "MODULE_SUBSYSTEMS", "PREFIX_SUBSYSTEMS", "KIND_MARKERS",
 ]
 
@@ -110,14 +110,7 @@ class Kallsyms:
     def load(cls, proc: str = "/proc") -> "Kallsyms":
         """Read /proc/kallsyms and /proc/modules (the latter is absent on kernels built
         without module support, like this host's)."""
-        try:
-            with open(os.path.join(proc, "modules"), "r", encoding="ascii", errors="replace") as f:
-                mods = f.read()
-        except OSError:
-            mods = ""
-        # One read into one buffer: the kernel formats ~5 MB of lines either way.
-        with open(os.path.join(proc, "kallsyms"), "rb") as f:
-            return cls.from_bytes(f.read(), mods)
+        return cls.from_bytes(*_read_proc(proc))
 
     def __len__(self) -> int:
         return len(self.addrs)
@@ -161,6 +154,20 @@ class Kallsyms:
 
 _LOADED: Optional[Kallsyms] = None
 _PENDING = None  # the thread prefetch() started, until kallsyms() joined it
+_EARLY: Dict[str, int] = {}  # NAMED_SYMBOLS as that thread found them before parsing
+_EARLY_DONE = None  # set once _EARLY is filled or the thread gave up
+
+
+def _read_proc(proc: str = "/proc") -> Tuple[bytes, str]:
+    """The bytes of /proc/kallsyms (one read into one buffer: the kernel formats ~5 MB of
+    lines either way) and the text of /proc/modules ("" where there is none)."""
+    try:
+        with open(os.path.join(proc, "modules"), "r", encoding="ascii", errors="replace") as f:
+            mods = f.read()
+    except OSError:
+        mods = ""
+    with open(os.path.join(proc, "kallsyms"), "rb") as f:
+        return f.read(), mods
 
 
 def kallsyms(reload: bool = False) -> Kallsyms:
@@ -178,26 +185,46 @@ def kallsyms(reload: bool = False) -> Kallsyms:
     return _LOADED
 
 
+def kernel_address(name: str) -> Optional[int]:
+    """`kallsyms().address(name)` (a NAMED_SYMBOLS one), without waiting for the parse of
+    the whole table where prefetch() already found it: the kernel baseline needs only
+    these addresses before the recorder attaches. Raises as kallsyms()."""
+    if _LOADED is None and _PENDING is not None and _EARLY_DONE is not None:
+        _EARLY_DONE.wait()
+        if _EARLY:
+            return _EARLY.get(name)
+    return kallsyms().address(name)
+
+
 def prefetch() -> None:
     """Start reading the symbols in a thread and return; kallsyms() takes that copy.
 
     For the early-boot recorder (tracer.boot), whose boot waits for its first sample:
     the kernel's formatting of /proc/kallsyms (read(2) releases the GIL) overlaps the
-    recorder's imports, and the parse overlaps libbpf's load of the program (ctypes
+    recorder's imports, and the parse overlaps libbpf's loads of programs (ctypes
     releases the GIL for the bpf(2) calls and the verifier). The table is then the one of
     the moment before attaching, not after: modules the boot needs are loaded before
     python starts (footprint-start.sh), and reload=True reads a newer one."""
-    global _PENDING
+    global _PENDING, _EARLY_DONE
     if _LOADED is not None or _PENDING is not None:
         return
     import threading
 
+    _EARLY_DONE = threading.Event()
+
     def read() -> None:
         global _LOADED
         try:
-            _LOADED = Kallsyms.load()
+            data, mods = _read_proc()
+            found = {n: _named_address(data, n) for n in NAMED_SYMBOLS}
+            if any(found.values()):  # all 0 or absent: hidden, kallsyms() says so
+                _EARLY.update((n, a) for n, a in found.items() if a is not None)
+            _EARLY_DONE.set()
+            _LOADED = Kallsyms.from_bytes(data, mods)
         except BaseException:  # noqa: BLE001  kallsyms() reads again and raises it there
             pass
+        finally:
+            _EARLY_DONE.set()
 
     _PENDING = threading.Thread(target=read, name="footprint-kallsyms", daemon=True)
     _PENDING.start()
