@@ -386,3 +386,13 @@ def test_parse_matches_a_line_by_line_reading_of_this_kernel():
     assert list(ks.addrs) == sorted(ks.addrs)
     for i in range(0, len(ks), max(1, len(ks) // 5000)):
         assert (ks.names[i], ks.modules[i]) in want[ks.addrs[i]]
+
+
+def test_copies_of_another_layout_read_as_the_kernel_writes_them():
+    """Blank lines, a space instead of the tab before [module], trailing blanks: the
+    line-by-line reading takes over and gives the same table."""
+    odd = KALLSYMS.replace("\t[squashfs]", " [squashfs]").replace("T __kmalloc\n", "T __kmalloc  \n\n")
+    a, b = Kallsyms.from_text(KALLSYMS, MODULES), Kallsyms.from_text(odd, MODULES)
+    assert list(a.addrs) == list(b.addrs) and list(a.names) == list(b.names)
+    assert [a.modules[i] for i in range(len(a))] == [b.modules[i] for i in range(len(b))]
+    assert b.lookup(0xffffffffc0b00010) == ("squashfs_cache_init", "squashfs", 0x10)

@@ -295,9 +295,10 @@ def _columns(data: bytes) -> Optional[Tuple[list, list, list]]:
     glued = data.replace(b"\t[", b"[")  # name[module]: three tokens on every line
     tokens = glued.split()
     lines = glued.count(b"\n") + (not glued.endswith(b"\n"))
-    if not tokens or len(tokens) != 3 * lines or b"[" in tokens[1::3][0]:
-        return None
-    text = list(map(_TEXT_TYPES.__contains__, tokens[1::3]))
+    types = tokens[1::3]
+    if not tokens or len(tokens) != 3 * lines or set(map(len, types)) != {1}:
+        return None  # a line of two or four tokens, a blank line: not aligned in threes
+    text = list(map(_TEXT_TYPES.__contains__, types))
     hexes = list(compress(tokens[0::3], text))
     names = list(compress(tokens[2::3], text))
     # vmlinux's symbols come first and have no module: only the rest are split (a tail
