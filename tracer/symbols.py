@@ -35,6 +35,7 @@ NAMED_SYMBOLS = frozenset({"super_blocks", "_text"})
 _ITEM = tuple(operator.itemgetter(i) for i in range(3))
 _TEXT_TYPES = frozenset((b"t", b"T", b"w", b"W"))
 _CLOSE = operator.itemgetter(slice(None, -1))  # module] -> module
+_PIECE = 1 << 19  # bytes of /proc/kallsyms split at a time (~10k lines)
 # Beyond this distance from the nearest symbol an address is treated as unknown (an
 # address past the end of the last symbol of vmlinux or of a module's text).
 _MAX_OFFSET = 1 << 20
@@ -74,20 +75,16 @@ class Kallsyms:
         120k symbols here against ~0.25 s line by line, five times that under TCG.
         """
         cols = _columns(data) or _columns_by_line(data)
-        if not cols[0]:
+        if not len(cols[0]):
             raise FootprintError("no text symbols in /proc/kallsyms: check that /proc is mounted "
                                  "and the kernel has CONFIG_KALLSYMS")
-        hexes, names, mods = cols
-        if len(set(map(len, hexes))) != 1 or any(map(bytes.isupper, hexes)):
-            # not %px's one width in lowercase (an edited copy): made so, as sorting needs
-            hexes = [b"%032x" % int(h, 16) for h in hexes]
+        addrs, names, mods = cols
         # vmlinux symbols come sorted; module symbols follow unsorted by module load order.
-        # Equal-width lowercase hex sorts as the numbers do; a stable sort keeps the file's
-        # order between aliases (lookup names the last of them, as before).
-        if any(map(operator.gt, hexes, islice(hexes, 1, None))):
-            order = sorted(range(len(hexes)), key=hexes.__getitem__)
-            hexes, names, mods = (list(map(c.__getitem__, order)) for c in (hexes, names, mods))
-        addrs = _hex_array(hexes)
+        # A stable sort keeps the file's order between aliases (lookup names the last).
+        if any(map(operator.gt, addrs, islice(addrs, 1, None))):
+            order = sorted(range(len(addrs)), key=addrs.__getitem__)
+            addrs = array("Q", map(addrs.__getitem__, order))
+            names, mods = (list(map(c.__getitem__, order)) for c in (names, mods))
         if not any(addrs):
             raise FootprintError(
                 "kernel symbol addresses are hidden (all zero in /proc/kallsyms): "
@@ -292,15 +289,24 @@ def _columns(data: bytes) -> Optional[Tuple[list, list, list]]:
     kallsyms's own layout: `addr type name` and `addr type name\t[module]`
     (kernel/kallsyms.c s_show(), since 2.6). None when a line is not of that layout (an
     edited copy): _columns_by_line reads those."""
-    glued = data.replace(b"\t[", b"[")  # name[module]: three tokens on every line
-    tokens = glued.split()
-    lines = glued.count(b"\n") + (not glued.endswith(b"\n"))
-    types = tokens[1::3]
-    if not tokens or len(tokens) != 3 * lines or set(map(len, types)) != {1}:
-        return None  # a line of two or four tokens, a blank line: not aligned in threes
-    text = list(map(_TEXT_TYPES.__contains__, types))
-    hexes = list(compress(tokens[0::3], text))
-    names = list(compress(tokens[2::3], text))
+    addrs = array("Q")
+    names: list = []
+    # By pieces of whole lines: the tokens of a piece live briefly, not those of all
+    # 5 MB at once (a 16 MB peak more, and fragments the recorder keeps).
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", min(start + _PIECE, len(data) - 1)) + 1 or len(data)
+        glued = data[start:end].replace(b"\t[", b"[")  # name[module]: three tokens a line
+        start = end
+        tokens = glued.split()
+        lines = glued.count(b"\n") + (not glued.endswith(b"\n"))
+        types = tokens[1::3]
+        if len(tokens) != 3 * lines or (tokens and set(map(len, types)) != {1}):
+            return None  # a line of two or four tokens, a blank line: not aligned in threes
+        text = list(map(_TEXT_TYPES.__contains__, types))
+        addrs += _hex_array(list(compress(tokens[0::3], text)))  # as numbers: 8 B, not ~50
+        names += compress(tokens[2::3], text)
+        del glued, tokens, types, text
     # vmlinux's symbols come first and have no module: only the rest are split (a tail
     # name without one splits into itself and b"")
     first = _first_glued(names)
@@ -308,7 +314,7 @@ def _columns(data: bytes) -> Optional[Tuple[list, list, list]]:
     names[first:] = map(_ITEM[0], tail)
     mods = [b""] * first
     mods += map(_CLOSE, map(_ITEM[2], tail))
-    return hexes, names, mods
+    return addrs, names, mods
 
 
 def _first_glued(names: list) -> int:
@@ -327,7 +333,7 @@ def _first_glued(names: list) -> int:
 def _columns_by_line(data: bytes) -> Tuple[list, list, list]:
     """As _columns, by a regular expression per line: blank lines, other spacing."""
     found = _TEXT_LINE.findall(data)
-    return [f[0] for f in found], [f[1] for f in found], [f[2] for f in found]
+    return _hex_array([f[0] for f in found]), [f[1] for f in found], [f[2] for f in found]
 
 
 def _named_address(data: bytes, name: str) -> Optional[int]:
@@ -347,9 +353,9 @@ def _named_address(data: bytes, name: str) -> Optional[int]:
 
 
 def _hex_array(hexes: Sequence[bytes]) -> array:
-    """Hex addresses of one width → array("Q"): one bytes.fromhex over them all where
-    that is 16 digits (a 64-bit kernel's %px), else int() each."""
-    if hexes and len(hexes[0]) == 16:
+    """Hex addresses → array("Q"): one bytes.fromhex over them all where each has 16
+    digits (a 64-bit kernel's %px), else int() each."""
+    if set(map(len, hexes)) == {16}:
         a = array("Q", bytes.fromhex(b"".join(hexes).decode("ascii")))
         if sys.byteorder == "little":
             a.byteswap()  # fromhex is big-endian: most significant digit first
