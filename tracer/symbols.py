@@ -70,9 +70,9 @@ class Kallsyms:
         """Parse the bytes of /proc/kallsyms (live file or a stored copy) in one pass.
 
         Fast on purpose: the early-boot recorder reads this before its first sample and
-        the boot waits for that (footprint-start.sh). Splitting the whole text into
-        tokens and C-level builders (no Python statement per line) take ~0.1 s of CPU for
-        120k symbols here against ~0.25 s line by line, five times that under TCG.
+        the boot waits for that (footprint-start.sh). Splitting the text into tokens and
+        C-level builders (no Python statement per line) take 0.11 s of CPU for 122k
+        symbols here against 0.16-0.27 s line by line; 0.6 s for 59k under TCG.
         """
         cols = _columns(data) or _columns_by_line(data)
         if not len(cols[0]):
