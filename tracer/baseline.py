@@ -78,13 +78,12 @@ def _kernel_addresses() -> Tuple[int, int]:
     process's one parsed copy, tracer/symbols.py `kallsyms`). super_blocks is a static
     variable: listed only with CONFIG_KALLSYMS_ALL (Debian's 6.1 has it, the 6.18
     development host does not). Both read as 0 when kptr_restrict hides them."""
-    from .symbols import kallsyms
+    from .symbols import kernel_address  # early, where the recorder prefetched them
 
     try:
-        ks = kallsyms()
+        return kernel_address("super_blocks") or 0, kernel_address("_text") or 0
     except (OSError, FootprintError):
         return 0, 0
-    return ks.address("super_blocks") or 0, ks.address("_text") or 0
 
 
 def unavailable() -> Optional[str]:

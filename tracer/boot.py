@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except _Usage as err:
         return _die(f"{err}: the dracut module's start script passes these options", EXIT_USAGE)
+    # /proc/kallsyms read and parsed while the recorder is imported and its program
+    # loaded, not after (the boot waits for the first sample: footprint-start.sh)
+    from . import symbols
+
+    symbols.prefetch()
     from . import recorder
 
     if not (args.interval > 0.0 and args.interval < 1e6):
