@@ -7,6 +7,9 @@ import sys
 import click
 
 from . import __version__
+# Up front: the last resort must not need a file (the package may be unreadable by then,
+# e.g. after a privilege drop).
+from .safe import inert
 from .errors import EXIT_USAGE, FootprintError
 
 
@@ -42,8 +45,6 @@ class _Group(click.Group):
 
 
 def _one_line(err: BaseException) -> str:
-    from .safe import inert
-
     return inert(str(err))[:200]
 
 

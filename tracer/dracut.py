@@ -37,8 +37,12 @@ def module_source() -> Path:
     """The module shipped with footprint: package data beside this file (the checkout's
     tracer/dracut_module, or the installed wheel's)."""
     here = Path(__file__).resolve().parent / "dracut_module"
-    if (here / "module-setup.sh").is_file():
-        return here
+    try:
+        if (here / "module-setup.sh").is_file():
+            return here
+    except OSError as err:
+        raise FootprintError(f"cannot read footprint's dracut module in {here}: {err.strerror}: "
+                             "install footprint where this user can read it") from None
     raise FootprintError("footprint's dracut module is missing from this installation: "
                          "reinstall footprint")
 
@@ -59,8 +63,12 @@ def conf_text(python: str | None = None, pythonpath: str | None = None) -> str:
 
 def _module_files(conf: str) -> dict:
     """name -> bytes of the module as installed (its README stays in the package)."""
-    files = {f.name: f.read_bytes() for f in module_source().iterdir()
-             if f.is_file() and f.suffix != ".md"}
+    src = module_source()
+    try:
+        files = {f.name: f.read_bytes() for f in src.iterdir() if f.is_file() and f.suffix != ".md"}
+    except OSError as err:
+        raise FootprintError(f"cannot read footprint's dracut module in {src}: {err.strerror}: "
+                             "install footprint where this user can read it") from None
     files[CONF] = conf.encode()
     return files
 
@@ -137,6 +145,9 @@ def install_into(mods: Path, force: bool = False, python: str | None = None,
     that is not this one. Never follows a symlink at the destination: a symlink or a file
     there is refused, or with force removed (the link itself, not what it points to)."""
     dest = mods / MODULE
+    # The destination first: who may not change it learns that before anything is read.
+    if mods.is_dir() and not os.access(mods, os.W_OK | os.X_OK):
+        raise _error(mods, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
     files = _module_files(conf_text(python, pythonpath))
     kind = _kind(dest)
     if kind == "directory" and not force:
