@@ -117,6 +117,19 @@ def test_boot_entry_usage_is_one_line(tmp_path):
         assert msg in lines[0], (args, lines)
 
 
+def test_boot_entry_bug_is_one_line_exit_70(monkeypatch, capsys):
+    """A bug of ours in early boot: one line in the recorder's log, exit 70, no traceback."""
+    from tracer import boot, recorder
+
+    def broken(opts):
+        raise RuntimeError("a bug\nsecond line")
+
+    monkeypatch.setattr(recorder, "record", broken)
+    assert boot.main(["record", "-o", "/nonexistent/x"]) == 70
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("footprint: internal error") and "RuntimeError" in err[0], err
+
+
 def test_module_setup_takes_the_closure_not_a_distributions_paths():
     text = (REPO / "tracer/dracut_module/module-setup.sh").read_text()
     assert "tracer.closure" in text and "footprint.conf" in text

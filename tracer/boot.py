@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import EXIT_USAGE, FootprintError
+from .errors import EX_SOFTWARE, EXIT_USAGE, FootprintError
+from .safe import inert
 
 
 class _Usage(Exception):
@@ -68,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         return _die(str(err), err.status)
     except KeyboardInterrupt:
         return _die("interrupted", 130)
+    except MemoryError:
+        return _die("out of memory while recording", EX_SOFTWARE)
+    except Exception as err:  # noqa: BLE001 - the last resort: a bug of ours, one line
+        return _die(f"internal error in the recorder ({type(err).__name__}: "
+                    f"{inert(str(err))[:200]}): please report this bug", EX_SOFTWARE)
     sys.stderr.write(f"footprint: recording {args.output} written ({reason})\n")
     return 0
 

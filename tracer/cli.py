@@ -10,10 +10,9 @@ from . import __version__
 # Up front: the last resort must not need a file (the package may be unreadable by then,
 # e.g. after a privilege drop).
 from .safe import inert
-from .errors import EXIT_USAGE, FootprintError
+from .errors import EX_SOFTWARE, EXIT_USAGE, FootprintError
 
 
-EX_SOFTWARE = 70  # sysexits.h: an internal error, told apart from bad input (2)
 
 
 class _Group(click.Group):

@@ -5,6 +5,7 @@ names the problem and the fix: "recording is truncated: re-record it".
 """
 
 EXIT_USAGE = 2
+EX_SOFTWARE = 70  # sysexits.h: an internal error (a bug of ours), told apart from bad input
 
 
 class FootprintError(Exception):
