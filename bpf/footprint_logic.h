@@ -125,7 +125,9 @@ static __always_inline int pfn_set_small(u64 pfn, u32 order, u32 to, u32 sid, st
     u64 old = (*word >> shift) & mask;
     u64 kp = was_count(was, old);
     struct fp_chunk *ch = 0;
-    if (kp || (to == FP_PFN_KPAGE && sid))
+    /* A KPAGE with no stack (id 0) still overwrites an existing chunk's slots: a stale
+     * id there would take its later free off another stack. */
+    if (kp || to == FP_PFN_KPAGE)
         ch = chunk_get(pfn, to == FP_PFN_KPAGE && sid);
     if (kp)
         kpages_release(ch, pfn, kp);
@@ -167,7 +169,7 @@ static __always_inline int pfn_set_words(u64 pfn, u32 order, u32 to, u32 sid, st
         u64 kp = was_count(was, old);
         u64 first = (u64)key << 5;
         struct fp_chunk *ch = 0;
-        if (kp || (to == FP_PFN_KPAGE && sid))
+        if (kp || to == FP_PFN_KPAGE)  /* as in pfn_set_small: stale ids are overwritten */
             ch = chunk_get(first, to == FP_PFN_KPAGE && sid);
         if (kp)
             kpages_release(ch, first, kp);

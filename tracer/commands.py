@@ -61,8 +61,9 @@ class _Seconds(click.ParamType):
 @click.option("--stop-file", default=None, help="Stop when this file appears.")
 @click.option("--max-files", type=click.IntRange(min=64), default=None,
               help="Files with page cache followed (default: 1.5 times those with page cache at attach, plus 8192).")
-@click.option("--max-stacks", type=click.IntRange(min=64), default=16384, show_default=True,
-              help="Distinct kernel stacks of page allocations (two stack maps of half each).")
+@click.option("--max-stacks", type=click.IntRange(min=64, max=32768), default=16384, show_default=True,
+              help="Distinct kernel stacks of page allocations (two stack maps of half each; "
+                   "at most 32768: a kernel page's stack id is kept in 16 bits).")
 @click.option("--max-objects", type=click.IntRange(min=64), default=None,
               help="Live slab objects followed (default: 16384; 65536 with --slab all).")
 @click.option("--pin", is_flag=True,

@@ -303,6 +303,10 @@ class Recorder:
         except BaseException:
             if self.writer is not None and not self.writer.started:
                 self.writer.abandon()
+                if self.opts.pin and self.program is not None:  # our pins, no recording
+                    from . import pinned
+
+                    pinned.unpin(quiet=True)
             raise
         finally:
             armed[0] = False

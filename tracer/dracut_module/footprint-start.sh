@@ -38,7 +38,9 @@ say() {
 # the value of option $1 on the kernel command line (the last one wins), or $2
 arg() {
     local a v=$2
-    for a in $(cat /proc/cmdline); do
+    local -a words
+    read -r -a words < /proc/cmdline  # split on blanks, no glob expansion of the words
+    for a in "${words[@]}"; do
         case $a in
             "$1="*) v=${a#*=} ;;
         esac
