@@ -111,3 +111,25 @@ def test_pin_needs_libbpf(tmp_path, no_pinned_account):
     assert p.returncode == 2 and "--loader libbpf" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert not os.path.exists(pinned.PIN_DIR)
+
+
+@pytest.mark.parametrize("text", [
+    '{"recording": "/x", "maps": [[1]]}',                                  # unhashable names
+    '{"recording": "/x", "maps": ["../../etc/x", "files", "stats"]}',      # a path, not a name
+    '{"recording": "/x", "maps": ["stats"]}',                              # no files map
+    '{"recording": "/x", "maps": ["files", "stats"], "programs": 1}',
+    '[' * 100000,                                                          # nesting
+    '{"recording": "/x", "pad": "' + 'x' * (70 << 10) + '"}',              # too big
+])
+def test_a_corrupt_pin_note_is_one_line(text, no_pinned_account):
+    """/run/footprint/pinned.json is read as data: whatever it holds, `report --pinned`
+    says in one line that it is corrupt (exit 2), and names the fix."""
+    os.makedirs(os.path.dirname(pinned.META), exist_ok=True)
+    with open(pinned.META, "w") as f:
+        f.write(text)
+    try:
+        p = _run("report", "--pinned")
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and "footprint unpin" in lines[0], p.stderr
+    finally:
+        os.unlink(pinned.META)

@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 from . import outfile
 from .errors import FootprintError
+from .safe import inert
 
 BPFFS = "/sys/fs/bpf"
 PIN_DIR = f"{BPFFS}/footprint"
 META = "/run/footprint/pinned.json"
 SNAPSHOT = "/run/footprint/pinned-snapshot.jsonl"
+MAX_META = 64 << 10  # bytes: META names a path and a few dozen maps
+_NAME = re.compile(r"[a-z0-9_]{1,64}")  # map and program names: never a path
+SLAB_MODES = ("off", "kmalloc", "all")
 
 
 def _bpffs_mounted() -> bool:
@@ -72,16 +77,22 @@ def meta() -> dict:
     """What `pin` noted in META (the recording the pinned account continues, its maps),
     validated: one line naming the fix when it is missing or corrupt."""
     try:
-        with open(META) as f:
-            meta = json.load(f)
+        with open(META, "rb") as f:
+            raw = f.read(MAX_META + 1)
+        if len(raw) > MAX_META:
+            raise ValueError(f"over {MAX_META} bytes")
+        meta = json.loads(raw)
     except FileNotFoundError:
         raise FootprintError("no account is pinned: record with `footprint record --pin` "
                              "(libbpf loader)") from None
-    except (OSError, ValueError) as err:
-        raise FootprintError(f"{META} is unreadable ({err}): remove the pinned account "
-                             "with `footprint unpin`") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("maps"), list) \
-            or not isinstance(meta.get("recording"), str):
+    except (OSError, ValueError, RecursionError) as err:
+        raise FootprintError(f"{META} is unreadable ({inert(str(err))[:100]}): remove the pinned "
+                             "account with `footprint unpin`") from None
+    names = lambda v: isinstance(v, list) and all(  # noqa: E731
+        isinstance(x, str) and _NAME.fullmatch(x) for x in v)
+    if not (isinstance(meta, dict) and isinstance(meta.get("recording"), str)
+            and names(meta.get("maps")) and {"files", "stats"} <= set(meta["maps"])
+            and names(meta.get("programs", [])) and meta.get("slab", "kmalloc") in SLAB_MODES):
         raise FootprintError(f"{META} is corrupt: remove the pinned account with `footprint unpin`")
     return meta
 

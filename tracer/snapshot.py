@@ -24,7 +24,10 @@ def snapshot(out: str = SNAPSHOT) -> str:
     from .symbols import Kallsyms
     from .symbolizer import Symbolizer
 
+    from .recording import read
+
     meta = pinned.meta()
+    read(meta["recording"])  # bounded and validated first: one line if it is corrupt
     try:
         fds = {name: obj_get(f"{pinned.PIN_DIR}/map-{name}") for name in meta["maps"]}
         progs = {name: obj_get(f"{pinned.PIN_DIR}/prog-{name}") for name in meta.get("programs", [])}
@@ -51,10 +54,10 @@ def snapshot(out: str = SNAPSHOT) -> str:
                 if n == 0:
                     writer.start(obj)  # the header as it was (start() keeps its fields)
                     continue
-                if obj.get("type") == "stack":
-                    known_stacks.add(obj.get("id"))
-                elif obj.get("type") == "site":
-                    known_sites.add(obj.get("key"))
+                if obj.get("type") == "stack" and isinstance(obj.get("id"), int):
+                    known_stacks.add(obj["id"])
+                elif obj.get("type") == "site" and isinstance(obj.get("key"), str):
+                    known_sites.add(obj["key"])
                 writer.write(obj)
         if not writer.started:
             raise FootprintError(f"the recording of the pinned account, {meta['recording']}, "
