@@ -141,6 +141,18 @@ def test_layers_are_named_and_shown_in_the_topology(ovl):
     assert f"upper {ovl.upper}: tmpfs {ovl.upper_mnt}" in out and f"lower {ovl.lower}: squashfs" in out
 
 
+def test_overlay_layers_with_commas_and_colons_as_mountinfo_shows_them():
+    """mountinfo escapes ',' and ':' in an overlay's layer paths in octal (seq_show_option;
+    ':' in a lowerdir since 6.5): split on the bare separators, not the decoded ones."""
+    from tracer.topology.mounts import parse_mountinfo
+    from tracer.topology.overlay import parse_options
+
+    line = (rb"40 1 0:40 / / rw - overlay overlay rw,lowerdir=/run/a\072b:/run/c\054d,"
+            rb"upperdir=/run/up\040x,workdir=/run/w" + b"\n")
+    o = parse_options(parse_mountinfo(line)[0]["super_options"])
+    assert o == {"lower": ["/run/a:b", "/run/c,d"], "upper": ["/run/up x"], "work": ["/run/w"]}
+
+
 def test_one_spelling_per_file_through_the_overlay(ovl):
     topo = T.read_topology()
     sq, up = ovl.dev(ovl.lower), ovl.dev(ovl.upper)

@@ -19,6 +19,18 @@ def _unescape(field_: bytes) -> str:
     return os.fsdecode(_OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), field_))
 
 
+def _unescape_options(field_: bytes) -> str:
+    """As _unescape, but a ',' or ':' that came escaped (\\054, \\072: seq_show_option
+    escapes ',' in every option value, and overlayfs ':' inside a lowerdir path since 6.5)
+    stays escaped with a backslash: the options are split on the bare ones afterwards
+    (topology/overlay.py), and a layer's path may hold either."""
+    def one(m: "re.Match[bytes]") -> bytes:
+        c = bytes([int(m.group(1), 8)])
+        return b"\\" + c if c in (b",", b":") else c
+
+    return os.fsdecode(_OCTAL.sub(one, field_))
+
+
 def parse_mountinfo(data: bytes) -> List[Dict[str, Any]]:
     """Parse /proc/<pid>/mountinfo (Documentation/filesystems/proc.rst, 3.5):
     `id parent maj:min root mountpoint opts [optional...] - fstype source superopts`.
@@ -51,7 +63,7 @@ def parse_mountinfo(data: bytes) -> List[Dict[str, Any]]:
             "optional": [x.decode(errors="replace") for x in f[6:sep]],
             "fstype": _unescape(tail[0]),
             "source": _unescape(tail[1]),
-            "super_options": _unescape(tail[2]) if len(tail) > 2 else "",
+            "super_options": _unescape_options(tail[2]) if len(tail) > 2 else "",
         })
     return mounts
 
