@@ -101,8 +101,8 @@ class Writer:
                 "created": {"boottime": time.clock_gettime(time.CLOCK_BOOTTIME),
                             "realtime": time.time()}}
         head.update(header)
-        self.started = True
         self.write(head)
+        self.started = True  # only once the header is written
         self.sync()
 
     def abandon(self) -> None:
@@ -155,8 +155,9 @@ class Writer:
         """Appends one record as one line of JSON (ASCII, compact)."""
         try:
             # ensure_ascii: names that are not UTF-8 (surrogate escapes) stay valid JSON text.
-            self._f.write(json.dumps(record, separators=(",", ":"), ensure_ascii=True))
-            self._f.write("\n")
+            # One write of the line with its newline: a stop signal handled between two
+            # writes would glue the last word onto a line without its end.
+            self._f.write(json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n")
             self._f.flush()
         except OSError as err:
             raise FootprintError(f"cannot write recording {self.path}: {err.strerror}; "
