@@ -177,6 +177,7 @@ echo "footprint record started at run time (pid $!)" > {RUN}/start.log
             raise FootprintError("footprint record exited in the guest: "
                                  + " / ".join(log.decode(errors="replace").strip().splitlines()))
         if time.monotonic() - t0 > timeout:
+            g.run(f"kill -TERM {pid}", timeout=60)  # no stray recorder skews the figures later
             raise FootprintError(f"footprint record did not attach within {timeout:.0f} s")
         time.sleep(1)
     secs = time.monotonic() - t0
