@@ -16,6 +16,23 @@ REPO = Path(__file__).resolve().parent.parent
 FOOTPRINT = [sys.executable, "-c", "from tracer.cli import main; main()"]
 
 
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """footprint's wheel, built once per session from a clean copy of the tracked files,
+    as a release would be (tests of the packaging and of the README route use it)."""
+    pytest.importorskip("build")
+    out = tmp_path_factory.mktemp("dist")
+    src = tmp_path_factory.mktemp("src") / "footprint"
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for f in files:
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, src / f)
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(src)],
+                   check=True, capture_output=True)
+    return next(out.glob("footprint-*.whl"))
+
+
 # --------------------------------------------------------------------- guest lab (vm/)
 
 def qemu_skip_reason() -> str | None:

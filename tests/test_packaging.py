@@ -6,31 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    pytest.importorskip("build")
-    out = tmp_path_factory.mktemp("dist")
-    src = tmp_path_factory.mktemp("src") / "footprint"
-    # Build from a clean copy of the tracked files, as a release would.
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
-                           check=True).stdout.split()
-    for f in files:
-        (src / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, src / f)
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(src)],
-                   check=True, capture_output=True)
-    return next(out.glob("footprint-*.whl"))
 
 
 def test_wheel_carries_bpf_source_and_dracut_module(wheel):

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -44,21 +43,6 @@ def _pip_wheel() -> Path | None:
 
     found = sorted(glob.glob(os.path.join(os.path.dirname(ensurepip.__file__), "_bundled", "pip-*.whl")))
     return Path(found[-1]) if found else None
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    pytest.importorskip("build")
-    out = tmp_path_factory.mktemp("dist")
-    src = tmp_path_factory.mktemp("src") / "footprint"
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
-                           check=True).stdout.split()
-    for f in files:
-        (src / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, src / f)
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(src)],
-                   check=True, capture_output=True)
-    return next(out.glob("footprint-*.whl"))
 
 
 def _run(g, cmd: str, timeout: float = 600) -> str:
