@@ -13,8 +13,6 @@ from .safe import inert
 from .errors import EX_SOFTWARE, EXIT_USAGE, FootprintError
 
 
-
-
 class _Group(click.Group):
     """Every way out is one line on stderr: bad input or a usage error (exit 2), Ctrl-C
     (130), and, as a last resort, an error of footprint's own (70). Never a traceback."""

@@ -20,11 +20,9 @@ def snapshot(out: str = SNAPSHOT) -> str:
     the pinned maps; returns its path."""
     from .bpfmaps import obj_get
     from .recorder import Options, Recorder
-    from .recording import Writer
+    from .recording import Writer, read
     from .symbols import Kallsyms
     from .symbolizer import Symbolizer
-
-    from .recording import read
 
     meta = pinned.meta()
     read(meta["recording"])  # bounded and validated first: one line if it is corrupt
