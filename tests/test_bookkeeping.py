@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cachestat_pages
 from tracer import loader, programs, slabfilter
 from tracer.bpfmaps import Map, Maps
 from tracer.recorder import STAT_NAMES
@@ -54,19 +55,6 @@ def _kdev(st) -> int:
     return os.major(st.st_dev) << 20 | os.minor(st.st_dev)
 
 
-def _cachestat(path) -> int:
-    from tracer.inventory import cachestat
-
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        cs = cachestat(fd)
-    finally:
-        os.close(fd)
-    if cs is None:
-        pytest.skip("cachestat(2) is not available (Linux < 6.5)")
-    return cs["nr_cache"]
-
-
 def _program(loader_name, **sizes):
     p = loader.plan(sizes=loader.MapSizes(**sizes) if sizes else None, loader=loader_name,
                     slab="off")
@@ -102,7 +90,7 @@ def test_pages_migrated_by_compaction_stay_counted(tmp_path, loader_name):
                 time.sleep(0.2)
             moved = _stats(maps)["pagecache_freed_without_delete"] - moved
             now = maps.file_counters(_kdev(st), st.st_ino)[0]
-            truth = _cachestat(big)
+            truth = cachestat_pages(big)
         finally:
             prog.close()
     finally:

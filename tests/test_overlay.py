@@ -16,28 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cachestat_pages
 from tracer import topology as T
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MiB = 1 << 20
-
-
-def _cachestat(path):
-    """Pages of the file's mapping per cachestat(2) (6.5+; counts every folio, also the
-    ones squashfs decompresses past the end of a file), called here directly."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    rng = (ctypes.c_uint64 * 2)(0, 0)
-    cs = (ctypes.c_uint64 * 5)()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.syscall(451, fd, rng, cs, 0) != 0:
-            pytest.skip(f"no cachestat(2): {os.strerror(ctypes.get_errno())}")
-    finally:
-        os.close(fd)
-    return cs[0]
 
 
 def _files(top):
@@ -193,8 +177,8 @@ def test_pages_are_charged_to_the_layer_that_holds_them(ovl, tmp_path):
     done = subprocess.run([sys.executable, "-m", "tracer", "record", "-o", str(out), "-d", "1",
                            "--baseline", "kernel"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    truth_sq = sum(_cachestat(p) for p in _files(ovl.lower))
-    truth_up = sum(_cachestat(p) for p in _files(ovl.upper_mnt))
+    truth_sq = sum(cachestat_pages(p) for p in _files(ovl.lower))
+    truth_up = sum(cachestat_pages(p) for p in _files(ovl.upper_mnt))
     acc = account.build(recording.read(str(out)))
     f = acc.files
     sq, up = ovl.dev(ovl.lower), ovl.dev(ovl.upper)

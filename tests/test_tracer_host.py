@@ -18,6 +18,7 @@ import pytest
 
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent.parent / 'bench'))
 import livestack  # noqa: E402
+from conftest import cachestat_pages  # noqa: E402
 
 pytestmark = pytest.mark.bpf
 
@@ -113,19 +114,6 @@ def by_file(report):
 def key_of(path):
     st = os.stat(path)
     return (f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", st.st_ino)
-
-
-def cachestat_pages(path) -> int:
-    from tracer.inventory import cachestat
-
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        cs = cachestat(fd)
-    finally:
-        os.close(fd)
-    if cs is None:
-        pytest.skip("cachestat(2) is not available (Linux < 6.5)")
-    return cs["nr_cache"]
 
 
 def ground_truth(paths) -> dict:
