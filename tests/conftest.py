@@ -62,6 +62,20 @@ def qemu_skip_reason() -> str | None:
     return None
 
 
+def wait_in_guest(g, cmd: str, timeout: float, every: float = 1.0) -> None:
+    """Runs `cmd` in the guest every `every` seconds until it exits 0; AssertionError
+    after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rc, _, _ = g.run(cmd, timeout=60)
+        if rc == 0:
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for: {cmd}")
+
+
 @pytest.fixture(scope="session")
 def lab_cache() -> Path:
     """The image cache the guest tests share with `footprint experiment` (a cold build takes

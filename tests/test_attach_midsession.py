@@ -9,12 +9,11 @@ Boots guests under TCG: run as `flock /var/tmp/fp-guest.lock pytest -m qemu …`
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import qemu_skip_reason
+from conftest import qemu_skip_reason, wait_in_guest
 
 pytestmark = pytest.mark.qemu
 
@@ -24,16 +23,6 @@ HERE = Path(__file__).resolve().parent
 WARM = "cat /usr/lib/x86_64-linux-gnu/*.so* /usr/bin/* /usr/lib/python3*/*.py > /dev/null 2>&1; echo warm"
 RECORD = ("nohup footprint record -o /run/fp-mid.jsonl --interval 1 -d 25 --baseline kernel "
           ">/run/fp-mid.log 2>&1 &")
-
-
-def _wait_for(g, cmd, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rc, _, _ = g.run(cmd, timeout=60)
-        if rc == 0:
-            return
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for: {cmd}")
 
 
 def _session(variant, lab_cache, out):
@@ -52,10 +41,10 @@ def _session(variant, lab_cache, out):
         rc, _, err = g.run(RECORD, timeout=60)
         assert rc == 0, err
         # The baseline is in, and the sampler has written a few samples: read the truth.
-        _wait_for(g, "test $(grep -c '\"type\":\"sample\"' /run/fp-mid.jsonl) -ge 3", 600)
+        wait_in_guest(g, "test $(grep -c '\"type\":\"sample\"' /run/fp-mid.jsonl) -ge 3", 600)
         rc, truth, err = g.run("python3 /run/pagecache_truth.py", timeout=600)
         assert rc == 0, err
-        _wait_for(g, "grep -q '\"type\":\"end\"' /run/fp-mid.jsonl", 600)
+        wait_in_guest(g, "grep -q '\"type\":\"end\"' /run/fp-mid.jsonl", 600)
         _, klog_after, _ = g.run("dmesg", timeout=60)
         g.get_file("/run/fp-mid.jsonl", out / "rec.jsonl")
         g.get_file("/run/fp-mid.log", out / "rec.log")

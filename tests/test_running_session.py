@@ -5,13 +5,12 @@ the layer, taken at the same moment, in the guest."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
 from tracer import account, recording
 
-from conftest import qemu_skip_reason
+from conftest import qemu_skip_reason, wait_in_guest
 
 pytestmark = pytest.mark.qemu
 
@@ -21,16 +20,6 @@ RECORD = ("nohup footprint record -o /run/fp-session.jsonl --interval 2 --invent
 TRUTH = ("find / -xdev -type f -printf '%i\\t%p\\n' > /run/inodes.tsv; "
          "cut -f2 /run/inodes.tsv | tr '\\n' '\\0' | xargs -0 fincore -b -n -r -o PAGES,FILE "
          "> /run/fincore.txt 2>/dev/null; stat -c %d / ; echo done")
-
-
-def _wait_for(g, cmd, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rc, _, _ = g.run(cmd, timeout=60)
-        if rc == 0:
-            return
-        time.sleep(3)
-    raise AssertionError(f"timed out waiting for: {cmd}")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +35,7 @@ def session(tmp_path_factory, lab_cache):
         g.wait_system(900)
         rc, _, err = g.run(RECORD, timeout=60)
         assert rc == 0, err
-        _wait_for(g, "grep -q '\"type\":\"inventory\"' /run/fp-session.jsonl", 1800)
+        wait_in_guest(g, "grep -q '\"type\":\"inventory\"' /run/fp-session.jsonl", 1800, every=3)
         # Read files after attach: ext4 pages (and the squashfs and iso pages below) are traced.
         rc, _, err = g.run("cat /usr/lib/python3.11/*.py /usr/share/common-licenses/* > /dev/null",
                            timeout=600)
@@ -54,7 +43,7 @@ def session(tmp_path_factory, lab_cache):
         rc, so, err = g.run(TRUTH, timeout=1800)
         assert rc == 0 and so.endswith(b"done\n"), err
         g.run("touch /run/fp-stop", timeout=60)
-        _wait_for(g, "grep -q '\"type\":\"end\"' /run/fp-session.jsonl", 600)
+        wait_in_guest(g, "grep -q '\"type\":\"end\"' /run/fp-session.jsonl", 600, every=3)
         for name in ("fp-session.jsonl", "inodes.tsv", "fincore.txt", "fp-session.log"):
             g.get_file(f"/run/{name}", str(out / name))
         root_dev = int(so.split()[-2])
