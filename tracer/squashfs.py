@@ -249,3 +249,135 @@ def read_superblock(path: str) -> Optional[Dict[str, object]]:
         if hdr & 0x8000 and (hdr & 0x7FFF) >= 8:
             (out["dict_size"],) = struct.unpack_from("<I", head, 98)
     return out
+
+
+# --- the mounts of this machine, and the account's view of them --------------------------
+
+def _cpus(path: str) -> Optional[int]:
+    """CPUs in a sysfs list such as "0-3,8" (/sys/devices/system/cpu/possible)."""
+    try:
+        with open(path) as f:
+            text = f.read(4096).strip()
+    except OSError:
+        return None
+    n = 0
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            return None
+        n += int(hi or lo) - int(lo) + 1
+    return n or None
+
+
+def mounts(proc: str = "/proc", sys: str = "/sys") -> list:
+    """One dict per squashfs mount: dev ("major:minor"), mountpoint, source, options, the
+    decompressor mode it runs with, CPUs possible and online, the kernel release and, where
+    the device is a loop device, the image's compressor, block size, fragment count and
+    xz dictionary (read_superblock of its backing file: no block device is opened)."""
+    try:
+        with open(f"{proc}/self/mountinfo", errors="replace") as f:
+            lines = f.read(4 << 20).splitlines()
+    except OSError:
+        return []
+    config = kernel_config()
+    default = decompressor_mode(config)
+    out = []
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(rfields) < 3 or rfields[0] != "squashfs":
+            continue
+        dev, mountpoint, source, options = fields[2], fields[4], rfields[1], rfields[2]
+        m = {"dev": dev, "mountpoint": mountpoint, "source": source,
+             "mode": mount_mode(options, default), "kernel": os.uname().release,
+             "cpus_possible": _cpus(f"{sys}/devices/system/cpu/possible"),
+             "cpus_online": _cpus(f"{sys}/devices/system/cpu/online"),
+             "file_cache": config.get("CONFIG_SQUASHFS_FILE_DIRECT") != "y" if config else None}
+        major, _, minor = dev.partition(":")
+        base = f"{sys}/dev/block/{major}:{minor}/loop"
+        try:
+            with open(f"{base}/backing_file", errors="replace") as f:
+                backing = f.read(4096).strip()
+            with open(f"{base}/offset") as f:
+                offset = int(f.read(64).strip() or 0)
+        except (OSError, ValueError):
+            backing, offset = None, 0
+        if backing and offset == 0:
+            m["backing_file"] = backing
+            m.update(read_superblock(backing) or {})
+        out.append(m)
+    return out
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 40
+
+
+def valid_mount(m) -> bool:
+    """Whether a mount dict read back from a recording is well formed (data, bounded)."""
+    if not isinstance(m, dict) or len(m) > 32:
+        return False
+    for key in ("dev", "mountpoint", "source", "mode", "kernel", "compressor", "backing_file"):
+        if key in m and not (m[key] is None or (isinstance(m[key], str) and len(m[key]) < 4096)):
+            return False
+    for key in ("block_size", "fragments", "dict_size", "inodes", "cpus_possible", "cpus_online"):
+        if key in m and not (m[key] is None or _count(m[key])):
+            return False
+    return True
+
+
+def predict_mount(m: dict) -> Optional[Dict[str, int]]:
+    """squashfs_prediction for one mount dict (mounts()), None when its compressor, block
+    size or mode is unknown."""
+    mode, comp, block = m.get("mode"), m.get("compressor"), m.get("block_size")
+    if mode not in MODES or comp not in ("xz", "zstd", "zlib", "lz4", "lzo") or not block:
+        return None
+    ncpus = m.get("cpus_possible") if mode == "percpu" else m.get("cpus_online")
+    try:
+        return squashfs_prediction(comp, block, ncpus or 1, mode, kernel=m.get("kernel"),
+                                   fragments=m.get("fragments"), file_cache=m.get("file_cache"),
+                                   dict_size=m.get("dict_size"))
+    except ValueError:
+        return None
+
+
+def explain(mounts_: list, traced_caches: int, traced_workspaces: int) -> dict:
+    """Each mount with its prediction, and the sum predicted beside what was traced:
+    traced_caches (bytes of squashfs_cache_init's kmalloc objects), traced_workspaces
+    (bytes of vmalloc charged to squashfs). Traced bytes cover what was allocated while
+    recording (vmalloc: all resident areas)."""
+    rows, caches, workspaces = [], 0, 0
+    for m in mounts_:
+        p = predict_mount(m)
+        rows.append({**m, "predicted": p})
+        if p:
+            caches += p["caches"]
+            workspaces += p["decompressors"] * p["workspace_vmalloc"]
+    return {"mounts": rows, "predicted_caches": caches, "predicted_workspaces": workspaces,
+            "traced_caches": traced_caches, "traced_workspaces": traced_workspaces}
+
+
+def describe(view: dict) -> list:
+    """Lines for the report: each mount's decompressors, block size and the memory the
+    kernel's formula gives it, then predicted against traced."""
+    out = []
+    for m in view.get("mounts", []):
+        p = m.get("predicted")
+        what = (f"{m.get('compressor') or '?'}, {(m.get('block_size') or 0) // 1024} KiB blocks, "
+                f"decompressors {m.get('mode') or '?'}")
+        if not p:
+            out.append(f"squashfs {m.get('mountpoint')} ({m.get('source')}): {what}; image not "
+                       "readable (not on a loop device): no prediction")
+            continue
+        out.append(
+            f"squashfs {m.get('mountpoint')} ({m.get('source')}): {what} × {p['decompressors']}"
+            f" (max {p['decompressors_max']}): workspaces {p['workspaces'] / 2**20:.2f} MiB, caches"
+            f" {p['caches'] / 2**20:.2f} MiB (fragment {p['fragment_cache'] / 2**20:.2f}, data "
+            f"{p['data_cache'] / 2**20:.2f}, metadata {p['metadata_cache'] / 2**20:.2f})")
+    if view.get("mounts"):
+        out.append(f"squashfs formula for {len(view['mounts'])} mount(s): caches "
+                   f"{view['predicted_caches'] / 2**20:.2f} MiB (traced "
+                   f"{view['traced_caches'] / 2**20:.2f}), decompressor vmalloc "
+                   f"{view['predicted_workspaces'] / 2**20:.2f} MiB (traced "
+                   f"{view['traced_workspaces'] / 2**20:.2f})")
+    return out
