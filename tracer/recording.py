@@ -167,8 +167,9 @@ def _counter(value: Any, path: str, n: int) -> list[int]:
     return value
 
 
-_FILE_KEY = re.compile(r"^(\d+:\d+|bdev):\d+$")
-_SITE_KEY = re.compile(r"^(slab|percpu|vmap):0x[0-9a-f]+$")
+# Numbers in keys are bounded like the JSON's own (20 digits): int() of longer is refused.
+_FILE_KEY = re.compile(r"^(\d{1,10}:\d{1,10}|bdev):\d{1,20}$")
+_SITE_KEY = re.compile(r"^(slab|percpu|vmap):0x[0-9a-f]{1,16}$")
 
 
 def _counters(obj: Any, path: str, n: int, key_int: bool = False, key_re=None) -> dict:
