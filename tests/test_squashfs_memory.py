@@ -141,6 +141,12 @@ def test_squashfs_memory_is_squashfs_and_matches_the_formula(images, tmp_path):
         got = sum(r["resident_pages"] * 4096 for r in rows if r["subsystem"] == "squashfs"
                   and r["layer"] == f"vmalloc via {comp}")
         assert abs(got - want) <= 0.05 * want, (comp, got, want, rows)
+    # lib/xz's own kmalloc'ed state (struct xz_dec_lzma2 and friends) is squashfs's too.
+    want = sum(_predicted(sb)["decompressors"] * _predicted(sb)["workspace_kmalloc"]
+               for _img, sb in images if sb["compressor"] == "xz")
+    got = sum(r["resident_pages"] * 4096 for r in rows
+              if r["subsystem"] == "squashfs" and r["layer"] == "kmalloc via xz")
+    assert abs(got - want) <= 0.05 * want, (got, want)
     # lib/xz's areas are not left with the library's name.
     assert not any(r["subsystem"].startswith("kernel") and "xz_dec" in r["layer"] for r in rows)
 
