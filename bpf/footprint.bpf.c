@@ -123,6 +123,8 @@ static __always_inline void fp_victim_comm(char *dst, u32 size, void *args)
 #define FP_HAS_percpu_percpu_alloc_percpu
 #define FP_HAS_percpu_percpu_free_percpu
 #define FP_HAS_oom_mark_victim
+#define FP_HAS_vmalloc_alloc_vmap_area
+#define FP_HAS_vmalloc_free_vmap_area_noflush
 
 #include "footprint_logic.h"
 
@@ -165,4 +167,28 @@ int BPF_KPROBE(kprobe__shmem_add_to_page_cache, struct folio *folio, struct addr
         nr = 1ULL << (order & 31);
     }
     return fp_shmem_added(dev, ino, nr);
+}
+
+/* The vmalloc extras (kernels without the vmalloc tracepoints, before 6.3): the new
+ * area's vm_struct on return (its size includes the guard page), taken off at
+ * remove_vm_area; the same objects and sites as the tracepoints' (footprint_logic.h). */
+SEC("kretprobe/__get_vm_area_node")
+int BPF_KRETPROBE(kretprobe__get_vm_area_node, struct vm_struct *area)
+{
+    if (!area)
+        return 0;
+    u64 addr = (u64)BPF_CORE_READ(area, addr);
+    u64 size = BPF_CORE_READ(area, size);
+    if (!addr)
+        return 0;
+    u32 id = FP_STACK_ID(ctx);
+    obj_alloc(addr, id, size > 4096 ? size - 4096 : size, FP_KIND_VMAP);
+    return 0;
+}
+
+SEC("kprobe/remove_vm_area")
+int BPF_KPROBE(kprobe__remove_vm_area, const void *addr)
+{
+    obj_free((u64)addr);
+    return 0;
 }
