@@ -148,6 +148,18 @@ def _describe(topo: Topology | None, key: str, special: set, per_dev: dict) -> t
     return info, kind, FS_SUBSYSTEMS.get(fstype or "", fstype or "unknown fs")
 
 
+INITRAMFS_DELETED = "initramfs (deleted)"
+
+
+def _initramfs_gone(topo: Topology | None, dev: str) -> bool:
+    """Whether `dev` is the initramfs root after switch_root: its "/" no longer mounted
+    (systemd's and dracut's switch_root delete its files; what stays resident is held
+    open or mapped by a process that outlived it)."""
+    ms = topo.mounts_of(dev) if topo is not None and dev.startswith("0:") else []
+    return bool(ms) and all(m.get("gone") for m in ms) and any(
+        m["mountpoint"] == "/" and m["fstype"] in ("rootfs", "ramfs", "tmpfs") for m in ms)
+
+
 def _tracer_paths(rec: Recording) -> dict:
     """"dev:ino" → path of the files the recorder itself maps (python, its libraries)."""
     own = list(rec.header.get("tracer", {}).get("files", []))
@@ -176,6 +188,7 @@ def file_rows(rec: Recording, state: dict, topo: Topology | None) -> pd.DataFram
     tracer_paths = _tracer_paths(rec)
     special, per_dev = _special_files(topo), {}
     counts, devs = measured(state)
+    gone_checked: dict[str, bool] = {}
     rows = []
     for key in set(state["files"]) | set(inv.baseline) | set(counts):
         c = state["files"].get(key, [0, 0, 0, 0, 0])
@@ -187,6 +200,10 @@ def file_rows(rec: Recording, state: dict, topo: Topology | None) -> pd.DataFram
         ino = int(ino)
         fstype = info.get("fstype")
         path = info.get("path") or inv.paths.get(key) or tracer_paths.get(key) or rec.paths.get(key)
+        if path is None and dev not in gone_checked:
+            gone_checked[dev] = _initramfs_gone(topo, dev)
+        if path is None and gone_checked[dev]:
+            path = INITRAMFS_DELETED  # not the tracer's: held by a process that outlived it
         layer = info.get("layer", f"dev {dev}")
         if info.get("roles"):
             layer += f" [{path.rsplit('/', 1)[-1] if path else 'inode %d' % ino}: {', '.join(info['roles'])}]"
