@@ -102,3 +102,26 @@ def test_initramfs_files_after_switch_root(tmp_path):
     assert _pages(late, "0:2:77") == (300, INITRAMFS_DELETED)
     row = late.files[late.files["ino"] == 10763].iloc[0]
     assert row["subsystem"] == "tracer" and row["path"] == "/usr/bin/python3.11"
+
+
+def test_files_are_read_again_while_deletes_land():
+    """A files read that page-cache events straddle (the initramfs deleted at switch_root)
+    is read again, so the sample's files and meminfo describe one moment."""
+    from tracer.mapsampler import MapSampler
+
+    class Maps:  # the files map changes under the first read: 900 deletes land
+        def __init__(self):
+            self.reads, self.events = 0, [0, 900, 900, 900]
+
+        def raw(self, name):
+            self.reads += 1
+            return {b"k": b"before" if self.reads == 1 else b"after"}
+
+        def file_entry(self, k, v):
+            return (2, 5), [0 if v == b"after" else 3000, 0, 0, 0, 0]
+
+        def stats(self, n):
+            return [self.events.pop(0), 0, 0]
+
+    m = MapSampler(Maps(), {}, own_process=False)
+    assert m.settled_files() == {"0:2:5": [0, 0, 0, 0, 0]}
