@@ -14,6 +14,8 @@ Boots guests under TCG: run as `flock /var/tmp/fp-guest.lock pytest -m qemu …`
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,9 @@ def _boot(variant, lab_cache, out: Path) -> dict:
         stop_recorder(g, recorder_state(g).get("pid"))
         fetch_recording(g, out / "rec.jsonl")
         g.shutdown(timeout=60)
+    keep = os.environ.get("FP_KEEP_RECORDINGS")  # a directory to keep them in, for a look
+    if keep:
+        shutil.copy(out / "rec.jsonl", Path(keep) / f"{variant}.recording.jsonl")
     return {"truths": truths, "rec": out / "rec.jsonl"}
 
 

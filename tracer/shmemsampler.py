@@ -20,6 +20,7 @@ cannot run, samples carry neither and the traced counters stand.
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Optional
 
 from . import baseline
@@ -47,6 +48,7 @@ class ShmemSampler:
         """{"shmem": changed files, "shmem_devs": [...]}, or {} where the walk is off."""
         if self.off:
             return {}
+        t0 = time.monotonic()
         try:
             if self.walker is None:
                 self.walker = self._open()
@@ -73,7 +75,9 @@ class ShmemSampler:
         changed = {k: v for k, v in now.items() if self.last.get(k) != v}
         changed.update({k: 0 for k in self.last if k not in now and k not in kept})
         self.last = {**kept, **now}
-        return {"shmem": changed, "shmem_devs": devs}
+        # what the walk cost this sample (kept in the raw record; the reader skips it)
+        return {"shmem": changed, "shmem_devs": devs,
+                "shmem_ms": round((time.monotonic() - t0) * 1000, 3)}
 
     def close(self) -> None:
         """Unload the walker (idempotent)."""
