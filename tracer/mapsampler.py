@@ -123,7 +123,9 @@ class MapSampler:
         per-CPU free pages, this process's memory, slab and vmalloc totals."""
         t = boottime()
         files = self.settled_files()
-        meminfo = procfs.meminfo()  # right after the files: the same moment
+        # meminfo and the per-CPU lists right after the files: one moment (pages move
+        # between the per-CPU lists and MemFree by the MiB while the system is busy)
+        meminfo, pcp = procfs.meminfo(), procfs.zone_pcp_pages()
         stacks, sites = self.changed("stack_pages"), self.changed("sites")
         new_stacks = {sid: self.maps.stack(sid) for sid in stacks if sid not in self.known_stacks}
         new_sites = [key for key in sites if key not in self.known_sites]
@@ -133,7 +135,7 @@ class MapSampler:
         stats["lost_events"] = self.lost_events()
         victims = self._oom_victims(stats["oom_kills"]) if stats["oom_kills"] > self.oom_seen else []
         rec = {"type": "sample", "t": t, "meminfo": meminfo, "stats": stats,
-               "pcp_pages": procfs.zone_pcp_pages(),
+               "pcp_pages": pcp,
                "files": files, "stacks": {str(k): v for k, v in stacks.items()}, "sites": sites,
                "tracer": procfs.own_memory() if self.own_process else {}}
         # Slab and vmalloc totals are carried whole, and only when they changed.
