@@ -125,3 +125,11 @@ def test_files_are_read_again_while_deletes_land():
 
     m = MapSampler(Maps(), {}, own_process=False)
     assert m.settled_files() == {"0:2:5": [0, 0, 0, 0, 0]}
+
+
+def test_a_measured_layer_says_so(tmp_path):
+    run = [_mount(2, "0:23", "/run", "tmpfs")]
+    rec = _write(tmp_path / "r.jsonl", [
+        _topo(0.5, run), _sample(2.0, {}, shmem={"0:23:9": 1903}, shmem_devs=["0:23"])])
+    rows = account.build(rec).by("layer").set_index("layer")
+    assert rows.loc["tmpfs /run", "source"] == "measured"
