@@ -13,6 +13,10 @@
  * SHMEM_I(inode)->swapped (pages of the file out on swap, not in nrpages).
  * The inode's own i_data, not *i_mapping: a device node on ext4 points i_mapping at
  * the block device's inode, which is counted once, on the bdev file system.
+ * With cfg.only_magic set, only the superblocks of that type are walked: the recorder
+ * keeps one such copy loaded (only_magic = TMPFS_MAGIC) and runs it at every sample,
+ * since shmem adds pages (shmem_add_to_page_cache) without the filemap tracepoint and
+ * moves them to swap (shmem_writepage) without the delete one.
  *
  * Records go to an mmapable array map (sized by user space), not to the seq_file: the
  * iterator's seq buffer is 8 pages (kernel/bpf/bpf_iter.c bpf_seq_read), and one run
@@ -174,9 +178,12 @@ static long sb_step(__u32 i, struct walk *w)
 {
 	struct list_head *node = w->sb_node, *next;
 
-	if (!is_head(node))
-		walk_sb(w, (void *)node - bpf_core_field_offset(struct super_block, s_list));
-	else
+	if (!is_head(node)) {
+		struct super_block *sb = (void *)node - bpf_core_field_offset(struct super_block, s_list);
+
+		if (!cfg.only_magic || BPF_CORE_READ(sb, s_magic) == cfg.only_magic)
+			walk_sb(w, sb);
+	} else
 		w->sum.head = (__u64)node;
 	next = BPF_CORE_READ(node, next);
 	if (next == w->start)

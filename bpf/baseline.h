@@ -3,7 +3,7 @@
 #ifndef FP_BASELINE_H
 #define FP_BASELINE_H
 
-#define FP_BASELINE_VERSION 1
+#define FP_BASELINE_VERSION 2
 #define FP_SUMMARY_MAGIC 0x66706231 /* "fpb1" */
 
 /* fp_rec.flags */
@@ -21,6 +21,9 @@ struct fp_config {
 				   at or above it (superblocks are slab memory) */
 	__u32 max_sbs;		/* bounds of the two bpf_loop walks */
 	__u32 max_inodes;
+	__u32 only_magic;	/* walk only superblocks of this s_magic (0: every one): the
+				   recorder counts tmpfs files at each sample this way */
+	__u32 pad;
 };
 
 struct fp_rec {

@@ -128,10 +128,11 @@ def build(rec: Recording, index: int = -1) -> Account:
     if len(files):
         grouped = files.groupby(["subsystem", "layer", "kind"], sort=False)[
             ["resident_pages", "peak_pages", "allocated_pages", "baseline_pages"]].sum().reset_index()
+        measured = set(files.loc[files["source"] == "measured", "layer"])  # tmpfs: counted
         for r in grouped.itertuples(index=False):
             add(r.subsystem, r.layer, r.kind, r.resident_pages, r.peak_pages, r.allocated_pages,
-                source=source_of(r.baseline_pages, [r.resident_pages - r.baseline_pages, 0,
-                                                  r.allocated_pages]))
+                source="measured" if r.layer in measured else source_of(
+                    r.baseline_pages, [r.resident_pages - r.baseline_pages, 0, r.allocated_pages]))
     seen_shmem = int(files.loc[files["kind"] == "shmem", "resident_pages"].sum()) if len(files) else 0
     seen_cache = int(files["resident_pages"].sum()) - seen_shmem if len(files) else 0
     rows += category_rows(rec, state, ps, seen_cache, seen_shmem)

@@ -33,7 +33,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import FootprintError
 
-__all__ = ["BASELINES", "take", "kernel_inventory", "kernel_walk", "unavailable", "object_path"]
+__all__ = ["BASELINES", "take", "kernel_inventory", "kernel_walk", "unavailable", "object_path",
+           "Walker", "superblock_head"]
 
 BASELINES = ("auto", "kernel", "walk", "none")
 
@@ -41,8 +42,9 @@ BASELINES = ("auto", "kernel", "walk", "none")
 _REC = struct.Struct("<QQQII")            # ino, pages, swapped, dev, flags
 _SUMMARY = struct.Struct("<IIQQQQQQQIIQ")  # magic, version, records, dropped, dropped_pages,
 #                                            sbs, inodes, pages, ns, flags, pad, head
-_CONFIG = struct.Struct("<QQII")          # sb_head, image_lo, max_sbs, max_inodes
-_MAGIC, _VERSION = 0x66706231, 1
+_CONFIG = struct.Struct("<QQIIII")        # sb_head, image_lo, max_sbs, max_inodes, only_magic, pad
+_MAGIC, _VERSION = 0x66706231, 2
+TMPFS_MAGIC = 0x01021994  # include/uapi/linux/magic.h: shmem's s_magic
 REC_SB, REC_SHMEM, REC_UNLINKED, REC_TORN, REC_CAPPED, SUM_FROM_ROOT = 1, 2, 4, 8, 16, 32
 _MINORBITS = 20
 BPF_MAX_LOOPS = 1 << 23  # include/linux/bpf.h: bpf_loop refuses more iterations (E2BIG)
@@ -142,6 +144,19 @@ def meminfo_pages() -> Dict[str, int]:
     return {k: v * 1024 // mmap.PAGESIZE for k, v in kb.items()}
 
 
+def superblock_head(sb_head: Optional[int] = None) -> Tuple[int, int]:
+    """(&super_blocks or 0, start of the kernel image or 0) for a walk; one line
+    (FootprintError) when neither is known."""
+    head, text = _kernel_addresses()
+    if sb_head is not None:
+        head = sb_head
+    image_lo = text or _IMAGE_BASE or 0
+    if not head and not image_lo:
+        raise FootprintError("the kernel baseline cannot find the superblock list: /proc/kallsyms "
+                             "hides kernel addresses (kernel.kptr_restrict)")
+    return head, image_lo
+
+
 def kernel_walk(records: Optional[int] = None, max_inodes: int = BPF_MAX_LOOPS,
                 sb_head: Optional[int] = None) -> Dict[str, Any]:
     """Run bpf/baseline.bpf.c once: {"summary": {...}, "inodes": [(dev, ino, pages,
@@ -150,21 +165,15 @@ def kernel_walk(records: Optional[int] = None, max_inodes: int = BPF_MAX_LOOPS,
     the filemap tracepoints report s_dev. Raises FootprintError with one line when the
     object does not load or run. The records map is sized from the kernel's own counts
     and the walk run once more, larger, if records did not fit."""
-    path = object_path()
-    if path is None:
-        raise FootprintError("the kernel baseline needs bpf/baseline.bpf.o: build it with "
-                             "scripts/build-bpf (needs clang, bpftool, libbpf-dev)")
-    head, text = _kernel_addresses()
-    if sb_head is not None:
-        head = sb_head
-    image_lo = text or _IMAGE_BASE or 0
-    if not head and not image_lo:
-        raise FootprintError("the kernel baseline cannot find the superblock list: /proc/kallsyms "
-                             "hides kernel addresses (kernel.kptr_restrict)")
+    head, image_lo = superblock_head(sb_head)
     t0 = time.monotonic()
     n = records or _records_wanted()
     for _attempt in range(2):
-        out = _run_once(path, n, head, image_lo, max_inodes)
+        w = Walker(n, head, image_lo, max_inodes)
+        try:
+            out = w.run()
+        finally:
+            w.close()
         s = out["summary"]
         if not s["dropped"]:
             break
@@ -173,17 +182,50 @@ def kernel_walk(records: Optional[int] = None, max_inodes: int = BPF_MAX_LOOPS,
     return out
 
 
-def _run_once(path: str, n: int, head: int, image_lo: int, max_inodes: int) -> Dict[str, Any]:
-    obj, so = _open_object(path)
-    try:
-        obj.set_max_entries("records", n)
-        obj.set_rodata(_CONFIG.pack(head, image_lo, MAX_SBS, min(max_inodes, BPF_MAX_LOOPS)))
-        obj.load()
-        link_fd = obj.attach("baseline")
-        create = so.bpf_iter_create
-        create.restype, create.argtypes = ctypes.c_int, [ctypes.c_int]
+class Walker:
+    """bpf/baseline.bpf.c loaded once (room for `n` records; `only_magic`: walk only the
+    superblocks of that s_magic, 0 every one), run as often as asked: each run() is one
+    walk (a new iterator on the same link). close() unloads it. Raises FootprintError
+    with one line when the object does not load or a walk cannot start."""
+
+    def __init__(self, n: int, head: int, image_lo: int, max_inodes: int = BPF_MAX_LOOPS,
+                 only_magic: int = 0):
+        path = object_path()
+        if path is None:
+            raise FootprintError("the kernel baseline needs bpf/baseline.bpf.o: build it with "
+                                 "scripts/build-bpf (needs clang, bpftool, libbpf-dev)")
+        self.n = n
+        self.mm: Optional[mmap.mmap] = None
+        self.obj = None
+        self.obj, so = _open_object(path)
+        try:
+            self.obj.set_max_entries("records", n)
+            self.obj.set_rodata(_CONFIG.pack(head, image_lo, MAX_SBS,
+                                             min(max_inodes, BPF_MAX_LOOPS), only_magic, 0))
+            self.obj.load()
+            self.link_fd = self.obj.attach("baseline")
+            self.create = so.bpf_iter_create
+            self.create.restype, self.create.argtypes = ctypes.c_int, [ctypes.c_int]
+            size = -(-n * _REC.size // mmap.PAGESIZE) * mmap.PAGESIZE
+            self.mm = mmap.mmap(self.obj.map_fd("records"), size, mmap.MAP_SHARED, mmap.PROT_READ)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Unmap the records and unload the object (idempotent)."""
+        if self.mm is not None:
+            self.mm.close()
+            self.mm = None
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+
+    def run(self) -> Dict[str, Any]:
+        """One walk now: {"summary", "meminfo" (read just before), "inodes",
+        "superblocks"} as kernel_walk() describes."""
         mem = meminfo_pages()  # the kernel's totals at the walk's instant, to compare with
-        fd = create(link_fd)
+        fd = self.create(self.link_fd)
         if fd < 0:
             raise FootprintError(f"cannot start the baseline iterator ({os.strerror(-fd)})")
         try:
@@ -204,26 +246,22 @@ def _run_once(path: str, n: int, head: int, image_lo: int, max_inodes: int) -> D
         if magic != _MAGIC or version != _VERSION:
             raise FootprintError("bpf/baseline.bpf.o does not match this footprint: rebuild it "
                                  "with scripts/build-bpf")
-        size = -(-n * _REC.size // mmap.PAGESIZE) * mmap.PAGESIZE
-        with mmap.mmap(obj.map_fd("records"), size, mmap.MAP_SHARED, mmap.PROT_READ) as mm:
-            raw = mm[:nrec * _REC.size]
-    finally:
-        obj.close()
-    inodes_l: List[Tuple[int, int, int, int, int]] = []
-    sbs_l: List[Tuple[int, int, int, int, int]] = []
-    for ino, pg, swapped, dev, fl in _REC.iter_unpack(raw):
-        if fl & REC_SB:
-            sbs_l.append((dev, ino, pg, swapped, fl))
-        else:
-            inodes_l.append((dev, ino, pg, swapped, fl))
-    return {"summary": {"records": nrec, "dropped": dropped, "dropped_pages": dropped_pages,
-                        "superblocks": sbs, "inodes_walked": inodes, "pages": pages,
-                        "kernel_ms": round(ns / 1e6, 3), "torn": bool(flags & REC_TORN),
-                        "capped": bool(flags & REC_CAPPED),
-                        "from_root": bool(flags & SUM_FROM_ROOT), "records_room": n,
-                        "head_seen": head_seen},
-            "meminfo": mem,
-            "inodes": inodes_l, "superblocks": sbs_l}
+        raw = self.mm[:min(nrec, self.n) * _REC.size]
+        inodes_l: List[Tuple[int, int, int, int, int]] = []
+        sbs_l: List[Tuple[int, int, int, int, int]] = []
+        for ino, pg, swapped, dev, fl in _REC.iter_unpack(raw):
+            if fl & REC_SB:
+                sbs_l.append((dev, ino, pg, swapped, fl))
+            else:
+                inodes_l.append((dev, ino, pg, swapped, fl))
+        return {"summary": {"records": nrec, "dropped": dropped, "dropped_pages": dropped_pages,
+                            "superblocks": sbs, "inodes_walked": inodes, "pages": pages,
+                            "kernel_ms": round(ns / 1e6, 3), "torn": bool(flags & REC_TORN),
+                            "capped": bool(flags & REC_CAPPED),
+                            "from_root": bool(flags & SUM_FROM_ROOT), "records_room": self.n,
+                            "head_seen": head_seen},
+                "meminfo": mem,
+                "inodes": inodes_l, "superblocks": sbs_l}
 
 
 def _devstr(kdev: int) -> str:

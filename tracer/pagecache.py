@@ -76,6 +76,26 @@ def resident(counter, baseline: int, untracked_at: int) -> tuple[int, int]:
     return counter[0] + left, left
 
 
+def measured(state: dict) -> tuple[dict, set]:
+    """The files whose pages the kernel counted at this sample ({"dev:ino": [pages, peak]})
+    and the superblocks it counted (tmpfs: tracer/shmemsampler.py); ({}, set()) for a
+    sample that measured nothing. A measured superblock's files take their pages from
+    here, not from the traced counters and the baseline (shmem adds fire no tracepoint)."""
+    devs = state.get("shmem_devs")
+    return (state.get("shmem", {}), set(devs)) if devs else ({}, set())
+
+
+def owner_pages(c, key: str, inv: "Inventory", counts: dict, devs: set) -> tuple[int, int, int]:
+    """(resident, peak, baseline left) of one owner at a sample: the kernel's count where
+    its superblock was measured (see `measured`), else the traced counter `c` plus what
+    is left of its baseline (`resident`)."""
+    if devs and key.rsplit(":", 1)[0] in devs:
+        pages, peak = counts.get(key, (0, 0))
+        return pages, peak, 0
+    pages, left = resident(c, inv.baseline.get(key, 0), inv.untracked_at.get(key, 0))
+    return pages, max(c[1] + left, pages), left
+
+
 def bdev_dev(keys, topo: Topology | None) -> str | None:
     """The s_dev of the bdev pseudo file system, where block-device inodes live: the
     topology's, else that of the first anonymous-device key of `keys` ("dev:ino") that
@@ -128,6 +148,18 @@ def _describe(topo: Topology | None, key: str, special: set, per_dev: dict) -> t
     return info, kind, FS_SUBSYSTEMS.get(fstype or "", fstype or "unknown fs")
 
 
+INITRAMFS_DELETED = "initramfs (deleted)"
+
+
+def _initramfs_gone(topo: Topology | None, dev: str) -> bool:
+    """Whether `dev` is the initramfs root after switch_root: its "/" no longer mounted
+    (systemd's and dracut's switch_root delete its files; what stays resident is held
+    open or mapped by a process that outlived it)."""
+    ms = topo.mounts_of(dev) if topo is not None and dev.startswith("0:") else []
+    return bool(ms) and all(m.get("gone") for m in ms) and any(
+        m["mountpoint"] == "/" and m["fstype"] in ("rootfs", "ramfs", "tmpfs") for m in ms)
+
+
 def _tracer_paths(rec: Recording) -> dict:
     """"dev:ino" → path of the files the recorder itself maps (python, its libraries)."""
     own = list(rec.header.get("tracer", {}).get("files", []))
@@ -155,17 +187,23 @@ def file_rows(rec: Recording, state: dict, topo: Topology | None) -> pd.DataFram
     inv = inventory(rec, bdev_dev(state["files"], topo))
     tracer_paths = _tracer_paths(rec)
     special, per_dev = _special_files(topo), {}
+    counts, devs = measured(state)
+    gone_checked: dict[str, bool] = {}
     rows = []
-    for key in set(state["files"]) | set(inv.baseline):
+    for key in set(state["files"]) | set(inv.baseline) | set(counts):
         c = state["files"].get(key, [0, 0, 0, 0, 0])
-        pages, base_left = resident(c, inv.baseline.get(key, 0), inv.untracked_at.get(key, 0))
-        if pages <= 0 and c[1] <= 0:
+        pages, peak, base_left = owner_pages(c, key, inv, counts, devs)
+        if pages <= 0 and peak <= 0:
             continue
         info, kind, subsystem = _describe(topo, key, special, per_dev)
         dev, ino = key.rsplit(":", 1)
         ino = int(ino)
         fstype = info.get("fstype")
         path = info.get("path") or inv.paths.get(key) or tracer_paths.get(key) or rec.paths.get(key)
+        if path is None and dev not in gone_checked:
+            gone_checked[dev] = _initramfs_gone(topo, dev)
+        if path is None and gone_checked[dev]:
+            path = INITRAMFS_DELETED  # not the tracer's: held by a process that outlived it
         layer = info.get("layer", f"dev {dev}")
         if info.get("roles"):
             layer += f" [{path.rsplit('/', 1)[-1] if path else 'inode %d' % ino}: {', '.join(info['roles'])}]"
@@ -173,9 +211,9 @@ def file_rows(rec: Recording, state: dict, topo: Topology | None) -> pd.DataFram
             subsystem, layer = "tracer", "files the tracer maps (python, libraries)"
         rows.append({"dev": dev, "ino": ino, "path": path, "fstype": fstype, "kind": kind,
                      "subsystem": subsystem, "layer": layer, "resident_pages": pages,
-                     "peak_pages": max(c[1] + base_left, pages), "allocated_pages": c[2],
+                     "peak_pages": peak, "allocated_pages": c[2],
                      "baseline_pages": base_left, "traced_pages": c[0],
-                     "source": source_of(base_left, c)})
+                     "source": "measured" if dev in devs else source_of(base_left, c)})
     cols = ["dev", "ino", "path", "fstype", "kind", "subsystem", "layer", "resident_pages",
             "peak_pages", "allocated_pages", "baseline_pages", "traced_pages", "source"]
     df = pd.DataFrame(rows, columns=cols)

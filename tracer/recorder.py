@@ -27,6 +27,7 @@ from .bpfmaps import Maps
 from .errors import FootprintError, require_root
 from .following import TopologyFollower
 from .mapsampler import STAT_NAMES, MapSampler
+from .shmemsampler import ShmemSampler
 from .procfs import boottime, release_memory, tracer_files
 from .symbolizer import Symbolizer
 
@@ -82,6 +83,7 @@ class Recorder:
         self.maps: Maps | None = None
         self.sampler: MapSampler | None = None  # once the maps are known (use_maps)
         self.symbols = Symbolizer()
+        self.shmem = ShmemSampler(log, on=opts.baseline in ("auto", "kernel"))
         self.follow = TopologyFollower(log)
         self.unnamed_baseline: dict[str, int] = {}  # "dev:ino" → pages, for name_top_files
         self.marks_fd: int | None = None  # the marks file, held (shared lock) while recording
@@ -225,6 +227,7 @@ class Recorder:
         """One sample: the names of stacks and call sites seen for the first time, the
         OOM killer's victims since the last sample, then the sample itself."""
         reading = self.sampler.read()
+        reading.record.update(self.shmem.read())
         self._write(self.symbols.records(reading.new_stacks, reading.new_sites))
         for v in reading.oom_victims:
             self.writer.write({"type": "oom", **v})
@@ -237,6 +240,7 @@ class Recorder:
         where the files are (a report may be read on another machine)."""
         # Files known only from the kernel baseline (no path, never traced) compete too.
         resident = self.sampler.resident_files() + [(n, k) for k, n in self.unnamed_baseline.items()]
+        resident += [(n, k) for k, n in self.shmem.last.items()]
         self._write([self.follow.paths_record(resident, count, seconds)])
 
     def _release_marks(self) -> None:
@@ -311,6 +315,7 @@ class Recorder:
         finally:
             armed[0] = False
             self._release_marks()
+            self.shmem.close()
             # Ignoring discards a signal still pending (blocked since a hand-off that
             # did not happen), then the caller's handlers and mask come back.
             for s in STOP_SIGNALS:

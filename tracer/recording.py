@@ -26,7 +26,10 @@ Format (version 1). Every line is an object with a "type":
             untracked_removed]: files {"dev:ino": ...} (pages), stacks {id: ...} (pages),
             sites {key: ...} (bytes); slab {cache: [active_objs, objsize, pages]} and
             vmalloc {caller: pages}, written whole when they changed (else absent); tracer {anon_kb, file_kb, ...}:
-            the recorder's own process memory.
+            the recorder's own process memory. Where the kernel walk runs:
+            shmem {"dev:ino": pages} the tmpfs files whose page count (the kernel's
+            nrpages) changed since the previous sample, 0 when gone, and shmem_devs
+            ["dev", ...] the tmpfs superblocks counted (tracer/shmemsampler.py).
   tracer    t, stage, pid, files: the recorder's own mapped files after it exec'd into
             the lean sampler (their page cache is the tracer's cost).
   paths     t, paths: [[dev, ino, path], ...]: names for the biggest files known only by
@@ -93,14 +96,18 @@ class Recording:
         sites: dict[str, list[int]] = {}
         slab: dict = {}
         vmalloc: dict = {}
+        shmem: dict[str, list[int]] = {}  # "dev:ino" -> [pages, peak] as the kernel counted
         for s in self.samples:
+            for key, pages in s.get("shmem", {}).items():
+                shmem[key] = [pages, max(pages, shmem.get(key, (0, 0))[1])]
             slab = s["slab"] if s["slab"] is not None else slab
             vmalloc = s["vmalloc"] if s["vmalloc"] is not None else vmalloc
             files.update(s["files"])
             stacks.update(s["stacks"])
             sites.update(s["sites"])
+            # Measured counts stand only at samples that measured (shmem_devs not None).
             yield {**s, "files": files, "stacks": stacks, "sites": sites, "slab": slab,
-                   "vmalloc": vmalloc}
+                   "vmalloc": vmalloc, "shmem": shmem}
 
     def sample_at(self, t: float) -> tuple[int, str]:
         """The sample for a moment marked at boottime t: the first at or after t, else the
@@ -121,7 +128,7 @@ class Recording:
         for i, st in enumerate(self.states()):
             if i == index:
                 return {**st, "files": dict(st["files"]), "stacks": dict(st["stacks"]),
-                        "sites": dict(st["sites"])}
+                        "sites": dict(st["sites"]), "shmem": dict(st["shmem"])}
         return None
 
 
@@ -246,6 +253,18 @@ def _topology_ok(t) -> bool:
     return True
 
 
+def _shmem(obj: dict, path: str, n: int) -> dict:
+    """A sample's measured tmpfs files, checked: {"dev:ino": pages} and the devs counted."""
+    counts, devs = obj.get("shmem", {}), obj.get("shmem_devs")
+    if not isinstance(counts, dict) or not all(
+            isinstance(k, str) and _FILE_KEY.match(k) and _is_count(v) for k, v in counts.items()):
+        raise _bad(path, f"corrupt (bad shmem on line {n})")
+    if devs is not None and not (isinstance(devs, list) and all(
+            isinstance(d, str) and re.fullmatch(r"\d+:\d+", d) for d in devs)):
+        raise _bad(path, f"corrupt (bad shmem_devs on line {n})")
+    return {"shmem": counts, "shmem_devs": devs}
+
+
 _TIMED = ("sample", "topology", "inventory", "phase", "uevent", "tracer", "oom")
 
 
@@ -362,7 +381,8 @@ def _record(rec: Recording | None, obj, path: str, n: int) -> Recording:
             and all(_is_count(v) for v in obj["tracer"].values()) else {},
             "files": _counters(obj.get("files", {}), path, n, key_re=_FILE_KEY),
             "stacks": _counters(obj.get("stacks", {}), path, n, key_int=True),
-            "sites": _counters(obj.get("sites", {}), path, n, key_re=_SITE_KEY)})
+            "sites": _counters(obj.get("sites", {}), path, n, key_re=_SITE_KEY),
+            **_shmem(obj, path, n)})
     elif kind == "stack":
         if not (_is_count(obj.get("id")) and isinstance(obj.get("frames", []), list)
                 and all(isinstance(f, str) for f in obj.get("frames", []))

@@ -22,7 +22,7 @@ DROP_STATS = ("stack_lost", "files_full", "pfn_out_of_range", "objects_full", "s
 
 # How each row's figure is known, as the text report abbreviates it.
 _SOURCES = {"traced": "traced", "inventoried": "inventory", "inventoried+traced": "inv+traced",
-            "meminfo": "meminfo"}
+            "meminfo": "meminfo", "measured": "kernel count"}
 
 
 def map_drops(stats: dict) -> int:

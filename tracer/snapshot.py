@@ -66,6 +66,7 @@ def snapshot(out: str = SNAPSHOT) -> str:
         rec.sampler.known_sites.update(known_sites)
         rec.symbols = Symbolizer(Kallsyms.load())
         rec.sample()  # every entry: nothing is "unchanged" against an empty reference
+        rec.shmem.close()  # the tmpfs walk of that sample (tracer/shmemsampler.py)
         writer.close("snapshot of the pinned account")
     except BaseException:
         writer.abandon()

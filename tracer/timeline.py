@@ -39,7 +39,8 @@ def build(rec: Recording, origin: str = "boot") -> pd.DataFrame:
     page_cache = _PageCacheSums(rec)
     rows = []
     for recorded, state in zip(rec.samples, rec.states()):
-        pages = sample_pages(rec, state, page_cache.update(state, recorded["files"]), ps)
+        changed = [*recorded["files"], *recorded.get("shmem", ())]
+        pages = sample_pages(rec, state, page_cache.update(state, changed), ps)
         nonfree = kb_pages(state["meminfo"], "MemTotal", ps) - kb_pages(state["meminfo"], "MemFree", ps)
         row = {"t_s": state["t"] - t0, "nonfree_mib": nonfree * ps / MIB}
         row.update({sub: p * ps / MIB for sub, p in pages.items()})
@@ -97,12 +98,13 @@ class _PageCacheSums:
         self.rec = rec
         self.every_key = set()
         for s in rec.samples:
-            self.every_key.update(s["files"])
+            self.every_key.update(s["files"], s.get("shmem", {}))
         self.epoch_times = sorted(t.get("t", 0) for t in rec.topologies)
         self.epoch = None
         self.owners: dict = {}
         self.resident: dict[str, tuple[str, str, int]] = {}  # key → (subsystem, kind, pages)
         self.sums = {"by_subsystem": {}, "shmem": 0, "cache": 0}
+        self.devs: set = set()  # superblocks the last sample measured (pagecache.measured)
 
     def update(self, state: dict, changed: dict) -> dict:
         """{"by_subsystem": {sub: pages}, "shmem": pages, "cache": pages} at this sample."""
@@ -110,19 +112,22 @@ class _PageCacheSums:
         if epoch != self.epoch:
             self.epoch, self.owners = epoch, self._classify(state["t"])
             self.resident, self.sums = {}, {"by_subsystem": {}, "shmem": 0, "cache": 0}
-            changed = set(state["files"]) | set(self.owners["baseline"])
+            changed = set(state["files"]) | set(self.owners["baseline"]) | set(state["shmem"])
+        counts, devs = pagecache.measured(state)
+        if devs != self.devs:  # measured, or not, from this sample on: every key anew
+            changed, self.devs = self.every_key | set(self.owners["baseline"]), devs
         for key in changed:
-            self._set(key, state["files"].get(key, (0, 0, 0, 0, 0)))
+            self._set(key, state["files"].get(key, (0, 0, 0, 0, 0)), counts, devs)
         return self.sums
 
-    def _set(self, key: str, c) -> None:
-        """The owner's resident pages with the account's arithmetic: traced counter plus
-        what is left of its inventory baseline after deletes the tracer did not see added."""
-        o = self.owners
-        resident, _left = pagecache.resident(c, o["baseline"].get(key, 0), o["untracked_at"].get(key, 0))
-        if resident <= 0 and c[1] <= 0:
+    def _set(self, key: str, c, counts: dict, devs: set) -> None:
+        """The owner's resident pages with the account's arithmetic (pagecache.owner_pages):
+        the kernel's count where measured, else the traced counter plus what is left of
+        its inventory baseline after deletes the tracer did not see added."""
+        resident, peak, _left = pagecache.owner_pages(c, key, self.owners["inv"], counts, devs)
+        if resident <= 0 and peak <= 0:
             resident = 0  # the account drops such rows
-        sub, kind = o["kinds"].get(key, ("unknown fs", "page-cache"))
+        sub, kind = self.owners["kinds"].get(key, ("unknown fs", "page-cache"))
         self._add(*self.resident.pop(key, (sub, kind, 0)), sign=-1)
         self.resident[key] = (sub, kind, resident)
         self._add(sub, kind, resident, sign=1)
@@ -138,7 +143,7 @@ class _PageCacheSums:
         topo = pagecache.topology_at(self.rec, t)
         inv = pagecache.inventory(self.rec, pagecache.bdev_dev(self.every_key, topo))
         kinds = pagecache.owners(self.rec, self.every_key | set(inv.baseline), topo)
-        return {"kinds": kinds, "baseline": inv.baseline, "untracked_at": inv.untracked_at}
+        return {"kinds": kinds, "baseline": inv.baseline, "inv": inv}
 
 
 def sample_pages(rec: Recording, state: dict, page_cache: dict, ps: int) -> dict[str, int]:
