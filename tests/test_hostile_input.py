@@ -102,6 +102,7 @@ CRAFTED = {
     "kernel as a list": lambda b: re.sub(rb'"kernel":"[^"]*"', b'"kernel":["a"]', b, count=1),
     "MemFree above MemTotal": lambda b: b.replace(b'"MemFree":352000', b'"MemFree":999999999'),
     "dm device without a role": lambda b: b.replace(b',"role":"origin"', b"", 1),
+    "dm device without its table": lambda b: b.replace(b'"dm":{"name"', b'"dn":{"name"', 1),
 }
 
 

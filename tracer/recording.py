@@ -241,8 +241,8 @@ def _topology_ok(t) -> bool:
             return False
         if "loop" in bd and not _fields_ok(bd["loop"], _LOOP):
             return False
-        if "dm" in bd:
-            if not _fields_ok(bd["dm"], _DM):
+        if "dm" in bd or bd["kind"] == "dm":  # a dm device is read through its table
+            if not _fields_ok(bd.get("dm"), _DM):
                 return False
             for tgt in bd["dm"].get("table", []):
                 if not _fields_ok(tgt, (("target", _STR, True), ("devices", (list,), False))):
