@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 FOOTPRINT = [sys.executable, "-c", "from tracer.cli import main; main()"]
+
+
+def pytest_configure(config):
+    """Ctrl-C reaches a foreground program with SIGINT at its default. A test run started
+    in the background (`cmd &` without job control, nohup) has SIGINT ignored, and every
+    child inherits that: the recorders the tests interrupt would never see it (the SIGINT
+    tests hung in such runs). Children of this run get the default, as from a terminal."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

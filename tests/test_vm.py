@@ -248,13 +248,6 @@ def _wait_for(pred, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _like_a_terminal() -> None:
-    """Ctrl-C reaches a foreground program with SIGINT at its default. A test run started
-    in the background (`cmd &`, nohup) has SIGINT ignored, and a child inherits that:
-    python then installs no KeyboardInterrupt handler and the interruption never comes."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.mark.qemu
 @needs_qemu
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
@@ -263,8 +256,7 @@ def test_interrupted_boot_leaves_nothing(lab_cache, sig):
     loops, mounts, dirs = _loops(), _mounts(), _guest_dirs()
     logs = tempfile.mkdtemp(prefix="fp-int-", dir="/var/tmp")
     p = subprocess.Popen([*FOOTPRINT, "experiment", "--untraced", "--variants", "plain", "--cache-dir", str(lab_cache),
-                          "--keep-logs", logs], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         preexec_fn=_like_a_terminal)
+                          "--keep-logs", logs], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         qemu = _wait_for(lambda: [c for c in _children(p.pid) if _comm(c).startswith("qemu-system")],
                          120, "qemu to start")[0]
@@ -302,7 +294,7 @@ def test_interrupted_build_leaves_nothing():
     cache = tempfile.mkdtemp(prefix="fp-cold-", dir="/var/tmp")
     loops, mounts = _loops(), _mounts()
     p = subprocess.Popen([*FOOTPRINT, "experiment", "--untraced", "--variants", "plain", "--cache-dir", cache],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_like_a_terminal)
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for(lambda: any("mmdebstrap" in " ".join(_cmdline(c)) for c in _children(p.pid)), 120,
                   "mmdebstrap to start")
