@@ -40,6 +40,9 @@ def screen(result: Experiment | dict) -> str:
     diffs = _differences(result)
     if diffs:
         out += ["", *diffs]
+    mx = _matrix(result)
+    if mx:
+        out += ["", *mx]
     sentences = answer_sentences(result)
     if sentences:
         out += ["", "The answer:"]
@@ -155,6 +158,18 @@ def _differences(result: Experiment) -> list[str]:
         out.append(line(f"{other_label(rest)}, each < 1", [sum(d.get(m, 0.0) for _s, d in rest) for m in moments]))
     out.append(line("residual (in use − rows)", [e["subsystem"]["residual_mib"] for e in entries]))
     return out
+
+
+def _matrix(result: Experiment) -> list[str]:
+    """The squashfs matrix (vm/matrix.py), on the first screen only when the run asked for
+    it: another squashfs than the default live one's, or --smp other than the default."""
+    from .images import SQUASHED
+    from .matrix import text
+
+    rows = result.squashfs_matrix or []
+    if not any(r["boot"] in SQUASHED or (r.get("smp") or 2) != 2 for r in rows):
+        return []
+    return text(rows).splitlines()
 
 
 def answer_sentences(result: Experiment | dict) -> list[str]:
