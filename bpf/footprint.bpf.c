@@ -123,6 +123,8 @@ static __always_inline void fp_victim_comm(char *dst, u32 size, void *args)
 #define FP_HAS_percpu_percpu_alloc_percpu
 #define FP_HAS_percpu_percpu_free_percpu
 #define FP_HAS_oom_mark_victim
+#define FP_HAS_vmalloc_alloc_vmap_area
+#define FP_HAS_vmalloc_free_vmap_area_noflush
 
 #include "footprint_logic.h"
 

@@ -275,6 +275,20 @@ static __always_inline int fp_shmem_added(u32 dev, u64 ino, u64 nr)
     return 0;
 }
 
+/* The id of the current stack in the stack maps (0: lost in both). A macro: bcc needs
+ * the tracepoint's own context pointer at the helper call. */
+#define FP_STACK_ID(ctx) ({ \
+    int sid_ = FP_STACKID(stacks, ctx, 0); \
+    u32 id_ = 0; \
+    if (sid_ >= 0) { \
+        id_ = sid_ + 1; \
+    } else { \
+        sid_ = FP_STACKID(stacks_alt, ctx, 1 /* skip one frame: a new hash */); \
+        if (sid_ >= 0) \
+            id_ = CFG_STACKS_MAX + sid_ + 1; \
+    } \
+    id_; })
+
 FP_TRACEPOINT(kmem, mm_page_alloc, mm_page_alloc)
 {
     u32 order = args->order;
@@ -295,15 +309,7 @@ FP_TRACEPOINT(kmem, mm_page_alloc, mm_page_alloc)
         return 0;
     }
     /* Stacks are taken only for the kernel's own pages. */
-    int sid = FP_STACKID(stacks, args, 0);
-    u32 id = 0;
-    if (sid >= 0) {
-        id = sid + 1;
-    } else {
-        sid = FP_STACKID(stacks_alt, args, 1 /* skip one frame: a new hash */);
-        if (sid >= 0)
-            id = CFG_STACKS_MAX + sid + 1;
-    }
+    u32 id = FP_STACK_ID(args);
     /* No room for the id in the side table: charged to the unknown stack, which is
      * what the free will find. */
     if (id && (!chunk_get(pfn, true) || !chunk_get(pfn + (1ULL << (order & 15)) - 1, true)))
@@ -389,7 +395,7 @@ static __always_inline void obj_alloc(u64 ptr, u64 call_site, u32 bytes, u32 kin
     }
     struct fp_obj_val ov = {.call_site = call_site, .bytes = bytes, .kind = kind};
     if (FP_UPDATE(objs, &ptr, &ov) != 0) {
-        stat_inc(kind ? ST_PCPU_FULL : ST_OBJS_FULL);
+        stat_inc(kind == 1 ? ST_PCPU_FULL : ST_OBJS_FULL);
         return;
     }
     counter_add(c, bytes);
@@ -476,6 +482,35 @@ FP_TRACEPOINT(oom, mark_victim, mark_victim)
     FP_VICTIM_COMM(v->comm, args);
     bpf_get_current_comm(v->trigger, sizeof(v->trigger));
     *count += 1;
+    return 0;
+}
+#endif
+
+/* vmalloc areas by the stack that asked for them (the vmalloc tracepoints, 6.3+): an
+ * object of kind FP_KIND_VMAP keyed by the area's start, counted in a site whose
+ * call_site is the stack id. /proc/vmallocinfo names only the immediate caller, which
+ * for a library (xz_dec_lzma2_create) is not the owner (squashfs); the stack says. The
+ * area's pages come from the bulk allocator, which fires no mm_page_alloc. */
+#define FP_KIND_VMAP 2
+#ifdef FP_HAS_vmalloc_alloc_vmap_area
+FP_TRACEPOINT(vmalloc, alloc_vmap_area, alloc_vmap_area)
+{
+    u64 addr = args->addr;
+    u64 size = args->size;
+    int failed = args->failed;
+    if (failed || !addr)
+        return 0;
+    u32 id = FP_STACK_ID(args);
+    /* The size asked includes the guard page vmallocinfo's page count leaves out. */
+    obj_alloc(addr, id, size > 4096 ? size - 4096 : size, FP_KIND_VMAP);
+    return 0;
+}
+#endif
+
+#ifdef FP_HAS_vmalloc_free_vmap_area_noflush
+FP_TRACEPOINT(vmalloc, free_vmap_area_noflush, free_vmap_area_noflush)
+{
+    obj_free(args->va_start);
     return 0;
 }
 #endif

@@ -78,6 +78,7 @@ class Account:
     chains: list = field(default_factory=list)
     probes: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    squashfs: dict = field(default_factory=dict)  # squashfs.explain of the mounts
     notes: list = field(default_factory=list)
 
     def pages_to_mib(self, pages) -> float:
@@ -156,6 +157,7 @@ def build(rec: Recording, index: int = -1) -> Account:
     acc = Account(t=state["t"], page_size=ps, rows=df, files=files, meminfo=reconciliation,
                   probes=rec.header.get("plan", {}).get("probes", []), stats=state["stats"])
     acc.chains = chains(topo, files, ps) if topo is not None else []
+    acc.squashfs = _squashfs_view(rec, state, df, ps)
     if not rec.header.get("plan", {}).get("headers_match_kernel", True):
         acc.notes.append("kernel headers do not match the running kernel: only tracepoint "
                          "arguments were used, and struct layouts from the kernel's BTF")
@@ -213,15 +215,23 @@ def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_sh
     vm_total = kb_pages(mi, "VmallocUsed", ps)
     vm_rows: dict[str, int] = {}
     stack_vm = 0
+    traced_vm = _vmap_owners(rec, state, ps)
     for caller, pages in state["vmalloc"].items():
         name, _, mod = caller.partition(" [")
         if name in ("alloc_thread_stack_node", "dup_task_struct"):
             stack_vm += pages
             continue
+        # Areas traced by stack (vmalloc tracepoints) go to the stack's owner, at most
+        # what vmallocinfo still shows for the caller; the rest to the caller's subsystem.
+        for (sub, layer), n in traced_vm.get(name, {}).items():
+            n = min(n, pages)
+            pages -= n
+            vm_rows[(sub, layer)] = vm_rows.get((sub, layer), 0) + n
         sub = _owner_subsystem(subsystem_of(name, mod.rstrip("]") or None) or f"kernel:{name}")
-        vm_rows[sub] = vm_rows.get(sub, 0) + pages
-    for sub, pages in vm_rows.items():
-        add(sub, "vmalloc", "vmalloc", pages)
+        vm_rows[(sub, "vmalloc")] = vm_rows.get((sub, "vmalloc"), 0) + pages
+    for (sub, layer), pages in vm_rows.items():
+        if pages:
+            add(sub, layer, "vmalloc", pages)
     kernel_stack = kb_pages(mi, "KernelStack", ps)
     vm_other = vm_total - sum(vm_rows.values()) - min(stack_vm, kernel_stack)
     add("vmalloc", "areas without a caller", "vmalloc", max(0, vm_other))
@@ -256,6 +266,47 @@ def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_sh
     unattributed = nonfree - seen_cache - seen_shmem - sum(r["resident_pages"] for r in rows)
     add("unattributed", "in use, in no category above", "other", unattributed)
     return rows
+
+
+def _squashfs_view(rec: Recording, state: dict, df: pd.DataFrame, ps: int) -> dict:
+    """squashfs.explain for the squashfs mounts of the last topology record at or before
+    this sample, against the traced caches (squashfs_cache_init's objects) and the vmalloc
+    charged to squashfs; {} when the recording names no squashfs mount."""
+    from .squashfs import explain, valid_mount
+
+    mounts = None
+    for t in rec.topologies:
+        if t.get("t", 0) <= state["t"] and isinstance(t.get("squashfs"), list):
+            mounts = t["squashfs"]
+    if not mounts or len(mounts) > 256 or not all(valid_mount(m) for m in mounts):
+        return {}
+    caches = sum(c[0] for key, c in state["sites"].items()
+                 if key.startswith("slab:") and c[0] > 0
+                 and rec.sites.get(key, {}).get("symbol") == "squashfs_cache_init")
+    vm = df[(df["subsystem"] == "squashfs") & (df["kind"] == "vmalloc")]["resident_pages"].sum()
+    return explain(mounts, int(caches), int(vm) * ps)
+
+
+def _vmap_owners(rec: Recording, state: dict, ps: int) -> dict[str, dict[tuple, int]]:
+    """Resident vmalloc pages traced by stack: {immediate caller: {(owner subsystem,
+    layer): pages}}, the layer naming the library the owner allocated through ("vmalloc
+    via xz"). Empty where the vmalloc tracepoints did not run (kernels before 6.3)."""
+    out: dict[str, dict[tuple, int]] = {}
+    for key, c in state["sites"].items():
+        if not key.startswith("vmap:") or c[0] <= 0:
+            continue
+        info = rec.sites.get(key, {})
+        caller = info.get("symbol")
+        if not caller:
+            continue
+        sub = _owner_subsystem(info.get("owner") or "kernel")
+        if sub == "kernel (other)":
+            continue  # nobody better than the caller's own name
+        lib = info.get("library")
+        layer = f"vmalloc via {lib}" if lib else "vmalloc"
+        d = out.setdefault(caller, {})
+        d[(sub, layer)] = d.get((sub, layer), 0) + c[0] // ps
+    return out
 
 
 def _by_owner(pairs) -> dict[str, list[int]]:

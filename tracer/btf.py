@@ -130,6 +130,10 @@ class Btf:
             raise KeyError(f"struct {struct_name}.{member} is a bit field")
         return bits // 8
 
+    def struct_size(self, struct_name: str) -> int:
+        """sizeof(struct struct_name) in bytes (squashfs' formula asks ZSTD_DCtx's)."""
+        return self._record(self._struct(struct_name))[2]
+
     def member_size(self, struct_name: str, member: str) -> int:
         """Size in bytes of `member` (an int or a pointer)."""
         _, tid = self._member(struct_name, member)

@@ -52,7 +52,14 @@ class TopologyFollower:
         except Exception as err:  # a half-visible sysfs must not stop the recording
             self.log(f"topology not read: {err}")
             return None
-        return {"type": "topology", "t": boottime(), "topology": topo}
+        rec = {"type": "topology", "t": boottime(), "topology": topo}
+        try:  # each squashfs mount's compressor, block size, decompressors (the report's)
+            from .squashfs import mounts
+
+            rec["squashfs"] = mounts()
+        except Exception as err:  # noqa: BLE001 - never stops a recording
+            self.log(f"squashfs mounts not read: {err}")
+        return rec
 
     def open_uevents(self) -> None:
         """Listen to the kernel's uevents (recording goes on without them if refused)."""

@@ -52,9 +52,11 @@ OPTIONAL_TRACEPOINTS = (
     ("percpu", "percpu_alloc_percpu"),
     ("percpu", "percpu_free_percpu"),
     ("oom", "mark_victim"),
+    ("vmalloc", "alloc_vmap_area"),  # 6.3+: vmalloc areas by stack (owner of a library's)
+    ("vmalloc", "free_vmap_area_noflush"),
 )
 # Attached whatever --slab says: they cost nothing until they fire.
-ALWAYS_OPTIONAL = {"mark_victim"}
+ALWAYS_OPTIONAL = {"mark_victim", "alloc_vmap_area", "free_vmap_area_noflush"}
 OOM_SLOTS = 16  # the last victims kept in the kernel between two samples
 ST_MAX = 15  # enum fp_stat in bpf/footprint_types.h
 KERNEL_BTF = "/sys/kernel/btf/vmlinux"

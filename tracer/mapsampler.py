@@ -16,6 +16,8 @@ from .bpfmaps import Maps, prog_misses
 from .procfs import boottime
 from .topology import devstr
 
+# struct fp_site_key's kind (bpf/footprint_logic.h): 2 keys a vmalloc area's stack id.
+SITE_KINDS = {0: "slab", 1: "percpu", 2: "vmap"}
 STAT_NAMES = (
     "pagecache_added", "pagecache_deleted", "pagecache_deleted_untracked",
     "pagecache_freed_without_delete", "kernel_pages_allocated", "kernel_pages_freed",
@@ -30,7 +32,7 @@ class Reading:
 
     record: dict  # the "sample" record
     new_stacks: dict[int, list[int]] = field(default_factory=dict)  # stack id -> frames
-    new_sites: list[str] = field(default_factory=list)  # "slab:0x..." / "percpu:0x..."
+    new_sites: list[str] = field(default_factory=list)  # "slab:0x...", "percpu:0x...", "vmap:0x<stack id>"
     oom_victims: list[dict] = field(default_factory=list)  # "oom" records' fields
 
 
@@ -69,7 +71,7 @@ class MapSampler:
                 out[sid] = list(c)
             else:
                 (addr, kind), c = self.maps.site_entry(k, v)
-                out[f"{'percpu' if kind else 'slab'}:{addr:#x}"] = list(c)
+                out[f"{SITE_KINDS.get(kind, 'slab')}:{addr:#x}"] = list(c)
         self.last_raw[name] = now
         return out
 
@@ -108,7 +110,10 @@ class MapSampler:
         per-CPU free pages, this process's memory, slab and vmalloc totals."""
         t = boottime()
         files, stacks, sites = self.changed("files"), self.changed("stack_pages"), self.changed("sites")
-        new_stacks = {sid: self.maps.stack(sid) for sid in stacks if sid not in self.known_stacks}
+        # A vmalloc area's site is its stack (the key holds the id): described as a stack too.
+        vmap_sids = [int(k.split(":", 1)[1], 16) for k in sites if k.startswith("vmap:")]
+        new_stacks = {sid: self.maps.stack(sid) for sid in [*stacks, *vmap_sids]
+                      if sid and sid not in self.known_stacks}
         new_sites = [key for key in sites if key not in self.known_sites]
         self.known_stacks.update(new_stacks)
         self.known_sites.update(new_sites)

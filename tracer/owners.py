@@ -74,6 +74,36 @@ PREFIX_SUBSYSTEMS: Tuple[Tuple[str, str], ...] = (
 )
 
 
+# Library code a subsystem allocates through: never an owner (the owner is the subsystem
+# further out on the stack); the innermost library frame names what was allocated
+# ("squashfs: xz vmalloc"). The one list of libraries: by symbol prefix (lib/ is built
+# in on 6.1 and 6.18; squashfs's own zstd_init etc. say "zstd" too, rightly), and the
+# modules that are libraries where a kernel builds them as modules.
+LIBRARY_PREFIXES: Tuple[Tuple[str, str], ...] = (
+    ("xz_dec_", "xz"), ("xz_", "xz"),
+    ("zstd_", "zstd"), ("ZSTD_", "zstd"), ("HUF_", "zstd"), ("FSE_", "zstd"),
+    ("zlib_", "zlib"), ("LZ4_", "lz4"), ("lz4_", "lz4"), ("lzo1x_", "lzo"), ("lzo_", "lzo"),
+    ("crypto_", "crypto"), ("__crypto_", "crypto"),
+)
+LIBRARY_MODULES: Dict[str, str] = {
+    "xz_dec": "xz", "zstd_decompress": "zstd", "zstd_common": "zstd", "zlib_inflate": "zlib",
+    "lz4_decompress": "lz4", "lzo_decompress": "lzo", "libcrc32c": "crypto",
+    "crc32c_generic": "crypto", "crc32c_intel": "crypto",
+}
+
+
+def library_of(symbol: Optional[str], module: Optional[str]) -> Optional[str]:
+    """The library a frame belongs to (LIBRARY_PREFIXES, LIBRARY_MODULES), or None."""
+    if module:
+        return LIBRARY_MODULES.get(module)
+    if symbol:
+        name = normalize(symbol)
+        for prefix, lib in LIBRARY_PREFIXES:
+            if name.startswith(prefix):
+                return lib
+    return None
+
+
 def subsystem_of(symbol: Optional[str], module: Optional[str]) -> Optional[str]:
     """The storage-stack subsystem a frame belongs to, or None.
 
@@ -82,6 +112,8 @@ def subsystem_of(symbol: Optional[str], module: Optional[str]) -> Optional[str]:
     symbol prefix.
     """
     if module:
+        if module in LIBRARY_MODULES:
+            return None
         if module in MODULE_SUBSYSTEMS:
             return MODULE_SUBSYSTEMS[module]
         if module.startswith("dm_"):
@@ -157,6 +189,8 @@ _MM_NAMES = frozenset({
     "__kmalloc_track_caller", "kmem_cache_alloc", "kmem_cache_alloc_node", "kmem_cache_alloc_lru",
     "__kmem_cache_alloc_node", "kmem_cache_alloc_bulk", "slab_alloc_node", "__do_kmalloc_node",
     "kzalloc", "kcalloc", "krealloc", "__krealloc",
+    "alloc_vmap_area", "__get_vm_area_node", "__get_vm_area_caller", "get_vm_area",
+    "get_vm_area_caller", "vm_map_ram", "vmap",
     "vmalloc", "vzalloc", "vmalloc_node", "vzalloc_node", "__vmalloc", "__vmalloc_node",
     "vmalloc_user", "vmalloc_32", "kvmalloc", "kvmalloc_node", "__kvmalloc_node",
     "kvzalloc", "kvrealloc",
@@ -275,3 +309,24 @@ def classify_stack(addrs: Sequence[int], kallsyms,
     if owner is None:
         owner = f"kernel:{first_outside}" if first_outside else "kernel"
     return kind, owner
+
+
+def stack_library(addrs: Sequence[int], kallsyms) -> Tuple[Optional[str], Optional[str]]:
+    """(library, caller) of an allocation stack (innermost frame first): the innermost
+    library frame inside the owner's (library_of), and the first frame outside mm/ and
+    the allocators — the immediate caller /proc/vmallocinfo would name."""
+    library = caller = None
+    for a in addrs:
+        if not a:
+            continue
+        sym, mod, _ = kallsyms.lookup(a)
+        name = normalize(sym) if sym else None
+        if _is_tracing(name, mod) or (name and not mod and _is_mm(name)):
+            continue
+        if caller is None and name:
+            caller = name
+        if subsystem_of(name, mod):
+            break
+        if library is None:
+            library = library_of(name, mod)
+    return library, caller

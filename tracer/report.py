@@ -95,6 +95,7 @@ def to_json(rec: Recording, acc: Account, by: str = "layer") -> dict:
         "stats": acc.stats,
         "phases": [{"name": p["name"], "t_s": p["t"]} for p in rec.phases],
         "oom": rec.oom,
+        "squashfs": acc.squashfs,
         "notes": acc.notes,
     }
 
@@ -207,6 +208,11 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15,
             for lv in ch["levels"]:
                 out.append(f"    {fit(inert(lv['layer']), 40):<41}{fit(inert(lv['what']), 40):<41}"
                            f"{lv['resident_mib']:8.1f} MiB")
+    if acc.squashfs:
+        from .squashfs import describe
+
+        out.append("")
+        out += [inert(line) for line in describe(acc.squashfs)]
     out.append("")
     active = [inert(p["probe"].removeprefix("tracepoint:")) for p in acc.probes if p.get("active")]
     inactive = [f"{inert(p['probe'].removeprefix('tracepoint:'))} ({inert(p.get('why', ''))})"

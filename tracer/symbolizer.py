@@ -8,6 +8,7 @@ read: its addresses are unknown to the table, which is then read again.
 from __future__ import annotations
 
 from .procfs import release_memory
+from .owners import stack_library
 from .symbols import Kallsyms, classify_stack, kallsyms, parse_modules, subsystem_of
 
 
@@ -17,6 +18,7 @@ class Symbolizer:
 
     def __init__(self, table: Kallsyms | None = None):
         self._table = table
+        self._stack_owner: dict[int, tuple] = {}  # id -> (owner, library, caller)
 
     def load(self) -> Kallsyms:
         """The symbol table, read now if it was not yet."""
@@ -47,12 +49,18 @@ class Symbolizer:
     def stack_record(self, sid: int, frames: list[int]) -> dict:
         """A "stack" record: the stack's frames named, and who it charges (kind, owner)."""
         kind, owner = classify_stack(frames, self.table) if frames else ("pages", "unknown")
+        self._stack_owner[sid] = (owner, *stack_library(frames, self.table))
         return {"type": "stack", "id": sid, "kind": kind, "owner": owner,
                 "frames": [self.table.symbolize(a) for a in frames]}
 
     def site_record(self, key: str) -> dict:
-        """A "site" record for a call site key ("slab:0x..." or "percpu:0x...")."""
+        """A "site" record for a call site key ("slab:0x...", "percpu:0x...", or "vmap:0x<id>":
+        a vmalloc area's stack, described by stack_record first, owner and library from it)."""
         kind, addr = key.split(":", 1)
+        if kind == "vmap":  # a vmalloc area's stack id: its owner is the stack's
+            owner, library, caller = self._stack_owner.get(int(addr, 16), ("unknown", None, None))
+            return {"type": "site", "key": key, "kind": kind, "symbol": caller, "module": None,
+                    "owner": owner, "library": library, "stack": int(addr, 16)}
         sym, mod, _off = self.table.lookup(int(addr, 16))
         owner = subsystem_of(sym, mod) or (f"kernel:{sym}" if sym else "kernel")
         return {"type": "site", "key": key, "kind": kind, "symbol": sym,
@@ -63,6 +71,6 @@ class Symbolizer:
         stacks first; the table is reloaded first if a module came since."""
         if stacks or sites:
             self.cover([a for f in stacks.values() for a in f]
-                       + [int(k.split(":", 1)[1], 16) for k in sites])
+                       + [int(k.split(":", 1)[1], 16) for k in sites if not k.startswith("vmap:")])
         return ([self.stack_record(sid, frames) for sid, frames in stacks.items()]
                 + [self.site_record(key) for key in sites])
