@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FOOTPRINT, REPO, qemu_skip_reason
-from tracer.errors import FootprintError
+from tracer import squashfs
 from vm import cache as C, images, matrix, screen
 from vm.results import Experiment
 from vm.experiment import SEED
@@ -102,13 +102,14 @@ def test_smp_out_of_range_is_one_line():
 
 
 def _exp(ncpus: int, rows: list[dict]) -> dict:
-    facts = {"possible": ncpus, "online": ncpus, "mode": "percpu",
-             "mounts": [{"mountpoint": "/run/initramfs/squashfs", "source": "/dev/loop0", "dev": "7:0",
+    facts = {"possible": ncpus, "online": ncpus, "mode": "percpu", "file_cache": False,
+             "mounts": [{"mountpoint": None, "source": "/dev/loop0", "dev": "7:0", "fragments": 900,
                          "compressor": "zstd", "block_size": 1 << 20, "magic_ok": True}]}
     boot = {"name": "live-zstd-1m", "nonfree_mib": 300.0, "smp": ncpus, "squashfs": facts,
+            "kernel": "6.1.0-57-amd64",
             "moments": [{"name": "after-boot", "t_s": 1.0, "nonfree_mib": 300.0, "used_mib": 250.0,
                          "sample_index": 1, "sample_t_s": 1.0, "account": rows, "account_meminfo": {}}]}
-    plain = {"name": "plain", "nonfree_mib": 200.0, "smp": ncpus,
+    plain = {"name": "plain", "nonfree_mib": 200.0, "smp": ncpus, "kernel": "6.1.0-57-amd64",
              "squashfs": {"possible": ncpus, "online": ncpus, "mode": "percpu", "mounts": []}}
     return {"boots": [plain, boot], "seed": SEED}
 
@@ -120,17 +121,22 @@ def test_matrix_rows_from_an_experiment():
             {"subsystem": "ext4", "layer": "vmalloc", "kind": "vmalloc", "resident_mib": 9.0}]
     exp = Experiment.from_dict(_exp(4, rows))
     got = matrix.rows_of(exp)
-    assert len(got) == 1  # plain has no squashfs mount
+    assert len(got) == 1  # plain has no squashfs
     r = got[0]
     assert (r["boot"], r["cpus_possible"], r["compressor"], r["block_size"], r["decomp_mode"]) == \
         ("live-zstd-1m", 4, "zstd", 1 << 20, "percpu")
-    assert r["measured_mib"] == pytest.approx(9.5)  # page cache and other owners left out
-    assert r["measured_parts_mib"] == {"kmalloc objects": 4.5, "vmalloc": 5.0}
+    # page cache and other owners left out
+    assert (r["measured"]["workspaces_mib"], r["measured"]["caches_mib"]) == (5.0, 4.5)
+    # the product's formula for the guest's kernel (6.1: zstd 1.4.10), not this host's
+    f = r["formula"]
+    assert f["decompressors"] == 4
+    assert f["workspaces_mib"] * MIB == 4 * squashfs.workspace_bytes("zstd", 1 << 20, "6.1.0-57-amd64")["vmalloc"]
+    assert f["caches_mib"] * MIB == 8 * 8192 + 3 * MIB + 4 * MIB  # metadata, 3 fragments, data per CPU
     exp.squashfs_matrix = got
     table = matrix.text(got)
-    assert "live-zstd-1m" in table and "1 MiB" in table and "9.50" in table
+    assert "live-zstd-1m" in table and "1 MiB" in table and "4.50" in table and f"{f['workspaces_mib']:.2f}" in table
     # shown on the first screen (a matrix variant), kept in the JSON and read back
-    assert "9.50" in screen.screen(exp)
+    assert "4.50" in screen.screen(exp)
     assert Experiment.from_dict(json.loads(json.dumps(exp.to_dict()))).squashfs_matrix == got
 
 
@@ -164,3 +170,16 @@ def test_four_cpus_zstd_1m_guest_reads_what_was_built(four_cpus):
     assert sq["mode"] == "percpu"  # Debian's 6.1: CONFIG_SQUASHFS_DECOMP_MULTI_PERCPU=y
     (m,) = [m for m in sq["mounts"] if m["source"].startswith("/dev/loop")]
     assert (m["compressor"], m["block_size"], m["magic_ok"]) == ("zstd", 1 << 20, True)
+
+
+@pytest.mark.qemu
+def test_four_cpus_decompressors_are_the_formulas(four_cpus):
+    """squashfs's vmalloc'ed decompressor states in the account (one per possible CPU on
+    Debian's 6.1) are, within 5 %, the kernel's formula for 4 CPUs, zstd, 1 MiB blocks."""
+    result, _ = four_cpus
+    (row,) = result["squashfs_matrix"]
+    assert row["boot"] == "live-zstd-1m" and row["cpus_possible"] == 4
+    f, m = row["formula"], row["measured"]
+    assert f["decompressors"] == 4
+    assert f["workspaces_mib"] > 4 * 1.0  # a 1 MiB window each: the per-CPU cost is visible
+    assert m["workspaces_mib"] == pytest.approx(f["workspaces_mib"], rel=0.05), (m, f)

@@ -51,6 +51,7 @@ for opt, mode in (("CONFIG_SQUASHFS_DECOMP_MULTI_PERCPU=y", "percpu"),
                   ("CONFIG_SQUASHFS_DECOMP_SINGLE=y", "single")):
     if opt in config:
         out["mode"] = mode
+out["file_cache"] = ("CONFIG_SQUASHFS_FILE_DIRECT=y" not in config) if config else None
 def superblock(m, path):
     try:
         with open(path, "rb") as f:
@@ -58,9 +59,10 @@ def superblock(m, path):
         magic, block, comp, flags = (struct.unpack_from("<I", sb, 0)[0], struct.unpack_from("<I", sb, 12)[0],
                                      struct.unpack_from("<H", sb, 20)[0], struct.unpack_from("<H", sb, 24)[0])
         m.update({"magic_ok": magic == 0x73717368, "block_size": block, "read_from": path,
+                  "fragments": struct.unpack_from("<I", sb, 16)[0],
                   "compressor": IDS.get(comp, str(comp)), "comp_options": bool(flags & 0x400)})
         if flags & 0x400 and comp == 4 and struct.unpack_from("<H", sb, 96)[0] & 0x8000:
-            m["xz_dict_size"] = struct.unpack_from("<I", sb, 98)[0]
+            m["dict_size"] = struct.unpack_from("<I", sb, 98)[0]
     except (OSError, struct.error) as err:
         m["error"] = str(err)
     return m
@@ -107,39 +109,34 @@ def guest_facts(g) -> dict:
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
-def _prediction(compressor: str, block_size: int, ncpus: int, mode: Optional[str]) -> Optional[dict]:
-    """The product's formula (tracer/squashfs.py) as {part: bytes}, or None where this
-    footprint has none."""
-    try:
-        from tracer.squashfs import squashfs_prediction
-    except ImportError:
-        return None
-    return squashfs_prediction(compressor, block_size, ncpus, mode or "percpu")
+def predict(facts: dict, mount: dict, kernel: Optional[str]) -> Optional[dict]:
+    """The product's formula (tracer/squashfs.py predict_mount) for one squashfs of the
+    guest, from what the guest said: {part: bytes}, or None where it cannot say."""
+    from tracer.squashfs import mount_mode, predict_mount
 
-
-def _total(parts: Optional[dict]) -> Optional[int]:
-    if not parts:
-        return None
-    if "total" in parts:
-        return int(parts["total"])
-    return int(sum(v for v in parts.values() if isinstance(v, (int, float))))
+    return predict_mount({
+        "compressor": mount.get("compressor"), "block_size": mount.get("block_size"),
+        "fragments": mount.get("fragments"), "dict_size": mount.get("dict_size"),
+        "mode": mount_mode(mount.get("options") or "", facts.get("mode")),
+        "cpus_possible": facts.get("possible"), "cpus_online": facts.get("online"),
+        "file_cache": facts.get("file_cache"), "kernel": kernel})
 
 
 def _measured(rows: list[dict]) -> dict:
-    """The squashfs rows of an account that are squashfs's own (not its page cache):
-    {layer: MiB}."""
-    out: dict = {}
-    for r in rows or []:
-        if r.get("subsystem") == "squashfs" and r.get("kind") != "page-cache":
-            layer = r.get("layer") or r.get("kind") or "?"
-            out[layer] = out.get(layer, 0.0) + r["resident_mib"]
-    return out
+    """The squashfs rows of an account that are squashfs's own (not its page cache), in
+    MiB: the decompressors' vmalloc, the rest (caches: kmalloc objects, slab, pages)."""
+    own = [r for r in rows or [] if r.get("subsystem") == "squashfs" and r.get("kind") != "page-cache"]
+    vm = sum(r["resident_mib"] for r in own if r.get("kind") == "vmalloc")
+    return {"workspaces_mib": round(vm, 3),
+            "caches_mib": round(sum(r["resident_mib"] for r in own) - vm, 3),
+            "total_mib": round(sum(r["resident_mib"] for r in own), 3),
+            "rows": {r.get("layer") or r.get("kind") or "?": r["resident_mib"] for r in own}}
 
 
 def rows_of(result) -> list[dict]:
-    """One row per boot with a squashfs mount: CPUs, compressor, block size, decompressor
-    mode, the formula's bytes (summed over the boot's squashfs mounts) and footprint's
-    squashfs rows other than page cache, right after boot."""
+    """One row per boot with a squashfs: CPUs, compressor, block size, decompressor mode,
+    the formula (summed over the boot's squashfs mounts: decompressor vmalloc, caches,
+    total) and footprint's squashfs rows other than page cache, right after boot (MiB)."""
     from .results import as_experiment
 
     exp = as_experiment(result)
@@ -149,26 +146,22 @@ def rows_of(result) -> list[dict]:
         mounts = [m for m in facts.get("mounts", []) if m.get("block_size")]
         if not mounts:
             continue
-        ncpus, mode = facts.get("possible"), facts.get("mode")
-        preds = [_prediction(m["compressor"], m["block_size"], ncpus, mode) for m in mounts]
-        parts: Optional[dict] = None
-        if all(p is not None for p in preds):
-            parts = {}
-            for p in preds:
-                for k, v in p.items():
-                    if isinstance(v, (int, float)):
-                        parts[k] = parts.get(k, 0) + v
+        preds = [predict(facts, m, b.figure("kernel")) for m in mounts]
+        formula = None
+        if all(preds):
+            formula = {"workspaces_mib": sum(p["decompressors"] * p["workspace_vmalloc"] for p in preds) / MIB,
+                       "caches_mib": sum(p["caches"] for p in preds) / MIB,
+                       "total_mib": sum(p["total"] for p in preds) / MIB,
+                       "decompressors": sum(p["decompressors"] for p in preds), "mounts": preds}
         m0 = b.moment("after-boot")
         acc = m0.account.rows if m0 is not None and m0.account else (b.trace.get("account") or [])
-        measured = _measured(acc)
         rows.append({
-            "boot": b.name, "smp": b.figure("smp"), "cpus_possible": ncpus, "cpus_online": facts.get("online"),
-            "decomp_mode": mode, "mounts": len(mounts),
+            "boot": b.name, "smp": b.figure("smp"), "cpus_possible": facts.get("possible"),
+            "cpus_online": facts.get("online"), "decomp_mode": facts.get("mode"),
+            "kernel": b.figure("kernel"), "mounts": len(mounts),
             "compressor": "+".join(sorted({m["compressor"] for m in mounts})),
             "block_size": max(m["block_size"] for m in mounts),
-            "predicted_bytes": _total(parts), "predicted_parts": parts,
-            "measured_mib": round(sum(measured.values()), 3) if acc else None,
-            "measured_parts_mib": measured if acc else None,
+            "formula": formula, "measured": _measured(acc) if acc else None,
         })
     return rows
 
@@ -178,21 +171,22 @@ def _size(n: int) -> str:
 
 
 def text(rows: list[dict]) -> str:
-    """The matrix as a table: one line per boot, formula beside measurement (MiB)."""
+    """The matrix as a table: one line per boot, the formula beside the measurement (MiB)
+    for the decompressors' vmalloc, the caches and in all."""
     if not rows:
         return ""
-    head = (f"{'boot':<14}{'CPUs':>5}{'comp':>6}{'block':>9}{'decomp':>8}"
-            f"{'formula MiB':>13}{'measured MiB':>14}{'ratio':>7}")
-    out = [head]
+
+    def mib(d, key):
+        return f"{d[key]:.2f}" if d and d.get(key) is not None else "–"
+
+    out = [f"{'':<14}{'':>5}{'':>6}{'':>9}{'':>8}{'decompressors':>15}{'caches':>14}{'in all':>14}",
+           f"{'boot':<14}{'CPUs':>5}{'comp':>6}{'block':>9}{'mode':>8}"
+           + f"{'formula':>9}{'seen':>6}" * 3]
     for r in rows:
-        pred = r["predicted_bytes"]
-        meas = r["measured_mib"]
-        ratio = f"{meas / (pred / MIB):.2f}" if pred and meas is not None else "–"
+        f, m = r["formula"], r["measured"]
+        cells = "".join(f"{mib(f, k):>9}{mib(m, k):>6}" for k in ("workspaces_mib", "caches_mib", "total_mib"))
         out.append(f"{inert(r['boot'])[:13]:<14}{r['cpus_possible'] or '?':>5}{inert(r['compressor'])[:5]:>6}"
-                   f"{_size(r['block_size']):>9}{inert(r['decomp_mode'] or '?')[:7]:>8}"
-                   f"{(f'{pred / MIB:.2f}' if pred is not None else '–'):>13}"
-                   f"{(f'{meas:.2f}' if meas is not None else '–'):>14}{ratio:>7}")
-    out.append("squashfs's own memory right after boot: formula = the kernel's, for the possible CPUs, "
-               "block size and")
-    out.append("  compressor read in the guest; measured = footprint's squashfs rows other than page cache.")
+                   f"{_size(r['block_size']):>9}{inert(r['decomp_mode'] or '?')[:7]:>8}{cells}")
+    out.append("squashfs's own memory right after boot, MiB: formula = the kernel's (tracer/squashfs.py) for the")
+    out.append("  CPUs, mode and superblock read in the guest; seen = footprint's squashfs rows but page cache.")
     return "\n".join(out)
