@@ -183,3 +183,5 @@ def test_four_cpus_decompressors_are_the_formulas(four_cpus):
     assert f["decompressors"] == 4
     assert f["workspaces_mib"] > 4 * 1.0  # a 1 MiB window each: the per-CPU cost is visible
     assert m["workspaces_mib"] == pytest.approx(f["workspaces_mib"], rel=0.05), (m, f)
+    # and the caches (fragment, data per CPU, metadata: kmalloc'ed by squashfs_cache_init)
+    assert m["caches_mib"] == pytest.approx(f["caches_mib"], rel=0.05), (m, f)
