@@ -168,3 +168,27 @@ int BPF_KPROBE(kprobe__shmem_add_to_page_cache, struct folio *folio, struct addr
     }
     return fp_shmem_added(dev, ino, nr);
 }
+
+/* The vmalloc extras (kernels without the vmalloc tracepoints, before 6.3): the new
+ * area's vm_struct on return (its size includes the guard page), taken off at
+ * remove_vm_area; the same objects and sites as the tracepoints' (footprint_logic.h). */
+SEC("kretprobe/__get_vm_area_node")
+int BPF_KRETPROBE(kretprobe__get_vm_area_node, struct vm_struct *area)
+{
+    if (!area)
+        return 0;
+    u64 addr = (u64)BPF_CORE_READ(area, addr);
+    u64 size = BPF_CORE_READ(area, size);
+    if (!addr)
+        return 0;
+    u32 id = FP_STACK_ID(ctx);
+    obj_alloc(addr, id, size > 4096 ? size - 4096 : size, FP_KIND_VMAP);
+    return 0;
+}
+
+SEC("kprobe/remove_vm_area")
+int BPF_KPROBE(kprobe__remove_vm_area, const void *addr)
+{
+    obj_free((u64)addr);
+    return 0;
+}

@@ -415,10 +415,35 @@ static __always_inline void obj_free(u64 ptr)
     stat_inc(ST_OBJ_FREE);
 }
 
+/* Whether `call_site` lies in library code (struct fp_slab_filter's lib ranges). */
+static __always_inline bool slab_library(u64 call_site)
+{
+    int zero = 0;
+    struct fp_slab_filter *f = FP_LOOKUP(slab_filter, &zero);
+    if (!f || !f->on)
+        return false;
+    for (int i = 0; i < FP_LIB_RANGES; i++) {
+        if (i >= f->nlib)
+            break;
+        if (call_site >= f->lib_lo[i] && call_site < f->lib_hi[i])
+            return true;
+    }
+    return false;
+}
+
+#define FP_KIND_SLAB_STACK 3
 #ifdef FP_HAS_kmem_kmalloc
 FP_TRACEPOINT(kmem, kmalloc, kmalloc)
 {
-    obj_alloc((u64)args->ptr, args->call_site, args->bytes_alloc, 0);
+    u64 ptr = (u64)args->ptr;
+    u64 call_site = args->call_site;
+    u32 bytes = args->bytes_alloc;
+    if (slab_library(call_site)) {
+        u32 id = FP_STACK_ID(args);
+        obj_alloc(ptr, id, bytes, FP_KIND_SLAB_STACK);
+        return 0;
+    }
+    obj_alloc(ptr, call_site, bytes, 0);
     return 0;
 }
 #endif

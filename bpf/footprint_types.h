@@ -71,10 +71,17 @@ struct fp_chunk {
  * the core ranges the recorder names (built-in storage code). Until the recorder has
  * written it (on == 0) every object is followed. */
 #define FP_SLAB_RANGES 64
+/* Library code (lib/xz, lib/zstd, zlib, crypto: owners.LIBRARY_PREFIXES) kmallocs for
+ * whoever called it: an object allocated there is followed with its stack, counted in a
+ * site keyed by the stack id (kind FP_KIND_SLAB_STACK), so the owner past the library
+ * frames gets it (xz_dec_init's state is squashfs's). */
+#define FP_LIB_RANGES 8
 struct fp_slab_filter {
     u64 text_lo, text_hi; /* [_stext, _etext) */
     u32 on, n;
     u64 lo[FP_SLAB_RANGES], hi[FP_SLAB_RANGES]; /* sorted, disjoint */
+    u32 nlib, pad;
+    u64 lib_lo[FP_LIB_RANGES], lib_hi[FP_LIB_RANGES];
 };
 
 /* Counters the report prints: nothing is dropped silently. */

@@ -208,7 +208,19 @@ def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_sh
     for sub, (res, peak, alloc) in traced_slab.items():
         if res > 0:
             add(sub, "kmalloc objects", "slab", res // ps, peak // ps, alloc // ps, source="traced")
-    slab_seen = sum(named.values()) + sum(v[0] // ps for v in traced_slab.values() if v[0] > 0)
+    # Objects library code kmalloc'ed, by the stack's owner, the library named.
+    via_lib: dict[tuple, list[int]] = {}
+    for key, c in state["sites"].items():
+        if key.startswith("kstack:") and c[0] > 0:
+            info = rec.sites.get(key, {})
+            k = (_owner_subsystem(info.get("owner") or "kernel"),
+                 f"kmalloc via {info['library']}" if info.get("library") else "kmalloc objects")
+            a = via_lib.setdefault(k, [0, 0, 0])
+            a[0], a[1], a[2] = a[0] + c[0], a[1] + c[1], a[2] + c[2]
+    for (sub, layer), (res, peak, alloc) in via_lib.items():
+        add(sub, layer, "slab", res // ps, peak // ps, alloc // ps, source="traced")
+    slab_seen = sum(named.values()) + sum(v[0] // ps for v in traced_slab.values() if v[0] > 0) \
+        + sum(v[0] // ps for v in via_lib.values())
     add("slab", "free objects, untraced kmalloc", "slab", max(0, slab_total - slab_seen))
 
     # --- vmalloc by caller; thread stacks belong to KernelStack.

@@ -79,6 +79,9 @@ def answer(acc_live: Account, acc_plain: Account | None = None,
         "double_caching": [_chain(c) for c in acc_live.chains],
         "versus_plain": _versus_plain(acc_live, acc_plain) if acc_plain is not None else None,
         "inferred": inferred,
+        # Each squashfs mount: compressor, block size, decompressors, the kernel's formula
+        # beside the traced caches and workspaces (tracer/squashfs.py explain).
+        "squashfs": acc_live.squashfs,
     }
     result["paragraph"] = paragraph(result, against)
     return result
@@ -206,9 +209,30 @@ def paragraph(r: dict, against: str = "the recording compared") -> str:
                    f"{abs(vs['nonfree_delta_mib']):.1f} MiB {more}: "
                    + ", ".join(f"{inert(d['subsystem'])} {d['delta_mib']:+.1f}" for d in grew)
                    + f" MiB (the differences add up to it; residual {vs['residual_mib']:+.1f} MiB).")
+    say += _squashfs_words(r.get("squashfs") or {})
     if r["inferred"]:
         say.append("Inferred: " + "; ".join(inert(x) for x in r["inferred"]) + ".")
     return " ".join(say)
+
+
+def _squashfs_words(view: dict) -> list[str]:
+    """One sentence per squashfs mount with a prediction, one for predicted vs traced."""
+    out = []
+    for m in view.get("mounts", [])[:8]:
+        p = m.get("predicted")
+        if not p:
+            continue
+        out.append(f"squashfs on {inert(str(m.get('source')))} ({inert(str(m.get('compressor')))}, "
+                   f"{(m.get('block_size') or 0) // 1024} KiB blocks, {p['decompressors']} "
+                   f"{inert(str(m.get('mode')))} decompressor{'s' if p['decompressors'] != 1 else ''}) "
+                   f"keeps {p['workspaces'] / 2**20:.2f} MiB of decompressor state and "
+                   f"{p['caches'] / 2**20:.2f} MiB of caches by the kernel's formula.")
+    if out:
+        out.append(f"Traced: {view['traced_workspaces'] / 2**20:.2f} MiB of squashfs vmalloc "
+                   f"(formula {view['predicted_workspaces'] / 2**20:.2f}) and "
+                   f"{view['traced_caches'] / 2**20:.2f} MiB of its caches "
+                   f"(formula {view['predicted_caches'] / 2**20:.2f}).")
+    return out
 
 
 def _part_words(p: dict) -> str:

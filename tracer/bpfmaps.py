@@ -29,7 +29,7 @@ _libc.syscall.restype = ctypes.c_long
 COUNTER = struct.Struct("<qqQQq")          # struct counter
 FILE_KEY = struct.Struct("<QII")           # struct file_key {ino, dev, pad}
 FILE_VAL = struct.Struct("<iiIIiI")        # struct fp_file_val {resident .. untracked, flags}
-SLAB_FILTER = struct.Struct("<QQII64Q64Q")  # struct fp_slab_filter
+SLAB_FILTER = struct.Struct("<QQII64Q64QII8Q8Q")  # struct fp_slab_filter
 SITE_KEY = struct.Struct("<QII")           # struct site_key {call_site, kind, pad}
 OOM_VICTIM = struct.Struct("<QII16s16s")   # struct fp_oom_victim
 U32 = struct.Struct("<I")
@@ -234,7 +234,8 @@ class Maps:
 
     @staticmethod
     def site_entry(k: bytes, v: bytes) -> tuple[tuple[int, int], tuple]:
-        """A sites entry decoded: ((call site address, kind: 0 slab, 1 percpu), counters)."""
+        """A sites entry decoded: ((call site address, kind: 0 slab, 1 percpu; 2 vmalloc
+        area, 3 library kmalloc: the address is a stack id), counters)."""
         call_site, kind, _ = SITE_KEY.unpack(k)
         return (call_site, kind), COUNTER.unpack(v)
 
@@ -288,14 +289,19 @@ class Maps:
                         "trigger": trigger.split(b"\0", 1)[0].decode(errors="replace")})
         return out
 
-    def set_slab_filter(self, text: tuple[int, int], ranges: list[tuple[int, int]]) -> None:
+    def set_slab_filter(self, text: tuple[int, int], ranges: list[tuple[int, int]],
+                        libs: list[tuple[int, int]] = ()) -> None:
         """Follow kmalloc objects only from modules and from these core-kernel ranges
-        (sorted, disjoint, at most 64): bpf/footprint_types.h, struct fp_slab_filter."""
+        (sorted, disjoint, at most 64), and those from library code (`libs`, at most 8)
+        with their stacks: bpf/footprint_types.h, struct fp_slab_filter."""
         ranges = sorted(ranges)[:64]
         lo = [r[0] for r in ranges] + [0] * (64 - len(ranges))
         hi = [r[1] for r in ranges] + [0] * (64 - len(ranges))
+        libs = sorted(libs)[:8]
+        llo = [r[0] for r in libs] + [0] * (8 - len(libs))
+        lhi = [r[1] for r in libs] + [0] * (8 - len(libs))
         self.maps["slab_filter"].update(U32.pack(0), SLAB_FILTER.pack(
-            text[0], text[1], 1, len(ranges), *lo, *hi))
+            text[0], text[1], 1, len(ranges), *lo, *hi, len(libs), 0, *llo, *lhi))
 
     def stats(self, count: int) -> list[int]:
         """The first `count` of the program's counters (enum fp_stat), 0 where unset."""

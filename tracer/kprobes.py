@@ -17,6 +17,21 @@ from .errors import FootprintError
 # Optional kprobe extras: function → what it adds. Attached only where kprobes exist and
 # the kernel describes its structs in BTF (the fields they read, see shmem_offsets).
 KPROBE_EXTRAS = {"shmem_add_to_page_cache": "tmpfs/shmem page-cache adds (no tracepoint)"}
+# vmalloc areas by the stack that asked, where the kernel has no vmalloc tracepoints
+# (before 6.3; Debian's 6.1): a return probe on __get_vm_area_node (mm/vmalloc.c, static
+# and called from every vmalloc/vmap path on 6.1 and 6.18) reads the new vm_struct (CO-RE),
+# a probe on remove_vm_area (vfree's, exported) takes the area off. libbpf only.
+VMALLOC_KPROBES = {"__get_vm_area_node": "vmalloc areas by stack (no vmalloc tracepoints)",
+                   "remove_vm_area": "vmalloc areas freed (no vmalloc tracepoints)"}
+# Test hook: use the vmalloc kprobes even where the tracepoints exist (then not attached).
+VMALLOC_KPROBE_ENV = "FOOTPRINT_VMALLOC_KPROBES"
+
+
+def vmalloc_by_kprobe(tracefs: str) -> bool:
+    """Whether vmalloc areas are followed by the kprobes (no vmalloc:alloc_vmap_area
+    tracepoint here, or the test hook asks)."""
+    return (os.environ.get(VMALLOC_KPROBE_ENV) == "1"
+            or not os.path.exists(os.path.join(tracefs, "events", "vmalloc", "alloc_vmap_area")))
 
 
 def _text_symbols(names) -> set:
@@ -63,11 +78,16 @@ def plan_kprobes(p) -> None:
     if not os.path.exists(os.path.join(p.tracefs, "kprobe_events")):
         p.kprobes_missing += [(f, "no kprobes in this kernel") for f in KPROBE_EXTRAS]
         return
+    vmalloc = vmalloc_by_kprobe(p.tracefs)
     if p.loader == "libbpf":
         # CO-RE relocates the struct reads and LibbpfProgram names a kprobe that does not
         # attach: no pass over /proc/kallsyms, no BTF parsed in Python (2.7 s under TCG)
         p.kprobes.append("shmem_add_to_page_cache")
+        if vmalloc:
+            p.kprobes += list(VMALLOC_KPROBES)
         return
+    if vmalloc:
+        p.kprobes_missing += [(f, "written for libbpf only") for f in VMALLOC_KPROBES]
     present = _text_symbols(set(KPROBE_EXTRAS))
     if "shmem_add_to_page_cache" not in present:
         p.kprobes_missing.append(("shmem_add_to_page_cache", "not a probeable function here (inlined?)"))

@@ -16,8 +16,9 @@ from .bpfmaps import Maps, prog_misses
 from .procfs import boottime
 from .topology import devstr
 
-# struct fp_site_key's kind (bpf/footprint_logic.h): 2 keys a vmalloc area's stack id.
-SITE_KINDS = {0: "slab", 1: "percpu", 2: "vmap"}
+# struct fp_site_key's kind (bpf/footprint_logic.h): 2 and 3 key a stack id (a vmalloc
+# area's, a library's kmalloc object's).
+SITE_KINDS = {0: "slab", 1: "percpu", 2: "vmap", 3: "kstack"}
 STAT_NAMES = (
     "pagecache_added", "pagecache_deleted", "pagecache_deleted_untracked",
     "pagecache_freed_without_delete", "kernel_pages_allocated", "kernel_pages_freed",
@@ -32,7 +33,7 @@ class Reading:
 
     record: dict  # the "sample" record
     new_stacks: dict[int, list[int]] = field(default_factory=dict)  # stack id -> frames
-    new_sites: list[str] = field(default_factory=list)  # "slab:0x...", "percpu:0x...", "vmap:0x<stack id>"
+    new_sites: list[str] = field(default_factory=list)  # "slab:0x...", "percpu:0x...", "vmap:0x<stack id>", "kstack:0x<stack id>"
     oom_victims: list[dict] = field(default_factory=list)  # "oom" records' fields
 
 
@@ -111,7 +112,8 @@ class MapSampler:
         t = boottime()
         files, stacks, sites = self.changed("files"), self.changed("stack_pages"), self.changed("sites")
         # A vmalloc area's site is its stack (the key holds the id): described as a stack too.
-        vmap_sids = [int(k.split(":", 1)[1], 16) for k in sites if k.startswith("vmap:")]
+        vmap_sids = [int(k.split(":", 1)[1], 16) for k in sites
+                     if k.startswith(("vmap:", "kstack:"))]
         new_stacks = {sid: self.maps.stack(sid) for sid in [*stacks, *vmap_sids]
                       if sid and sid not in self.known_stacks}
         new_sites = [key for key in sites if key not in self.known_sites]

@@ -49,7 +49,9 @@ class LibbpfProgram:
     """The CO-RE object loaded and attached by libbpf: sized, configured and trimmed to
     this kernel before load (tracer/libbpf.py). No compiler, no bcc."""
 
-    KPROBE_PROGS = {"shmem_add_to_page_cache": "kprobe__shmem_add_to_page_cache"}
+    KPROBE_PROGS = {"shmem_add_to_page_cache": "kprobe__shmem_add_to_page_cache",
+                    "__get_vm_area_node": "kretprobe__get_vm_area_node",
+                    "remove_vm_area": "kprobe__remove_vm_area"}
 
     def __init__(self, p: Plan):
         require_root("loading BPF programs")

@@ -195,7 +195,7 @@ class Recorder:
             return
         try:
             text, ranges = slabfilter.slab_ranges(self.symbols.table)
-            self.maps.set_slab_filter(text, ranges)
+            self.maps.set_slab_filter(text, ranges, slabfilter.library_ranges(self.symbols.table))
         except OSError as err:
             self.log(f"slab filter not set (every kmalloc object followed): {err.strerror}")
 

@@ -16,8 +16,9 @@ Format (version 1). Every line is an object with a "type":
             already resident when the tracer attached that it had not traced itself.
   stack     id, kind, owner, frames: [symbol, ...]: a kernel stack of non-movable page
             allocations, classified once when first seen.
-  site      key ("kind:0xaddr"), kind ("slab"|"percpu"|"vmap"), symbol, module, owner;
-            a "vmap" key holds a stack id (vmalloc areas by the stack that asked), its
+  site      key ("kind:0xaddr"), kind ("slab"|"percpu"|"vmap"|"kstack"), symbol, module,
+            owner; a "vmap"/"kstack" key holds a stack id (vmalloc areas, kmalloc objects
+            of library code, by the stack that asked), its
             record also the library it went through and the immediate caller.
   sample    t, meminfo {field: kB}, stats {name: count}, pcp_pages (free pages on the
             per-CPU lists, outside MemFree), and the counters that changed
@@ -167,8 +168,9 @@ def _counter(value: Any, path: str, n: int) -> list[int]:
     return value
 
 
-_FILE_KEY = re.compile(r"^(\d+:\d+|bdev):\d+$")
-_SITE_KEY = re.compile(r"^(slab|percpu|vmap):0x[0-9a-f]+$")
+# Numbers in keys are bounded like the JSON's own (20 digits): int() of longer is refused.
+_FILE_KEY = re.compile(r"^(\d{1,10}:\d{1,10}|bdev):\d{1,20}$")
+_SITE_KEY = re.compile(r"^(slab|percpu|vmap|kstack):0x[0-9a-f]{1,16}$")
 
 
 def _counters(obj: Any, path: str, n: int, key_int: bool = False, key_re=None) -> dict:

@@ -19,6 +19,7 @@ SLAB_SUBSYSTEMS = frozenset({"squashfs", "loop", "device-mapper", "ext4", "iso96
 SLAB_CORE_PREFIXES = ("filemap_", "__filemap_", "page_cache_", "bdev_", "blkdev_", "blk_",
                       "__blk_", "bio_", "__bio_", "submit_bio", "mpage_", "block_", "readahead")
 SLAB_RANGES = 64  # FP_SLAB_RANGES
+LIB_RANGES = 8  # FP_LIB_RANGES
 
 
 def _symbol_index(names, name: str) -> int | None:
@@ -36,22 +37,29 @@ def _symbol_index(names, name: str) -> int | None:
     return None
 
 
-def slab_ranges(ksyms) -> tuple[tuple[int, int], list[tuple[int, int]]]:
-    """((_stext, _etext), ranges of core-kernel text whose kmalloc objects are followed):
-    the functions of SLAB_SUBSYSTEMS and SLAB_CORE_PREFIXES, adjacent ones merged, then
-    the nearest merged until SLAB_RANGES are left (a few other functions come along)."""
-    from .symbols import PREFIX_SUBSYSTEMS
+def _merge_to(ranges: list, limit: int) -> list:
+    """Close the smallest gaps between sorted ranges until at most `limit` are left."""
+    if len(ranges) <= limit:
+        return ranges
+    gaps = sorted(range(len(ranges) - 1), key=lambda j: ranges[j + 1][0] - ranges[j][1])
+    close = set(gaps[:len(ranges) - limit])
+    merged = [ranges[0]]
+    for j in range(1, len(ranges)):
+        if j - 1 in close:
+            merged[-1][1] = ranges[j][1]
+        else:
+            merged.append(ranges[j])
+    return merged
 
-    # One startswith() a symbol (a C call): the storage prefixes of symbols.subsystem_of
-    # (built-in code goes by prefix there too) and the core paths.
-    prefixes = tuple(pre for pre, sub in PREFIX_SUBSYSTEMS if sub in SLAB_SUBSYSTEMS) \
-        + SLAB_CORE_PREFIXES
+
+def _core_ranges(ksyms, prefixes: tuple) -> tuple[tuple[int, int] | None, list[list[int]]]:
+    """(_stext, _etext) and the merged ranges of core-kernel functions named by `prefixes`."""
     addrs, names, mods = ksyms.addrs, ksyms.names, ksyms.modules
     lo = hi = None
     for name in ("_stext", "_etext"):
         i = _symbol_index(names, name)
         if i is None:
-            return (0, 0), []  # every call site counts as a module's: all followed
+            return None, []
         lo, hi = (addrs[i], hi) if name == "_stext" else (lo, addrs[i])
     ranges: list[list[int]] = []
     first = bisect.bisect_left(addrs, lo)
@@ -69,14 +77,42 @@ def slab_ranges(ksyms) -> tuple[tuple[int, int], list[tuple[int, int]]]:
             ranges[-1][1] = max(ranges[-1][1], end)
         else:
             ranges.append([a, end])
-    if len(ranges) > SLAB_RANGES:  # close the smallest gaps, all at once
-        gaps = sorted(range(len(ranges) - 1), key=lambda j: ranges[j + 1][0] - ranges[j][1])
-        close = set(gaps[:len(ranges) - SLAB_RANGES])
-        merged = [ranges[0]]
-        for j in range(1, len(ranges)):
-            if j - 1 in close:
-                merged[-1][1] = ranges[j][1]
-            else:
-                merged.append(ranges[j])
-        ranges = merged
-    return (lo, hi), [(a, b) for a, b in ranges]
+    return (lo, hi), ranges
+
+
+# A library's functions must sit together in the kernel's text to be one range: lib/xz
+# does (13 KiB on 6.18); names spread over the text (zstd_* of btrfs, squashfs and lib/zstd)
+# would bring hot unrelated code under a stack walk per kmalloc, and are left by call site.
+LIB_SPAN_MAX = 64 << 10
+
+
+def library_ranges(ksyms) -> list[tuple[int, int]]:
+    """Core-kernel text of each library (owners.LIBRARY_PREFIXES, grouped by library)
+    whose functions lie within LIB_SPAN_MAX of each other: its kmalloc objects are then
+    followed with their stacks (at most LIB_RANGES libraries)."""
+    from .owners import LIBRARY_PREFIXES
+
+    out: list[tuple[int, int]] = []
+    for lib in dict.fromkeys(name for _pre, name in LIBRARY_PREFIXES):
+        text, ranges = _core_ranges(ksyms, tuple(p for p, n in LIBRARY_PREFIXES if n == lib))
+        if text is None:
+            return []
+        if ranges and ranges[-1][1] - ranges[0][0] <= LIB_SPAN_MAX:
+            out.append((ranges[0][0], ranges[-1][1]))
+    return sorted(out)[:LIB_RANGES]
+
+
+def slab_ranges(ksyms) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """((_stext, _etext), ranges of core-kernel text whose kmalloc objects are followed):
+    the functions of SLAB_SUBSYSTEMS and SLAB_CORE_PREFIXES, adjacent ones merged, then
+    the nearest merged until SLAB_RANGES are left (a few other functions come along)."""
+    from .symbols import PREFIX_SUBSYSTEMS
+
+    # One startswith() a symbol (a C call): the storage prefixes of symbols.subsystem_of
+    # (built-in code goes by prefix there too) and the core paths.
+    prefixes = tuple(pre for pre, sub in PREFIX_SUBSYSTEMS if sub in SLAB_SUBSYSTEMS) \
+        + SLAB_CORE_PREFIXES
+    text, ranges = _core_ranges(ksyms, prefixes)
+    if text is None:
+        return (0, 0), []  # every call site counts as a module's: all followed
+    return text, [(a, b) for a, b in _merge_to(ranges, SLAB_RANGES)]

@@ -167,11 +167,15 @@ def squashfs_prediction(compressor: str, block_size: int, ncpus: int, decomp_mod
 
 # --- the running kernel ------------------------------------------------------------------
 
+_CONFIGS: Dict[str, Dict[str, str]] = {}
+
 def kernel_config(release: Optional[str] = None) -> Dict[str, str]:
     """The kernel's build config as {CONFIG_X: value}: /proc/config.gz (CONFIG_IKCONFIG_PROC)
     for the running kernel, else /boot/config-<release> or /lib/modules/<release>/config;
     {} when none is readable."""
     release = release or os.uname().release
+    if release in _CONFIGS:
+        return _CONFIGS[release]
     paths = ["/boot/config-" + release, "/lib/modules/%s/config" % release]
     if release == os.uname().release:
         paths.insert(0, "/proc/config.gz")
@@ -187,6 +191,7 @@ def kernel_config(release: Optional[str] = None) -> Dict[str, str]:
             if line.startswith("CONFIG_") and "=" in line:
                 key, _, val = line.partition("=")
                 out[key] = val.strip('"')
+        _CONFIGS[release] = out  # kept once read (absent in an initramfs: asked again)
         return out
     return {}
 

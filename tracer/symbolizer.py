@@ -54,10 +54,10 @@ class Symbolizer:
                 "frames": [self.table.symbolize(a) for a in frames]}
 
     def site_record(self, key: str) -> dict:
-        """A "site" record for a call site key ("slab:0x...", "percpu:0x...", or "vmap:0x<id>":
-        a vmalloc area's stack, described by stack_record first, owner and library from it)."""
+        """A "site" record for a call site key ("slab:0x...", "percpu:0x...", or "vmap:0x<id>",
+        "kstack:0x<id>": a vmalloc area's or a library kmalloc's stack, described by stack_record first, owner and library from it)."""
         kind, addr = key.split(":", 1)
-        if kind == "vmap":  # a vmalloc area's stack id: its owner is the stack's
+        if kind in ("vmap", "kstack"):  # a stack id: the owner is the stack's
             owner, library, caller = self._stack_owner.get(int(addr, 16), ("unknown", None, None))
             return {"type": "site", "key": key, "kind": kind, "symbol": caller, "module": None,
                     "owner": owner, "library": library, "stack": int(addr, 16)}
@@ -71,6 +71,7 @@ class Symbolizer:
         stacks first; the table is reloaded first if a module came since."""
         if stacks or sites:
             self.cover([a for f in stacks.values() for a in f]
-                       + [int(k.split(":", 1)[1], 16) for k in sites if not k.startswith("vmap:")])
+                       + [int(k.split(":", 1)[1], 16) for k in sites
+                          if not k.startswith(("vmap:", "kstack:"))])
         return ([self.stack_record(sid, frames) for sid, frames in stacks.items()]
                 + [self.site_record(key) for key in sites])
