@@ -124,9 +124,12 @@ def predict(facts: dict, mount: dict, kernel: Optional[str]) -> Optional[dict]:
 
 def _measured(rows: list[dict]) -> dict:
     """The squashfs rows of an account that are squashfs's own (not its page cache), in
-    MiB: the decompressors' vmalloc, the rest (caches: kmalloc objects, slab, pages)."""
+    MiB: the decompressors' states (its vmalloc, and what a compression library allocated
+    for it: the product names those rows "… via xz"), the rest (caches: kmalloc objects,
+    slab, pages)."""
     own = [r for r in rows or [] if r.get("subsystem") == "squashfs" and r.get("kind") != "page-cache"]
-    vm = sum(r["resident_mib"] for r in own if r.get("kind") == "vmalloc")
+    vm = sum(r["resident_mib"] for r in own
+             if r.get("kind") == "vmalloc" or " via " in (r.get("layer") or ""))
     return {"workspaces_mib": round(vm, 3),
             "caches_mib": round(sum(r["resident_mib"] for r in own) - vm, 3),
             "total_mib": round(sum(r["resident_mib"] for r in own), 3),
@@ -135,7 +138,7 @@ def _measured(rows: list[dict]) -> dict:
 
 def rows_of(result) -> list[dict]:
     """One row per boot with a squashfs: CPUs, compressor, block size, decompressor mode,
-    the formula (summed over the boot's squashfs mounts: decompressor vmalloc, caches,
+    the formula (summed over the boot's squashfs mounts: decompressor states, caches,
     total) and footprint's squashfs rows other than page cache, right after boot (MiB)."""
     from .results import as_experiment
 
@@ -149,7 +152,7 @@ def rows_of(result) -> list[dict]:
         preds = [predict(facts, m, b.figure("kernel")) for m in mounts]
         formula = None
         if all(preds):
-            formula = {"workspaces_mib": sum(p["decompressors"] * p["workspace_vmalloc"] for p in preds) / MIB,
+            formula = {"workspaces_mib": sum(p["workspaces"] for p in preds) / MIB,
                        "caches_mib": sum(p["caches"] for p in preds) / MIB,
                        "total_mib": sum(p["total"] for p in preds) / MIB,
                        "decompressors": sum(p["decompressors"] for p in preds), "mounts": preds}
@@ -172,7 +175,7 @@ def _size(n: int) -> str:
 
 def text(rows: list[dict]) -> str:
     """The matrix as a table: one line per boot, the formula beside the measurement (MiB)
-    for the decompressors' vmalloc, the caches and in all."""
+    for the decompressors' states, the caches and in all."""
     if not rows:
         return ""
 
