@@ -84,6 +84,12 @@ def collect(g: Guest) -> dict:
                 lower = {"dir": lowerdir, "source": lsrc, "fstype": lfs, "used_mib": round(int(lused) / MIB, 1)}
     meminfo = parse_meminfo(meminfo_text)
     free = parse_free(free_out.decode())
+    try:  # the squashfs matrix's facts (vm/matrix.py): CPUs, decompressor mode, superblocks
+        from .matrix import guest_facts
+
+        squashfs = guest_facts(g)
+    except FootprintError as err:
+        squashfs = {"error": str(err)}
     return {
         "kernel": uname.decode().strip(),
         "kernel_build": unamev.decode().strip(),
@@ -103,6 +109,7 @@ def collect(g: Guest) -> dict:
         "nonfree_mib": round((meminfo["MemTotal"] - meminfo["MemFree"]) / 1024, 1),
         "total_minus_available_mib": round((meminfo["MemTotal"] - meminfo["MemAvailable"]) / 1024, 1),
         "meminfo": meminfo,
+        "squashfs": squashfs,
         "free_m": free_out.decode(),
         "guest_uptime_seconds": uptime,
         "systemd_analyze": analyze.decode().strip(),
@@ -151,6 +158,7 @@ def boot_and_measure(
             "agent_ready_seconds": round(ready, 1),
             "system_state": state,
             "memory_mib": memory,
+            "smp": g.smp,
             "accel": g.accel_used,
             "settle_seconds": settle,
             "append": spec.append,
@@ -195,6 +203,7 @@ def run_experiment(
     workloads: Optional[Sequence[str]] = None,
     workload_mib: Optional[int] = None,
     out: Optional[os.PathLike] = None,
+    smp: Optional[int] = None,
 ) -> Experiment:
     """Builds what is missing, boots each variant in `names` in turn, returns the
     Experiment (vm/results.py; boots and SEED). traced: boots with footprint recording
@@ -202,7 +211,10 @@ def run_experiment(
     phases. workloads (vm/workloads.py MOMENTS): each boot is measured at these moments;
     traced, each moment gets its account, and the experiment side_by_side, answer and
     ranking (vm/sidebyside.py). out: recordings, experiment.json, CSV, report.html and
-    plot.png are written there."""
+    plot.png are written there. smp: the guests' CPUs (QEMU -smp; the lab's default 2);
+    the squashfs matrix (vm/matrix.py) is made of the boots' CPUs and squashfs images."""
+    if smp is not None:
+        guest_options = {**(guest_options or {}), "smp": smp}
     C.require_tools("qemu-system-x86_64", "mkfs.ext4")
     keep = Path(keep_logs) if keep_logs else None
     run_moments = None
@@ -247,17 +259,22 @@ def run_experiment(
             raise C.enospc(C.cache_root(cache_dir)) from None
         raise
     result = Experiment(boots, SEED)
+    from .matrix import rows_of
+
     if workloads:
         from . import sidebyside
 
         try:
             an = sidebyside.analyse(result, rec_dir if traced else None)
+            result.squashfs_matrix = rows_of(result)
             if out:
                 files = sidebyside.write_out(result, an, Path(out))
                 C.say(f"reports in {out}: " + ", ".join(Path(p).name for p in files.values()))
         finally:
             if tmp_rec is not None:
                 tmp_rec.cleanup()
+    else:
+        result.squashfs_matrix = rows_of(result)
     return result
 
 
@@ -337,7 +354,7 @@ def format_table(result) -> str:
 def main_cli(variants: str, memory: int, timeout: float, cache_dir: Optional[str],
              keep_logs: Optional[str], as_json: bool, settle: float,
              traced: bool = True, workloads: str = "all", workload_mib: Optional[int] = None,
-             out: Optional[str] = None, full: bool = False) -> None:
+             out: Optional[str] = None, full: bool = False, smp: int = 2) -> None:
     """`footprint experiment` (vm/command.py): checks the options, runs the experiment and
     prints one screen (vm/screen.py), every table (--full) or every number (--json)."""
     from tracer.errors import require_root
@@ -350,13 +367,15 @@ def main_cli(variants: str, memory: int, timeout: float, cache_dir: Optional[str
     moments = W.parse(workloads)
     if workload_mib is not None and workload_mib < 1:
         raise FootprintError(f"--workload-mib {workload_mib}: use at least 1 (MiB)")
+    if not 1 <= smp <= 64:
+        raise FootprintError(f"--smp {smp}: use 1 to 64 (CPUs of the guest)")
     if memory < 256:
         raise FootprintError(f"--memory {memory} is too small to boot: use at least 512 (MiB)")
     require_root("footprint experiment")
     result = run_experiment(names, memory=memory, timeout=timeout, settle=settle,
                             cache_dir=cache_dir, keep_logs=keep_logs, traced=traced,
                             workloads=moments, workload_mib=workload_mib,
-                            out=out or sidebyside.default_out(cache_dir))
+                            out=out or sidebyside.default_out(cache_dir), smp=smp)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
     elif full:

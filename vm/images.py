@@ -18,6 +18,9 @@ alone -> livebuild.iso).
 squashfs compression is xz (what live media ship; ~2 min here on 2 CPUs). dracut 059 on
 kernel 6.1 also reads zstd/gzip squashfs; FOOTPRINT_SQUASHFS_COMP=zstd trades delivery
 size for build time (it changes the hash, so both can be cached side by side).
+The squashfs matrix (issue #16) adds live images whose squashfs differs only in compressor
+and block size (SQUASHED: live-zstd, live-1m, live-zstd-1m), each its own cached step
+keyed by both; the default live step's builder and key are left exactly as they were.
 
 Long because the steps are one chain of cached builds whose keys are made of each other's
 (and of their build functions' text) and of the variants booted from them: one file keeps
@@ -57,6 +60,13 @@ DRACUT_DRIVERS = ("squashfs loop overlay iso9660 sr_mod virtio_blk virtio_scsi v
 LIVE_LABEL = "FPLIVE"
 DIRECT_LABEL = "FPDIRECT"
 COMP = os.environ.get("FOOTPRINT_SQUASHFS_COMP", "xz")
+DEFAULT_BLOCK = 128 << 10  # mksquashfs' default block size (the default live step passes no -b)
+# The squashfs matrix's other live images: kind -> (compressor, block size in bytes).
+SQUASHED = {
+    "live-zstd": ("zstd", 128 << 10),
+    "live-1m": ("xz", 1 << 20),
+    "live-zstd-1m": ("zstd", 1 << 20),
+}
 
 GUEST_DIR = Path(__file__).parent / "guest"
 BAKED = {  # guest path -> (file in vm/guest, mode)
@@ -263,6 +273,32 @@ def _build_live(out: Path, rootimg: Path) -> None:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def _build_live_squashed(out: Path, rootimg: Path, comp: str, block: int) -> None:
+    """As the default live step (_build_live, _squash_iso), with `-comp COMP -b BLOCK`.
+    Its own function rather than parameters of theirs because a step's key includes its
+    builders' text: the default live image, everyone's 5-min build, keeps its key."""
+    C.require_tools("mksquashfs", "xorriso")
+    stage, isodir = out / "stage", out / "iso"
+    (stage / "LiveOS").mkdir(parents=True)
+    (isodir / "LiveOS").mkdir(parents=True)
+    squash = isodir / "LiveOS/squashfs.img"
+    try:
+        try:
+            os.link(rootimg / "rootfs.img", stage / "LiveOS/rootfs.img")
+        except OSError:
+            subprocess.run(["cp", "--sparse=always", str(rootimg / "rootfs.img"),
+                            str(stage / "LiveOS/rootfs.img")], check=True)
+        C.run_logged(["mksquashfs", str(stage), str(squash), "-comp", comp, "-b", str(block),
+                      "-noappend"], out / "mksquashfs.log",
+                     f"mksquashfs ({comp}, {block >> 10} KiB blocks)", passthrough=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    C.run_logged(["xorriso", "-as", "mkisofs", "-V", LIVE_LABEL, "-R", "-J", "-o",
+                  str(out / "live.iso"), str(isodir)], out / "xorriso.log", "xorriso")
+    (out / "squashfs.bytes").write_text(f"{squash.stat().st_size}\n")
+    shutil.rmtree(isodir)
+
+
 def _build_direct(out: Path, rootfs: Path) -> None:
     _squash_iso(out, rootfs / "tree", DIRECT_LABEL, "direct.iso")
 
@@ -282,6 +318,7 @@ class Artefacts:
     direct: Optional[Path] = None
     initramfs_footprint: Optional[Path] = None
     others: dict = field(default_factory=dict)  # OTHER_KINDS' kind -> its cached directory
+    squashed: dict = field(default_factory=dict)  # SQUASHED's kind -> its cached directory
 
     @property
     def kernel(self) -> Path:
@@ -304,7 +341,7 @@ class Artefacts:
 def build(need: set[str], cache_dir: Optional[os.PathLike] = None,
           traced: bool = False) -> Artefacts:
     """Builds (or finds in the cache) the steps needed for the image kinds in `need`
-    ({"plain", "live", "direct", "livebuild"}); with `traced`, also the initramfs with
+    ({"plain", "live", "direct", "livebuild"} and SQUASHED's); with `traced`, also the initramfs with
     footprint's dracut module."""
     root = C.cache_root(cache_dir)
     others = {k: OTHER_KINDS[k][0](cache_dir) for k in sorted(need) if k in OTHER_KINDS}
@@ -332,6 +369,11 @@ def build(need: set[str], cache_dir: Optional[os.PathLike] = None,
     if "direct" in need:
         dk = C.digest("direct", rk, COMP, DIRECT_LABEL, _build_direct, _squash_iso)
         art.direct = C.step(root, "direct", dk, lambda o: _build_direct(o, rootfs))
+    for kind in sorted(need & set(SQUASHED)):
+        comp, block = SQUASHED[kind]
+        sk = C.digest(kind, gk, comp, block, LIVE_LABEL, _build_live_squashed)
+        art.squashed[kind] = C.step(root, kind, sk, lambda o, c=comp, b=block:
+                                    _build_live_squashed(o, rootimg, c, b))
     return art
 
 
@@ -360,6 +402,11 @@ class BootSpec:
 VARIANTS = {
     "plain": ("plain", "", "ext4 disk image, root=/dev/vda (virtio, snapshot=on)"),
     "live": ("live", "", "LiveOS ISO: squashfs.img > rootfs.img, dm snapshot live-rw"),
+    # the squashfs matrix (issue #16): as live, the squashfs built with another compressor
+    # and/or block size (SQUASHED)
+    "live-zstd": ("live-zstd", "", "as live, squashfs zstd with 128 KiB blocks"),
+    "live-1m": ("live-1m", "", "as live, squashfs xz with 1 MiB blocks"),
+    "live-zstd-1m": ("live-zstd-1m", "", "as live, squashfs zstd with 1 MiB blocks"),
     "live-ram": ("live", "rd.live.ram=1", "as live, squashfs.img copied to RAM (rd.live.ram=1)"),
     "live-overlayfs": ("live", "rd.live.overlay.overlayfs=1",
                        "as live, overlayfs instead of the dm snapshot"),
@@ -408,14 +455,19 @@ def _spec_untraced(name: str, art: Artefacts) -> BootSpec:
             disk, _allocated(disk),
             "plain: allocated (non-sparse) bytes of the ext4 disk image", art.kver,
             {"apparent_bytes": disk.stat().st_size})
-    iso = art.live / "live.iso" if kind == "live" else art.direct / "direct.iso"
-    label = LIVE_LABEL if kind == "live" else DIRECT_LABEL
+    if kind in SQUASHED:
+        iso, (comp, block) = art.squashed[kind] / "live.iso", SQUASHED[kind]
+    else:
+        iso = art.live / "live.iso" if kind == "live" else art.direct / "direct.iso"
+        comp, block = COMP, DEFAULT_BLOCK
+    label = DIRECT_LABEL if kind == "direct" else LIVE_LABEL
     append = f"root=live:CDLABEL={label} rd.live.image rw {extra} {COMMON_APPEND}".replace("  ", " ")
     return BootSpec(
         name, art.kernel, art.initrd, append,
         ["-drive", f"file={iso},format=raw,if=none,id=cd0,media=cdrom,readonly=on",
          "-device", "ide-cd,drive=cd0"],
-        iso, iso.stat().st_size, f"{name}: ISO size", art.kver)
+        iso, iso.stat().st_size, f"{name}: ISO size", art.kver,
+        {"squashfs": {"compressor": comp, "block_size": block}})
 
 
 def spec_for(name: str, art: Artefacts, traced: bool = False, append: str = "") -> BootSpec:

@@ -164,6 +164,7 @@ class Experiment:
     answer: Optional[dict] = None
     ranking: Optional[dict] = None
     files: Optional[dict] = None
+    squashfs_matrix: Optional[list] = None  # vm/matrix.py rows_of: formula beside measurement
 
     @property
     def ok(self) -> list[Boot]:
@@ -188,7 +189,7 @@ class Experiment:
         out: dict[str, Any] = {"boots": [b.to_dict() for b in self.boots], "seed": self.seed}
         if self.side_by_side is not None:  # analysed: the answer is there, null or not
             out.update({"side_by_side": self.side_by_side, "answer": self.answer})
-        for key in ("ranking", "files"):
+        for key in ("ranking", "squashfs_matrix", "files"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -197,7 +198,7 @@ class Experiment:
     def from_dict(cls, d: dict) -> "Experiment":
         """The inverse of `to_dict` (a saved experiment.json)."""
         return cls([Boot.from_dict(b) for b in d["boots"]], d["seed"], d.get("side_by_side"),
-                   d.get("answer"), d.get("ranking"), d.get("files"))
+                   d.get("answer"), d.get("ranking"), d.get("files"), d.get("squashfs_matrix"))
 
 
 def as_experiment(result) -> Experiment:

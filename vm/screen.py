@@ -40,6 +40,9 @@ def screen(result: Experiment | dict) -> str:
     diffs = _differences(result)
     if diffs:
         out += ["", *diffs]
+    mx = _matrix(result)
+    if mx:
+        out += ["", *mx]
     sentences = answer_sentences(result)
     if sentences:
         out += ["", "The answer:"]
@@ -109,7 +112,7 @@ def _moments_table(result: Experiment) -> list[str]:
     if not names:
         return []
     live = _live_name(result)
-    out = [f"{'moment (MiB)':<13}{'boot':<10}{'in use':>8}{'squashfs':>10}{'dm':>7}{'loop':>7}"
+    out = [f"{'moment (MiB)':<13}{'boot':<14}{'in use':>8}{'squashfs':>10}{'dm':>7}{'loop':>7}"
            f"{'iso9660':>9}{'ramfs/COW':>11}{'same data':>11}"]
     for name in names:
         first = True
@@ -122,7 +125,7 @@ def _moments_table(result: Experiment) -> list[str]:
             cells = "".join(_n(q[s] if q else None, ".1f", w)
                             for s, w in zip(QUESTION, (10, 7, 7, 9, 11)))
             same = f"{st['mib']:.0f} ×{st['layers']}" if st else "–"
-            out.append(f"{name if first else '':<13}{inert(b.name)[:9]:<10}{m.nonfree_mib:>8.0f}"
+            out.append(f"{name if first else '':<13}{inert(b.name)[:13]:<14}{m.nonfree_mib:>8.0f}"
                        f"{cells}{same:>11}")
             first = False
     out.append("same data: MiB of the same files cached at ×N layers of the live stack (ext4, squashfs, iso9660).")
@@ -155,6 +158,18 @@ def _differences(result: Experiment) -> list[str]:
         out.append(line(f"{other_label(rest)}, each < 1", [sum(d.get(m, 0.0) for _s, d in rest) for m in moments]))
     out.append(line("residual (in use − rows)", [e["subsystem"]["residual_mib"] for e in entries]))
     return out
+
+
+def _matrix(result: Experiment) -> list[str]:
+    """The squashfs matrix (vm/matrix.py), on the first screen only when the run asked for
+    it: another squashfs than the default live one's, or --smp other than the default."""
+    from .images import SQUASHED
+    from .matrix import text
+
+    rows = result.squashfs_matrix or []
+    if not any(r["boot"] in SQUASHED or (r.get("smp") or 2) != 2 for r in rows):
+        return []
+    return text(rows).splitlines()
 
 
 def answer_sentences(result: Experiment | dict) -> list[str]:

@@ -195,6 +195,11 @@ def text(result) -> str:
         out += ["", f"The answer ({inert(ans['boot'])} against {inert(ans['against'])}):"]
         for moment, a in ans["by_moment"].items():
             out += ["", f"{moment}: {a['paragraph']}"]
+    from .matrix import text as matrix_text
+
+    mx = matrix_text(exp.squashfs_matrix or [])
+    if mx:
+        out += ["", "squashfs matrix: squashfs's own memory against CPUs × block size × compressor", mx]
     rk = ranking_table(exp)
     if rk:
         out += ["", "Ranking: memory in use after boot against delivery size (the 2014 trade-off)", rk]
