@@ -5,6 +5,7 @@ squashfs-tools' own reading, and library frames never owning a stack."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -12,7 +13,8 @@ import subprocess
 import pytest
 
 from tracer.owners import library_of, stack_library, subsystem_of
-from tracer.squashfs import mount_mode, read_superblock, squashfs_prediction
+from tracer.squashfs import (describe, mount_mode, mounts, predict_mount, read_superblock,
+                             squashfs_prediction)
 
 K61, K618 = "6.1.0-57-amd64", "6.18.44"
 
@@ -109,3 +111,43 @@ def test_library_frames_never_own_and_are_named():
               3: ("xz_dec_init", None), 4: ("squashfs_xz_init", "squashfs"),
               5: ("do_syscall_64", None)}
     assert stack_library([1, 2, 3, 4, 5], _Syms(frames)) == ("xz", "xz_dec_lzma2_create")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop devices, mount)")
+def test_a_lazily_unmounted_squashfs_is_found_through_its_loop(tmp_path):
+    """dmsquash-live's stack: squashfs.img on a loop, mounted, rootfs.img inside it on a
+    second loop, then the squashfs lazily unmounted (mountinfo no longer shows it, the
+    superblock lives on). mounts() names it from the loop device the topology gives."""
+    if shutil.which("mksquashfs") is None:
+        pytest.skip("squashfs-tools are not installed (scripts/setup installs them)")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "rootfs.img").write_bytes(b"r" * (1 << 20))
+    img, mnt = tmp_path / "squashfs.img", tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mksquashfs", str(src), str(img), "-comp", "zstd", "-b", "1M", "-noappend",
+                    "-quiet", "-no-progress"], check=True, capture_output=True)
+    sq = subprocess.run(["losetup", "-f", "--show", "-r", str(img)], check=True,
+                        capture_output=True, text=True).stdout.strip()
+    inner = None
+    try:
+        subprocess.run(["mount", "-t", "squashfs", "-o", "ro", sq, str(mnt)], check=True)
+        inner = subprocess.run(["losetup", "-f", "--show", "-r", str(mnt / "rootfs.img")],
+                               check=True, capture_output=True, text=True).stdout.strip()
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+        rdev = os.stat(sq).st_rdev
+        dev = f"{os.major(rdev)}:{os.minor(rdev)}"
+        assert not [m for m in mounts() if m["dev"] == dev]  # mountinfo lost it
+        found = [m for m in mounts(unmounted_loops=[dev, "7:999"]) if m["dev"] == dev]
+        assert len(found) == 1, found
+        m = found[0]
+        assert m["mountpoint"] is None and m["compressor"] == "zstd" and m["block_size"] == 1 << 20
+        assert predict_mount(m)["decompressors"] >= 1
+        assert "lazily unmounted" in "\n".join(describe({"mounts": [dict(m, predicted=predict_mount(m))],
+                                                          "predicted_caches": 0, "predicted_workspaces": 0,
+                                                          "traced_caches": 0, "traced_workspaces": 0}))
+    finally:
+        if inner:
+            subprocess.run(["losetup", "-d", inner], capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        subprocess.run(["losetup", "-d", sq], capture_output=True)

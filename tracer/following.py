@@ -56,7 +56,9 @@ class TopologyFollower:
         try:  # each squashfs mount's compressor, block size, decompressors (the report's)
             from .squashfs import mounts
 
-            rec["squashfs"] = mounts()
+            loops = [bd["dev"] for bd in (topo or {}).get("block_devices", {}).values()
+                     if bd.get("kind") == "loop" and bd.get("probed_fstype") == "squashfs"]
+            rec["squashfs"] = mounts(unmounted_loops=loops)
         except Exception as err:  # noqa: BLE001 - never stops a recording
             self.log(f"squashfs mounts not read: {err}")
         return rec

@@ -22,6 +22,9 @@ cache.c squashfs_cache_init, decompressor_{single,multi,multi_percpu}.c, *_wrapp
 
 Light on purpose (stdlib only): the lab builds its CPUs × block size × compressor table on
 squashfs_prediction, and the report calls the rest.
+
+Long because the formula and the facts of a mount it is applied to read best together
+(one source for both the report and the lab).
 """
 
 from __future__ import annotations
@@ -274,11 +277,16 @@ def _cpus(path: str) -> Optional[int]:
     return n or None
 
 
-def mounts(proc: str = "/proc", sys: str = "/sys") -> list:
+def mounts(proc: str = "/proc", sys: str = "/sys", unmounted_loops=()) -> list:
     """One dict per squashfs mount: dev ("major:minor"), mountpoint, source, options, the
     decompressor mode it runs with, CPUs possible and online, the kernel release and, where
     the device is a loop device, the image's compressor, block size, fragment count and
-    xz dictionary (read_superblock of its backing file: no block device is opened)."""
+    xz dictionary (read_superblock of its backing file: no block device is opened).
+
+    `unmounted_loops`: loop devices ("maj:min") the topology knows hold a squashfs that
+    no mount shows — dracut's dmsquash-live lazily unmounts its squashfs once rootfs.img
+    is on its loop (the superblock, its caches and decompressors live on). Each gets a
+    dict with mountpoint None, where its backing file holds a squashfs."""
     try:
         with open(f"{proc}/self/mountinfo", errors="replace") as f:
             lines = f.read(4 << 20).splitlines()
@@ -286,6 +294,10 @@ def mounts(proc: str = "/proc", sys: str = "/sys") -> list:
         return []
     config = kernel_config()
     default = decompressor_mode(config)
+    common = {"kernel": os.uname().release,
+              "cpus_possible": _cpus(f"{sys}/devices/system/cpu/possible"),
+              "cpus_online": _cpus(f"{sys}/devices/system/cpu/online"),
+              "file_cache": config.get("CONFIG_SQUASHFS_FILE_DIRECT") != "y" if config else None}
     out = []
     for line in lines:
         left, sep, right = line.partition(" - ")
@@ -294,24 +306,33 @@ def mounts(proc: str = "/proc", sys: str = "/sys") -> list:
             continue
         dev, mountpoint, source, options = fields[2], fields[4], rfields[1], rfields[2]
         m = {"dev": dev, "mountpoint": mountpoint, "source": source,
-             "mode": mount_mode(options, default), "kernel": os.uname().release,
-             "cpus_possible": _cpus(f"{sys}/devices/system/cpu/possible"),
-             "cpus_online": _cpus(f"{sys}/devices/system/cpu/online"),
-             "file_cache": config.get("CONFIG_SQUASHFS_FILE_DIRECT") != "y" if config else None}
-        major, _, minor = dev.partition(":")
-        base = f"{sys}/dev/block/{major}:{minor}/loop"
-        try:
-            with open(f"{base}/backing_file", errors="replace") as f:
-                backing = f.read(4096).strip()
-            with open(f"{base}/offset") as f:
-                offset = int(f.read(64).strip() or 0)
-        except (OSError, ValueError):
-            backing, offset = None, 0
-        if backing and offset == 0:
-            m["backing_file"] = backing
-            m.update(read_superblock(backing) or {})
+             "mode": mount_mode(options, default), **common}
+        m.update(_loop_image(sys, dev))
         out.append(m)
+    seen = {m["dev"] for m in out}
+    for dev in sorted(set(unmounted_loops) - seen)[:64]:
+        image = _loop_image(sys, dev)
+        if image.get("compressor"):  # its backing file is a squashfs
+            out.append({"dev": dev, "mountpoint": None, "source": f"loop {dev}",
+                        "mode": default, **common, **image})
     return out
+
+
+def _loop_image(sys: str, dev: str) -> dict:
+    """The backing file of loop device `dev` and its superblock's fields; {} for another
+    device or a loop with an offset (a partition inside the image)."""
+    major, _, minor = dev.partition(":")
+    base = f"{sys}/dev/block/{major}:{minor}/loop"
+    try:
+        with open(f"{base}/backing_file", errors="replace") as f:
+            backing = f.read(4096).strip()
+        with open(f"{base}/offset") as f:
+            offset = int(f.read(64).strip() or 0)
+    except (OSError, ValueError):
+        return {}
+    if not backing or offset != 0:
+        return {}
+    return {"backing_file": backing, **(read_superblock(backing) or {})}
 
 
 def _count(v) -> bool:
@@ -371,11 +392,11 @@ def describe(view: dict) -> list:
         what = (f"{m.get('compressor') or '?'}, {(m.get('block_size') or 0) // 1024} KiB blocks, "
                 f"decompressors {m.get('mode') or '?'}")
         if not p:
-            out.append(f"squashfs {m.get('mountpoint')} ({m.get('source')}): {what}; image not "
+            out.append(f"squashfs {_where(m)}: {what}; image not "
                        "readable (not on a loop device): no prediction")
             continue
         out.append(
-            f"squashfs {m.get('mountpoint')} ({m.get('source')}): {what} × {p['decompressors']}"
+            f"squashfs {_where(m)}: {what} × {p['decompressors']}"
             f" (max {p['decompressors_max']}): workspaces {p['workspaces'] / 2**20:.2f} MiB, caches"
             f" {p['caches'] / 2**20:.2f} MiB (fragment {p['fragment_cache'] / 2**20:.2f}, data "
             f"{p['data_cache'] / 2**20:.2f}, metadata {p['metadata_cache'] / 2**20:.2f})")
@@ -386,3 +407,9 @@ def describe(view: dict) -> list:
                    f"{view['predicted_workspaces'] / 2**20:.2f} MiB (traced "
                    f"{view['traced_workspaces'] / 2**20:.2f})")
     return out
+
+
+def _where(m: dict) -> str:
+    if m.get("mountpoint") is None:  # lazily unmounted: the superblock lives on
+        return f"on {m.get('source')} (no mount: lazily unmounted)"
+    return f"{m.get('mountpoint')} ({m.get('source')})"
