@@ -210,7 +210,10 @@ def run_experiment(
         from . import workloads as W
 
         mib = workload_mib or W.DEFAULT_MIB
-        run_moments = lambda g: W.run_moments(g, workloads, mib, say=C.say)  # noqa: E731
+        snap = None
+        if traced:
+            from .traced import pinned_snapshot as snap
+        run_moments = lambda g: W.run_moments(g, workloads, mib, say=C.say, snapshot=snap)  # noqa: E731
     # the recordings, kept where the moments' accounts are built from
     rec_dir = Path(out) if out else keep
     tmp_rec = None
