@@ -101,7 +101,7 @@ def recorder_state(g: Guest) -> dict:
     if len(parts) == 2:
         out["started_s"], out["attached_s"] = float(parts[0]), float(parts[1])
         out["attach_seconds"] = round(out["attached_s"] - out["started_s"], 2)
-    rc, tail, _ = g.run(f"tail -n 8 {RUN}/recorder.log 2>/dev/null", timeout=60)
+    rc, tail, _ = g.run(f"tail -n 40 {RUN}/recorder.log 2>/dev/null", timeout=60)
     out["recorder_log"] = tail.decode(errors="replace").strip().splitlines()
     rc, pid, _ = g.run(f"cat {RUN}/recorder.pid 2>/dev/null", timeout=60)
     pid = pid.decode().strip()
