@@ -324,9 +324,11 @@ def format_table(result) -> str:
         elif t:
             mem = t.get("memory_kb", {})
             since = "attached in the running session" if b.figure("attached_in_session") else "traced from the initramfs"
+            own = t.get("own") or {}
+            after = (f"RSS after boot {mem.get('VmRSS', 0) / 1024:.0f} MiB" if mem else
+                     f"exited at multi-user, its pinned maps {own.get('maps_mib', '?')} MiB")
             notes.append(f"  {b.name}: {since} (recorder attached in "
-                         f"{t.get('attach_seconds', '?')} s, RSS after boot "
-                         f"{mem.get('VmRSS', 0) / 1024:.0f} MiB);")
+                         f"{t.get('attach_seconds', '?')} s, {after});")
             notes.append("    the figures include the tracer's cost (--untraced: without it).")
     ok = exp.ok
     if ok:

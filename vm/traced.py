@@ -235,7 +235,7 @@ def footprint_hook(g: Guest, boot: Boot | dict, keep: Optional[Path] = None) -> 
     else:
         result["stopped_by"] = stop_recorder(g, state.get("pid"))
         source = RECORDING
-    result["own"] = tracer_own(g)
+    result["own"] = state["own"] = tracer_own(g)  # also on the Boot's trace (its "tracer")
     result["recorder_exited"] = not state.get("running")
     # how the recorder itself ended (its recording's end record; a snapshot has its own)
     rc, last, _ = g.run(f"tail -n 1 {RECORDING}", timeout=60)
