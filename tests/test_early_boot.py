@@ -89,7 +89,10 @@ def traced_live(lab_cache, lab_logs) -> dict:
         rc, so, se = g.run("footprint record --pin -o /run/fp-second.jsonl -d 1", timeout=600)
         out["second_pin_rc"], out["second_pin"] = rc, se.decode(errors="replace").strip()
 
-    return _boot("traced-live", EXPERIMENT_APPEND, lab_cache, lab_logs, after_hook=second_pin)
+    out = _boot("traced-live", EXPERIMENT_APPEND, lab_cache, lab_logs, after_hook=second_pin)
+    # where the attach time went (pytest -s shows it)
+    print("\n".join(["", "traced-live recorder log:"] + out["hook"]["recorder"].get("recorder_log", [])))
+    return out
 
 
 @pytest.fixture(scope="module")

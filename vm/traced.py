@@ -221,9 +221,12 @@ def footprint_hook(g: Guest, boot: Boot | dict, keep: Optional[Path] = None) -> 
     if is_pinned(g):
         # The recorder stops by itself at rd.footprint.stop (else here) and leaves the
         # account pinned; it is read from the pinned maps.
-        result["stopped_by"] = stop_recorder(g, state.get("pid")) if state.get("running") \
-            else "exited"
-        recorder_gone(g, state.get("pid"))
+        rc, _, _ = g.run(f"test -e {RUN}/stop", timeout=60)
+        if state.get("running") and rc != 0:  # rd.footprint.stop=never: stopped here
+            result["stopped_by"] = stop_recorder(g, state.get("pid"))
+        else:
+            result["stopped_by"] = "rd.footprint.stop"
+        result["recorder_exited"] = recorder_gone(g, state.get("pid"))
         try:
             rc, _, _ = g.run(f"test -e {MOMENTS}", timeout=60)
             if rc != 0:  # no moment read it yet: the account after boot, now
@@ -234,9 +237,9 @@ def footprint_hook(g: Guest, boot: Boot | dict, keep: Optional[Path] = None) -> 
             return result
     else:
         result["stopped_by"] = stop_recorder(g, state.get("pid"))
+        result["recorder_exited"] = recorder_gone(g, state.get("pid"), timeout=10)
         source = RECORDING
     result["own"] = state["own"] = tracer_own(g)  # also on the Boot's trace (its "tracer")
-    result["recorder_exited"] = not state.get("running")
     # how the recorder itself ended (its recording's end record; a snapshot has its own)
     rc, last, _ = g.run(f"tail -n 1 {RECORDING}", timeout=60)
     try:
