@@ -91,7 +91,10 @@ def traced_live(lab_cache, lab_logs) -> dict:
 
     out = _boot("traced-live", EXPERIMENT_APPEND, lab_cache, lab_logs, after_hook=second_pin)
     # where the attach time went (pytest -s shows it)
-    print("\n".join(["", "traced-live recorder log:"] + out["hook"]["recorder"].get("recorder_log", [])))
+    state = out["hook"]["recorder"]
+    print("\n".join(["", "traced-live:", state.get("start_log", ""),
+                     f"attach_seconds {state.get('attach_seconds')}, first sample "
+                     f"{out['hook'].get('first_sample_seconds')} s"] + state.get("recorder_log", [])))
     return out
 
 

@@ -173,7 +173,7 @@ def test_early_boot_entry_pins_and_exits(tmp_path, no_pinned_account):
     assert chain.samples[-1]["tracer"] == {}  # read by a reader, not the tracer
 
     again = subprocess.run([sys.executable, "-S", "-m", "tracer.boot", "record", "-o",
-                            str(tmp_path / "b.jsonl"), "--pin", "--ready-file", str(ready)],
+                            str(tmp_path / "b.jsonl"), "--pin"],
                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1, again.stderr
     assert "already pinned" in again.stderr and not (tmp_path / "b.jsonl").exists(), again.stderr

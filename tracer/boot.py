@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     symbols.prefetch()
     from . import recorder
 
-    started = _started() if args.ready_file else None  # footprint-start: the attach time
+    if args.ready_file:  # started by footprint-start: the attach time's break-down
+        sys.stderr.write(f"footprint: {_started()}\n")
 
     if not (args.interval > 0.0 and args.interval < 1e6):
         return _die(f"--interval {args.interval} is not a number of seconds above 0", EXIT_USAGE)
@@ -82,15 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the last resort: a bug of ours, one line
         return _die(f"internal error in the recorder ({type(err).__name__}: "
                     f"{inert(str(err))[:200]}): please report this bug", EX_SOFTWARE)
-    if started:
-        sys.stderr.write(f"footprint: {started}\n")
     sys.stderr.write(f"footprint: recording {args.output} written ({reason})\n")
     return 0
 
 
 def _started() -> str:
     """When python started and when the recorder's imports were done (boottime seconds),
-    for the attach time's break-down (logged at the end: an error stays one line)."""
+    for the attach time's break-down in recorder.log (footprint-start reports its last
+    line when the recorder fails)."""
     import os
     import time
 
