@@ -357,6 +357,10 @@ def guest(runs: int) -> dict:
         "tracer_account_mib": round(sum(r["resident_mib"] for r in acc if r["subsystem"] == "tracer"), 1),
         "tracer_rss_mib": round(state.get("memory_kb", {}).get("VmRSS", 0) / 1024, 1),
         "first_sample_seconds_guest": _median([b["hook"].get("first_sample_seconds") for b in boots["traced"]]),
+        # where each traced boot's attach time went (footprint-start's and the recorder's logs)
+        "attach_logs": [[*b["hook"].get("recorder", {}).get("start_log", "").splitlines(),
+                         *b["hook"].get("recorder", {}).get("recorder_log", [])[:8]]
+                        for b in boots["traced"]],
         "boot_seconds_pairs": [[round(u["boot_seconds"], 1), round(t["boot_seconds"], 1)]
                                for u, t in zip(boots["untraced"], boots["traced"])],
         # the last traced boot's (attach_seconds_guest is the median)
