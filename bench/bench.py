@@ -17,7 +17,7 @@ Host part (this machine's kernel, tracepoints only):
   html_seconds_20k_phases       `footprint html --png` on a recording holding 20 000
                                 phase marks (median wall time)
 Guest part (--guest, or --only guest: the bookworm live guest under QEMU/TCG, traced
-from early boot; FOOTPRINT_GUEST_LOCK=FILE takes that flock for each boot):
+from early boot; FOOTPRINT_GUEST_LOCK=FILE takes that flock for each pair):
   boot_overhead_ratio           seconds to multi-user, traced / untraced (medians of
                                 interleaved boots; the pairs are listed)
   attach_seconds_guest          footprint-start -> the recorder ready (the boot goes on);
@@ -303,8 +303,9 @@ def initramfs_added(cache=None) -> dict:
 
 @contextlib.contextmanager
 def _guest_lock():
-    """One boot at a time on a shared machine: FOOTPRINT_GUEST_LOCK names a lock file
-    (flock) taken for each boot, so other users' guests run between ours, not with them."""
+    """One guest at a time on a shared machine: FOOTPRINT_GUEST_LOCK names a lock file
+    (flock) taken for each pair of boots, so other users' guests run between our pairs,
+    not during them."""
     path = os.environ.get("FOOTPRINT_GUEST_LOCK")
     if not path:
         yield
@@ -328,10 +329,17 @@ def guest(runs: int) -> dict:
     boots: dict = {"untraced": [], "traced": []}
     with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="fp-bench-") as tmp:
         for _ in range(runs):
-            for mode in ("untraced", "traced"):
-                say(f"guest: {mode} live boot")
-                with _guest_lock():
-                    boots[mode].append(_guest_boot(mode == "traced", cache, Path(tmp)))
+            with _guest_lock():  # a pair under the same conditions, other users' guests between pairs
+                for mode in ("untraced", "traced"):
+                    say(f"guest: {mode} live boot")
+                    b = _guest_boot(mode == "traced", cache, Path(tmp))
+                    boots[mode].append(b)
+                    hook = b.get("hook", {})
+                    say(f"guest: {mode}: " + json.dumps({
+                        "boot_seconds": round(b["boot_seconds"], 1), "cold_read": b["cold_read_seconds"],
+                        "attach": hook.get("recorder", {}).get("attach_seconds"),
+                        "first_sample": hook.get("first_sample_seconds"), "own": hook.get("own"),
+                        "log": hook.get("recorder", {}).get("recorder_log", [])[:8]}))
     med = lambda mode, key: statistics.median(b[key] for b in boots[mode])  # noqa: E731
     hook = boots["traced"][-1].get("hook", {})
     acc = hook.get("account") or []
