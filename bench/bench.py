@@ -16,15 +16,27 @@ Host part (this machine's kernel, tracepoints only):
                                 1 million resident pages (median wall time)
   html_seconds_20k_phases       `footprint html --png` on a recording holding 20 000
                                 phase marks (median wall time)
-Guest part (--guest: the bookworm live guest under QEMU/TCG, traced from early boot):
-  boot_overhead_ratio, workload_overhead_ratio, lost_events, map_drops,
-  tracer_own_mib, unattributed_pct (the largest share of MemTotal − MemFree left
-  unattributed, or counted twice, at any sample of any traced boot, through the cold reads)
+Guest part (--guest, or --only guest: the bookworm live guest under QEMU/TCG, traced
+from early boot; FOOTPRINT_GUEST_LOCK=FILE takes that flock for each pair):
+  boot_overhead_ratio           seconds to multi-user, traced / untraced (medians of
+                                interleaved boots, which of the two goes first alternating;
+                                the pairs are listed)
+  attach_seconds_guest          footprint-start -> the recorder ready (the boot goes on);
+                                first_sample_seconds_guest: -> its first sample
+  tracer_own_mib                after boot (the recorder stopped at multi-user): the
+                                pinned maps (memlock) + any process of the tracer + the
+                                deleted initramfs files it holds
+  unattributed_pct              the largest share of MemTotal − MemFree left unattributed,
+                                or counted twice, at any sample of any traced boot,
+                                through the cold reads
+  workload_overhead_ratio, lost_events, map_drops
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -306,15 +318,48 @@ def initramfs_added(cache=None) -> dict:
             "initramfs_overlay_mib": mib(recorder_cpio(art.root.parent).stat().st_size)}
 
 
+@contextlib.contextmanager
+def _guest_lock():
+    """One guest at a time on a shared machine: FOOTPRINT_GUEST_LOCK names a lock file
+    (flock) taken for each pair of boots, so other users' guests run between our pairs,
+    not during them."""
+    path = os.environ.get("FOOTPRINT_GUEST_LOCK")
+    if not path:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 2) if values else None
+
+
 def guest(runs: int) -> dict:
     """Traced vs untraced boots of the live guest, interleaved, medians."""
     cache = None  # the lab's own cache ($FOOTPRINT_CACHE or /var/cache/footprint), as the experiment's
     boots: dict = {"untraced": [], "traced": []}
     with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="fp-bench-") as tmp:
         for i in range(runs):
-            for mode in ("untraced", "traced"):
-                say(f"guest: {mode} live boot")
-                boots[mode].append(_guest_boot(mode == "traced", cache, Path(tmp), f"bench-live-{i}"))
+            # Which boot of a pair goes first alternates: a slow first boot (a cold host
+            # cache, another user's guest ending) must not always land on one side.
+            order = ("untraced", "traced") if i % 2 == 0 else ("traced", "untraced")
+            with _guest_lock():  # a pair under the same conditions, other users' guests between pairs
+                for mode in order:
+                    say(f"guest: {mode} live boot")
+                    b = _guest_boot(mode == "traced", cache, Path(tmp), f"bench-live-{i}")
+                    boots[mode].append(b)
+                    hook = b.get("hook", {})
+                    say(f"guest: {mode}: " + json.dumps({
+                        "boot_seconds": round(b["boot_seconds"], 1), "cold_read": b["cold_read_seconds"],
+                        "attach": hook.get("recorder", {}).get("attach_seconds"),
+                        "first_sample": hook.get("first_sample_seconds"), "own": hook.get("own"),
+                        "log": hook.get("recorder", {}).get("recorder_log", [])[:8]}))
     med = lambda mode, key: statistics.median(b[key] for b in boots[mode])  # noqa: E731
     hook = boots["traced"][-1].get("hook", {})
     acc = hook.get("account") or []
@@ -324,15 +369,29 @@ def guest(runs: int) -> dict:
     unattributed = [p for b in boots["traced"] for p in b.get("unattributed_pcts", [])]
     return {
         **initramfs_added(cache),
-        # footprint.service's start script started -> the recorder's first sample (TCG)
+        # footprint.service's start script started -> the recorder ready (attached, devices
+        # followed): what the boot waits for (TCG)
         "attach_seconds_guest": round(statistics.median(attach), 2) if attach else None,
         "boot_overhead_ratio": round(med("traced", "boot_seconds") / med("untraced", "boot_seconds"), 3),
         "workload_overhead_ratio": round(med("traced", "cold_read_seconds")
                                          / med("untraced", "cold_read_seconds"), 3),
         "lost_events": 0 if acc else None,  # nothing is streamed; drops are map_drops
         "map_drops": hook.get("map_drops"),
-        "tracer_own_mib": round(sum(r["resident_mib"] for r in acc if r["subsystem"] == "tracer"), 1),
+        # after boot: the pinned maps (memlock) + any process of the tracer (anonymous
+        # memory) + the deleted initramfs files it still holds (vm.traced.tracer_own)
+        "tracer_own_mib": hook.get("own", {}).get("mib"),
+        "tracer_maps_mib": hook.get("own", {}).get("maps_mib"),
+        "tracer_processes_after_boot": len(hook.get("own", {}).get("processes", [])) if hook.get("own") else None,
+        # the account's own rows for the tracer, at its last sample
+        "tracer_account_mib": round(sum(r["resident_mib"] for r in acc if r["subsystem"] == "tracer"), 1),
         "tracer_rss_mib": round(state.get("memory_kb", {}).get("VmRSS", 0) / 1024, 1),
+        "first_sample_seconds_guest": _median([b["hook"].get("first_sample_seconds") for b in boots["traced"]]),
+        # where each traced boot's attach time went (footprint-start's and the recorder's logs)
+        "attach_logs": [[*b["hook"].get("recorder", {}).get("start_log", "").splitlines(),
+                         *b["hook"].get("recorder", {}).get("recorder_log", [])[:8]]
+                        for b in boots["traced"]],
+        "boot_seconds_pairs": [[round(u["boot_seconds"], 1), round(t["boot_seconds"], 1)]
+                               for u, t in zip(boots["untraced"], boots["traced"])],
         # the last traced boot's (attach_seconds_guest is the median)
         "tracer_attach_seconds": state.get("attach_seconds"),
         # the worst sample of every traced boot, after boot and through the cold reads;
@@ -351,8 +410,8 @@ def main() -> int:
     ap.add_argument("--guest", action="store_true", help="also the QEMU guest benchmarks (slow)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--guest-runs", type=int, default=1, help="boots of each kind (minutes each)")
-    ap.add_argument("--only", choices=["own"], help="only these keys (own: tracer_own_mib_host, "
-                    "lost_events_host)")
+    ap.add_argument("--only", choices=["own", "guest"], help="only these keys (own: tracer_own_mib_host, "
+                    "lost_events_host; guest: the --guest keys)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (loop devices, BPF): run it as root", file=sys.stderr)
@@ -361,6 +420,10 @@ def main() -> int:
                      f"{platform.release()} {os.cpu_count()} CPUs"}
     if args.only == "own":
         results.update(host_own_and_lost())
+        print(json.dumps(results, indent=2))
+        return 0
+    if args.only == "guest":
+        results.update(guest(max(1, args.guest_runs)))
         print(json.dumps(results, indent=2))
         return 0
     say("host: cold-read overhead and per-file accuracy")

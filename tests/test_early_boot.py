@@ -1,14 +1,16 @@
 """footprint from the initramfs on: the dracut module (tracer/dracut_module) on a live boot.
 
 Two boots under QEMU (TCG: a few minutes each), shared by the tests of this module:
-  traced_live   live ISO, traced initramfs, rd.footprint=1 rd.footprint.stop=never: the
-                recorder attaches before dracut-cmdline and udev, traces through
-                switch_root; the hook reads its memory, stops it, fetches the recording.
+  traced_live   live ISO, traced initramfs, rd.footprint=1 (stop at multi-user, the
+                default): the recorder attaches before dracut-cmdline and udev, traces
+                through switch_root, and at multi-user exits leaving its account pinned;
+                the hook reads what the tracer still costs and the pinned account.
   broken_live   the same with rd.footprint.break=1 (the start script runs a failing
                 command instead of the recorder): the boot must go on, the console say why.
   hung_live     rd.footprint.break=hang rd.footprint.timeout=20: a "recorder" that never
                 attaches is killed after 20 s, the boot goes on.
-  oom_live      traced like traced_live, and as soon as the guest agent answers (sysinit),
+  oom_live      traced like traced_live but rd.footprint.stop=never (the recorder keeps
+                running until the hook stops it), and as soon as the guest agent answers (sysinit),
                 a memory hog runs in a unit multi-user.target waits for: the machine runs
                 out of memory during the boot; the OOM killer must take the hog, the boot
                 complete, and the recording say who was killed and what it missed.
@@ -29,7 +31,7 @@ import pytest
 from conftest import qemu_skip_reason
 from tracer import dracut
 from vm import cpio, images
-from vm.traced import EXPERIMENT_APPEND, footprint_hook
+from vm.traced import EXPERIMENT_APPEND, KEEP_RECORDING_APPEND, footprint_hook
 
 _skip = pytest.mark.skipif(qemu_skip_reason() is not None, reason=qemu_skip_reason() or "")
 
@@ -48,7 +50,8 @@ REQUIRED = ["attached", "cmdline", "pre-udev", "pre-trigger", "initqueue", "pre-
             "pre-pivot", "cleanup", "switch_root", "sysinit", "basic", "multi-user"]
 
 
-def _boot(name: str, append: str, cache: Path, logs: Path, during_boot=None, after_boot=None) -> dict:
+def _boot(name: str, append: str, cache: Path, logs: Path, during_boot=None, after_boot=None,
+          after_hook=None) -> dict:
     """One traced live boot; `during_boot(guest, out)` runs as soon as the agent answers
     (sysinit), before multi-user, and `after_boot(guest, out)` once the system is up."""
     from vm import Guest
@@ -68,6 +71,8 @@ def _boot(name: str, append: str, cache: Path, logs: Path, during_boot=None, aft
             after_boot(g, out)
         out["boot_seconds"] = time.monotonic() - g.started_at
         out["hook"] = footprint_hook(g, {"name": name}, keep=logs)
+        if after_hook is not None:
+            after_hook(g, out)
         rc, mounts, _ = g.run("findmnt -n -o TARGET,SOURCE,FSTYPE", timeout=60)
         out["findmnt"] = mounts.decode()
         g.shutdown(timeout=60)
@@ -79,7 +84,18 @@ def _boot(name: str, append: str, cache: Path, logs: Path, during_boot=None, aft
 
 @pytest.fixture(scope="module")
 def traced_live(lab_cache, lab_logs) -> dict:
-    return _boot("traced-live", EXPERIMENT_APPEND, lab_cache, lab_logs)
+    def second_pin(g, out):
+        # once the hook has read the account: a second `record --pin` is one line, exit 2
+        rc, so, se = g.run("footprint record --pin -o /run/fp-second.jsonl -d 1", timeout=600)
+        out["second_pin_rc"], out["second_pin"] = rc, se.decode(errors="replace").strip()
+
+    out = _boot("traced-live", EXPERIMENT_APPEND, lab_cache, lab_logs, after_hook=second_pin)
+    # where the attach time went (pytest -s shows it)
+    state = out["hook"]["recorder"]
+    print("\n".join(["", "traced-live:", state.get("start_log", ""),
+                     f"attach_seconds {state.get('attach_seconds')}, first sample "
+                     f"{out['hook'].get('first_sample_seconds')} s"] + state.get("recorder_log", [])))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +146,7 @@ def _hog_outcome(g, out: dict) -> None:
 
 @pytest.fixture(scope="module")
 def oom_live(lab_cache, lab_logs) -> dict:
-    return _boot("oom-live", EXPERIMENT_APPEND, lab_cache, lab_logs, during_boot=_start_hog,
+    return _boot("oom-live", KEEP_RECORDING_APPEND, lab_cache, lab_logs, during_boot=_start_hog,
                  after_boot=_hog_outcome)
 
 
@@ -217,11 +233,10 @@ def test_traced_boot_reaches_multi_user_with_a_recording(traced_live):
     hook = traced_live["hook"]
     assert "error" not in hook, hook.get("error")
     assert re.search(r"footprint: tracing since [\d.]+ s", traced_live["serial"])
-    rec = hook["recorder"]
-    # still recording after boot, under argv[0] '@footprint' (spared at switch_root)
-    assert rec["running"] and rec["argv"].startswith("@"), rec
+    # recorded through switch_root until multi-user's stop file, then exited
     assert hook["recording"]["samples"] > 10
-    assert hook["recording"]["end"] == "stop-file", hook["recording"]
+    assert hook["recorder_end"] == "stop-file", hook
+    assert hook["recorder_exited"], hook["recorder"]
 
 
 @needs_qemu
@@ -268,9 +283,37 @@ def test_account_holds_squashfs_and_device_mapper(traced_live):
 
 
 @needs_qemu
-def test_recorder_memory_is_reported(traced_live):
-    mem = traced_live["hook"]["recorder"]["memory_kb"]
-    assert mem["VmRSS"] > 0 and {"RssAnon", "RssFile"} <= set(mem)
+def test_after_boot_only_the_pinned_maps_stay(traced_live):
+    """After boot no process of the tracer runs and it holds no initramfs file: its own
+    cost is its pinned maps (what the bench reports as tracer_own_mib), and the pinned
+    account, read after boot, still has the squashfs and loop rows counted before
+    switch_root."""
+    from tracer import account, recording, report
+
+    hook = traced_live["hook"]
+    own = hook["own"]
+    assert "error" not in own and "maps_error" not in own, own
+    assert own["processes"] == [] and own["held_deleted_bytes"] == 0, own
+    assert {"files", "stats"} <= set(own["maps"]) and all(b > 0 for b in own["maps"].values()), own
+    assert own["mib"] == own["maps_mib"] == round(sum(own["maps"].values()) / 2**20, 2), own
+    assert 0 < own["mib"] < 16, own
+    # the pinned account (the last sample, read from the pinned maps after boot)
+    rec = recording.read(str(traced_live["recording"]))
+    assert rec.samples[-1]["tracer"] == {}  # sampled by a reader, not the tracer
+    phases = {p["name"]: p["t_s"] for p in report.to_json(rec, account.build(rec))["phases"]}
+    before = [i for i, x in enumerate(rec.samples) if x["t"] < phases["switch_root"]]
+    assert before and rec.samples[-1]["t"] > phases["multi-user"]
+    for index in (before[-1], len(rec.samples) - 1):
+        rows = report.to_json(rec, account.build(rec, index))["account"]
+        assert _rows(rows, r"squashfs"), (index, json.dumps(rows, indent=1)[:3000])
+        assert _rows(rows, r"\bloop"), (index, json.dumps(rows, indent=1)[:3000])
+
+
+@needs_qemu
+def test_a_second_pinned_recorder_is_refused(traced_live):
+    line = traced_live["second_pin"]
+    assert traced_live["second_pin_rc"] == 2 and len(line.splitlines()) == 1, line
+    assert "already pinned" in line and "Traceback" not in line, line
 
 
 # ------------------------------------------------------------------ (b) a broken tracer
@@ -308,7 +351,7 @@ def test_out_of_memory_during_a_traced_boot(oom_live):
     # The recorder lived through it and ended cleanly, with a readable recording.
     hook = oom_live["hook"]
     assert "error" not in hook, hook.get("error")
-    assert hook["recorder"]["running"] and hook["recording"]["end"] == "stop-file", hook
+    assert hook["recorder"]["running"] and hook["recorder_end"] == "stop-file", hook
     rec = recording.read(str(oom_live["recording"]))
     acc = account.build(rec)
     rep = report.to_json(rec, acc)

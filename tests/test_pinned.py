@@ -133,3 +133,47 @@ def test_a_corrupt_pin_note_is_one_line(text, no_pinned_account):
         assert p.returncode == 2 and len(lines) == 1 and "footprint unpin" in lines[0], p.stderr
     finally:
         os.unlink(pinned.META)
+
+
+def test_early_boot_entry_pins_and_exits(tmp_path, no_pinned_account):
+    """tracer.boot as footprint-start runs it (--pin --ready-file): ready before its first
+    sample, exits at the stop file leaving only the maps (memlock from fdinfo); snapshots
+    of the pinned account chain into one timeline with a phase mark before each sample;
+    a second early-boot recorder is refused in one line, exit 2."""
+    from tracer import recording
+    from tracer.snapshot import snapshot
+
+    rec, stop, ready = tmp_path / "boot.jsonl", tmp_path / "stop", tmp_path / "ready"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.Popen([sys.executable, "-S", "-m", "tracer.boot", "record", "-o", str(rec),
+                          "--interval", "0.5", "--marks", str(tmp_path / "marks"), "--stop-file",
+                          str(stop), "--pin", "--ready-file", str(ready)], env=env, cwd=tmp_path,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not ready.exists() and p.poll() is None:
+        time.sleep(0.1)
+    assert ready.exists(), p.stderr.read() if p.poll() is not None else "not ready"
+    time.sleep(1.5)
+    stop.write_text("test\n")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    assert "ready at" in err and "symbols loaded at" in err, err
+    assert all(_prog_alive(i) for i in _prog_ids())
+    own = pinned.maps_memlock()
+    assert {"files", "stats"} <= set(own) and all(v > 0 for v in own.values()), own
+
+    first = snapshot(str(tmp_path / "m1.jsonl"), phase="one")
+    second = snapshot(str(tmp_path / "m2.jsonl"), source=first, phase="two")
+    chain = recording.read(second)
+    boot = recording.read(str(rec))
+    assert len(chain.samples) == len(boot.samples) + 2
+    phases = [r for r in chain.phases if r["name"] in ("one", "two")]
+    assert [r["name"] for r in phases] == ["one", "two"], chain.phases
+    assert phases[0]["t"] <= chain.samples[-2]["t"] and phases[1]["t"] <= chain.samples[-1]["t"]
+    assert chain.samples[-1]["tracer"] == {}  # read by a reader, not the tracer
+
+    again = subprocess.run([sys.executable, "-S", "-m", "tracer.boot", "record", "-o",
+                            str(tmp_path / "b.jsonl"), "--pin"],
+                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+    assert "already pinned" in again.stderr and not (tmp_path / "b.jsonl").exists(), again.stderr

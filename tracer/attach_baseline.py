@@ -91,12 +91,33 @@ def take(maps: Maps, method: str, seconds: float,
     return out
 
 
+# loader.MapSizes.resolved: files = max(16384, files_now * 3 // 2 + 8192): up to this
+# many files with page cache the table has its floor size whatever the walk would say.
+FLOOR_COVERS = (16384 - 8192) * 2 // 3
+
+
+def _inodes_in_use() -> int:
+    """In-core inodes in use (/proc/sys/fs/inode-nr: nr_inodes - nr_unused, fs/inode.c):
+    an upper bound on the files with page cache. Large when unreadable."""
+    try:
+        with open("/proc/sys/fs/inode-nr") as f:
+            used, unused = (int(x) for x in f.read().split()[:2])
+        return max(0, used - unused)
+    except (OSError, ValueError):
+        return 1 << 30
+
+
 def files_with_pages(method: str, files_sized: bool) -> int | None:
     """How many files have page cache now, to size the files table: the kernel
-    baseline's walk (tracer/baseline.py: tens of milliseconds) where it runs and the
-    table is not sized by hand (`files_sized`); None (the loader guesses) otherwise."""
+    baseline's walk (tracer/baseline.py: tens of milliseconds on a host, ~1 s in a TCG
+    guest) where it runs, the table is not sized by hand or by the guess (`files_sized`)
+    and the in-core inodes are too many for the table's floor to hold them all; None
+    (the loader guesses) otherwise. The inventory after attaching walks again: the walk
+    here only sizes."""
     if files_sized or method not in ("auto", "kernel"):
         return None
+    if _inodes_in_use() <= FLOOR_COVERS:
+        return None  # every inode with pages fits the table's floor: no walk can change it
     from . import baseline
 
     if baseline.unavailable() is not None:

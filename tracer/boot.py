@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--stop-file", default=None)
     r.add_argument("--loader", choices=("auto", "libbpf", "bcc"), default="auto")
     r.add_argument("--baseline", choices=("auto", "kernel", "walk", "none"), default="auto")
+    r.add_argument("--pin", action="store_true")
+    r.add_argument("--ready-file", default=None)
     return p
 
 
@@ -54,13 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     symbols.prefetch()
     from . import recorder
 
+    if args.ready_file:  # started by footprint-start: the attach time's break-down
+        sys.stderr.write(f"footprint: {_started()}\n")
+
     if not (args.interval > 0.0 and args.interval < 1e6):
         return _die(f"--interval {args.interval} is not a number of seconds above 0", EXIT_USAGE)
     try:
         reason = recorder.record(recorder.Options(
             output=args.output, interval=args.interval, slab=args.slab, marks=args.marks,
             stop_file=args.stop_file, loader=args.loader, baseline=args.baseline,
-            inventory=args.baseline != "none",
+            inventory=args.baseline != "none", pin=args.pin, ready_file=args.ready_file,
+            # One kernel walk, after attaching (the inventory): the table of files is
+            # sized by the in-core inodes (an initramfs has a few hundred files cached,
+            # under the table's floor), not by a walk of its own (~1 s under TCG).
+            presize_files=False,
             # The exec into the sampler sheds bcc and LLVM, which early boot never loads
             # (libbpf: the initramfs has no compiler); the start script already named this
             # process @footprint. Staying saves a second python start (~1-3 s under TCG).
@@ -76,6 +85,23 @@ def main(argv: list[str] | None = None) -> int:
                     f"{inert(str(err))[:200]}): please report this bug", EX_SOFTWARE)
     sys.stderr.write(f"footprint: recording {args.output} written ({reason})\n")
     return 0
+
+
+def _started() -> str:
+    """When python started and when the recorder's imports were done (boottime seconds),
+    for the attach time's break-down in recorder.log (footprint-start reports its last
+    line when the recorder fails)."""
+    import os
+    import time
+
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # starttime (field 22)
+        started = f"{ticks / os.sysconf('SC_CLK_TCK'):.2f}"
+    except (OSError, ValueError, IndexError):
+        started = "?"
+    return (f"python started at {started} s, recorder imported at "
+            f"{time.clock_gettime(time.CLOCK_BOOTTIME):.2f} s")
 
 
 def _die(message: str, status: int) -> int:

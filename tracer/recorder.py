@@ -10,6 +10,9 @@ partial recording.
 records: tracer/attacher.py loads, attaches and execs the sampler, tracer/attach_baseline.py takes the
 baseline, tracer/mapsampler.py reads and diffs the maps, tracer/symbolizer.py names
 stacks and call sites, tracer/following.py follows the topology and names files.
+
+Long because the set-up, the hand-off to the sampler and the loop share one Recorder's
+state (the writer, the fds, the marks' lock), and each step is a few lines of it.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class Options:
     sizes: loader.MapSizes | None = None
     exec: bool = True  # hand off to the lean sampler after attaching
     pin: bool = False  # pin links and maps in bpffs: the account outlives the recorder
+    presize_files: bool = True  # a kernel walk sizes the files table (else the guess)
+    ready_file: str | None = None  # created once attached and following devices (_at)
 
 
 class Recorder:
@@ -103,16 +108,18 @@ class Recorder:
         header; the maps are read by fd."""
         require_root("footprint record")
         opts = self.opts
+        if opts.pin:  # one line before anything is claimed or loaded
+            from .pinned import check_free
+
+            check_free()
         # Claimed (locked, not yet truncated) first: a second recorder on the same file
         # is refused before it compiles anything, and the first one's file is untouched.
         self.writer = recording.Writer(opts.output)
-        files_now = attach_baseline.files_with_pages(opts.baseline, bool(opts.sizes and opts.sizes.files))
+        files_now = attach_baseline.files_with_pages(
+            opts.baseline, bool(opts.sizes and opts.sizes.files) or not opts.presize_files)
         self.plan = loader.plan(sizes=opts.sizes, kernel_headers=opts.kernel_headers, slab=opts.slab,
                                 loader=opts.loader, files_now=files_now)
-        if opts.pin:
-            from . import pinned
-
-            pinned.check_free()
+        self._at("planned")
         done = attacher.attach(self.plan, pin_as=opts.output if opts.pin else None)
         self.program, self.attached = done.program, done.t0
         self.attach_fds = done.attach_fds
@@ -181,14 +188,30 @@ class Recorder:
     def begin(self) -> None:
         """What needs no bcc: symbols, topology, uevents, the inventory."""
         self.symbols.load()  # read once: the kernel baseline asks the same copy
+        self._at("symbols loaded")
         self._set_slab_filter()
         # No device opened to learn its file system before the kernel baseline has had
         # the chance to name every superblock (blockdev.probe_fstype is a last resort).
         self.write_topology(probe=False)
         self.follow.open_uevents()
+        self._at("ready")
         sb_fstypes = self.take_inventory() if self.opts.inventory else None
         self.write_topology(sb_fstypes=sb_fstypes, probe=sb_fstypes is None)
         release_memory()
+
+    def _at(self, what: str) -> None:
+        """Early boot (opts.ready_file): log when each step was done (the attach time's
+        break-down, in recorder.log); at "ready" (attached, the devices followed) create
+        the ready file: footprint-start lets the boot go on then."""
+        if not self.opts.ready_file:
+            return
+        self.log(f"{what} at {boottime():.2f} s")
+        if what == "ready":
+            try:
+                with open(self.opts.ready_file, "w") as f:
+                    f.write(f"{boottime():.3f}\n")
+            except OSError as err:  # footprint-start then waits for the first sample
+                self.log(f"ready file not written: {err.strerror}")
 
     def _set_slab_filter(self) -> None:
         """--slab kmalloc: from here on the program follows kmalloc objects only from

@@ -222,7 +222,10 @@ def run_experiment(
         from . import workloads as W
 
         mib = workload_mib or W.DEFAULT_MIB
-        run_moments = lambda g: W.run_moments(g, workloads, mib, say=C.say)  # noqa: E731
+        snap = None
+        if traced:
+            from .traced import pinned_snapshot as snap
+        run_moments = lambda g: W.run_moments(g, workloads, mib, say=C.say, snapshot=snap)  # noqa: E731
     # the recordings, kept where the moments' accounts are built from
     rec_dir = Path(out) if out else keep
     tmp_rec = None
@@ -338,9 +341,11 @@ def format_table(result) -> str:
         elif t:
             mem = t.get("memory_kb", {})
             since = "attached in the running session" if b.figure("attached_in_session") else "traced from the initramfs"
+            own = t.get("own") or {}
+            after = (f"RSS after boot {mem.get('VmRSS', 0) / 1024:.0f} MiB" if mem else
+                     f"exited at multi-user, its pinned maps {own.get('maps_mib', '?')} MiB")
             notes.append(f"  {b.name}: {since} (recorder attached in "
-                         f"{t.get('attach_seconds', '?')} s, RSS after boot "
-                         f"{mem.get('VmRSS', 0) / 1024:.0f} MiB);")
+                         f"{t.get('attach_seconds', '?')} s, {after});")
             notes.append("    the figures include the tracer's cost (--untraced: without it).")
     ok = exp.ok
     if ok:

@@ -14,7 +14,9 @@ in this order, each in the guest that is still recording:
 
 At each moment a phase mark (the format `footprint mark NAME` writes) goes into
 /run/footprint/marks, so the recording's timeline shows it, and /proc/meminfo and
-`free -m` are read. The account of each moment is built on the host, after the recording
+`free -m` are read. Where the early-boot recorder has exited and left its account pinned
+(the default), the moment's sample is read from the pinned maps instead, with its phase
+mark (vm.traced.pinned_snapshot). The account of each moment is built on the host, after the recording
 was fetched, from the first sample taken at or after the mark (`Recording.sample_at`); the guest
 waits `settle_samples` sampling intervals after each mark so that sample exists before the
 next workload starts.
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from tracer.errors import FootprintError
 
@@ -157,9 +159,13 @@ def mark(g, name: str, marks: str = MARKS) -> dict:
 
 
 def run_moments(g, names: Sequence[str], mib: int = DEFAULT_MIB, *, interval: float = 1.0,
-                settle_samples: int = 2, say: Callable[[str], None] = lambda s: None) -> list[Moment]:
+                settle_samples: int = 2, say: Callable[[str], None] = lambda s: None,
+                snapshot: Optional[Callable] = None) -> list[Moment]:
     """Runs each moment's workload, marks it, reads meminfo and free -m; returns the
-    Moments (vm/results.py), their accounts still to be built on the host."""
+    Moments (vm/results.py), their accounts still to be built on the host. `snapshot(g,
+    name) -> bool` (vm.traced.pinned_snapshot): takes the moment's sample from a pinned
+    account where the recorder has exited (True), else the running recorder's next
+    sample is waited for."""
     from tracer.procfs import parse_meminfo
 
     moments = []
@@ -176,5 +182,6 @@ def run_moments(g, names: Sequence[str], mib: int = DEFAULT_MIB, *, interval: fl
         moments.append(moment)
         say(f"  {name}: MemTotal-MemFree {moment.nonfree_mib:.0f} MiB "
             f"(workload {time.monotonic() - t0:.0f} s)")
-        time.sleep(settle_samples * interval + 0.5)  # the recorder's sample after the mark
+        if snapshot is None or not snapshot(g, name):
+            time.sleep(settle_samples * interval + 0.5)  # the recorder's sample after the mark
     return moments

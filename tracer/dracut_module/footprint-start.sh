@@ -90,14 +90,25 @@ if [ "$preload" != 0 ]; then
     echo "footprint: storage modules loaded at $t_mod s" >> "$DIR/start.log"
 fi
 
+# The account is pinned in bpffs (links, programs, maps): when the recorder stops (at
+# rd.footprint.stop), the programs stay attached and keep counting with no process left,
+# and `footprint report --pinned` reads the account. It must be the bpffs the booted
+# system sees: systemd mounts it at /sys/fs/bpf (mount-setup) and moves /sys into the new
+# root at switch_root; mounted here where it is not, before the recorder's namespace
+# (footprint-ns) binds /sys, so that the recorder pins into this one and not a private one.
+if ! grep -qs '^[^ ]* /sys/fs/bpf bpf ' /proc/self/mounts; then
+    mount -t bpf -o mode=700 bpf /sys/fs/bpf 2> /dev/null \
+        || say 4 "bpffs not mounted at /sys/fs/bpf: the account is pinned in the recorder's own"
+fi
 set -- @footprint -S -m tracer.boot record -o "$REC" --interval "$interval" --slab "$slab" \
-    --marks "$DIR/marks" --stop-file "$DIR/stop"
+    --marks "$DIR/marks" --stop-file "$DIR/stop" --pin --ready-file "$DIR/ready"
 case $brk in
     1) set -- @footprint -S -c 'raise SystemExit("deliberately broken (rd.footprint.break=1)")' ;;
     hang) set -- sleep 100000 ;;
 esac
 : > "$DIR/marks"
 : > "$LOG"
+rm -f "$DIR/ready"
 # argv[0] "@footprint" for the recorder itself (bash's exec -a, in the last exec of the
 # chain); PYTHONHOME since python does not derive its prefix from that argv[0]; -S and
 # PYTHONPATH: the paths the closure was taken with, nothing else. Neither unshare (no
@@ -116,23 +127,24 @@ esac
 ) &
 pid=$!
 
-# Wait for the first sample (the recorder attached) or its end, bounded.
+# Wait until the recorder is ready (attached; or its first sample) or ends, bounded.
 reason=
 waited=0
 while :; do
-    if [ -f "$REC" ] && grep -q '"type": *"sample"' "$REC" 2> /dev/null; then
+    # ready: attached, devices followed (the baseline is taken while the boot goes on)
+    if [ -f "$DIR/ready" ] || { [ -f "$REC" ] && grep -q '"type": *"sample"' "$REC" 2> /dev/null; }; then
         break
     fi
     if ! kill -0 "$pid" 2> /dev/null; then
         reason="the recorder exited: $(grep -v '^[[:space:]]*$' "$LOG" | tail -n 1 | tr -d '\r' | head -c 300)"
         break
     fi
-    if [ "$waited" -ge $((timeout * 5)) ]; then
+    if [ "$waited" -ge $((timeout * 10)) ]; then
         kill -KILL "$pid" 2> /dev/null
         reason="no sample after ${timeout} s (rd.footprint.timeout): recorder killed"
         break
     fi
-    sleep 0.2
+    sleep 0.1
     waited=$((waited + 1))
 done
 read -r t_now _ < /proc/uptime

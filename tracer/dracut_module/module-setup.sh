@@ -8,7 +8,8 @@
 #   rd.footprint=1                         enable
 #   rd.footprint.interval=S                sampling interval (default 1)
 #   rd.footprint.stop=multi-user|basic|sysinit|never   when the recorder stops after
-#                                          switch_root (default multi-user)
+#                                          switch_root (default multi-user), leaving its
+#                                          account pinned in bpffs
 #   rd.footprint.slab=off|kmalloc|all      slab objects followed (default kmalloc)
 #   rd.footprint.timeout=S                 give up waiting for the first sample (default 240)
 #   rd.footprint.preload=0                 do not load the storage modules before attaching
