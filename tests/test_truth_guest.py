@@ -6,8 +6,10 @@ BTF; no code shared with the tracer): no superblock off by more than 1 % or 64 p
 each tmpfs file within 1 % (64 pages for small ones); and the unattributed share within
 3 % at each moment and at every sample of the boot.
 
-The account is read from the running recording (/run/footprint/recording.jsonl, the
-experiment's `rd.footprint.stop=never`), at the sample nearest the truth's reading.
+The account is read as the experiment reads it: the recorder stops at multi-user and
+leaves the account pinned; right after each truth reading one more sample of the pinned
+maps is chained to the boot's recording (vm.traced.pinned_snapshot, /run/footprint/
+moments.jsonl); the account is taken at the sample nearest the truth's reading.
 
 Boots guests under TCG: run as `flock /var/tmp/fp-guest.lock pytest -m qemu …`."""
 
@@ -20,14 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import qemu_skip_reason, wait_in_guest
+from conftest import qemu_skip_reason
 
 pytestmark = pytest.mark.qemu
 
 HERE = Path(__file__).resolve().parent
 MOMENTS = ("after-boot", "after-read", "after-write")
-RECORDING = "/run/footprint/recording.jsonl"
-SAMPLES = f"grep -c '\"type\":\"sample\"' {RECORDING}"
 
 
 def _boot(variant, lab_cache, out: Path) -> dict:
@@ -35,7 +35,7 @@ def _boot(variant, lab_cache, out: Path) -> dict:
     if reason:
         pytest.skip(reason)
     from vm import Guest, images, workloads
-    from vm.traced import EXPERIMENT_APPEND, fetch_recording, stop_recorder, recorder_state
+    from vm.traced import EXPERIMENT_APPEND, MOMENTS as CHAIN, pinned_snapshot, recorder_gone, recorder_state
 
     spec = images.prepare(variant, lab_cache, traced=True, append=EXPERIMENT_APPEND)
     truths = {}
@@ -43,16 +43,14 @@ def _boot(variant, lab_cache, out: Path) -> dict:
         g.wait_ready(1500)
         g.wait_system(1500)
         g.put_file("/run/pagecache_truth.py", (HERE / "pagecache_truth.py").read_bytes())
+        assert recorder_gone(g, recorder_state(g).get("pid")), "the recorder did not stop at multi-user"
         for moment in MOMENTS:
             workloads.WORKLOADS[moment](g, 128)
             rc, so, err = g.run("python3 /run/pagecache_truth.py --inodes", timeout=900)
             assert rc == 0, err
             truths[moment] = json.loads(so.decode().strip().splitlines()[-1])
-            # two samples more: one at or after the truth's reading
-            _, n, _ = g.run(SAMPLES, timeout=60)
-            wait_in_guest(g, f"test $({SAMPLES}) -ge {int(n.decode().split()[0]) + 2}", 300)
-        stop_recorder(g, recorder_state(g).get("pid"))
-        fetch_recording(g, out / "rec.jsonl")
+            assert pinned_snapshot(g, moment), "no pinned account to read"
+        g.get_file(CHAIN, out / "rec.jsonl", timeout=300)
         g.shutdown(timeout=60)
     keep = os.environ.get("FP_KEEP_RECORDINGS")  # a directory to keep them in, for a look
     if keep:
