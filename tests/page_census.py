@@ -111,8 +111,11 @@ def owners(partly: dict) -> dict:
 
 
 def main() -> None:
+    import time
+
     before = meminfo()
     c = census()
+    c["time"] = time.clock_gettime(time.CLOCK_BOOTTIME)
     after = meminfo()
     lru_anon = after["Active(anon)"] + after["Inactive(anon)"]
     c["meminfo"] = {k: after[k] for k in ("AnonPages", "Shmem", "AnonHugePages", "Active(anon)",
@@ -120,6 +123,7 @@ def main() -> None:
                                           "Mlocked", "SwapCached")}
     c["lru_anon_minus_anonpages_shmem_kb"] = lru_anon - after["AnonPages"] - after["Shmem"]
     c["anon_thp_unmapped_kb"] = c["anon_thp_unmapped"] * 4
+    c["anon_unmapped_kb"] = (c["anon_thp_unmapped"] + c["anon_small_unmapped"]) * 4
     c["memfree_drift_kb"] = after["MemFree"] - before["MemFree"]
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:

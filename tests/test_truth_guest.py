@@ -38,16 +38,20 @@ def _boot(variant, lab_cache, out: Path) -> dict:
     from vm.traced import EXPERIMENT_APPEND, fetch_recording, stop_recorder, recorder_state
 
     spec = images.prepare(variant, lab_cache, traced=True, append=EXPERIMENT_APPEND)
-    truths = {}
+    truths, census = {}, {}
     with Guest(spec, memory=2048, timeout=1800, cache_dir=lab_cache) as g:
         g.wait_ready(1500)
         g.wait_system(1500)
         g.put_file("/run/pagecache_truth.py", (HERE / "pagecache_truth.py").read_bytes())
+        g.put_file("/run/page_census.py", (HERE / "page_census.py").read_bytes())
         for moment in MOMENTS:
             workloads.WORKLOADS[moment](g, 128)
             rc, so, err = g.run("python3 /run/pagecache_truth.py --inodes", timeout=900)
             assert rc == 0, err
             truths[moment] = json.loads(so.decode().strip().splitlines()[-1])
+            rc, so, err = g.run("python3 /run/page_census.py", timeout=900)
+            assert rc == 0, err
+            census[moment] = json.loads(so.decode().strip().splitlines()[-1])
             # two samples more: one at or after the truth's reading
             _, n, _ = g.run(SAMPLES, timeout=60)
             wait_in_guest(g, f"test $({SAMPLES}) -ge {int(n.decode().split()[0]) + 2}", 300)
@@ -57,7 +61,8 @@ def _boot(variant, lab_cache, out: Path) -> dict:
     keep = os.environ.get("FP_KEEP_RECORDINGS")  # a directory to keep them in, for a look
     if keep:
         shutil.copy(out / "rec.jsonl", Path(keep) / f"{variant}.recording.jsonl")
-    return {"truths": truths, "rec": out / "rec.jsonl"}
+        (Path(keep) / f"{variant}.census.json").write_text(json.dumps(census))
+    return {"truths": truths, "census": census, "rec": out / "rec.jsonl"}
 
 
 @pytest.fixture(scope="module", params=["live", "plain"])
@@ -104,6 +109,23 @@ def test_superblocks_and_tmpfs_files_match_the_kernel(boot, moment):
     assert not off, f"{variant} {moment}: tmpfs files (dev, ino, ours, kernel) off: {off[:20]}"
     pct = acc.meminfo["unattributed_pct"]
     assert abs(pct) <= 3.0, f"{variant} {moment}: unattributed {pct:.2f} %"
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_unmapped_huge_page_parts_match_a_page_census(boot, moment):
+    """The account's row for anonymous pages no page table maps (the LRU minus AnonPages
+    and Shmem), from the census's own meminfo reading, against the pages counted one by
+    one in /proc/kpageflags + /proc/kpagecount at that moment (tests/page_census.py)."""
+    from tracer import account
+
+    variant, b = boot
+    c = b["census"][moment]
+    row_kb = account.unmapped_anon_pages(c["meminfo"], 4096) * 4
+    counted = c["anon_unmapped_kb"]
+    assert abs(row_kb - counted) <= max(2048, counted // 10), (
+        f"{variant} {moment}: row {row_kb} kB, census {counted} kB "
+        f"({c['anon_thp_unmapped_kb']} kB in {c['thp_partly_mapped']} partly mapped huge pages; "
+        f"owners {c['owners_kb']})")
 
 
 def test_unattributed_within_3_pct_at_every_sample(boot):
