@@ -357,12 +357,14 @@ def _by_owner(pairs) -> dict[str, list[int]]:
 
 def _add_peaks(rec: Recording, df: pd.DataFrame, ps: int) -> None:
     """Peak of the meminfo-derived rows over all samples (traced rows keep the kernel's)."""
-    peaks = {}
-    for s in rec.samples:
-        mi = s["meminfo"]
-        for sub, field_ in (("processes", "AnonPages"), ("kernel stacks", "KernelStack"),
-                            ("page tables", "PageTables"), ("percpu", "Percpu")):
-            peaks[sub] = max(peaks.get(sub, 0), kb_pages(mi, field_, ps))
+    figures = {("processes", "anonymous memory"): lambda mi: kb_pages(mi, "AnonPages", ps),
+               ("processes", UNMAPPED_HUGE): lambda mi: unmapped_anon_pages(mi, ps),
+               ("kernel stacks", "-"): lambda mi: kb_pages(mi, "KernelStack", ps),
+               ("page tables", "-"): lambda mi: kb_pages(mi, "PageTables", ps),
+               ("percpu", "-"): lambda mi: kb_pages(mi, "Percpu", ps)}
+    peaks = {key: max((f(s["meminfo"]) for s in rec.samples), default=0)
+             for key, f in figures.items()}
     for i, r in df.iterrows():
-        if r["source"] == "meminfo" and r["subsystem"] in peaks:
-            df.at[i, "peak_pages"] = max(r["peak_pages"], peaks[r["subsystem"]])
+        key = (r["subsystem"], r["layer"])
+        if r["source"] == "meminfo" and key in peaks:
+            df.at[i, "peak_pages"] = max(r["peak_pages"], peaks[key])
