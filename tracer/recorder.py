@@ -380,6 +380,9 @@ def _log(msg: str) -> None:
 
 def record(opts: Options) -> str:
     """Record until the duration, a signal or the stop file; returns why it stopped."""
+    from .procfs import no_huge_pages
+
+    no_huge_pages()  # before the start-up peaks: their release must free memory
     return Recorder(opts, log=_log).run()
 
 
