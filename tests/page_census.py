@@ -122,6 +122,7 @@ def main() -> None:
                                           "Inactive(anon)", "MemFree", "MemTotal", "Unevictable",
                                           "Mlocked", "SwapCached")}
     c["lru_anon_minus_anonpages_shmem_kb"] = lru_anon - after["AnonPages"] - after["Shmem"]
+    c["meminfo_before"] = {k: before[k] for k in c["meminfo"]}  # the walk takes seconds
     c["anon_thp_unmapped_kb"] = c["anon_thp_unmapped"] * 4
     c["anon_unmapped_kb"] = (c["anon_thp_unmapped"] + c["anon_small_unmapped"]) * 4
     c["memfree_drift_kb"] = after["MemFree"] - before["MemFree"]

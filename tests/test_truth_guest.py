@@ -120,10 +120,14 @@ def test_unmapped_huge_page_parts_match_a_page_census(boot, moment):
 
     variant, b = boot
     c = b["census"][moment]
-    row_kb = account.unmapped_anon_pages(c["meminfo"], 4096) * 4
+    rows = [account.unmapped_anon_pages(c[k], 4096) * 4 for k in ("meminfo_before", "meminfo")
+            if k in c]  # meminfo read before and after the walk, which takes seconds in TCG
     counted = c["anon_unmapped_kb"]
-    assert abs(row_kb - counted) <= max(2048, counted // 10), (
-        f"{variant} {moment}: row {row_kb} kB, census {counted} kB "
+    # Slack: one huge page (2048 kB) off the LRU for a moment (compaction, khugepaged or
+    # its split isolate it) plus the per-CPU lag of four vmstat counters on 2 CPUs.
+    slack = max(2048 + 768, counted // 10)
+    assert min(rows) - slack <= counted <= max(rows) + slack, (
+        f"{variant} {moment}: row {rows} kB, census {counted} kB "
         f"({c['anon_thp_unmapped_kb']} kB in {c['thp_partly_mapped']} partly mapped huge pages; "
         f"owners {c['owners_kb']})")
 
