@@ -169,6 +169,27 @@ def build(rec: Recording, index: int = -1) -> Account:
     return acc
 
 
+UNMAPPED_HUGE = "huge pages' unmapped parts (split on reclaim)"
+
+
+def unmapped_anon_pages(meminfo: dict, ps: int) -> int:
+    """Anonymous pages on the LRU that no page table maps: Active(anon) + Inactive(anon)
+    − AnonPages − Shmem, at least 0. They are in no other /proc/meminfo category.
+
+    Mostly the unmapped subpages of partly unmapped anonymous huge pages (a process's
+    munmap or MADV_DONTNEED of part of a THP, e.g. glibc trimming its heap): the kernel
+    takes each unmapped subpage off NR_ANON_MAPPED (AnonPages) at once, while the whole
+    huge page stays on the anonymous LRU, queued for the deferred_split shrinker, until
+    memory pressure or drop_caches splits it and frees those subpages (mm/huge_memory.c
+    deferred_split_scan, since 4.5; folio-based the same in 6.1 and 6.18). Shmem pages are
+    on the same LRU (swap-backed), hence their subtraction; unmapped swap-cache pages, if
+    any, count here too. Mlocked anonymous pages sit on the unevictable LRU instead, so
+    with mlock in use this is an underestimate, never an overestimate. The LRU counters
+    are per-CPU batched, hence the floor at 0."""
+    lru = kb_pages(meminfo, "Active(anon)", ps) + kb_pages(meminfo, "Inactive(anon)", ps)
+    return max(0, lru - kb_pages(meminfo, "AnonPages", ps) - kb_pages(meminfo, "Shmem", ps))
+
+
 def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_shmem: int) -> list[dict]:
     """Every row but the per-file page cache, given the pages those file rows hold
     (seen_cache, seen_shmem): the page-cache remainders, slab, vmalloc, kernel pages,
@@ -264,6 +285,7 @@ def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_sh
     if tracer_anon:
         add("tracer", "recorder process (anon)", "anon", tracer_anon)
     add("processes", "anonymous memory", "anon", max(0, anon - tracer_anon))
+    add("processes", UNMAPPED_HUGE, "anon", unmapped_anon_pages(mi, ps))
     add("kernel stacks", "-", "kernel-stack", kernel_stack)
     add("page tables", "-", "page-tables",
         kb_pages(mi, "PageTables", ps) + kb_pages(mi, "SecPageTables", ps))
@@ -335,12 +357,14 @@ def _by_owner(pairs) -> dict[str, list[int]]:
 
 def _add_peaks(rec: Recording, df: pd.DataFrame, ps: int) -> None:
     """Peak of the meminfo-derived rows over all samples (traced rows keep the kernel's)."""
-    peaks = {}
-    for s in rec.samples:
-        mi = s["meminfo"]
-        for sub, field_ in (("processes", "AnonPages"), ("kernel stacks", "KernelStack"),
-                            ("page tables", "PageTables"), ("percpu", "Percpu")):
-            peaks[sub] = max(peaks.get(sub, 0), kb_pages(mi, field_, ps))
+    figures = {("processes", "anonymous memory"): lambda mi: kb_pages(mi, "AnonPages", ps),
+               ("processes", UNMAPPED_HUGE): lambda mi: unmapped_anon_pages(mi, ps),
+               ("kernel stacks", "-"): lambda mi: kb_pages(mi, "KernelStack", ps),
+               ("page tables", "-"): lambda mi: kb_pages(mi, "PageTables", ps),
+               ("percpu", "-"): lambda mi: kb_pages(mi, "Percpu", ps)}
+    peaks = {key: max((f(s["meminfo"]) for s in rec.samples), default=0)
+             for key, f in figures.items()}
     for i, r in df.iterrows():
-        if r["source"] == "meminfo" and r["subsystem"] in peaks:
-            df.at[i, "peak_pages"] = max(r["peak_pages"], peaks[r["subsystem"]])
+        key = (r["subsystem"], r["layer"])
+        if r["source"] == "meminfo" and key in peaks:
+            df.at[i, "peak_pages"] = max(r["peak_pages"], peaks[key])

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except _Usage as err:
         return _die(f"{err}: the dracut module's start script passes these options", EXIT_USAGE)
+    from .procfs import no_huge_pages
+
+    no_huge_pages()  # first: the kallsyms peak below is released later (tracer.procfs)
     # /proc/kallsyms read and parsed while the recorder is imported and its program
     # loaded, not after (the boot waits for the first sample: footprint-start.sh)
     from . import symbols

@@ -31,7 +31,7 @@ from .errors import FootprintError, require_root
 from .following import TopologyFollower
 from .mapsampler import STAT_NAMES, MapSampler
 from .shmemsampler import ShmemSampler
-from .procfs import boottime, release_memory, tracer_files
+from .procfs import boottime, no_huge_pages, release_memory, tracer_files
 from .symbolizer import Symbolizer
 
 __all__ = ["Options", "Recorder", "Interrupted", "STOP_SIGNALS", "STAT_NAMES", "record",
@@ -403,6 +403,7 @@ def _log(msg: str) -> None:
 
 def record(opts: Options) -> str:
     """Record until the duration, a signal or the stop file; returns why it stopped."""
+    no_huge_pages()  # before the start-up peaks: their release must free memory
     return Recorder(opts, log=_log).run()
 
 
