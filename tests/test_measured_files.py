@@ -133,3 +133,28 @@ def test_a_measured_layer_says_so(tmp_path):
         _topo(0.5, run), _sample(2.0, {}, shmem={"0:23:9": 1903}, shmem_devs=["0:23"])])
     rows = account.build(rec).by("layer").set_index("layer")
     assert rows.loc["tmpfs /run", "source"] == "measured"
+
+
+def test_meminfo_is_read_again_after_the_per_cpu_lists(monkeypatch):
+    """A drop_caches freeing pages between the meminfo read and the per-CPU lists' read
+    (the pages in Cached and on a list at once) is read again: the pair returned describes
+    one moment, so no page is counted twice."""
+    from tracer import mapsampler, procfs
+
+    # The kernel's view over time: (Cached kB, MemFree kB, pcp pages). Between the first
+    # meminfo and the lists, 40 MiB of cache went to the per-CPU lists.
+    states = iter([(400_000, 100_000, 500), (359_040, 100_000, 10_740), (359_040, 100_000, 10_740)])
+    now = {"state": next(states)}
+
+    def meminfo():
+        cached, free, _ = now["state"]
+        return {"MemTotal": 1_000_000, "MemFree": free, "Cached": cached}
+
+    def lists():
+        now["state"] = next(states)  # the drop lands here
+        return now["state"][2]
+
+    monkeypatch.setattr(procfs, "meminfo", meminfo)
+    monkeypatch.setattr(procfs, "zone_pcp_pages", lists)
+    mi, pcp = mapsampler.settled_meminfo()
+    assert mi["Cached"] == 359_040 and pcp == 10_740  # not Cached 400 000 with 10 740 on the lists
