@@ -161,3 +161,38 @@ def test_libbpf_load_failure_is_one_line_naming_the_cause(bpf_object):
     with pytest.raises(FootprintError) as err:
         programs.Program(p)
     assert "pfn_state" in str(err.value) and "\n" not in str(err.value), err.value
+
+
+def test_a_stop_inside_libbpfs_log_callback_is_raised_once_libbpf_returns(monkeypatch):
+    """A signal handler runs at Python's next bytecode: while libbpf runs, that is the
+    first of its log callback, where a raise would be printed and dropped by ctypes (a
+    recorder interrupted then ran on; found under load). The handler hands the exception
+    over (raise_after_call) and the libbpf call raises it once it returned."""
+    import platform
+
+    from tracer import libbpf
+
+    if platform.machine() != "x86_64":
+        pytest.skip("the callback formats through vsnprintf on x86-64 only")
+
+    class Stop(Exception):
+        pass
+
+    class Libc:  # the handler "runs" where the callback formats its message
+        def vsnprintf(self, buf, n, fmt, args):
+            assert libbpf.raise_after_call(sys._getframe(), Stop("SIGINT"))
+            return 0
+
+    monkeypatch.setattr(libbpf, "_libc", Libc())
+    returned = []
+
+    def libbpf_function():  # C calling the log callback, then returning
+        libbpf._print_cb(0, b"libbpf: a warning", None)
+        returned.append(True)
+        return 0
+
+    with pytest.raises(Stop):
+        libbpf._call(libbpf_function)
+    assert returned == [True]  # libbpf finished its work first
+    assert not libbpf.raise_after_call(sys._getframe(), Stop("elsewhere"))  # raise it there
+    libbpf._call(lambda: 0)  # nothing kept

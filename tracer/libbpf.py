@@ -20,21 +20,59 @@ SONAME = "libbpf.so.1"
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 _lib = None
 _log: list[str] = []  # what libbpf said during the current open/load/attach
+_raised: list[BaseException] = []  # raised inside _on_print, for _call to raise again
 
 
 def _on_print(level, fmt, args):
     """libbpf's warnings and notes (the verifier log among them) go here instead of
-    stderr; its debug chatter (hundreds of CO-RE lines) is skipped."""
-    if level > 1:  # LIBBPF_DEBUG
-        return 0
-    text = fmt or b""
-    if platform.machine() == "x86_64":  # va_list is a pointer there: vsnprintf can take it
-        buf = ctypes.create_string_buffer(4096)
-        _libc.vsnprintf(buf, len(buf), fmt, ctypes.c_void_p(args))
-        text = buf.value
-    _log.extend(text.decode("utf-8", "replace").splitlines())
-    del _log[:-400]  # the end of a verifier log says why
+    stderr; its debug chatter (hundreds of CO-RE lines) is skipped. An exception raised
+    in here — a signal handler's, such as the recorder's stop, runs wherever Python is —
+    would be printed and lost by ctypes, and the stop with it (a recorder interrupted
+    while libbpf logged ran on): it is kept for _call to raise once libbpf returns."""
+    try:
+        if level > 1:  # LIBBPF_DEBUG
+            return 0
+        text = fmt or b""
+        if platform.machine() == "x86_64":  # va_list is a pointer there: vsnprintf can take it
+            buf = ctypes.create_string_buffer(4096)
+            _libc.vsnprintf(buf, len(buf), fmt, ctypes.c_void_p(args))
+            text = buf.value
+        _log.extend(text.decode("utf-8", "replace").splitlines())
+        del _log[:-400]  # the end of a verifier log says why
+    except BaseException as err:  # noqa: BLE001 - raised again by _call
+        _raised.append(err)
     return 0
+
+
+def _call(fn, *args):
+    """fn(*args), a libbpf function that may log; what was raised inside the log
+    callback meanwhile is raised here, after libbpf returned (its state is whole)."""
+    ret = fn(*args)
+    _raise_kept()
+    return ret
+
+
+def raise_after_call(frame, err: BaseException) -> bool:
+    """For a signal handler given `frame`: True, with `err` kept for _call to raise once
+    libbpf returns, when that frame runs inside libbpf's log callback (or below it),
+    where a raise would be printed and dropped by ctypes; False where raising is safe.
+    Python runs a handler at the next bytecode, which is the callback's first while the
+    main thread is inside libbpf."""
+    for _ in range(16):
+        if frame is None:
+            return False
+        if frame.f_code is _on_print.__code__:
+            _raised.append(err)
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _raise_kept() -> None:
+    if _raised:
+        err = _raised[0]
+        _raised.clear()
+        raise err
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -122,7 +160,7 @@ class Object:
         self.so = lib()
         self.links: list[int] = []
         self.link_of: dict[str, int] = {}  # program name → its link (for pinning)
-        self.ptr = self.so.bpf_object__open_file(os.fsencode(path), None)
+        self.ptr = _call(self.so.bpf_object__open_file, os.fsencode(path), None)
         if not self.ptr:
             err = ctypes.get_errno()
             raise FootprintError(f"BPF object {path} does not open ({strerror(err)}: {why()}): "
@@ -177,7 +215,7 @@ class Object:
         """Load the object into the kernel (CO-RE relocation against the kernel's BTF, then
         the verifier); FootprintError with libbpf's reason when refused."""
         _log.clear()
-        err = self.so.bpf_object__load(self.ptr)
+        err = _call(self.so.bpf_object__load, self.ptr)
         if err:
             raise FootprintError(f"BPF object failed to load ({strerror(err)}: {why()})")
 
@@ -188,9 +226,11 @@ class Object:
         link = self.so.bpf_program__attach(self._prog(prog))
         if not link:
             err = ctypes.get_errno()
+            _raise_kept()
             raise FootprintError(f"cannot attach {prog} ({strerror(err)}: {why()})")
-        self.links.append(link)
+        self.links.append(link)  # before a kept exception: close() detaches it
         self.link_of[prog] = link
+        _raise_kept()
         return self.so.bpf_link__fd(link)
 
     def pin(self, directory: str, maps: list[str]) -> None:
@@ -199,12 +239,12 @@ class Object:
         (its recursion-miss counter: lost events) and the maps named, in `directory` on
         bpffs: link-NAME, prog-NAME, map-NAME."""
         for prog, link in self.link_of.items():
-            self._check(self.so.bpf_link__pin(link, os.fsencode(f"{directory}/link-{prog}")),
+            self._check(_call(self.so.bpf_link__pin, link, os.fsencode(f"{directory}/link-{prog}")),
                         f"pinning the link of {prog}", fix="")
-            self._check(self.so.bpf_program__pin(self._prog(prog), os.fsencode(f"{directory}/prog-{prog}")),
+            self._check(_call(self.so.bpf_program__pin, self._prog(prog), os.fsencode(f"{directory}/prog-{prog}")),
                         f"pinning {prog}", fix="")
         for name in maps:
-            self._check(self.so.bpf_map__pin(self._map(name), os.fsencode(f"{directory}/map-{name}")),
+            self._check(_call(self.so.bpf_map__pin, self._map(name), os.fsencode(f"{directory}/map-{name}")),
                         f"pinning map {name}", fix="")
 
     def autoloaded(self, prog: str) -> bool:
@@ -228,8 +268,8 @@ class Object:
             self.so.bpf_link__destroy(link)
         self.links = []
         if self.ptr:
-            self.so.bpf_object__close(self.ptr)
-            self.ptr = None
+            ptr, self.ptr = self.ptr, None
+            _call(self.so.bpf_object__close, ptr)
 
     def _check(self, ret: int, what: str,
                fix: str = ": rebuild the object with scripts/build-bpf") -> None:

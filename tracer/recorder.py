@@ -24,7 +24,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
-from . import attach_baseline, attacher, errors, loader, marks, recording, slabfilter
+from . import attach_baseline, attacher, errors, libbpf, loader, marks, recording, slabfilter
 from .attacher import STOP_SIGNALS, sampler_argv
 from .bpfmaps import Maps
 from .errors import FootprintError, require_root
@@ -296,11 +296,14 @@ class Recorder:
         opts = self.opts
         armed = [True]
 
-        def stop(signum, _frame):
+        def stop(signum, frame):
             # The first signal stops the recording; later ones would cut its last word.
             if armed[0]:
                 armed[0] = False
-                raise _Stop(signal.Signals(signum).name)
+                err = _Stop(signal.Signals(signum).name)
+                if libbpf.raise_after_call(frame, err):  # raised once libbpf returns
+                    return
+                raise err
 
         old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
         reason = "stopped"
