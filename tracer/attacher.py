@@ -44,6 +44,8 @@ class Attached:
             "plan": {
                 "probes": plan.probes(),
                 "loader": plan.loader,
+                "btf_events": [list(ev) for ev in plan.btf_events],  # the rest: tracepoints
+                "btf_fallback": plan.btf_fallback,
                 "headers": plan.headers.describe(),
                 "headers_match_kernel": plan.headers.matches_kernel,
                 "max_pfn": plan.max_pfn,
@@ -60,7 +62,9 @@ class Attached:
     def summary(self) -> str:
         """One log line: what was attached, how fast, with which headers."""
         plan = self.plan
+        n_btf = len(plan.btf_events)
         return (f"attached {len(plan.tracepoints)} tracepoints"
+                + (f" ({n_btf} as tp_btf)" if n_btf else "")
                 + (f" and kprobes {', '.join(plan.kprobes)}" if plan.kprobes else "")
                 + f" in {self.seconds:.1f} s; headers: {plan.headers.describe()}")
 

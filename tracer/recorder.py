@@ -60,6 +60,7 @@ class Options:
     slab: str = "kmalloc"
     kernel_headers: str | None = None
     loader: str = "auto"  # auto | libbpf | bcc (loader.choose_loader)
+    programs: str = "auto"  # auto | tp_btf | tracepoint (progkinds.plan_program_kinds)
     sizes: loader.MapSizes | None = None
     exec: bool = True  # hand off to the lean sampler after attaching
     pin: bool = False  # pin links and maps in bpffs: the account outlives the recorder
@@ -106,7 +107,7 @@ class Recorder:
         self.writer = recording.Writer(opts.output)
         files_now = attach_baseline.files_with_pages(opts.baseline, bool(opts.sizes and opts.sizes.files))
         self.plan = loader.plan(sizes=opts.sizes, kernel_headers=opts.kernel_headers, slab=opts.slab,
-                                loader=opts.loader, files_now=files_now)
+                                loader=opts.loader, files_now=files_now, programs=opts.programs)
         if opts.pin:
             from . import pinned
 
