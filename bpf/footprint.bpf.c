@@ -63,8 +63,9 @@ struct {
 #define FP_DELETE(m, k) bpf_map_delete_elem(&m, k)
 #define FP_LOOKUP_OR_INIT(m, k, v) fp_lookup_or_try_init(&m, k, v)
 /* The program's own context (`fp_ctx`, set by FP_TRACEPOINT below), whatever the logic
- * passes: in a hot event's body `args` is a copy of the event's fields, not the context. */
-#define FP_STACKID(m, ctx, flags) bpf_get_stackid(fp_ctx, &m, flags)
+ * passes: in a hot event's body `args` is a copy of the event's fields, not the context.
+ * `fp_skip`: the frames of the tracing machinery a tp_btf program's stack starts with. */
+#define FP_STACKID(m, ctx, flags) bpf_get_stackid(fp_ctx, &m, (flags) + fp_skip)
 #define FP_XADD(p, n) __sync_fetch_and_add(p, n)
 
 /* bcc's lookup_or_try_init: an insert that lost a race still finds the winner's entry. */
@@ -272,32 +273,39 @@ static __always_inline void fp_from_btf_filemap(struct fp_ev_mm_filemap_add_to_p
 #define FP_CAT(a, b) FP_CAT_(a, b)
 #define FP_CAT_(a, b) a##b
 
+/* A tp_btf program's stack walk (bpf_get_stackid_raw_tp: from the helper's caller) starts
+ * with the program, bpf_trace_runN and __traceiter_<event> (where several programs share
+ * the event; else the allocator's own entry): skipped, so that its frames are as deep
+ * as a classic tracepoint's, which start at the allocator. */
+#define FP_BTF_SKIP 3
 #define FP_TRACEPOINT(group, event, raw) FP_CAT(FP_TP_, FP_IS_HOT(event))(group, event, raw)
 #define FP_TP_0(group, event, raw) \
-    static __always_inline int fp_run__##event(void *fp_ctx, struct trace_event_raw_##raw *args); \
+    static __always_inline int fp_run__##event(void *fp_ctx, u32 fp_skip, \
+                                               struct trace_event_raw_##raw *args); \
     SEC("tracepoint/" #group "/" #event) \
     int tracepoint__##group##__##event(struct trace_event_raw_##raw *tp) \
     { \
-        return fp_run__##event(tp, tp); \
+        return fp_run__##event(tp, 0, tp); \
     } \
-    static __always_inline int fp_run__##event(void *fp_ctx, struct trace_event_raw_##raw *args)
+    static __always_inline int fp_run__##event(void *fp_ctx, u32 fp_skip, \
+                                               struct trace_event_raw_##raw *args)
 #define FP_TP_1(group, event, raw) \
-    static __always_inline int fp_run__##event(void *fp_ctx, struct fp_ev_##event *args); \
+    static __always_inline int fp_run__##event(void *fp_ctx, u32 fp_skip, struct fp_ev_##event *args); \
     SEC("tracepoint/" #group "/" #event) \
     int tracepoint__##group##__##event(struct trace_event_raw_##raw *tp) \
     { \
         struct fp_ev_##event ev = {}; \
         fp_from_tp_##event(&ev, tp); \
-        return fp_run__##event(tp, &ev); \
+        return fp_run__##event(tp, 0, &ev); \
     } \
     SEC("tp_btf/" #event) \
     int tp_btf__##group##__##event(u64 *ctx) \
     { \
         struct fp_ev_##event ev = {}; \
         fp_from_btf_##event(&ev, ctx); \
-        return fp_run__##event(ctx, &ev); \
+        return fp_run__##event(ctx, FP_BTF_SKIP, &ev); \
     } \
-    static __always_inline int fp_run__##event(void *fp_ctx, struct fp_ev_##event *args)
+    static __always_inline int fp_run__##event(void *fp_ctx, u32 fp_skip, struct fp_ev_##event *args)
 
 /* Every optional probe is in the object; the loader turns off what this kernel lacks. */
 #define FP_HAS_kmem_kmalloc
