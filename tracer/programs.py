@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 
 from .errors import FootprintError, require_root
@@ -21,6 +20,8 @@ from .loader import MIGRATE_MOVABLE, OOM_SLOTS, Plan, bpf_source
 @contextlib.contextmanager
 def _stderr_captured():
     """Redirect fd 2 (where libbcc/clang write) to a temp file; yields a reader."""
+    import tempfile  # bcc only: the sampler, which imports this module, needs none
+
     sys.stderr.flush()
     saved = os.dup(2)
     tmp = tempfile.TemporaryFile()
