@@ -129,7 +129,8 @@ _SAMPLER_CODE = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
 
 
 def sampler_argv() -> list[str]:
-    """argv of the lean sampler: '@footprint' (spared at switch_root), python code that
-    puts this package's parent directory on sys.path, and that directory."""
+    """argv of the lean sampler: '@footprint' (spared at switch_root), -S (it imports
+    nothing from site-packages: the site module and .pth files cost it ~1.7 MB), python
+    code that puts this package's parent directory on sys.path, and that directory."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return ["@footprint", "-c", _SAMPLER_CODE, package_parent]
+    return ["@footprint", "-S", "-c", _SAMPLER_CODE, package_parent]
