@@ -219,7 +219,10 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15,
     if inactive:
         out.append(f"probes inactive: {', '.join(inactive)}")
     drops = {k: acc.stats.get(k, 0) for k in DROP_STATS if acc.stats.get(k, 0)}
-    out.append(f"lost events: {int(acc.stats.get('lost_events', 0))} (programs skipped by the kernel); "
+    lost = [f"{inert(k.split(':', 1)[1])} {int(v)}" for k, v in acc.stats.items()
+            if k.startswith("lost_events:") and v]
+    out.append(f"lost events: {int(acc.stats.get('lost_events', 0))} (programs skipped by the kernel"
+               + (f": {', '.join(lost)}" if lost else "") + "); "
                f"map drops: {map_drops(acc.stats)}"
                + (f" ({', '.join(f'{k} {v}' for k, v in drops.items())})" if drops else ""))
     out.append(_baseline_line(rec))
