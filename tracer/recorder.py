@@ -341,6 +341,7 @@ class Recorder:
                 # paths (briefly: a running recording read with `--at` shows them).
                 if self.follow.naming_due(mounts_changed):
                     self.name_top_files(seconds=0.3)
+                    release_memory()  # the walk's transient peak: back to the kernel
                 next_sample = now + opts.interval
             if deadline is not None and now >= deadline:
                 return "duration"
