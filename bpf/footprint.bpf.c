@@ -182,10 +182,19 @@ struct fp_ev_kfree {
  * and from BTF), so this needs no symbol. The pointer is read as a number from the
  * context: the verifier allows no arithmetic on a BTF pointer. NULL (a failed
  * allocation) gives -1, as the trace record does. */
+/* Argument i as a number, read around the verifier's typing: a pointer to a struct is a
+ * BTF pointer (no arithmetic), and 6.1 refuses a direct read of a `const void *` argument
+ * ("arg is not a struct": the const hides the void until later kernels look through it). */
+static __always_inline u64 fp_ctx_u64(u64 *ctx, int i)
+{
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), &ctx[i]);
+    return v;
+}
+
 static __always_inline u64 fp_ctx_pfn(u64 *ctx, int i)
 {
-    u64 addr = 0;
-    bpf_probe_read_kernel(&addr, sizeof(addr), &ctx[i]);
+    u64 addr = fp_ctx_u64(ctx, i);
     if (!addr)
         return (u64)-1;
     return (addr & ((1ULL << 30) - 1)) / bpf_core_type_size(struct page);
@@ -250,11 +259,11 @@ static __always_inline void fp_from_btf_filemap(struct fp_ev_mm_filemap_add_to_p
 /* (unsigned long call_site, const void *ptr, size_t bytes_req, size_t bytes_alloc,
  *  gfp_t gfp_flags, ...): the same first five since 4.x */
 #define fp_from_btf_kmalloc(ev, ctx) do { \
-    (ev)->call_site = (ctx)[0]; (ev)->ptr = (const void *)(ctx)[1]; (ev)->bytes_req = (ctx)[2]; \
-    (ev)->bytes_alloc = (ctx)[3]; (ev)->gfp_flags = (ctx)[4]; } while (0)
+    (ev)->call_site = (ctx)[0]; (ev)->ptr = (const void *)fp_ctx_u64(ctx, 1); \
+    (ev)->bytes_req = (ctx)[2]; (ev)->bytes_alloc = (ctx)[3]; (ev)->gfp_flags = (ctx)[4]; } while (0)
 /* (unsigned long call_site, const void *ptr) */
 #define fp_from_btf_kfree(ev, ctx) do { \
-    (ev)->call_site = (ctx)[0]; (ev)->ptr = (const void *)(ctx)[1]; } while (0)
+    (ev)->call_site = (ctx)[0]; (ev)->ptr = (const void *)fp_ctx_u64(ctx, 1); } while (0)
 
 /* Which events are hot: FP_TRACEPOINT picks FP_TP_1 for them, FP_TP_0 for the rest (the
  * kernel's __is_defined() idiom: any event not listed here stays a classic tracepoint). */
