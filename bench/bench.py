@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO))
 import livestack  # noqa: E402
 
 FOOTPRINT = [sys.executable, "-m", "tracer"]
+RECORD_EXTRA: list[str] = []  # --programs KIND (main): what the hot events run as
 GOALS = {"workload_overhead_ratio": 1.03, "workload_overhead_ratio_host": 1.03,
          "tracer_own_mib_host": 32, "lost_events_host": 0,
          "boot_overhead_ratio": 1.10, "lost_events": 0, "map_drops": 0, "tracer_own_mib": 8,
@@ -71,7 +72,8 @@ def say(msg: str) -> None:
 
 
 def _start_recorder(rec: Path) -> subprocess.Popen:
-    p = subprocess.Popen(FOOTPRINT + ["record", "-o", str(rec), "--interval", "1", "--no-inventory"],
+    p = subprocess.Popen(FOOTPRINT + ["record", "-o", str(rec), "--interval", "1", "--no-inventory",
+                                      *RECORD_EXTRA],
                          stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -154,7 +156,7 @@ def host_own_and_lost(seconds: float = 20.0) -> dict:
     with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="fp-bench-") as tmp, \
             livestack.live_like_stack(Path(tmp), tree_mib=256) as stack:
         rec = Path(tmp) / "own.jsonl"
-        p = subprocess.Popen(FOOTPRINT + ["record", "-o", str(rec), "--interval", "1"],
+        p = subprocess.Popen(FOOTPRINT + ["record", "-o", str(rec), "--interval", "1", *RECORD_EXTRA],
                              stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 120
@@ -174,7 +176,11 @@ def host_own_and_lost(seconds: float = 20.0) -> dict:
     return {"tracer_own_mib_host": round((own["maps"] + own["rss"]) / 2**20, 1),
             "tracer_maps_mib_host": round(own["maps"] / 2**20, 1),
             "tracer_rss_mib_host": round(own["rss"] / 2**20, 1),
-            "lost_events_host": rep.get("lost_events")}
+            "lost_events_host": rep.get("lost_events"),
+            # which programs the kernel skipped (tracer/mapsampler.py lost_events)
+            "lost_events_host_by_program": {k.split(":", 1)[1]: v for k, v in rep.get("stats", {}).items()
+                                            if k.startswith("lost_events:")},
+            "programs_host": rep.get("recording", {}).get("programs")}
 
 
 def _max_file_error(stack: dict, tmp: Path) -> float:
@@ -410,20 +416,22 @@ def main() -> int:
     ap.add_argument("--guest", action="store_true", help="also the QEMU guest benchmarks (slow)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--guest-runs", type=int, default=1, help="boots of each kind (minutes each)")
-    ap.add_argument("--only", choices=["own", "guest"], help="only these keys (own: tracer_own_mib_host, "
-                    "lost_events_host; guest: the --guest keys)")
+    ap.add_argument("--programs", choices=["auto", "tp_btf", "tracepoint"], default="auto",
+                    help="what the recorder runs the hot events as (footprint record --programs)")
+    ap.add_argument("--only", choices=["own", "workload", "guest"],
+                    help="only these keys (own: tracer_own_mib_host, lost_events_host; workload: "
+                    "workload_overhead_ratio_host, max_file_error_pct; guest: the --guest keys)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (loop devices, BPF): run it as root", file=sys.stderr)
         return 2
     results: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} "
                      f"{platform.release()} {os.cpu_count()} CPUs"}
-    if args.only == "own":
-        results.update(host_own_and_lost())
-        print(json.dumps(results, indent=2))
-        return 0
-    if args.only == "guest":
-        results.update(guest(max(1, args.guest_runs)))
+    RECORD_EXTRA[:] = ["--programs", args.programs]
+    if args.only:
+        only = {"own": host_own_and_lost, "workload": lambda: host_workload_and_accuracy(args.runs),
+                "guest": lambda: guest(max(1, args.guest_runs))}[args.only]
+        results.update(only())
         print(json.dumps(results, indent=2))
         return 0
     say("host: cold-read overhead and per-file accuracy")

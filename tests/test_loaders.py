@@ -115,7 +115,8 @@ def test_libbpf_sizes_maps_and_knobs_before_load(bpf_object):
             m = Map(prog[name].map_fd)
             assert m.max_entries == entries, (name, m.max_entries, entries)
         assert Map(prog["stacks"].map_fd).value_size == 12 * 8
-        assert set(prog.prog_fds()) == {f"tracepoint__{g}__{e}" for g, e in p.tracepoints}
+        kinds = {e: "tp_btf" if (g, e) in p.btf_events else "tracepoint" for g, e in p.tracepoints}
+        assert set(prog.prog_fds()) == {f"{kinds[e]}__{g}__{e}" for g, e in p.tracepoints}
         assert len(prog.attach_fds()) == len(p.tracepoints)
         assert len(Maps({n: prog[n].map_fd for n in Maps.NAMES}).stats(loader.ST_MAX)) == loader.ST_MAX
     finally:

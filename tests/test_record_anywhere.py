@@ -54,11 +54,12 @@ def test_sampler_needs_only_the_standard_library_and_its_package(tmp_path):
     from tracer.recorder import sampler_argv
 
     argv = sampler_argv()
-    assert argv[0] == "@footprint"
-    code = argv[2].replace("sys.exit(main())",
+    assert argv[0] == "@footprint" and "-S" in argv[:argv.index("-c")]
+    at = argv.index("-c") + 1
+    code = argv[at].replace("sys.exit(main())",
                            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
                            "('bcc', 'click', 'pandas', 'pyroute2')))")
-    out = subprocess.run([sys.executable, "-S", "-c", code, *argv[3:]], cwd=tmp_path,
+    out = subprocess.run([sys.executable, "-S", "-c", code, *argv[at + 1:]], cwd=tmp_path,
                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

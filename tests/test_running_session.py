@@ -75,3 +75,12 @@ def test_per_layer_page_cache_matches_fincore(session):
     assert "inventoried" in sources or "inventoried+traced" in sources, sources
     assert any(s in sources for s in ("traced", "inventoried+traced")), sources
     print(f"running session: root layer {ours} pages vs fincore {expected}")
+
+
+def test_hot_events_ran_as_tp_btf(session):
+    """The 6.1 guest (BTF, x86-64, 2 GiB) runs the hot events as tp_btf programs, not the
+    classic tracepoints the loader falls back to when they do not load (tracer/progkinds.py)."""
+    out, _root_dev = session
+    plan = recording.read(str(out / "fp-session.jsonl")).header["plan"]
+    assert plan["loader"] == "libbpf" and len(plan.get("btf_events", [])) == 6, \
+        (plan.get("btf_events"), plan.get("btf_fallback"))

@@ -406,3 +406,18 @@ def test_copies_of_another_layout_read_as_the_kernel_writes_them():
     assert list(a.addrs) == list(b.addrs) and list(a.names) == list(b.names)
     assert [a.modules[i] for i in range(len(a))] == [b.modules[i] for i in range(len(b))]
     assert b.lookup(0xffffffffc0b00010) == ("squashfs_cache_init", "squashfs", 0x10)
+
+
+def test_packed_names_read_the_same_once_compacted():
+    """The sampler keeps its symbol names compressed (tracer/names.py): every name, the
+    blob slabfilter searches and a name from each block read back as before."""
+    from tracer.names import PackedNames
+
+    names = [f"sym_{i}_{'x' * (i % 37)}" for i in range(3 * PackedNames.BLOCK + 5)]
+    packed = PackedNames.of(names)
+    blob = packed.blob
+    packed.compact()
+    assert packed.compacted and packed.blob == blob
+    assert list(packed) == names and len(packed) == len(names)
+    assert [packed[i] for i in range(len(names) - 1, -1, -(PackedNames.BLOCK // 3))] == \
+        names[::-1][::PackedNames.BLOCK // 3]

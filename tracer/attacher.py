@@ -44,6 +44,8 @@ class Attached:
             "plan": {
                 "probes": plan.probes(),
                 "loader": plan.loader,
+                "btf_events": [list(ev) for ev in plan.btf_events],  # the rest: tracepoints
+                "btf_fallback": plan.btf_fallback,
                 "headers": plan.headers.describe(),
                 "headers_match_kernel": plan.headers.matches_kernel,
                 "max_pfn": plan.max_pfn,
@@ -60,7 +62,9 @@ class Attached:
     def summary(self) -> str:
         """One log line: what was attached, how fast, with which headers."""
         plan = self.plan
+        n_btf = len(plan.btf_events)
         return (f"attached {len(plan.tracepoints)} tracepoints"
+                + (f" ({n_btf} as tp_btf)" if n_btf else "")
                 + (f" and kprobes {', '.join(plan.kprobes)}" if plan.kprobes else "")
                 + f" in {self.seconds:.1f} s; headers: {plan.headers.describe()}")
 
@@ -125,7 +129,8 @@ _SAMPLER_CODE = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
 
 
 def sampler_argv() -> list[str]:
-    """argv of the lean sampler: '@footprint' (spared at switch_root), python code that
-    puts this package's parent directory on sys.path, and that directory."""
+    """argv of the lean sampler: '@footprint' (spared at switch_root), -S (it imports
+    nothing from site-packages: the site module and .pth files cost it ~1.7 MB), python
+    code that puts this package's parent directory on sys.path, and that directory."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return ["@footprint", "-c", _SAMPLER_CODE, package_parent]
+    return ["@footprint", "-S", "-c", _SAMPLER_CODE, package_parent]

@@ -76,8 +76,12 @@ class _Seconds(click.ParamType):
 @click.option("--loader", "loader_name", type=click.Choice(["auto", "libbpf", "bcc"]), default="auto",
               show_default=True, help="libbpf: the CO-RE object built ahead of time (needs BTF); "
                                       "bcc: compile at attach time; auto: libbpf where it can.")
+@click.option("--programs", type=click.Choice(["auto", "tp_btf", "tracepoint"]), default="auto",
+              show_default=True, help="What the hot events (page cache, pages, kmalloc) run as "
+              "under libbpf: tp_btf (raw tracepoints typed by BTF: skipped only when they nest "
+              "in themselves) or classic tracepoints; auto: tp_btf where it works.")
 def record(output, duration, interval, baseline, no_inventory, inventory_seconds, slab, kernel_headers, marks, stop_file,
-           max_files, max_stacks, max_objects, pin, no_exec, ebpf, loader_name):
+           max_files, max_stacks, max_objects, pin, no_exec, ebpf, loader_name, programs):
     """Trace page cache, kernel pages and slab objects into a recording."""
     from . import loader, recorder
 
@@ -97,7 +101,7 @@ def record(output, duration, interval, baseline, no_inventory, inventory_seconds
         output=output, duration=duration, interval=interval, inventory=baseline != "none",
         inventory_seconds=inventory_seconds, baseline=baseline,
         marks=marks, stop_file=stop_file, slab=slab, kernel_headers=kernel_headers,
-        sizes=sizes, exec=not no_exec, loader=loader_name, pin=pin))
+        sizes=sizes, exec=not no_exec, loader=loader_name, pin=pin, programs=programs))
     click.echo(f"footprint: recording {output} written ({reason})", err=True)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .errors import FootprintError
 from .kprobes import VMALLOC_KPROBES, plan_kprobes
+from .progkinds import kind_of, plan_program_kinds
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 CACHE_DIR = Path(os.environ.get("FOOTPRINT_CACHE", "/var/cache/footprint"))
@@ -175,6 +176,9 @@ class Plan:
     slab: str = "kmalloc"  # off | kmalloc | all (see SLAB_MODES)
     loader: str = "bcc"  # which one loads the program: libbpf (CO-RE object) or bcc
     bpf_object: str | None = None  # the CO-RE object libbpf loads
+    programs: str = "auto"  # auto | tp_btf | tracepoint: the kind the hot events run as
+    btf_events: list[tuple[str, str]] = field(default_factory=list)  # hot events as tp_btf
+    btf_fallback: str | None = None  # why the hot events run as classic tracepoints
 
     def map_entries(self) -> dict[str, int]:
         """Each map's capacity, as bpf/footprint.c declares them for bcc; libbpf sets the
@@ -217,7 +221,7 @@ class Plan:
 
     def probes(self) -> list[dict]:
         """The probe list the report prints: what was active and what was not."""
-        rows = [{"probe": f"tracepoint:{g}:{e}", "active": True} for g, e in self.tracepoints]
+        rows = [{"probe": f"{kind_of(self, g, e)}:{g}:{e}", "active": True} for g, e in self.tracepoints]
         rows += [{"probe": f"tracepoint:{g}:{e}", "active": False, "why": "absent in this kernel"}
                  for g, e in self.missing]
         rows += [{"probe": f"tracepoint:{g}:{e}", "active": False, "why": f"--slab {self.slab}"}
@@ -226,19 +230,6 @@ class Plan:
         rows += [{"probe": f"kprobe:{f}", "active": False, "why": why}
                  for f, why in self.kprobes_missing]
         return rows
-
-
-def possible_cpus() -> int:
-    """Count of possible CPUs (/sys/devices/system/cpu/possible, e.g. "0-3")."""
-    try:
-        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
-    except OSError:
-        return os.cpu_count() or 1
-    count = 0
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        count += int(hi or lo) - int(lo) + 1
-    return count
 
 
 def bpf_file(name: str):
@@ -356,7 +347,7 @@ def find_headers(explicit: str | None = None) -> Headers:
 
 def plan(sizes: MapSizes | None = None, kernel_headers: str | None = None,
          max_pfn: int | None = None, slab: str = "kmalloc", loader: str = "auto",
-         files_now: int | None = None) -> Plan:
+         files_now: int | None = None, programs: str = "auto") -> Plan:
     """Decide what to load for the running kernel; raises FootprintError if it cannot work.
     `files_now`: files with page cache now, if known (sizes the files table)."""
     from .procfs import zone_max_pfn
@@ -368,7 +359,7 @@ def plan(sizes: MapSizes | None = None, kernel_headers: str | None = None,
     max_pfn = max_pfn or zone_max_pfn()
     p = Plan(tracefs=tfs, kernel=platform.release(), headers=headers,
              max_pfn=max_pfn, sizes=(sizes or MapSizes()).resolved(max_pfn, slab, files_now),
-             slab=slab, loader=which, bpf_object=obj)
+             slab=slab, loader=which, bpf_object=obj, programs=programs)
     if slab not in SLAB_MODES:
         raise FootprintError(f"unknown --slab mode {slab!r}: use one of {', '.join(SLAB_MODES)}")
     for group, event in REQUIRED_TRACEPOINTS:
@@ -397,4 +388,5 @@ def plan(sizes: MapSizes | None = None, kernel_headers: str | None = None,
             p.percpu_call_site = True
         if event == "mark_victim" and "comm" in fields:
             p.oom_victim_comm = True
+    plan_program_kinds(p)
     return p

@@ -96,15 +96,21 @@ class MapSampler:
                 break
         return out
 
-    def lost_events(self) -> int:
-        """Events the programs missed (a program already running on that CPU), summed."""
-        total = 0
-        for fd in self.prog_fds.values():
+    def lost_events(self) -> dict[str, int]:
+        """Events the programs missed: "lost_events" summed, and "lost_events:GROUP:EVENT"
+        for each program that missed any (a tp_btf one: it was already running on that
+        CPU, an interrupt's event inside it; a classic tracepoint's: any tracing program
+        or a map access from user space was)."""
+        out = {"lost_events": 0}
+        for name, fd in self.prog_fds.items():
             try:
-                total += prog_misses(fd)
+                n = prog_misses(fd)
             except OSError:  # kernels before 5.12 do not count them
-                pass
-        return total
+                continue
+            out["lost_events"] += n
+            if n:
+                out["lost_events:" + ":".join(name.split("__")[1:])] = n
+        return out
 
     def _oom_victims(self, count: int) -> list[dict]:
         """The OOM killer's victims since the last read, named from /proc if the event
@@ -138,7 +144,7 @@ class MapSampler:
         self.known_stacks.update(new_stacks)
         self.known_sites.update(new_sites)
         stats = dict(zip(STAT_NAMES, self.maps.stats(len(STAT_NAMES))))
-        stats["lost_events"] = self.lost_events()
+        stats.update(self.lost_events())
         victims = self._oom_victims(stats["oom_kills"]) if stats["oom_kills"] > self.oom_seen else []
         rec = {"type": "sample", "t": t, "meminfo": meminfo, "stats": stats,
                "pcp_pages": pcp,

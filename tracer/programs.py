@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 
 from .errors import FootprintError, require_root
@@ -21,6 +20,8 @@ from .loader import MIGRATE_MOVABLE, OOM_SLOTS, Plan, bpf_source
 @contextlib.contextmanager
 def _stderr_captured():
     """Redirect fd 2 (where libbcc/clang write) to a temp file; yields a reader."""
+    import tempfile  # bcc only: the sampler, which imports this module, needs none
+
     sys.stderr.flush()
     saved = os.dup(2)
     tmp = tempfile.TemporaryFile()
@@ -56,15 +57,7 @@ class LibbpfProgram:
     def __init__(self, p: Plan):
         require_root("loading BPF programs")
         self.plan = p
-        try:
-            self.obj = self._load(p)
-        except FootprintError as err:
-            if not p.kprobes:
-                raise
-            # The extras read kernel structs: if they do not load here, go without.
-            p.kprobes_missing += [(f, f"failed to load: {err}") for f in p.kprobes]
-            p.kprobes = []
-            self.obj = self._load(p)
+        self.obj = self._load_trimming(p)
         try:
             self.links = {name: self.obj.attach(name) for name in self._wanted(p, kprobes=False)}
             for f in list(p.kprobes):  # extras: one that does not attach is named, not fatal
@@ -77,9 +70,44 @@ class LibbpfProgram:
             self.obj.close()
             raise
 
+    def _load_trimming(self, p: Plan):
+        """Load what the plan asks; where that is refused, without the tp_btf programs
+        (--programs auto: the classic tracepoints read only the trace record), without the
+        kprobe extras, or without both, whichever loads first: each optional part reads
+        kernel structs that an older or odd kernel may lay out otherwise. What was left
+        out is named in the plan."""
+        btf, kprobes, btf_fallback = list(p.btf_events), list(p.kprobes), p.btf_fallback
+        tries = [(True, True)]
+        if btf and p.programs == "auto":
+            tries.append((False, True))
+        if kprobes:
+            tries.append((True, False))
+            if btf and p.programs == "auto":
+                tries.append((False, False))
+        first = None
+        for use_btf, use_kprobes in tries:
+            p.btf_events = btf if use_btf else []
+            p.kprobes = kprobes if use_kprobes else []
+            try:
+                obj = self._load(p)
+            except FootprintError as err:
+                first = first or err
+                continue
+            if btf and not use_btf:
+                p.btf_fallback = f"failed to load: {first}"[:300]
+            else:
+                p.btf_fallback = btf_fallback
+            if kprobes and not use_kprobes:
+                p.kprobes_missing += [(f, f"failed to load: {first}") for f in kprobes]
+            return obj
+        raise first
+
     @staticmethod
     def _wanted(p: Plan, kprobes: bool = True) -> list[str]:
-        return ([f"tracepoint__{g}__{e}" for g, e in p.tracepoints]
+        """The programs to load: each event's tp_btf or classic tracepoint (the plan's
+        choice, tracer/progkinds.py), then the kprobe extras."""
+        return ([f"{'tp_btf' if (g, e) in p.btf_events else 'tracepoint'}__{g}__{e}"
+                 for g, e in p.tracepoints]
                 + ([LibbpfProgram.KPROBE_PROGS[f] for f in p.kprobes] if kprobes else []))
 
     def _load(self, p: Plan):

@@ -64,6 +64,7 @@ class Options:
     slab: str = "kmalloc"
     kernel_headers: str | None = None
     loader: str = "auto"  # auto | libbpf | bcc (loader.choose_loader)
+    programs: str = "auto"  # auto | tp_btf | tracepoint (progkinds.plan_program_kinds)
     sizes: loader.MapSizes | None = None
     exec: bool = True  # hand off to the lean sampler after attaching
     pin: bool = False  # pin links and maps in bpffs: the account outlives the recorder
@@ -118,7 +119,7 @@ class Recorder:
         files_now = attach_baseline.files_with_pages(
             opts.baseline, bool(opts.sizes and opts.sizes.files) or not opts.presize_files)
         self.plan = loader.plan(sizes=opts.sizes, kernel_headers=opts.kernel_headers, slab=opts.slab,
-                                loader=opts.loader, files_now=files_now)
+                                loader=opts.loader, files_now=files_now, programs=opts.programs)
         self._at("planned")
         done = attacher.attach(self.plan, pin_as=opts.output if opts.pin else None)
         self.program, self.attached = done.program, done.t0
@@ -371,6 +372,7 @@ class Recorder:
                 # paths (briefly: a running recording read with `--at` shows them).
                 if self.follow.naming_due(mounts_changed):
                     self.name_top_files(seconds=0.3)
+                    release_memory()  # the walk's transient peak: back to the kernel
                 next_sample = now + opts.interval
             if deadline is not None and now >= deadline:
                 return "duration"

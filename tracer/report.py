@@ -12,6 +12,7 @@ import math
 
 import pandas as pd
 
+from . import progkinds
 from .account import MIB, Account
 from .fold import fold, other_label
 from .recording import Recording
@@ -53,6 +54,7 @@ def summary(rec: Recording, acc: Account) -> dict:
             "headers": h.get("plan", {}).get("headers"),
             # Recordings made before the libbpf loader existed were all bcc's.
             "loader": h.get("plan", {}).get("loader", "bcc"),
+            "programs": progkinds.describe(h.get("plan", {})),  # tp_btf or tracepoints
             # A starved sampler (memory pressure, a stalled CPU) leaves gaps: between two
             # samples the timeline knows only the peaks the kernel kept.
             "interval_s": interval,
@@ -218,11 +220,15 @@ def text(rec: Recording, acc: Account, by: str = "layer", top_files: int = 15,
     inactive = [f"{inert(p['probe'].removeprefix('tracepoint:'))} ({inert(p.get('why', ''))})"
                 for p in acc.probes if not p.get("active")]
     out.append(f"probes active: {', '.join(active) or 'none'}")
-    out.append(f"loaded by: {inert(str(s['loader']))}")
+    out.append(f"loaded by: {inert(str(s['loader']))}"
+               + (f" ({inert(s['programs'])})" if s.get("programs") else ""))
     if inactive:
         out.append(f"probes inactive: {', '.join(inactive)}")
     drops = {k: acc.stats.get(k, 0) for k in DROP_STATS if acc.stats.get(k, 0)}
-    out.append(f"lost events: {int(acc.stats.get('lost_events', 0))} (programs skipped by the kernel); "
+    lost = [f"{inert(k.split(':', 1)[1])} {int(v)}" for k, v in acc.stats.items()
+            if k.startswith("lost_events:") and v]
+    out.append(f"lost events: {int(acc.stats.get('lost_events', 0))} (programs skipped by the kernel"
+               + (f": {', '.join(lost)}" if lost else "") + "); "
                f"map drops: {map_drops(acc.stats)}"
                + (f" ({', '.join(f'{k} {v}' for k, v in drops.items())})" if drops else ""))
     out.append(_baseline_line(rec))

@@ -23,7 +23,7 @@ LIB_RANGES = 8  # FP_LIB_RANGES
 
 
 def _symbol_index(names, name: str) -> int | None:
-    """Index of a symbol in symbols._Names (one blob, an offsets array) by a search of the
+    """Index of a symbol in names.PackedNames (one blob, an offsets array) by a search of the
     blob in C: decoding 120k names one by one takes a tenth of a second."""
     blob, offs, want = getattr(names, "blob", None), getattr(names, "offsets", None), name.encode()
     if blob is None or offs is None:

@@ -13,10 +13,11 @@ import os
 import re
 import sys
 from array import array
-from itertools import accumulate, compress, islice, repeat
+from itertools import compress, islice, repeat
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import FootprintError
+from .names import PackedNames as _Names
 from .owners import (KIND_MARKERS, MODULE_SUBSYSTEMS, PREFIX_SUBSYSTEMS,  # noqa: F401  (re-exported)
                      classify_stack, frame_kind, normalize, subsystem_of)
 
@@ -128,6 +129,10 @@ class Kallsyms:
                 return name
         return None
 
+    def compact(self) -> None:
+        """Keep the names compressed (see _Names): for a table kept for a recorder's life."""
+        self.names.compact()
+
     def lookup(self, addr: int) -> Tuple[Optional[str], Optional[str], int]:
         """addr → (symbol, module or None, offset). (None, module-or-None, 0) when no
         symbol covers it (e.g. a module's freed init text)."""
@@ -225,36 +230,6 @@ def prefetch() -> None:
 
     _PENDING = threading.Thread(target=read, name="footprint-kallsyms", daemon=True)
     _PENDING.start()
-
-
-class _Names:
-    """Symbol names packed into one bytes blob with an offsets array."""
-
-    def __init__(self, blob: bytes, offsets: array):
-        self.blob, self.offsets = blob, offsets
-
-    @classmethod
-    def of(cls, names: Iterable[str]) -> "_Names":
-        return cls.of_bytes([n.encode("ascii", "replace") for n in names])
-
-    @classmethod
-    def of_bytes(cls, names: Sequence[bytes]) -> "_Names":
-        return cls(b"".join(names), array("I", accumulate(map(len, names), initial=0)))
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, i: int) -> str:
-        return self.blob[self.offsets[i]:self.offsets[i + 1]].decode("ascii", "replace")
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-    def index(self, name: str) -> int:
-        for i, n in enumerate(self):
-            if n == name:
-                return i
-        raise ValueError(f"{name!r} is not a symbol")
 
 
 class _Modules:

@@ -12,10 +12,8 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import shutil
 import stat
 import struct
-import subprocess
 from typing import Any, Dict, List, Optional
 
 from .devices import devstr
@@ -315,6 +313,9 @@ def parse_dm_table(text: str) -> Dict[str, List[Dict[str, Any]]]:
 
 def read_dm_tables() -> Dict[str, List[Dict[str, Any]]]:
     """`dmsetup table` if dmsetup exists (device-mapper ioctls need root)."""
+    import shutil  # here: the sampler imports this module, and these cost it ~3 MB
+    import subprocess
+
     exe = shutil.which("dmsetup") or next(
         (p for p in ("/usr/sbin/dmsetup", "/sbin/dmsetup") if os.access(p, os.X_OK)), None)
     if not exe:
