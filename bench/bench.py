@@ -57,7 +57,7 @@ import livestack  # noqa: E402
 
 FOOTPRINT = [sys.executable, "-m", "tracer"]
 RECORD_EXTRA: list[str] = []  # --programs KIND (main): what the hot events run as
-GOALS = {"workload_overhead_ratio": 1.03, "workload_overhead_ratio_host": 1.03,
+GOALS = {"workload_overhead_ratio": 1.03, "workload_overhead_ratio_host": 1.05,  # issue 11
          "tracer_own_mib_host": 32, "lost_events_host": 0,
          "boot_overhead_ratio": 1.10, "lost_events": 0, "map_drops": 0, "tracer_own_mib": 8,
          "report_seconds_1m_pages": 2.0, "html_seconds_20k_phases": 5.0, "max_file_error_pct": 1.0,
