@@ -34,8 +34,11 @@ def loader_name(request):
         if done.returncode != 0:
             pytest.skip(done.stderr.strip().splitlines()[-1])
     elif not os.environ.get("FP_BOOKKEEPING_CHILD"):
+        # no warnings summary (bcc's DeprecationWarnings would push the failure out of the
+        # tail shown below)
         child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                "-rs", request.node.nodeid], cwd=REPO, capture_output=True,
+                                "-p", "no:warnings", "--tb=short", "-rs", request.node.nodeid],
+                               cwd=REPO, capture_output=True,
                                text=True, env=dict(os.environ, FP_BOOKKEEPING_CHILD="1"),
                                timeout=600)
         last = (child.stdout.strip().splitlines() or [""])[-1]
