@@ -248,16 +248,21 @@ class Recorder:
 
     # -- sampling ----------------------------------------------------------------
     def sample(self) -> None:
-        """One sample: the names of stacks and call sites seen for the first time, the
-        OOM killer's victims since the last sample, then the sample itself."""
+        """One sample, written (take_sample)."""
+        self._write(self.take_sample())
+
+    def take_sample(self) -> list[dict]:
+        """One sample's records, read now and not yet written: the names of stacks and
+        call sites seen for the first time, the OOM killer's victims since the last
+        sample, then the sample itself."""
         reading = self.sampler.read()
         reading.record.update(self.shmem.read())
-        self._write(self.symbols.records(reading.new_stacks, reading.new_sites))
+        out = list(self.symbols.records(reading.new_stacks, reading.new_sites))
         for v in reading.oom_victims:
-            self.writer.write({"type": "oom", **v})
+            out.append({"type": "oom", **v})
             self.log(f"OOM killer chose pid {v['pid']} ({v['comm'] or '?'}; "
                      f"{v['trigger']} ran out)")
-        self.writer.write(reading.record)
+        return out + [reading.record]
 
     def name_top_files(self, count: int = 64, seconds: float = 5.0) -> None:
         """Paths for the biggest files the tracer knows only as (dev, ino), found here

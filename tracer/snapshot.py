@@ -41,43 +41,54 @@ def snapshot(out: str = SNAPSHOT, source: str | None = None, phase: str | None =
     except OSError as err:
         raise FootprintError(f"the recording of the pinned account, {source}, is "
                              f"unreadable ({err.strerror})") from None
-    writer = Writer(out)
     rec = Recorder(Options(output=out, marks=None, slab=meta.get("slab", "kmalloc")))
-    known_stacks, known_sites = set(), set()
+    writer = None
     try:
-        with src:
-            for n, line in enumerate(src):
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    continue  # a torn last line of a killed recorder
-                if not isinstance(obj, dict) or obj.get("type") == "end":
-                    continue
-                if n == 0:
-                    writer.start(obj)  # the header as it was (start() keeps its fields)
-                    continue
-                if obj.get("type") == "stack" and isinstance(obj.get("id"), int):
-                    known_stacks.add(obj["id"])
-                elif obj.get("type") == "site" and isinstance(obj.get("key"), str):
-                    known_sites.add(obj["key"])
-                writer.write(obj)
-        if not writer.started:
+        rec.use_maps(fds, progs, own_process=False)  # this reader is not the tracer
+        header = None
+        for obj in map(_record, src):  # the stacks and call sites described already
+            if header is None:
+                header = obj if obj and obj.get("type") == "header" else {}
+            elif obj and obj.get("type") == "stack" and isinstance(obj.get("id"), int):
+                rec.sampler.known_stacks.add(obj["id"])
+            elif obj and obj.get("type") == "site" and isinstance(obj.get("key"), str):
+                rec.sampler.known_sites.add(obj["key"])
+        if not header:
             raise FootprintError(f"the recording of the pinned account, {source}, "
                                  "has no header")
-        rec.writer = writer
-        rec.use_maps(fds, progs, own_process=False)  # this reader is not the tracer
-        rec.sampler.known_stacks.update(known_stacks)  # described already: not again
-        rec.sampler.known_sites.update(known_sites)
         rec.symbols = Symbolizer(Kallsyms.load())
-        if phase is not None:
-            writer.write({"type": "phase", "t": boottime(), "name": phase})
-        rec.sample()  # every entry: nothing is "unchanged" against an empty reference
+        t = boottime()
+        # The sample first, then the copy: what this snapshot writes (a file as big as
+        # the recording, on /run's tmpfs as a rule) is not in the moment it reads.
+        taken = rec.take_sample()  # every entry: nothing is "unchanged" against an empty reference
         rec.shmem.close()  # the tmpfs walk of that sample (tracer/shmemsampler.py)
+        rec.writer = writer = Writer(out)
+        writer.start(header)  # the header as it was (start() keeps its fields)
+        src.seek(0)
+        for obj in map(_record, src):
+            if obj and obj.get("type") not in ("header", "end"):
+                writer.write(obj)
+        if phase is not None:
+            writer.write({"type": "phase", "t": t, "name": phase})
+        for obj in taken:
+            writer.write(obj)
         writer.close("snapshot of the pinned account")
     except BaseException:
-        writer.abandon()
+        if writer is not None:
+            writer.abandon()
         raise
     finally:
+        src.close()
         for fd in list(fds.values()) + list(progs.values()):
             os.close(fd)
     return out
+
+
+def _record(line: str):
+    """A line of the recording as a dict; None for a torn last line of a killed recorder
+    (the file was validated as a whole before)."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
