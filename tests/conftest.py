@@ -101,20 +101,26 @@ def lab_logs():
     shutil.rmtree(d, ignore_errors=True)
 
 
+def run_experiment(lab_cache, args: list, out: Path) -> dict:
+    """`footprint experiment --json ARGS --cache-dir CACHE --out OUT` as a subprocess,
+    exactly as a user runs it (skipped where QEMU cannot run): its one JSON object. Its
+    stderr's tail goes to the test's."""
+    reason = qemu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    p = subprocess.run([*FOOTPRINT, "experiment", "--json", *args, "--cache-dir", str(lab_cache),
+                        "--out", str(out)],
+                       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=3600)
+    sys.stderr.write(p.stderr[-4000:])
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout)
+
+
 @pytest.fixture(scope="session")
 def experiment_json(lab_cache, lab_logs) -> dict:
     """`footprint experiment --untraced --json` (plain and live), run ONCE per session as a
     subprocess exactly as a user runs it; tests read the boots from its one JSON object.
     Untraced: the lab's own figures, independent of the recorder (traced boots have their
     own tests). The serial logs are in lab_logs/<name>.serial.log."""
-    reason = qemu_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    p = subprocess.run(
-        [*FOOTPRINT, "experiment", "--untraced", "--json", "--variants", "plain,live", "--keep-logs", str(lab_logs),
-         "--cache-dir", str(lab_cache), "--out", str(lab_logs / "out")],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=3600,
-    )
-    sys.stderr.write(p.stderr[-4000:])
-    assert p.returncode == 0, p.stderr[-2000:]
-    return json.loads(p.stdout)
+    return run_experiment(lab_cache, ["--untraced", "--variants", "plain,live", "--keep-logs", str(lab_logs)],
+                          lab_logs / "out")

@@ -13,14 +13,13 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 import synthetic_live as live
-from conftest import FOOTPRINT, REPO, qemu_skip_reason
+from conftest import FOOTPRINT, REPO, run_experiment
 from tracer import recording
 from tracer.errors import FootprintError
 from vm import sidebyside as S, workloads as W
@@ -205,18 +204,9 @@ def test_cli_unknown_workload_one_line():
 def answered(lab_cache):
     """`footprint experiment --json --variants plain,live --workload after-boot,after-read
     --workload-mib 64 --out DIR`, traced, run ONCE per session: (result, DIR)."""
-    reason = qemu_skip_reason()
-    if reason:
-        pytest.skip(reason)
     out = Path(tempfile.mkdtemp(prefix="fp-answer-", dir="/var/tmp"))
-    p = subprocess.run(
-        [*FOOTPRINT, "experiment", "--json", "--variants", "plain,live", "--workload",
-         "after-boot,after-read", "--workload-mib", "64", "--out", str(out / "out"),
-         "--cache-dir", str(lab_cache)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=3600)
-    sys.stderr.write(p.stderr[-4000:])
-    assert p.returncode == 0, p.stderr[-2000:]
-    yield json.loads(p.stdout), out / "out"
+    yield run_experiment(lab_cache, ["--variants", "plain,live", "--workload", "after-boot,after-read",
+                                     "--workload-mib", "64"], out / "out"), out / "out"
     shutil.rmtree(out, ignore_errors=True)
 
 

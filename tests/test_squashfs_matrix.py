@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FOOTPRINT, REPO, qemu_skip_reason
+from conftest import FOOTPRINT, REPO, run_experiment
 from tracer import squashfs
 from vm import cache as C, images, matrix, screen
 from vm.results import Experiment
@@ -148,17 +148,9 @@ def test_matrix_rows_from_an_experiment():
 def four_cpus(lab_cache):
     """`footprint experiment --json --variants live-zstd-1m --smp 4 --workload after-boot`,
     traced, once: (result, out dir)."""
-    reason = qemu_skip_reason()
-    if reason:
-        pytest.skip(reason)
     out = Path(tempfile.mkdtemp(prefix="fp-matrix-", dir="/var/tmp"))
-    p = subprocess.run(
-        [*FOOTPRINT, "experiment", "--json", "--variants", "live-zstd-1m", "--smp", "4",
-         "--workload", "after-boot", "--out", str(out / "out"), "--cache-dir", str(lab_cache)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=3600)
-    sys.stderr.write(p.stderr[-4000:])
-    assert p.returncode == 0, p.stderr[-2000:]
-    yield json.loads(p.stdout), out / "out"
+    yield run_experiment(lab_cache, ["--variants", "live-zstd-1m", "--smp", "4", "--workload",
+                                     "after-boot"], out / "out"), out / "out"
     shutil.rmtree(out, ignore_errors=True)
 
 

@@ -96,12 +96,7 @@ def library_of(symbol: Optional[str], module: Optional[str]) -> Optional[str]:
     """The library a frame belongs to (LIBRARY_PREFIXES, LIBRARY_MODULES), or None."""
     if module:
         return LIBRARY_MODULES.get(module)
-    if symbol:
-        name = normalize(symbol)
-        for prefix, lib in LIBRARY_PREFIXES:
-            if name.startswith(prefix):
-                return lib
-    return None
+    return _by_prefix(symbol, LIBRARY_PREFIXES)
 
 
 def subsystem_of(symbol: Optional[str], module: Optional[str]) -> Optional[str]:
@@ -119,11 +114,17 @@ def subsystem_of(symbol: Optional[str], module: Optional[str]) -> Optional[str]:
         if module.startswith("dm_"):
             return "device-mapper"
         return module
+    return _by_prefix(symbol, PREFIX_SUBSYSTEMS)
+
+
+def _by_prefix(symbol: Optional[str], table) -> Optional[str]:
+    """The value of the first (prefix, value) in `table` that `symbol` (normalized)
+    starts with, or None."""
     if symbol:
         name = normalize(symbol)
-        for prefix, sub in PREFIX_SUBSYSTEMS:
+        for prefix, value in table:
             if name.startswith(prefix):
-                return sub
+                return value
     return None
 
 
