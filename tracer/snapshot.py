@@ -53,6 +53,11 @@ def snapshot(out: str = SNAPSHOT, source: str | None = None, phase: str | None =
                 rec.sampler.known_stacks.add(obj["id"])
             elif obj and obj.get("type") == "site" and isinstance(obj.get("key"), str):
                 rec.sampler.known_sites.add(obj["key"])
+            elif obj and obj.get("type") == "sample" and isinstance(obj.get("shmem"), dict):
+                # The tmpfs files as the recording last counted them: a file gone since
+                # (the chain's previous copy, replaced) is then counted 0, not kept.
+                rec.shmem.last.update(obj["shmem"])
+        rec.shmem.last = {k: v for k, v in rec.shmem.last.items() if v}
         if not header:
             raise FootprintError(f"the recording of the pinned account, {source}, "
                                  "has no header")
