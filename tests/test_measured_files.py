@@ -105,11 +105,12 @@ def test_initramfs_files_after_switch_root(tmp_path):
 
 
 def test_files_are_read_again_while_deletes_land():
-    """A files read that page-cache events straddle (the initramfs deleted at switch_root)
-    is read again, so the sample's files and meminfo describe one moment."""
+    """A sample that page-cache events straddle — between the files read and the meminfo
+    read (the initramfs deleted at switch_root) — is read again, files and the tmpfs walk
+    both, so the sample's files, tmpfs files and meminfo describe one moment."""
     from tracer.mapsampler import MapSampler
 
-    class Maps:  # the files map changes under the first read: 900 deletes land
+    class Maps:  # 900 deletes land after the first files read, before meminfo's
         def __init__(self):
             self.reads, self.events = 0, [0, 900, 900, 900]
 
@@ -123,8 +124,13 @@ def test_files_are_read_again_while_deletes_land():
         def stats(self, n):
             return [self.events.pop(0), 0, 0]
 
+    walks = iter([{"shmem": {"0:23:9": 1903}, "shmem_ms": 1.0},
+                  {"shmem": {"0:23:9": 0, "0:23:10": 4}, "shmem_ms": 2.0}])
     m = MapSampler(Maps(), {}, own_process=False)
-    assert m.settled_files() == {"0:2:5": [0, 0, 0, 0, 0]}
+    files, extra, meminfo, _pcp = m.settled_moment(lambda: next(walks))
+    assert files == {"0:2:5": [0, 0, 0, 0, 0]}
+    assert extra == {"shmem": {"0:23:9": 0, "0:23:10": 4}, "shmem_ms": 2.0}
+    assert meminfo["MemTotal"] > 0
 
 
 def test_a_measured_layer_says_so(tmp_path):

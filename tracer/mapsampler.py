@@ -10,6 +10,7 @@ lost events, and on /proc/PID/comm to name an OOM victim while it may still exis
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from . import procfs
 from .bpfmaps import Maps, prog_misses
@@ -81,20 +82,33 @@ class MapSampler:
         return [(c[0], f"{devstr(dev, kernel=True)}:{ino}") for (dev, ino), c in
                 (self.maps.file_entry(k, v) for k, v in self.last_raw["files"].items())]
 
-    def settled_files(self, tries: int = 3, quiet: int = 64) -> dict:
-        """changed("files"), read again (merged) while page-cache events keep landing during
-        the read — more than `quiet` adds and deletes — at most `tries` times. A sample's
-        files and meminfo must describe one moment: at switch_root the initramfs (100+
-        MiB) is deleted in well under the time a files map of thousands of entries takes to
-        read under emulation, and a read that straddled it counted those pages still in
-        files, already gone from meminfo (-83 % unattributed, seen in a plain guest)."""
-        out: dict = {}
+    def settled_moment(self, also: Callable[[], dict] | None = None, tries: int = 4,
+                       quiet: int = 64) -> tuple[dict, dict, dict, int]:
+        """The changed files, `also()` (the tmpfs walk), meminfo and the per-CPU free lists
+        as of one moment: all read again (merged) while page-cache events keep landing
+        between the first read and the last — more than `quiet` adds and deletes — at
+        most `tries` times. At switch_root the initramfs (100+ MiB) is deleted in well
+        under the time a files map of thousands of entries takes to read under emulation:
+        a read that straddled it counted those pages still in files, already gone from
+        meminfo (-83 % unattributed, seen in a plain guest); a delete between the files
+        and the lists counted a page in both (-3.95 %, a plain guest right after
+        switch_root)."""
+        files: dict = {}
+        extra: dict = {}
         for _ in range(tries):
             before = sum(self.maps.stats(3))  # pagecache added, deleted, deleted untracked
-            out.update(self.changed("files"))
+            files.update(self.changed("files"))
+            for key, value in (also() if also else {}).items():
+                if isinstance(value, dict) and isinstance(extra.get(key), dict):
+                    extra[key].update(value)  # a later read's changes on top
+                else:
+                    extra[key] = value
+            # meminfo and the per-CPU lists last: pages freed after the files were read
+            # are then gone from both sides, or from neither
+            meminfo, pcp = settled_meminfo()
             if sum(self.maps.stats(3)) - before <= quiet:
                 break
-        return out
+        return files, extra, meminfo, pcp
 
     def lost_events(self) -> dict[str, int]:
         """Events the programs missed: "lost_events" summed, and "lost_events:GROUP:EVENT"
@@ -127,13 +141,12 @@ class MapSampler:
         self.oom_seen = count
         return out
 
-    def read(self) -> Reading:
+    def read(self, also: Callable[[], dict] | None = None) -> Reading:
         """Sample now: the changed files, stacks and call sites, the counters, meminfo,
-        per-CPU free pages, this process's memory, slab and vmalloc totals."""
+        per-CPU free pages, this process's memory, slab and vmalloc totals; `also()`'s
+        entries (the tmpfs walk) read in the same moment as the files (settled_moment)."""
         t = boottime()
-        files = self.settled_files()
-        # meminfo and the per-CPU lists right after the files: one moment
-        meminfo, pcp = settled_meminfo()
+        files, extra, meminfo, pcp = self.settled_moment(also)
         stacks, sites = self.changed("stack_pages"), self.changed("sites")
         # A vmalloc area's site is its stack (the key holds the id): described as a stack too.
         vmap_sids = [int(k.split(":", 1)[1], 16) for k in sites
@@ -149,7 +162,7 @@ class MapSampler:
         rec = {"type": "sample", "t": t, "meminfo": meminfo, "stats": stats,
                "pcp_pages": pcp,
                "files": files, "stacks": {str(k): v for k, v in stacks.items()}, "sites": sites,
-               "tracer": procfs.own_memory() if self.own_process else {}}
+               "tracer": procfs.own_memory() if self.own_process else {}, **extra}
         # Slab and vmalloc totals are carried whole, and only when they changed.
         for name, now in (("slab", procfs.slab_summary()), ("vmalloc", procfs.vmalloc_summary())):
             if now != self.last.get(name):

@@ -255,8 +255,7 @@ class Recorder:
         """One sample's records, read now and not yet written: the names of stacks and
         call sites seen for the first time, the OOM killer's victims since the last
         sample, then the sample itself."""
-        reading = self.sampler.read()
-        reading.record.update(self.shmem.read())
+        reading = self.sampler.read(also=self.shmem.read)
         out = list(self.symbols.records(reading.new_stacks, reading.new_sites))
         for v in reading.oom_victims:
             out.append({"type": "oom", **v})
