@@ -57,6 +57,21 @@ struct {
     __uint(max_entries, 1);
 } stacks SEC(".maps"), stacks_alt SEC(".maps");
 
+/* Per CPU, per hot event (FP_NEST_*): the events that event's tp_btf program ran last
+ * there, by identity (a pfn, an object's address), for its nested twin to tell them from
+ * the ones the kernel skipped. */
+#define FP_DONE_RING 8
+struct fp_done {
+    u64 id[FP_DONE_RING];
+    u64 next;
+};
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __type(key, int);
+    __type(value, struct fp_done);
+    __uint(max_entries, 6);
+} nesting SEC(".maps");
+
 #define FP_LOOKUP(m, k) bpf_map_lookup_elem(&m, k)
 #define FP_UPDATE(m, k, v) bpf_map_update_elem(&m, k, v, BPF_ANY)
 #define FP_INSERT(m, k, v) bpf_map_update_elem(&m, k, v, BPF_NOEXIST)
@@ -131,6 +146,22 @@ static __always_inline void fp_victim_comm(char *dst, u32 size, void *args)
  *   trace record filled first.
  * Both run one body: the event's fields copied into struct fp_ev_<event> (`args` in
  * footprint_logic.h), the program's context as `fp_ctx` (for stack walks).
+ *
+ * An interrupt's event inside our own tp_btf program of that event (a page freed in an
+ * irq while we walk an allocation's stack, or while the kernel's wrapper around our
+ * program runs) is skipped by the kernel: lost, and the page it freed stayed counted.
+ * So each tp_btf program has two nested twins on the same event, programs of their own
+ * (each its own prog->active) attached after it, which the kernel runs right after the
+ * first one for every event: a task's event, a softirq's inside it, a hardirq's inside
+ * that (RCU callbacks free objects by the thousand in a softirq). The first one notes,
+ * once done, each event it ran in a small per-CPU ring (`nesting`: tracepoint probes run
+ * with preemption off, so only an interrupt comes in between); a twin looks for its
+ * event there: found, it was run (the last twin takes the note off); not found, the
+ * kernel skipped the programs before it for this event, and it runs the body (noting
+ * it for the last twin), counted in ST_NESTED + FP_NEST_<event>. Lost is then the first
+ * program's misses less those. An event is identified by its pfn or object address: no
+ * two events of one kind in flight on a CPU share one (a page is not freed inside its
+ * own free).
  */
 struct fp_ev_mm_filemap_add_to_page_cache {
     u64 pfn, i_ino, index;
@@ -273,6 +304,20 @@ static __always_inline void fp_from_btf_filemap(struct fp_ev_mm_filemap_add_to_p
 #define FP_HOT_mm_page_free 1
 #define FP_HOT_kmalloc 1
 #define FP_HOT_kfree 1
+/* An event's identity for its nested twin: the page's pfn, the object's address. */
+#define FP_ID_mm_filemap_add_to_page_cache(ctx) fp_ctx_pfn(ctx, 0)
+#define FP_ID_mm_filemap_delete_from_page_cache(ctx) fp_ctx_pfn(ctx, 0)
+#define FP_ID_mm_page_alloc(ctx) fp_ctx_pfn(ctx, 0)
+#define FP_ID_mm_page_free(ctx) fp_ctx_pfn(ctx, 0)
+#define FP_ID_kmalloc(ctx) fp_ctx_u64(ctx, 1)
+#define FP_ID_kfree(ctx) fp_ctx_u64(ctx, 1)
+/* Their slots in `nesting` and after ST_NESTED (tracer/mapsampler.py NESTED_EVENTS). */
+#define FP_NEST_mm_filemap_add_to_page_cache 0
+#define FP_NEST_mm_filemap_delete_from_page_cache 1
+#define FP_NEST_mm_page_alloc 2
+#define FP_NEST_mm_page_free 3
+#define FP_NEST_kmalloc 4
+#define FP_NEST_kfree 5
 #define FP_PLACEHOLDER_1 0,
 #define FP_SECOND(ignored, val, ...) val
 #define FP_IS_HOT(event) FP_EXPAND(FP_IS_HOT_, FP_HOT_##event)
@@ -288,6 +333,39 @@ static __always_inline void fp_from_btf_filemap(struct fp_ev_mm_filemap_add_to_p
  * as a classic tracepoint's, which start at the allocator. */
 #define FP_BTF_SKIP 3
 #define FP_TRACEPOINT(group, event, raw) FP_CAT(FP_TP_, FP_IS_HOT(event))(group, event, raw)
+/* A nested twin's part (see "nested twin" above): whether it runs this event's body.
+ * A note from the first program (or the first twin) says the event ran; the last twin
+ * takes the note off. One that runs the body notes it for the twins after it. */
+static __always_inline int fp_twin_runs(int slot, u64 id, int last)
+{
+    struct fp_done *done = bpf_map_lookup_elem(&nesting, &slot);
+    if (!done || !id || id == (u64)-1)
+        return 0;
+    for (int i = 0; i < FP_DONE_RING; i++) {
+        if (done->id[i] == id) {
+            if (last)
+                done->id[i] = 0;
+            return 0;
+        }
+    }
+    if (!last)
+        done->id[done->next++ & (FP_DONE_RING - 1)] = id;
+    int key = ST_NESTED + slot;
+    u64 *count = bpf_map_lookup_elem(&stats, &key);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    return 1;
+}
+#define FP_TWIN(group, event, kind, last) \
+    SEC("tp_btf/" #event) \
+    int kind##__##group##__##event(u64 *ctx) \
+    { \
+        if (!fp_twin_runs(FP_NEST_##event, FP_ID_##event(ctx), last)) \
+            return 0; \
+        struct fp_ev_##event ev = {}; \
+        fp_from_btf_##event(&ev, ctx); \
+        return fp_run__##event(ctx, FP_BTF_SKIP, &ev); \
+    }
 #define FP_TP_0(group, event, raw) \
     static __always_inline int fp_run__##event(void *fp_ctx, u32 fp_skip, \
                                                struct trace_event_raw_##raw *args); \
@@ -311,9 +389,16 @@ static __always_inline void fp_from_btf_filemap(struct fp_ev_mm_filemap_add_to_p
     int tp_btf__##group##__##event(u64 *ctx) \
     { \
         struct fp_ev_##event ev = {}; \
+        int slot = FP_NEST_##event; \
         fp_from_btf_##event(&ev, ctx); \
-        return fp_run__##event(ctx, FP_BTF_SKIP, &ev); \
+        fp_run__##event(ctx, FP_BTF_SKIP, &ev); \
+        struct fp_done *done = bpf_map_lookup_elem(&nesting, &slot); \
+        if (done) \
+            done->id[done->next++ & (FP_DONE_RING - 1)] = FP_ID_##event(ctx); \
+        return 0; \
     } \
+    FP_TWIN(group, event, tp_btf_nested, 0) \
+    FP_TWIN(group, event, tp_btf_nested2, 1) \
     static __always_inline int fp_run__##event(void *fp_ctx, u32 fp_skip, struct fp_ev_##event *args)
 
 /* Every optional probe is in the object; the loader turns off what this kernel lacks. */

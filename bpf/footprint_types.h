@@ -101,7 +101,11 @@ enum fp_stat {
     ST_SITES_FULL,
     ST_PCPU_FULL,
     ST_OOM_KILLS,          /* victims the OOM killer chose (oom:mark_victim) */
-    ST_MAX,
+    /* A hot event's tp_btf program skipped by the kernel (an interrupt's event inside it
+     * on that CPU) and run by its nested twin instead (bpf/footprint.bpf.c), one count
+     * per hot event in FP_NEST_* order: not lost. */
+    ST_NESTED,
+    ST_MAX = ST_NESTED + 6,
 };
 
 struct fp_file_key {

@@ -44,6 +44,10 @@ def test_live_stack_rows_and_reconciliation(live_recording):
     path, guest_text = live_recording
     rec = recording.read(str(path))
     assert not rec.partial
+    # 6.1 has BTF: the hot events ran as tp_btf programs, their nested twins loaded with
+    # them (a refusal by 6.1's verifier would fall back to classic tracepoints)
+    from tracer import progkinds
+    assert progkinds.describe(rec.header["plan"]).startswith("6 tp_btf"), rec.header["plan"].get("btf_fallback")
     acc = account.build(rec)
     rows = acc.rows
     subsystems = set(rows.loc[rows["resident_pages"] > 0, "subsystem"])

@@ -20,11 +20,16 @@ from .topology import devstr
 # struct fp_site_key's kind (bpf/footprint_logic.h): 2 and 3 key a stack id (a vmalloc
 # area's, a library's kmalloc object's).
 SITE_KINDS = {0: "slab", 1: "percpu", 2: "vmap", 3: "kstack"}
+# The hot events in FP_NEST_* order (bpf/footprint.bpf.c): a tp_btf program's events run
+# by its nested twins are counted after oom_kills.
+NESTED_EVENTS = ("mm_filemap_add_to_page_cache", "mm_filemap_delete_from_page_cache",
+                 "mm_page_alloc", "mm_page_free", "kmalloc", "kfree")
 STAT_NAMES = (
     "pagecache_added", "pagecache_deleted", "pagecache_deleted_untracked",
     "pagecache_freed_without_delete", "kernel_pages_allocated", "kernel_pages_freed",
     "stack_lost", "files_full", "pfn_out_of_range", "objects_allocated",
     "objects_freed", "objects_full", "sites_full", "percpu_full", "oom_kills",
+    *(f"nested:{e}" for e in NESTED_EVENTS),
 )
 
 
@@ -110,17 +115,24 @@ class MapSampler:
                 break
         return files, extra, meminfo, pcp
 
-    def lost_events(self) -> dict[str, int]:
+    def lost_events(self, stats: dict) -> dict[str, int]:
         """Events the programs missed: "lost_events" summed, and "lost_events:GROUP:EVENT"
         for each program that missed any (a tp_btf one: it was already running on that
-        CPU, an interrupt's event inside it; a classic tracepoint's: any tracing program
-        or a map access from user space was)."""
+        CPU, an interrupt's event inside it, less those its nested twins ran — stats'
+        "nested:EVENT"; a classic tracepoint's: any tracing program or a map access from
+        user space was). A twin's own misses are not events lost: most are events the
+        programs before it ran, and the rest the first program missed too."""
         out = {"lost_events": 0}
         for name, fd in self.prog_fds.items():
+            kind, _, event = name.partition("__")
+            if kind.startswith("tp_btf_nested"):
+                continue
             try:
                 n = prog_misses(fd)
             except OSError:  # kernels before 5.12 do not count them
                 continue
+            if kind == "tp_btf":
+                n = max(0, n - stats.get(f"nested:{event.split('__')[-1]}", 0))
             out["lost_events"] += n
             if n:
                 out["lost_events:" + ":".join(name.split("__")[1:])] = n
@@ -157,7 +169,7 @@ class MapSampler:
         self.known_stacks.update(new_stacks)
         self.known_sites.update(new_sites)
         stats = dict(zip(STAT_NAMES, self.maps.stats(len(STAT_NAMES))))
-        stats.update(self.lost_events())
+        stats.update(self.lost_events(stats))
         victims = self._oom_victims(stats["oom_kills"]) if stats["oom_kills"] > self.oom_seen else []
         rec = {"type": "sample", "t": t, "meminfo": meminfo, "stats": stats,
                "pcp_pages": pcp,

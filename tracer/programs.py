@@ -105,9 +105,12 @@ class LibbpfProgram:
     @staticmethod
     def _wanted(p: Plan, kprobes: bool = True) -> list[str]:
         """The programs to load: each event's tp_btf or classic tracepoint (the plan's
-        choice, tracer/progkinds.py), then the kprobe extras."""
+        choice, tracer/progkinds.py), each tp_btf one's nested twins, then the kprobe
+        extras."""
         return ([f"{'tp_btf' if (g, e) in p.btf_events else 'tracepoint'}__{g}__{e}"
                  for g, e in p.tracepoints]
+                + [f"{twin}__{g}__{e}" for twin in ("tp_btf_nested", "tp_btf_nested2")
+                   for g, e in p.btf_events]  # (bpf/footprint.bpf.c)
                 + ([LibbpfProgram.KPROBE_PROGS[f] for f in p.kprobes] if kprobes else []))
 
     def _load(self, p: Plan):
