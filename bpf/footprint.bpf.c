@@ -69,7 +69,7 @@ struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __type(key, int);
     __type(value, struct fp_done);
-    __uint(max_entries, 6);
+    __uint(max_entries, 4);
 } nesting SEC(".maps");
 
 #define FP_LOOKUP(m, k) bpf_map_lookup_elem(&m, k)
@@ -150,7 +150,8 @@ static __always_inline void fp_victim_comm(char *dst, u32 size, void *args)
  * An interrupt's event inside our own tp_btf program of that event (a page freed in an
  * irq while we walk an allocation's stack, or while the kernel's wrapper around our
  * program runs) is skipped by the kernel: lost, and the page it freed stayed counted.
- * So each tp_btf program has two nested twins on the same event, programs of their own
+ * So each tp_btf program of an event an interrupt can fire (FP_TWINNED_*) has two
+ * nested twins on the same event, programs of their own
  * (each its own prog->active) attached after it, which the kernel runs right after the
  * first one for every event: a task's event, a softirq's inside it, a hardirq's inside
  * that (RCU callbacks free objects by the thousand in a softirq). The first one notes,
@@ -304,23 +305,27 @@ static __always_inline void fp_from_btf_filemap(struct fp_ev_mm_filemap_add_to_p
 #define FP_HOT_mm_page_free 1
 #define FP_HOT_kmalloc 1
 #define FP_HOT_kfree 1
-/* An event's identity for its nested twin: the page's pfn, the object's address. */
-#define FP_ID_mm_filemap_add_to_page_cache(ctx) fp_ctx_pfn(ctx, 0)
-#define FP_ID_mm_filemap_delete_from_page_cache(ctx) fp_ctx_pfn(ctx, 0)
+/* The hot events an interrupt can fire (a page or an object allocated or freed in irq
+ * or softirq context) have nested twins (above); a page is never added to or deleted
+ * from the page cache there. */
+#define FP_TWINNED_mm_page_alloc 1
+#define FP_TWINNED_mm_page_free 1
+#define FP_TWINNED_kmalloc 1
+#define FP_TWINNED_kfree 1
+/* An event's identity for its nested twins: the page's pfn, the object's address. */
 #define FP_ID_mm_page_alloc(ctx) fp_ctx_pfn(ctx, 0)
 #define FP_ID_mm_page_free(ctx) fp_ctx_pfn(ctx, 0)
 #define FP_ID_kmalloc(ctx) fp_ctx_u64(ctx, 1)
 #define FP_ID_kfree(ctx) fp_ctx_u64(ctx, 1)
 /* Their slots in `nesting` and after ST_NESTED (tracer/mapsampler.py NESTED_EVENTS). */
-#define FP_NEST_mm_filemap_add_to_page_cache 0
-#define FP_NEST_mm_filemap_delete_from_page_cache 1
-#define FP_NEST_mm_page_alloc 2
-#define FP_NEST_mm_page_free 3
-#define FP_NEST_kmalloc 4
-#define FP_NEST_kfree 5
+#define FP_NEST_mm_page_alloc 0
+#define FP_NEST_mm_page_free 1
+#define FP_NEST_kmalloc 2
+#define FP_NEST_kfree 3
 #define FP_PLACEHOLDER_1 0,
 #define FP_SECOND(ignored, val, ...) val
 #define FP_IS_HOT(event) FP_EXPAND(FP_IS_HOT_, FP_HOT_##event)
+#define FP_IS_TWINNED(event) FP_EXPAND(FP_IS_HOT_, FP_TWINNED_##event)
 #define FP_EXPAND(f, x) f(x)  /* x's macro replaced first */
 #define FP_IS_HOT_(val) FP_IS_HOT__(FP_PLACEHOLDER_##val)
 #define FP_IS_HOT__(junk_or_0) FP_SECOND(junk_or_0 1, 0, 0)
@@ -341,10 +346,11 @@ static __always_inline int fp_twin_runs(int slot, u64 id, int last)
     struct fp_done *done = bpf_map_lookup_elem(&nesting, &slot);
     if (!done || !id || id == (u64)-1)
         return 0;
-    for (int i = 0; i < FP_DONE_RING; i++) {
-        if (done->id[i] == id) {
+    for (int i = 1; i <= FP_DONE_RING; i++) {  /* the latest note first: the usual find */
+        u32 at = (done->next - i) & (FP_DONE_RING - 1);
+        if (done->id[at] == id) {
             if (last)
-                done->id[i] = 0;
+                done->id[at] = 0;
             return 0;
         }
     }
@@ -365,6 +371,17 @@ static __always_inline int fp_twin_runs(int slot, u64 id, int last)
         struct fp_ev_##event ev = {}; \
         fp_from_btf_##event(&ev, ctx); \
         return fp_run__##event(ctx, FP_BTF_SKIP, &ev); \
+    }
+#define FP_TWINS_0(group, event)
+#define FP_TWINS_1(group, event) \
+    FP_TWIN(group, event, tp_btf_nested, 0) \
+    FP_TWIN(group, event, tp_btf_nested2, 1)
+#define FP_NOTE_0(event, ctx)
+#define FP_NOTE_1(event, ctx) { \
+        int slot = FP_NEST_##event; \
+        struct fp_done *done = bpf_map_lookup_elem(&nesting, &slot); \
+        if (done) \
+            done->id[done->next++ & (FP_DONE_RING - 1)] = FP_ID_##event(ctx); \
     }
 #define FP_TP_0(group, event, raw) \
     static __always_inline int fp_run__##event(void *fp_ctx, u32 fp_skip, \
@@ -389,16 +406,12 @@ static __always_inline int fp_twin_runs(int slot, u64 id, int last)
     int tp_btf__##group##__##event(u64 *ctx) \
     { \
         struct fp_ev_##event ev = {}; \
-        int slot = FP_NEST_##event; \
         fp_from_btf_##event(&ev, ctx); \
         fp_run__##event(ctx, FP_BTF_SKIP, &ev); \
-        struct fp_done *done = bpf_map_lookup_elem(&nesting, &slot); \
-        if (done) \
-            done->id[done->next++ & (FP_DONE_RING - 1)] = FP_ID_##event(ctx); \
+        FP_CAT(FP_NOTE_, FP_IS_TWINNED(event))(event, ctx) \
         return 0; \
     } \
-    FP_TWIN(group, event, tp_btf_nested, 0) \
-    FP_TWIN(group, event, tp_btf_nested2, 1) \
+    FP_CAT(FP_TWINS_, FP_IS_TWINNED(event))(group, event) \
     static __always_inline int fp_run__##event(void *fp_ctx, u32 fp_skip, struct fp_ev_##event *args)
 
 /* Every optional probe is in the object; the loader turns off what this kernel lacks. */

@@ -102,10 +102,10 @@ enum fp_stat {
     ST_PCPU_FULL,
     ST_OOM_KILLS,          /* victims the OOM killer chose (oom:mark_victim) */
     /* A hot event's tp_btf program skipped by the kernel (an interrupt's event inside it
-     * on that CPU) and run by its nested twin instead (bpf/footprint.bpf.c), one count
-     * per hot event in FP_NEST_* order: not lost. */
+     * on that CPU) and run by one of its nested twins instead (bpf/footprint.bpf.c), one count
+     * per event with twins, in FP_NEST_* order: not lost. */
     ST_NESTED,
-    ST_MAX = ST_NESTED + 6,
+    ST_MAX = ST_NESTED + 4,
 };
 
 struct fp_file_key {

@@ -14,6 +14,7 @@ import pytest
 
 from tracer import loader, programs
 from tracer.errors import FootprintError
+from tracer.progkinds import TWINNED_EVENTS
 
 REPO = Path(__file__).resolve().parent.parent
 FOOTPRINT = [sys.executable, "-m", "tracer"]
@@ -116,7 +117,8 @@ def test_libbpf_sizes_maps_and_knobs_before_load(bpf_object):
             assert m.max_entries == entries, (name, m.max_entries, entries)
         assert Map(prog["stacks"].map_fd).value_size == 12 * 8
         kinds = {e: "tp_btf" if (g, e) in p.btf_events else "tracepoint" for g, e in p.tracepoints}
-        twins = {f"{t}__{g}__{e}" for t in ("tp_btf_nested", "tp_btf_nested2") for g, e in p.btf_events}
+        twins = {f"{t}__{g}__{e}" for t in ("tp_btf_nested", "tp_btf_nested2") for g, e in p.btf_events
+                 if e in TWINNED_EVENTS}
         assert set(prog.prog_fds()) == {f"{kinds[e]}__{g}__{e}" for g, e in p.tracepoints} | twins
         assert len(prog.attach_fds()) == len(p.tracepoints) + len(twins)
         assert len(Maps({n: prog[n].map_fd for n in Maps.NAMES}).stats(loader.ST_MAX)) == loader.ST_MAX

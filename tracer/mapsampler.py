@@ -15,21 +15,18 @@ from typing import Callable
 from . import procfs
 from .bpfmaps import Maps, prog_misses
 from .procfs import boottime
+from .progkinds import TWINNED_EVENTS
 from .topology import devstr
 
 # struct fp_site_key's kind (bpf/footprint_logic.h): 2 and 3 key a stack id (a vmalloc
 # area's, a library's kmalloc object's).
 SITE_KINDS = {0: "slab", 1: "percpu", 2: "vmap", 3: "kstack"}
-# The hot events in FP_NEST_* order (bpf/footprint.bpf.c): a tp_btf program's events run
-# by its nested twins are counted after oom_kills.
-NESTED_EVENTS = ("mm_filemap_add_to_page_cache", "mm_filemap_delete_from_page_cache",
-                 "mm_page_alloc", "mm_page_free", "kmalloc", "kfree")
 STAT_NAMES = (
     "pagecache_added", "pagecache_deleted", "pagecache_deleted_untracked",
     "pagecache_freed_without_delete", "kernel_pages_allocated", "kernel_pages_freed",
     "stack_lost", "files_full", "pfn_out_of_range", "objects_allocated",
     "objects_freed", "objects_full", "sites_full", "percpu_full", "oom_kills",
-    *(f"nested:{e}" for e in NESTED_EVENTS),
+    *(f"nested:{e}" for e in TWINNED_EVENTS),  # events a tp_btf program's twins ran
 )
 
 

@@ -17,6 +17,10 @@ from .errors import FootprintError
 
 HOT_EVENTS = frozenset({"mm_filemap_add_to_page_cache", "mm_filemap_delete_from_page_cache",
                         "mm_page_alloc", "mm_page_free", "kmalloc", "kfree"})
+# The hot events an interrupt can fire: each tp_btf program of these has two nested twins
+# that run the events the kernel skipped for it (FP_TWINNED_* in bpf/footprint.bpf.c;
+# this order is FP_NEST_*'s, their counts' after oom_kills in the stats).
+TWINNED_EVENTS = ("mm_page_alloc", "mm_page_free", "kmalloc", "kfree")
 PROGRAM_KINDS = ("auto", "tp_btf", "tracepoint")
 # tp_btf programs work out a page's pfn from its address within the 1 GiB-aligned vmemmap
 # (fp_ctx_pfn in bpf/footprint.bpf.c): every struct page (64 bytes on x86-64) must lie in

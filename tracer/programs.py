@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .errors import FootprintError, require_root
 from .loader import MIGRATE_MOVABLE, OOM_SLOTS, Plan, bpf_source
+from .progkinds import TWINNED_EVENTS
 
 
 @contextlib.contextmanager
@@ -110,7 +111,7 @@ class LibbpfProgram:
         return ([f"{'tp_btf' if (g, e) in p.btf_events else 'tracepoint'}__{g}__{e}"
                  for g, e in p.tracepoints]
                 + [f"{twin}__{g}__{e}" for twin in ("tp_btf_nested", "tp_btf_nested2")
-                   for g, e in p.btf_events]  # (bpf/footprint.bpf.c)
+                   for g, e in p.btf_events if e in TWINNED_EVENTS]  # (bpf/footprint.bpf.c)
                 + ([LibbpfProgram.KPROBE_PROGS[f] for f in p.kprobes] if kprobes else []))
 
     def _load(self, p: Plan):
