@@ -57,9 +57,9 @@ struct {
     __uint(max_entries, 1);
 } stacks SEC(".maps"), stacks_alt SEC(".maps");
 
-/* Per CPU, per hot event (FP_NEST_*): the events that event's tp_btf program ran last
- * there, by identity (a pfn, an object's address), for its nested twin to tell them from
- * the ones the kernel skipped. */
+/* Per CPU, per event with nested twins (FP_NEST_*): the events that event's tp_btf
+ * program ran last there, by identity (a pfn, an object's address), for its twins to
+ * tell them from the ones the kernel skipped. */
 #define FP_DONE_RING 8
 struct fp_done {
     u64 id[FP_DONE_RING];
@@ -317,7 +317,7 @@ static __always_inline void fp_from_btf_filemap(struct fp_ev_mm_filemap_add_to_p
 #define FP_ID_mm_page_free(ctx) fp_ctx_pfn(ctx, 0)
 #define FP_ID_kmalloc(ctx) fp_ctx_u64(ctx, 1)
 #define FP_ID_kfree(ctx) fp_ctx_u64(ctx, 1)
-/* Their slots in `nesting` and after ST_NESTED (tracer/mapsampler.py NESTED_EVENTS). */
+/* Their slots in `nesting` and after ST_NESTED (tracer/progkinds.py TWINNED_EVENTS). */
 #define FP_NEST_mm_page_alloc 0
 #define FP_NEST_mm_page_free 1
 #define FP_NEST_kmalloc 2
@@ -338,7 +338,7 @@ static __always_inline void fp_from_btf_filemap(struct fp_ev_mm_filemap_add_to_p
  * as a classic tracepoint's, which start at the allocator. */
 #define FP_BTF_SKIP 3
 #define FP_TRACEPOINT(group, event, raw) FP_CAT(FP_TP_, FP_IS_HOT(event))(group, event, raw)
-/* A nested twin's part (see "nested twin" above): whether it runs this event's body.
+/* A nested twin's part (see "nested twins" above): whether it runs this event's body.
  * A note from the first program (or the first twin) says the event ran; the last twin
  * takes the note off. One that runs the body notes it for the twins after it. */
 static __always_inline int fp_twin_runs(int slot, u64 id, int last)
