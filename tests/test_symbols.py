@@ -327,7 +327,8 @@ def _slow_proc(monkeypatch, text: str):
         gate.wait(5)
         return text.encode(), ""
 
-    for name, value in (("_LOADED", None), ("_PENDING", None), ("_EARLY", {}), ("_EARLY_DONE", None)):
+    for name, value in (("_LOADED", None), ("_PENDING", None), ("_EARLY", {}), ("_EARLY_DONE", None),
+                        ("_PARSE", None)):
         monkeypatch.setattr(symbols, name, value)
     monkeypatch.setattr(symbols, "_read_proc", read)
     return reads, gate
@@ -367,6 +368,29 @@ def test_the_baseline_gets_its_addresses_before_the_parse_ends(monkeypatch):
     assert symbols._LOADED is None  # still parsing
     parse_may_end.set()
     assert symbols.kallsyms().address("_text") == 0xffffffff81000000 and len(reads) == 1
+
+
+def test_a_later_parse_waits_for_the_imports(monkeypatch):
+    """tracer.boot reads during its imports and parses after them (parse_later): the
+    thread has read and found the named addresses, and does not parse until told to (or
+    until kallsyms() wants the table)."""
+    import time
+
+    from tracer import baseline, symbols
+
+    parsed = []
+    real = Kallsyms.from_bytes.__func__
+    monkeypatch.setattr(Kallsyms, "from_bytes", classmethod(
+        lambda cls, *a: parsed.append(1) or real(cls, *a)))
+    reads, gate = _slow_proc(monkeypatch, "ffffffff81000000 T _text\nffffffff82000000 b super_blocks\n")
+    gate.set()
+    symbols.prefetch(parse_later=True)
+    assert baseline._kernel_addresses() == (0xffffffff82000000, 0xffffffff81000000)
+    time.sleep(0.2)
+    assert parsed == [] and symbols._LOADED is None  # read, not parsed
+    symbols.parse_prefetched()
+    assert symbols.kallsyms().address("_text") == 0xffffffff81000000
+    assert parsed == [1] and reads == ["footprint-kallsyms"]
 
 
 def test_a_failed_prefetch_raises_in_the_caller(monkeypatch):

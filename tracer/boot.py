@@ -52,12 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     from .procfs import no_huge_pages
 
     no_huge_pages()  # first: the kallsyms peak below is released later (tracer.procfs)
-    # /proc/kallsyms read and parsed while the recorder is imported and its program
-    # loaded, not after (the boot waits for the first sample: footprint-start.sh)
+    # /proc/kallsyms read while the recorder is imported, and parsed while its programs
+    # load, not after (the boot waits for the recorder: footprint-start.sh); not parsed
+    # during the imports, which it would slow down (it holds the GIL through its splits)
     from . import symbols
 
-    symbols.prefetch()
+    symbols.prefetch(parse_later=True)
     from . import recorder
+
+    symbols.parse_prefetched()
 
     if args.ready_file:  # started by footprint-start: the attach time's break-down
         sys.stderr.write(f"footprint: {_started()}\n")

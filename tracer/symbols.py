@@ -158,6 +158,7 @@ _LOADED: Optional[Kallsyms] = None
 _PENDING = None  # the thread prefetch() started, until kallsyms() joined it
 _EARLY: Dict[str, int] = {}  # NAMED_SYMBOLS as that thread found them before parsing
 _EARLY_DONE = None  # set once _EARLY is filled or the thread gave up
+_PARSE = None  # set when prefetch's thread may parse what it read (parse_prefetched)
 
 
 def _read_proc(proc: str = "/proc") -> Tuple[bytes, str]:
@@ -180,6 +181,7 @@ def kallsyms(reload: bool = False) -> Kallsyms:
     is unreadable."""
     global _LOADED, _PENDING
     if _PENDING is not None:
+        parse_prefetched()
         _PENDING.join()  # a failed prefetch left _LOADED None: read again, raise here
         _PENDING = None
     if _LOADED is None or reload:
@@ -198,21 +200,27 @@ def kernel_address(name: str) -> Optional[int]:
     return kallsyms().address(name)
 
 
-def prefetch() -> None:
+def prefetch(parse_later: bool = False) -> None:
     """Start reading the symbols in a thread and return; kallsyms() takes that copy.
 
-    For the early-boot recorder (tracer.boot), whose boot waits for its first sample:
-    the kernel's formatting of /proc/kallsyms (read(2) releases the GIL) overlaps the
-    recorder's imports, and the parse overlaps libbpf's loads of programs (ctypes
-    releases the GIL for the bpf(2) calls and the verifier). The table is then the one of
-    the moment before attaching, not after: modules the boot needs are loaded before
-    python starts (footprint-start.sh), and reload=True reads a newer one."""
-    global _PENDING, _EARLY_DONE
+    For the early-boot recorder (tracer.boot), whose boot waits for it to be ready: the
+    kernel's formatting of /proc/kallsyms (read(2) releases the GIL) overlaps the
+    recorder's imports. The parse holds the GIL through its C-speed splits: with
+    `parse_later` it waits for parse_prefetched() — called once the imports are done —
+    and overlaps libbpf's loads of programs instead (ctypes releases the GIL for the
+    bpf(2) calls and the verifier), not the imports. The table is then the one of the
+    moment before attaching, not after: modules the boot needs are loaded before python
+    starts (footprint-start.sh), and reload=True reads a newer one."""
+    global _PENDING, _EARLY_DONE, _PARSE
     if _LOADED is not None or _PENDING is not None:
         return
     import threading
 
     _EARLY_DONE = threading.Event()
+    _PARSE = threading.Event()
+    if not parse_later:
+        _PARSE.set()
+    parse = _PARSE
 
     def read() -> None:
         global _LOADED
@@ -222,6 +230,7 @@ def prefetch() -> None:
             if any(found.values()):  # all 0 or absent: hidden, kallsyms() says so
                 _EARLY.update((n, a) for n, a in found.items() if a is not None)
             _EARLY_DONE.set()
+            parse.wait()
             _LOADED = Kallsyms.from_bytes(data, mods)
         except BaseException:  # noqa: BLE001  kallsyms() reads again and raises it there
             pass
@@ -230,6 +239,12 @@ def prefetch() -> None:
 
     _PENDING = threading.Thread(target=read, name="footprint-kallsyms", daemon=True)
     _PENDING.start()
+
+
+def parse_prefetched() -> None:
+    """Let prefetch(parse_later=True)'s thread parse what it read (kallsyms() does too)."""
+    if _PARSE is not None:
+        _PARSE.set()
 
 
 class _Modules:
