@@ -117,7 +117,7 @@ def test_missing_tracepoint_is_one_line(tmp_path, monkeypatch):
 def test_no_headers_is_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
     monkeypatch.setattr(loader, "CACHE_DIR", tmp_path / "nothing")
-    monkeypatch.setattr(loader.platform, "release", lambda: "0.0.0-nowhere")
+    monkeypatch.setattr(loader, "_kernel_release", lambda: "0.0.0-nowhere")
     with pytest.raises(FootprintError, match="no kernel headers for 0.0.0-nowhere"):
         loader.find_headers()
     with pytest.raises(FootprintError, match="not a kernel header tree"):

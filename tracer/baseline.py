@@ -22,10 +22,8 @@ Light on purpose (stdlib + ctypes): imported by the recorder at start-up.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 import os
-import platform
 import re
 import struct
 import time
@@ -52,7 +50,7 @@ MAX_SBS = 1 << 16
 
 # x86_64's kernel image (and modules) live at and above __START_KERNEL_map
 # (arch/x86/include/asm/page_64_types.h); slab memory (the direct map) is far below.
-_IMAGE_BASE = {"x86_64": 0xFFFFFFFF80000000}.get(platform.machine())
+_IMAGE_BASE = {"x86_64": 0xFFFFFFFF80000000}.get(os.uname().machine)
 
 # s_magic (include/uapi/linux/magic.h) → the name /proc/mounts gives the file system.
 _FSTYPES = {0xEF53: "ext4", 0x73717368: "squashfs", 0x9660: "iso9660", 0x58465342: "xfs",
@@ -72,7 +70,7 @@ def object_path() -> Optional[str]:
     from .loader import bpf_file
 
     path = bpf_file("baseline.bpf.o")
-    return str(path) if path.is_file() else None
+    return path if os.path.isfile(path) else None
 
 
 def _kernel_addresses() -> Tuple[int, int]:
@@ -98,10 +96,10 @@ def unavailable() -> Optional[str]:
         return f"no kernel BTF ({KERNEL_BTF}: CONFIG_DEBUG_INFO_BTF)"
     if object_path() is None:
         return "bpf/baseline.bpf.o not built (scripts/build-bpf)"
-    rel = platform.release().split(".")
+    rel = os.uname().release.split(".")
     try:
         if (int(rel[0]), int(re.match(r"\d+", rel[1]).group())) < (5, 17):  # type: ignore[union-attr]
-            return f"kernel {platform.release()} has no bpf_loop (5.17+)"
+            return f"kernel {os.uname().release} has no bpf_loop (5.17+)"
     except (ValueError, IndexError, AttributeError):
         pass
     return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 import time
 
@@ -70,9 +69,9 @@ class _MapInfo(ctypes.Structure):
 
 
 def _bpf(cmd: int, attr) -> int:
-    nr = _NR_BPF.get(platform.machine())
+    nr = _NR_BPF.get(os.uname().machine)
     if nr is None:
-        raise OSError(errno.ENOSYS, f"bpf(2) number unknown on {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"bpf(2) number unknown on {os.uname().machine}")
     ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), ctypes.byref(attr),
                         ctypes.c_uint(ctypes.sizeof(attr)))
     if ret < 0:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 from .errors import FootprintError
 
@@ -33,7 +32,7 @@ def _on_print(level, fmt, args):
         if level > 1:  # LIBBPF_DEBUG
             return 0
         text = fmt or b""
-        if platform.machine() == "x86_64":  # va_list is a pointer there: vsnprintf can take it
+        if os.uname().machine == "x86_64":  # va_list is a pointer there: vsnprintf can take it
             buf = ctypes.create_string_buffer(4096)
             _libc.vsnprintf(buf, len(buf), fmt, ctypes.c_void_p(args))
             text = buf.value

@@ -15,17 +15,15 @@ tracer/kprobes.py decides the kprobe extras, tracer/slabfilter.py the --slab kma
 from __future__ import annotations
 
 import os
-import platform
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .errors import FootprintError
 from .kprobes import VMALLOC_KPROBES, plan_kprobes
 from .progkinds import kind_of, plan_program_kinds
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-CACHE_DIR = Path(os.environ.get("FOOTPRINT_CACHE", "/var/cache/footprint"))
+CACHE_DIR = os.environ.get("FOOTPRINT_CACHE", "/var/cache/footprint")
 MIGRATE_MOVABLE = 1  # enum migratetype: UNMOVABLE, MOVABLE, RECLAIMABLE, ...
 
 # (group, event): required ones fail the load when absent; the rest are extras.
@@ -103,12 +101,21 @@ class MapSizes:
         return replace(self, files=files, chunks=chunks, objs=objs)
 
 
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _kernel_release() -> str:
+    return os.uname().release  # uname -r
+
+
 def _files_now() -> int:
     """Files with page cache now, guessed: a third of the in-core inodes (fs/inode.c's
     nr_inodes - nr_unused, /proc/sys/fs/inode-nr: every file with page cache has one;
     41k of 119k had pages on this 24 GiB host)."""
     try:
-        used, unused = (int(x) for x in Path("/proc/sys/fs/inode-nr").read_text().split()[:2])
+        used, unused = (int(x) for x in _read("/proc/sys/fs/inode-nr").split()[:2])
         return max(0, used - unused) // 3
     except (OSError, ValueError):
         return 65536
@@ -118,7 +125,7 @@ def _kernel_pageblocks(default_total: int) -> int:
     """Pageblocks whose migratetype is Unmovable or Reclaimable, summed over zones
     (/proc/pagetypeinfo, root only: 2.6.24+); an eighth of all when unreadable."""
     try:
-        text = Path("/proc/pagetypeinfo").read_text()
+        text = _read("/proc/pagetypeinfo")
     except OSError:
         return default_total // 8
     head = re.search(r"^Number of blocks type\s+(.*)$", text, re.M)
@@ -236,26 +243,27 @@ def bpf_file(name: str):
     """A file of bpf/: the checkout's (tracer/../bpf), else the wheel's (tracer/bpf).
     The checkout is looked at first because an editable install maps tracer.bpf to the
     tree it was installed from, which need not be this one."""
-    in_repo = Path(__file__).resolve().parent.parent / "bpf" / name
-    if in_repo.exists():
-        return in_repo
-    from importlib import resources
-
-    return resources.files("tracer.bpf").joinpath(name)
+    here = os.path.dirname(os.path.realpath(__file__))
+    for path in (os.path.join(os.path.dirname(here), "bpf", name),  # a checkout's
+                 os.path.join(here, "bpf", name)):  # the package's, installed from a wheel
+        if os.path.exists(path):
+            return path
+    from importlib import resources  # an install that is not a directory tree (a zip)
+    return str(resources.files("tracer.bpf").joinpath(name))
 
 
 def bpf_source() -> str:
     """The bcc frontend, bpf/footprint.c, with the shared logic it #includes put in place
     (bcc compiles one text)."""
-    text = bpf_file("footprint.c").read_text()
+    text = _read(bpf_file("footprint.c"))
     return re.sub(r'^#include "(footprint_\w+\.h)"$',
-                  lambda m: bpf_file(m.group(1)).read_text(), text, flags=re.M)
+                  lambda m: _read(bpf_file(m.group(1))), text, flags=re.M)
 
 
 def bpf_object() -> str | None:
     """Path of the CO-RE object built by scripts/build-bpf (FOOTPRINT_BPF_OBJECT
     overrides), None if it was not built."""
-    path = os.environ.get("FOOTPRINT_BPF_OBJECT") or str(bpf_file("footprint.bpf.o"))
+    path = os.environ.get("FOOTPRINT_BPF_OBJECT") or bpf_file("footprint.bpf.o")
     return path if os.path.isfile(path) else None
 
 
@@ -299,18 +307,18 @@ def tracefs() -> str:
 def tracepoint_fields(tfs: str, group: str, event: str) -> list[str] | None:
     """Field names of a tracepoint from its tracefs `format` file, None if absent."""
     try:
-        text = Path(tfs, "events", group, event, "format").read_text()
+        text = _read(os.path.join(tfs, "events", group, event, "format"))
     except OSError:
         return None
     return re.findall(r"field:[^;]*?\b(\w+)(?:\[\w*\])?;", text)
 
 
-def kernel_header_release(tree: Path) -> str | None:
+def kernel_header_release(tree: str) -> str | None:
     """The kernel release a header tree was made for (its utsrelease.h or
     kernel.release), None when it says nothing."""
     for rel in ("include/generated/utsrelease.h", "include/config/kernel.release"):
         try:
-            text = (tree / rel).read_text()
+            text = _read(os.path.join(tree, rel))
         except OSError:
             continue
         m = re.search(r'"([^"]+)"', text)
@@ -320,26 +328,25 @@ def kernel_header_release(tree: Path) -> str | None:
 
 def find_headers(explicit: str | None = None) -> Headers:
     """Header tree for bcc: explicit, BCC_KERNEL_SOURCE, the kernel's own, kheaders, cache."""
-    kver = platform.release()
+    kver = _kernel_release()
     candidates: list[tuple[str, str | None]] = []
     if explicit:
         candidates.append(("--kernel-headers", explicit))
     if os.environ.get("BCC_KERNEL_SOURCE"):
         candidates.append(("BCC_KERNEL_SOURCE", os.environ["BCC_KERNEL_SOURCE"]))
     for source, path in candidates:
-        tree = Path(path)
-        if not (tree / "include").is_dir():
+        tree = str(path)
+        if not os.path.isdir(os.path.join(tree, "include")):
             raise FootprintError(f"{source} {path} is not a kernel header tree (no include/): "
                                  "point it at a tree like /usr/src/linux-headers-VERSION")
-        return Headers(str(tree), source, kernel_header_release(tree) == kver)
-    build = Path(f"/lib/modules/{kver}/build")
-    if (build / "include").is_dir():
+        return Headers(tree, source, kernel_header_release(tree) == kver)
+    if os.path.isdir(f"/lib/modules/{kver}/build/include"):
         return Headers(None, f"/lib/modules/{kver}/build", True)
-    if Path("/sys/kernel/kheaders.tar.xz").exists():
+    if os.path.exists("/sys/kernel/kheaders.tar.xz"):
         return Headers(None, "/sys/kernel/kheaders.tar.xz", True)
-    cached = CACHE_DIR / "headers"
-    if (cached / "include").is_dir():
-        return Headers(str(cached), f"fallback tree {cached}", kernel_header_release(cached) == kver)
+    cached = os.path.join(CACHE_DIR, "headers")
+    if os.path.isdir(os.path.join(cached, "include")):
+        return Headers(cached, f"fallback tree {cached}", kernel_header_release(cached) == kver)
     raise FootprintError(
         f"no kernel headers for {kver}: install linux-headers-{kver}, or run scripts/setup "
         "(it caches a close tree), or pass --kernel-headers DIR")
@@ -357,7 +364,7 @@ def plan(sizes: MapSizes | None = None, kernel_headers: str | None = None,
     headers = (find_headers(kernel_headers) if which == "bcc"
                else Headers(None, "none needed (CO-RE object, relocated by libbpf)", True, needed=False))
     max_pfn = max_pfn or zone_max_pfn()
-    p = Plan(tracefs=tfs, kernel=platform.release(), headers=headers,
+    p = Plan(tracefs=tfs, kernel=_kernel_release(), headers=headers,
              max_pfn=max_pfn, sizes=(sizes or MapSizes()).resolved(max_pfn, slab, files_now),
              slab=slab, loader=which, bpf_object=obj, programs=programs)
     if slab not in SLAB_MODES:

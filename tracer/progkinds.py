@@ -11,7 +11,7 @@ arguments with no trace record filled first. So libbpf loads the tp_btf ones whe
 
 from __future__ import annotations
 
-import platform
+import os
 
 from .errors import FootprintError
 
@@ -42,8 +42,8 @@ def plan_program_kinds(p) -> None:
         why = "--programs tracepoint"
     elif p.loader != "libbpf":
         why = "the bcc loader builds classic tracepoints only"
-    elif platform.machine() != "x86_64":
-        why = f"pfns from struct page addresses are worked out for x86-64 only, not {platform.machine()}"
+    elif os.uname().machine != "x86_64":
+        why = f"pfns from struct page addresses are worked out for x86-64 only, not {os.uname().machine}"
     elif p.max_pfn * _STRUCT_PAGE > 1 << 30:
         why = "struct pages beyond the vmemmap's first GiB (over 64 GiB of physical addresses)"
     if why and p.programs == "tp_btf":
