@@ -169,13 +169,6 @@ while True:
 
 from tracer import libbpf, loader
 libbpf.lib()
-# loader.bpf_file's way to the objects of an installed package (it imports readers and
-# zipfile lazily), taken even where a checkout's bpf/ would be found first
-from importlib import resources
-try:
-    resources.files("tracer.bpf").joinpath("footprint.bpf.o").is_file()
-except ImportError:  # a checkout: tracer.bpf is its bpf/, found by path
-    pass
 objects = [os.path.abspath(str(loader.bpf_file(n))) for n in ("footprint.bpf.o", "baseline.bpf.o")]
 files, used, modfiles = set(), set(), set()
 for mod in list(sys.modules.values()):
