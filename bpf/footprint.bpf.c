@@ -340,20 +340,29 @@ static __always_inline void fp_from_btf_filemap(struct fp_ev_mm_filemap_add_to_p
 #define FP_TRACEPOINT(group, event, raw) FP_CAT(FP_TP_, FP_IS_HOT(event))(group, event, raw)
 /* A nested twin's part (see "nested twins" above): whether it runs this event's body.
  * A note from the first program (or the first twin) says the event ran; the last twin
- * takes the note off. One that runs the body notes it for the twins after it. */
+ * takes the note off. One that runs the body notes it for the twins after it. A kfree
+ * of NULL (id 0) or a failed allocation (pfn -1) is an event like the others: its body
+ * changes nothing, but one the kernel skipped is counted as run, not lost. */
 static __always_inline int fp_twin_runs(int slot, u64 id, int last)
 {
     struct fp_done *done = bpf_map_lookup_elem(&nesting, &slot);
-    if (!done || !id || id == (u64)-1)
+    if (!done)
         return 0;
+    int found = 0;
     for (int i = 1; i <= FP_DONE_RING; i++) {  /* the latest note first: the usual find */
         u32 at = (done->next - i) & (FP_DONE_RING - 1);
         if (done->id[at] == id) {
-            if (last)
-                done->id[at] = 0;
-            return 0;
+            found = 1;
+            if (!last)
+                break;
+            /* the last twin takes every note of this id off: one left by an event whose
+             * last twin the kernel skipped would pass a later event of a reused address
+             * (slab objects come back LIFO) as run */
+            done->id[at] = 0;
         }
     }
+    if (found)
+        return 0;
     if (!last)
         done->id[done->next++ & (FP_DONE_RING - 1)] = id;
     int key = ST_NESTED + slot;
