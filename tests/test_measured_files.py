@@ -127,7 +127,7 @@ def test_files_are_read_again_while_deletes_land():
     walks = iter([{"shmem": {"0:23:9": 1903}, "shmem_ms": 1.0},
                   {"shmem": {"0:23:9": 0, "0:23:10": 4}, "shmem_ms": 2.0}])
     m = MapSampler(Maps(), {}, own_process=False)
-    files, extra, meminfo, _pcp = m.settled_moment(lambda: next(walks))
+    files, extra, meminfo, _pcp = m.settled_moment(lambda: next(walks), quiet=64)
     assert files == {"0:2:5": [0, 0, 0, 0, 0]}
     assert extra == {"shmem": {"0:23:9": 0, "0:23:10": 4}, "shmem_ms": 2.0}
     assert meminfo["MemTotal"] > 0
