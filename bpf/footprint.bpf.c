@@ -151,18 +151,18 @@ static __always_inline void fp_victim_comm(char *dst, u32 size, void *args)
  * irq while we walk an allocation's stack, or while the kernel's wrapper around our
  * program runs) is skipped by the kernel: lost, and the page it freed stayed counted.
  * So each tp_btf program of an event an interrupt can fire (FP_TWINNED_*) has two
- * nested twins on the same event, programs of their own
- * (each its own prog->active) attached after it, which the kernel runs right after the
- * first one for every event: a task's event, a softirq's inside it, a hardirq's inside
- * that (RCU callbacks free objects by the thousand in a softirq). The first one notes,
- * once done, each event it ran in a small per-CPU ring (`nesting`: tracepoint probes run
- * with preemption off, so only an interrupt comes in between); a twin looks for its
- * event there: found, it was run (the last twin takes the note off); not found, the
- * kernel skipped the programs before it for this event, and it runs the body (noting
- * it for the last twin), counted in ST_NESTED + FP_NEST_<event>. Lost is then the first
- * program's misses less those. An event is identified by its pfn or object address: no
- * two events of one kind in flight on a CPU share one (a page is not freed inside its
- * own free).
+ * nested twins on the same event, programs of their own (each its own prog->active)
+ * attached after it, which the kernel runs right after the first one for every event: a
+ * task's event, a softirq's inside it, a hardirq's inside that (RCU callbacks free
+ * objects by the thousand in a softirq). The first one notes, once done, each event it
+ * ran in a small per-CPU ring (`nesting`: tracepoint probes run with preemption off, so
+ * only an interrupt comes in between); a twin looks for its event there: found, it was
+ * run (the last twin takes every note of it off); not found, the kernel skipped the
+ * programs before it for this event, and it runs the body (noting it for the last
+ * twin), counted in ST_NESTED + FP_NEST_<event>. Lost is then the first program's
+ * misses less those. An event is identified by its pfn or object address: no two events
+ * of one kind in flight on a CPU share one (a page is not freed inside its own free),
+ * but for a kfree of NULL or a failed allocation, whose body changes nothing.
  */
 struct fp_ev_mm_filemap_add_to_page_cache {
     u64 pfn, i_ino, index;
