@@ -15,6 +15,7 @@ import struct
 import time
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
+_MACHINE = os.uname().machine  # once: _bpf runs for every map access
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_GET_NEXT_KEY = 4
@@ -69,9 +70,9 @@ class _MapInfo(ctypes.Structure):
 
 
 def _bpf(cmd: int, attr) -> int:
-    nr = _NR_BPF.get(os.uname().machine)
+    nr = _NR_BPF.get(_MACHINE)
     if nr is None:
-        raise OSError(errno.ENOSYS, f"bpf(2) number unknown on {os.uname().machine}")
+        raise OSError(errno.ENOSYS, f"bpf(2) number unknown on {_MACHINE}")
     ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), ctypes.byref(attr),
                         ctypes.c_uint(ctypes.sizeof(attr)))
     if ret < 0:

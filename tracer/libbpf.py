@@ -20,6 +20,8 @@ _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes
 _lib = None
 _log: list[str] = []  # what libbpf said during the current open/load/attach
 _raised: list[BaseException] = []  # raised inside _on_print, for _call to raise again
+# va_list is a pointer on x86-64: vsnprintf can take libbpf's (see _on_print)
+_VA_LIST_IS_POINTER = os.uname().machine == "x86_64"
 
 
 def _on_print(level, fmt, args):
@@ -32,7 +34,7 @@ def _on_print(level, fmt, args):
         if level > 1:  # LIBBPF_DEBUG
             return 0
         text = fmt or b""
-        if os.uname().machine == "x86_64":  # va_list is a pointer there: vsnprintf can take it
+        if _VA_LIST_IS_POINTER:
             buf = ctypes.create_string_buffer(4096)
             _libc.vsnprintf(buf, len(buf), fmt, ctypes.c_void_p(args))
             text = buf.value

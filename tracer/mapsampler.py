@@ -94,12 +94,12 @@ class MapSampler:
         as of one moment: all read again (merged) while page-cache events keep landing
         between the first read and the last — more than `quiet` adds and deletes
         (self.quiet: scaled to the machine, so that a steady cold read, which no retry
-        outruns, is not read four times a sample) — at most `tries` times. At switch_root the initramfs (100+ MiB) is deleted in well
-        under the time a files map of thousands of entries takes to read under emulation:
-        a read that straddled it counted those pages still in files, already gone from
-        meminfo (-83 % unattributed, seen in a plain guest); a delete between the files
-        and the lists counted a page in both (-3.95 %, a plain guest right after
-        switch_root)."""
+        outruns, is not read four times a sample) — at most `tries` times. At switch_root
+        the initramfs (100+ MiB) is deleted in well under the time a files map of
+        thousands of entries takes to read under emulation: a read that straddled it
+        counted those pages still in files, already gone from meminfo (-83 % unattributed,
+        seen in a plain guest); a delete between the files and the lists counted a page
+        in both (-3.95 %, a plain guest right after switch_root)."""
         quiet = self.quiet if quiet is None else quiet
         files: dict = {}
         extra: dict = {}
