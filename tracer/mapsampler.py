@@ -10,6 +10,7 @@ lost events, and on /proc/PID/comm to name an OOM victim while it may still exis
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -59,6 +60,10 @@ class MapSampler:
         # Page-cache events a sample's reads may straddle: 1/1600 of the machine's pages
         # (1.3 MiB on 2 GiB, 15 MiB on 24 GiB: under 0.1 % of what a sample accounts).
         self.quiet = max(64, os.sysconf("SC_PHYS_PAGES") // 1600)
+        # How long a sample waits for a storm of them to pass before it reads what it can.
+        self.patience = 3.0
+        self.read_seconds = 0.05  # how long the last read took (a wait's poll is a fraction)
+        self.moment: dict = {}  # how the last sample's moment was taken (settled_moment)
 
     def changed(self, name: str) -> dict:
         """The entries of map `name` that changed since the last read, decoded to the
@@ -88,23 +93,35 @@ class MapSampler:
         return [(c[0], f"{devstr(dev, kernel=True)}:{ino}") for (dev, ino), c in
                 (self.maps.file_entry(k, v) for k, v in self.last_raw["files"].items())]
 
-    def settled_moment(self, also: Callable[[], dict] | None = None, tries: int = 4,
-                       quiet: int | None = None) -> tuple[dict, dict, dict, int]:
-        """The changed files, `also()` (the tmpfs walk), meminfo and the per-CPU free lists
-        as of one moment: all read again (merged) while page-cache events keep landing
-        between the first read and the last — more than `quiet` adds and deletes
-        (self.quiet: scaled to the machine, so that a steady cold read, which no retry
-        outruns, is not read four times a sample) — at most `tries` times. At switch_root
-        the initramfs (100+ MiB) is deleted in well under the time a files map of
-        thousands of entries takes to read under emulation: a read that straddled it
-        counted those pages still in files, already gone from meminfo (-83 % unattributed,
-        seen in a plain guest); a delete between the files and the lists counted a page
-        in both (-3.95 %, a plain guest right after switch_root)."""
+    def _pagecache_events(self) -> int:
+        return sum(self.maps.stats(3))  # pagecache added, deleted, deleted untracked
+
+    def settled_moment(self, also: Callable[[], dict] | None = None,
+                       quiet: int | None = None, patience: float | None = None
+                       ) -> tuple[float, dict, dict, dict, int]:
+        """The moment's time (boottime), and as of that moment the changed files, `also()`
+        (the tmpfs walk), meminfo and the per-CPU free lists. A read that more than
+        `quiet` page-cache adds and deletes land in (self.quiet: scaled to the machine) is
+        read again (merged) once the page cache has gone quiet — in a short wait, at a rate
+        that would land at most half of `quiet` in a read as long as the last — for at most
+        `patience` seconds (self.patience), then taken as it is: `self.moment` says how
+        many tries, how many events the last one straddled, how long the wait was.
+
+        Why wait rather than read again at once: at switch_root the initramfs (100+ MiB)
+        is deleted while the sample may be read. A read that straddled it counted those
+        pages still in files, already free in meminfo (-83 % unattributed, seen in a plain
+        guest); a delete between the files and the lists counted a page in both (-3.95 %);
+        four back-to-back reads all fell inside the delete on a faster machine (-5.06 %,
+        a live guest, CI). Waiting costs two stats reads a poll; reading again costs a
+        files map of thousands of entries."""
         quiet = self.quiet if quiet is None else quiet
+        deadline = time.monotonic() + (self.patience if patience is None else patience)
         files: dict = {}
         extra: dict = {}
-        for _ in range(tries):
-            before = sum(self.maps.stats(3))  # pagecache added, deleted, deleted untracked
+        tries, waited = 0, 0.0
+        while True:
+            tries += 1
+            t, start, before = boottime(), time.monotonic(), self._pagecache_events()
             files.update(self.changed("files"))
             for key, value in (also() if also else {}).items():
                 if isinstance(value, dict) and isinstance(extra.get(key), dict):
@@ -114,9 +131,27 @@ class MapSampler:
             # meminfo and the per-CPU lists last: pages freed after the files were read
             # are then gone from both sides, or from neither
             meminfo, pcp = settled_meminfo()
-            if sum(self.maps.stats(3)) - before <= quiet:
+            moved = self._pagecache_events() - before
+            self.read_seconds = time.monotonic() - start
+            if moved <= quiet or time.monotonic() >= deadline:
                 break
-        return files, extra, meminfo, pcp
+            waited += self._await_quiet(quiet, deadline)
+        self.moment = {"tries": tries, "moved": moved, "waited_ms": round(waited * 1000)}
+        return t, files, extra, meminfo, pcp
+
+    def _await_quiet(self, quiet: int, deadline: float) -> float:
+        """Wait until page-cache events land at a rate that would put at most half of
+        `quiet` in a read of self.read_seconds, or until `deadline`; the seconds waited."""
+        step = min(0.05, max(0.005, self.read_seconds / 4))
+        start = time.monotonic()
+        last = self._pagecache_events()
+        while time.monotonic() + step < deadline:
+            time.sleep(step)
+            now = self._pagecache_events()
+            if (now - last) * self.read_seconds / step <= quiet / 2:
+                break
+            last = now
+        return time.monotonic() - start
 
     def lost_events(self, stats: dict) -> dict[str, int]:
         """Events the programs missed: "lost_events" summed, and "lost_events:GROUP:EVENT"
@@ -160,8 +195,7 @@ class MapSampler:
         """Sample now: the changed files, stacks and call sites, the counters, meminfo,
         per-CPU free pages, this process's memory, slab and vmalloc totals; `also()`'s
         entries (the tmpfs walk) read in the same moment as the files (settled_moment)."""
-        t = boottime()
-        files, extra, meminfo, pcp = self.settled_moment(also)
+        t, files, extra, meminfo, pcp = self.settled_moment(also)
         stacks, sites = self.changed("stack_pages"), self.changed("sites")
         # A vmalloc area's site is its stack (the key holds the id): described as a stack too.
         vmap_sids = [int(k.split(":", 1)[1], 16) for k in sites
@@ -175,7 +209,7 @@ class MapSampler:
         stats.update(self.lost_events(stats))
         victims = self._oom_victims(stats["oom_kills"]) if stats["oom_kills"] > self.oom_seen else []
         rec = {"type": "sample", "t": t, "meminfo": meminfo, "stats": stats,
-               "pcp_pages": pcp,
+               "pcp_pages": pcp, "moment": self.moment,
                "files": files, "stacks": {str(k): v for k, v in stacks.items()}, "sites": sites,
                "tracer": procfs.own_memory() if self.own_process else {}, **extra}
         # Slab and vmalloc totals are carried whole, and only when they changed.

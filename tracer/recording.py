@@ -379,6 +379,9 @@ def _record(rec: Recording | None, obj, path: str, n: int) -> Recording:
             "pcp_pages": obj.get("pcp_pages") if _is_count(obj.get("pcp_pages")) else 0,
             "tracer": obj.get("tracer") if isinstance(obj.get("tracer"), dict)
             and all(_is_count(v) for v in obj["tracer"].values()) else {},
+            # how the sample's moment was read (mapsampler.settled_moment): kept if sane
+            "moment": obj.get("moment") if isinstance(obj.get("moment"), dict)
+            and all(_is_count(v) for v in obj["moment"].values()) else {},
             "files": _counters(obj.get("files", {}), path, n, key_re=_FILE_KEY),
             "stacks": _counters(obj.get("stacks", {}), path, n, key_int=True),
             "sites": _counters(obj.get("sites", {}), path, n, key_re=_SITE_KEY),
