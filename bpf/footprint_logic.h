@@ -53,6 +53,18 @@ static __always_inline void file_sub(struct fp_file_val *fv, s32 n)
     FP_XADD(&fv->removed, n);
 }
 
+/* Tag the file's counters with the sampler's read number, after they changed: a read
+ * that saw the change before the tag sees the tag at its next read (the sampler takes
+ * the tags of its last two reads and this one). A plain 16-bit store: racing tags are
+ * both recent. */
+static __always_inline void file_touched(struct fp_file_val *fv)
+{
+    int key = ST_EPOCH;
+    u64 *epoch = FP_LOOKUP(stats, &key);
+    if (epoch)
+        fv->epoch = (u16)*epoch;
+}
+
 /* Pages of a u64 of 2-bit fields whose low bit is set (bits only at even positions). */
 static __always_inline u32 fp_count(u64 x)
 {
@@ -231,6 +243,7 @@ FP_TRACEPOINT(filemap, mm_filemap_add_to_page_cache, mm_filemap_op_page_cache)
     if (pfn_set(pfn, order, FP_PFN_PC, 0, &was) < 0)
         return 0;
     file_add(fv, 1 << order);
+    file_touched(fv);
     return 0;
 }
 
@@ -254,6 +267,7 @@ FP_TRACEPOINT(filemap, mm_filemap_delete_from_page_cache, mm_filemap_op_page_cac
         stat_inc(ST_PC_DEL_UNTRACKED);
         FP_XADD(&fv->untracked_removed, 1 << order);
     }
+    file_touched(fv);
     if (state == FP_PFN_PC || state == FP_PFN_KPAGE) {
         struct fp_was was = {};
         pfn_set(pfn, order, FP_PFN_NEW, 0, &was);
@@ -272,6 +286,7 @@ static __always_inline int fp_shmem_added(u32 dev, u64 ino, u64 nr)
         return 0;
     fv->flags |= FILE_ADDS_BY_KPROBE;
     file_add(fv, nr);
+    file_touched(fv);
     return 0;
 }
 

@@ -105,7 +105,11 @@ enum fp_stat {
      * on that CPU) and run by one of its nested twins instead (bpf/footprint.bpf.c), one count
      * per event with twins, in FP_NEST_* order: not lost. */
     ST_NESTED,
-    ST_MAX = ST_NESTED + 4,
+    /* Not a count: the sampler's read number, set from user space before each read of
+     * the files map; a file's counters carry it when they change (fp_file_val.epoch), so
+     * a read decodes only the files touched since the last (tracer/mapsampler.py). */
+    ST_EPOCH = ST_NESTED + 4,
+    ST_MAX,
 };
 
 struct fp_file_key {
@@ -129,7 +133,8 @@ struct fp_file_val {
     u32 added;
     u32 removed;
     s32 untracked_removed; /* deletes of pages there before attach (NONE) */
-    u32 flags;  /* FILE_ADDS_BY_KPROBE: adds come without pfns (tmpfs) */
+    u16 flags;  /* FILE_ADDS_BY_KPROBE: adds come without pfns (tmpfs) */
+    u16 epoch;  /* stats[ST_EPOCH] (low 16 bits) when the counters last changed */
 };
 #define FILE_ADDS_BY_KPROBE 1
 

@@ -206,3 +206,40 @@ def test_kmalloc_objects_of_the_core_kernel_are_not_followed_by_default(loader_n
         prog.close()
     assert unfiltered, "no core-kernel kmalloc seen at all: the test proves nothing"
     assert not filtered, [hex(a) for a in filtered]
+
+
+def test_a_read_decodes_only_the_files_touched_since_the_last(tmp_path, loader_name):
+    """The sampler keeps nothing per file: the program tags a file's counters with the
+    sampler's read number (stats[ST_EPOCH]) when they change, and a read decodes only
+    the files tagged since the read before — missing none: each file read between two
+    reads is in the second with cachestat's pages, and in no later one."""
+    if loader_name is None:  # bcc: run, and passed, in a child (loader_name)
+        return
+    from tracer.mapsampler import MapSampler
+    from tracer.topology import devstr
+
+    files = [tmp_path / f"f{i}" for i in range(40)]
+    for f in files:
+        f.write_bytes(os.urandom(64 << 10))
+    _drop_caches()
+    keys = {f: f"{devstr(_kdev(f.stat()), kernel=True)}:{f.stat().st_ino}" for f in files}
+    p, prog, maps = _program(loader_name)
+    try:
+        sampler = MapSampler(maps, {}, own_process=False)
+        sampler.changed_files()  # the first read: every file
+        for f in files[:20]:
+            f.read_bytes()
+        first = sampler.changed_files()
+        for f in files[20:]:
+            f.read_bytes()
+        second = sampler.changed_files()
+        later = [sampler.changed_files() for _ in range(3)]
+    finally:
+        prog.close()
+    for f in files[:20]:
+        assert first[keys[f]][0] == cachestat_pages(f) == 16, (f, first.get(keys[f]))
+        assert keys[f] not in second
+    for f in files[20:]:
+        assert keys[f] not in first
+        assert second[keys[f]][0] == cachestat_pages(f) == 16, (f, second.get(keys[f]))
+    assert not any(keys[f] in read for read in later for f in files)

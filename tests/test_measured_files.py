@@ -112,6 +112,16 @@ class _StormMaps:
     def __init__(self, seconds):
         self.start = time.monotonic()
         self.end = None if seconds is None else self.start + seconds
+        self.read_number = 0
+
+    def epoch(self):
+        return self.read_number
+
+    def set_epoch(self, value):
+        self.read_number = value
+
+    def files_touched(self, newest, back):
+        return list(self.raw("files").items())
 
     def _now(self):
         now = time.monotonic()

@@ -28,12 +28,13 @@ _libc.syscall.restype = ctypes.c_long
 
 COUNTER = struct.Struct("<qqQQq")          # struct counter
 FILE_KEY = struct.Struct("<QII")           # struct file_key {ino, dev, pad}
-FILE_VAL = struct.Struct("<iiIIiI")        # struct fp_file_val {resident .. untracked, flags}
+FILE_VAL = struct.Struct("<iiIIiHH")       # struct fp_file_val {resident .. untracked, flags, epoch}
 SLAB_FILTER = struct.Struct("<QQII64Q64QII8Q8Q")  # struct fp_slab_filter
 SITE_KEY = struct.Struct("<QII")           # struct site_key {call_site, kind, pad}
 OOM_VICTIM = struct.Struct("<QII16s16s")   # struct fp_oom_victim
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
+ST_EPOCH = 19  # enum fp_stat in bpf/footprint_types.h: the sampler's read number
 
 
 class _ElemAttr(ctypes.Structure):
@@ -117,18 +118,27 @@ class Map:
     def items(self) -> list[tuple[bytes, bytes]]:
         """Every (key, value): BPF_MAP_LOOKUP_BATCH (5.6+) where the map type has it, else
         key by key with BPF_MAP_GET_NEXT_KEY."""
+        return [(keys[i * self.key_size:(i + 1) * self.key_size],
+                 values[i * self.value_size:(i + 1) * self.value_size])
+                for keys, values, n in self.chunks() for i in range(n)]
+
+    def chunks(self, chunk: int = 4096):
+        """The map as (keys, values, n) pieces: n keys and n values each packed in one
+        bytes object — a reader that wants a few entries of many thousands picks them out
+        without an object per entry (Maps.files_touched)."""
         if self._batch_ok:
             try:
-                return self._items_batch()
+                yield from self._chunks_batch(chunk)
+                return
             except OSError as err:
                 # ENOTSUPP (524, kernel-internal): this map type has no batch ops.
                 if err.errno not in (errno.EINVAL, 524, errno.EOPNOTSUPP, errno.ENOSYS):
                     raise
                 self._batch_ok = False
-        return self._items_iter()
+        pairs = self._items_iter()
+        yield b"".join(k for k, _ in pairs), b"".join(v for _, v in pairs), len(pairs)
 
-    def _items_batch(self, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
-        out = []
+    def _chunks_batch(self, chunk: int):
         keys = ctypes.create_string_buffer(self.key_size * chunk)
         values = ctypes.create_string_buffer(self.value_size * chunk)
         token_in = ctypes.create_string_buffer(8)
@@ -146,12 +156,10 @@ class Map:
                     raise
                 done = True
             n = attr.count
-            kr, vr = keys.raw, values.raw
-            for i in range(n):
-                out.append((kr[i * self.key_size:(i + 1) * self.key_size],
-                            vr[i * self.value_size:(i + 1) * self.value_size]))
+            if n:
+                yield keys.raw[:n * self.key_size], values.raw[:n * self.value_size], n
             if done:
-                return out
+                return
             ctypes.memmove(token_in, token_out, 8)
             first = False
 
@@ -215,7 +223,7 @@ class Maps:
         deleted (one migrated before attach, a tmpfs page added where no kprobe saw it):
         that deficit is deletes of pages not traced in, which is what untracked_removed
         counts (they consume the file's baseline), so it is moved there."""
-        resident, peak, added, removed, untracked, _flags = FILE_VAL.unpack(v)
+        resident, peak, added, removed, untracked, _flags, _epoch = FILE_VAL.unpack(v)
         if resident < 0:
             untracked -= resident
             resident = 0
@@ -247,6 +255,29 @@ class Maps:
     def files(self) -> dict[tuple[int, int], tuple]:
         """Every file the program counts: (kernel dev_t, inode) -> its 5 counters."""
         return dict(self.file_entry(k, v) for k, v in self.maps["files"].items())
+
+    def files_touched(self, newest: int, back: int) -> list[tuple[bytes, bytes]]:
+        """The raw entries of the files whose counters changed while the epoch (stats
+        [ST_EPOCH], see set_epoch) was one of `newest` and the `back` before it (16 bits,
+        as the program stores it)."""
+        want = {(newest - i) & 0xFFFF for i in range(min(back, 0xFFFF) + 1)}
+        ks, vs = FILE_KEY.size, FILE_VAL.size
+        out = []
+        for keys, values, _n in self.maps["files"].chunks():
+            # a chunk's epochs in one go (the last u16 of each value), not a tuple per entry
+            tags = memoryview(values).cast("H")[(vs - 2) // 2::vs // 2].tolist()
+            out += [(keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs])
+                    for i, tag in enumerate(tags) if tag in want]
+        return out
+
+    def epoch(self) -> int:
+        """The sampler's read number as the program sees it (stats[ST_EPOCH])."""
+        raw = self.maps["stats"].lookup(U32.pack(ST_EPOCH))
+        return U64.unpack(raw[:8])[0] if raw else 0
+
+    def set_epoch(self, value: int) -> None:
+        """Set the read number the program tags changed files with (files_touched)."""
+        self.maps["stats"].update(U32.pack(ST_EPOCH), U64.pack(value))
 
     def stack_pages(self) -> dict[int, tuple]:
         """Stacks that were ever charged (an array: entries never used are all zero)."""

@@ -57,7 +57,7 @@ OPTIONAL_TRACEPOINTS = (
 # Attached whatever --slab says: they cost nothing until they fire.
 ALWAYS_OPTIONAL = {"mark_victim", "alloc_vmap_area", "free_vmap_area_noflush"}
 OOM_SLOTS = 16  # the last victims kept in the kernel between two samples
-ST_MAX = 19  # enum fp_stat in bpf/footprint_types.h
+ST_MAX = 20  # enum fp_stat in bpf/footprint_types.h
 KERNEL_BTF = "/sys/kernel/btf/vmlinux"
 LOADERS = ("auto", "libbpf", "bcc")
 
