@@ -200,3 +200,28 @@ def test_a_stop_inside_libbpfs_log_callback_is_raised_once_libbpf_returns(monkey
     assert returned == [True]  # libbpf finished its work first
     assert not libbpf.raise_after_call(sys._getframe(), Stop("elsewhere"))  # raise it there
     libbpf._call(lambda: 0)  # nothing kept
+
+
+def test_the_stat_numbers_match_the_program():
+    """The sampler's names for the program's counters, the epoch it writes and the map's
+    size are enum fp_stat's (bpf/footprint_types.h): a stat added in C without its name
+    here would shift every later one, and the epoch would land on a counter."""
+    import re
+
+    from tracer.bpfmaps import ST_EPOCH
+    from tracer.mapsampler import STAT_NAMES
+
+    text = (REPO / "bpf" / "footprint_types.h").read_text()
+    body = re.search(r"enum fp_stat \{(.*?)\};", text, re.S).group(1)
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    values, n = {}, 0
+    for item in (x.strip() for x in body.split(",") if x.strip()):
+        name, _, expr = (p.strip() for p in item.partition("="))
+        if expr:
+            base, _, plus = expr.partition("+")
+            n = values[base.strip()] + int(plus or 0)
+        values[name] = n
+        n += 1
+    assert values["ST_EPOCH"] == ST_EPOCH == len(STAT_NAMES)
+    assert values["ST_MAX"] == loader.ST_MAX == ST_EPOCH + 1
+    assert values["ST_NESTED"] == STAT_NAMES.index(f"nested:{TWINNED_EVENTS[0]}")
