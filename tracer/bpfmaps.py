@@ -210,8 +210,9 @@ class Maps:
     def __init__(self, fds: dict[str, int]):
         self.maps = {name: Map(fd) for name, fd in fds.items()}
 
-    # Each map is read raw and compared as bytes with the previous read: only the entries
-    # that changed are decoded (a sample of 10k files decodes tens, not 10k).
+    # Only the entries that changed are decoded (a sample of 10k files decodes tens, not
+    # 10k): the files by the epoch the program tags them with (files_touched), the small
+    # maps read raw and compared as bytes with the previous read (MapSampler.changed).
     def raw(self, name: str) -> dict[bytes, bytes]:
         """Map `name` whole, undecoded (key bytes -> value bytes)."""
         return dict(self.maps[name].items())
