@@ -93,8 +93,6 @@ class MapSampler:
         """The entries of map `name` (stack_pages, sites: hundreds) that changed since
         the last read, decoded to the recording's keys; the raw read becomes the new
         reference."""
-        if name == "files":
-            return self.changed_files()
         now = self.maps.raw(name)
         before = self.last_raw[name]
         out = {}
@@ -146,7 +144,7 @@ class MapSampler:
         while True:
             tries += 1
             t, start, before = boottime(), time.monotonic(), self._pagecache_events()
-            files.update(self.changed("files"))
+            files.update(self.changed_files())
             for key, value in (also() if also else {}).items():
                 if isinstance(value, dict) and isinstance(extra.get(key), dict):
                     extra[key].update(value)  # a later read's changes on top

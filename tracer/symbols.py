@@ -17,7 +17,7 @@ import os
 import re
 import sys
 from array import array
-from itertools import compress, islice, repeat
+from itertools import accumulate, compress, islice, repeat
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import FootprintError
@@ -189,7 +189,9 @@ def kallsyms(reload: bool = False) -> Kallsyms:
         _PENDING.join()  # a failed prefetch left _LOADED None: read again, raise here
         _PENDING = None
     if _LOADED is None or reload:
-        _LOADED = _load_in_child() or Kallsyms.load()
+        _LOADED = _load_in_child()
+        if _LOADED is None:
+            _LOADED = Kallsyms.load()
     return _LOADED
 
 
@@ -248,7 +250,7 @@ def _load_in_child() -> Optional[Kallsyms]:
         sizes = head["sizes"]
         if len(sizes) != 4 or sum(sizes) != len(rest):
             return None
-        cuts = [0, *(sum(sizes[:i + 1]) for i in range(4))]
+        cuts = list(accumulate(sizes, initial=0))
         addrs, offsets, blob, index = (rest[cuts[i]:cuts[i + 1]] for i in range(4))
         addrs_a, offsets_a, index_a = array("Q", addrs), array("I"), array("H")
         offsets_a.frombytes(offsets)
