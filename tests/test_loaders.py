@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer import loader, programs
+from tracer import bpffiles, loader, programs
 from tracer.errors import FootprintError
 from tracer.progkinds import TWINNED_EVENTS
 
@@ -37,12 +37,12 @@ def test_auto_prefers_libbpf_with_btf_and_object(monkeypatch, tmp_path):
     btf = tmp_path / "vmlinux"
     btf.write_bytes(b"")
     monkeypatch.setenv("FOOTPRINT_BPF_OBJECT", str(obj))
-    monkeypatch.setattr(loader, "KERNEL_BTF", str(btf))
+    monkeypatch.setattr(bpffiles, "KERNEL_BTF", str(btf))
     assert loader.choose_loader("auto") == ("libbpf", str(obj))
     assert loader.choose_loader("bcc") == ("bcc", None)
-    monkeypatch.setattr(loader, "KERNEL_BTF", str(tmp_path / "none"))
+    monkeypatch.setattr(bpffiles, "KERNEL_BTF", str(tmp_path / "none"))
     assert loader.choose_loader("auto") == ("bcc", None)
-    monkeypatch.setattr(loader, "KERNEL_BTF", str(btf))
+    monkeypatch.setattr(bpffiles, "KERNEL_BTF", str(btf))
     monkeypatch.setenv("FOOTPRINT_BPF_OBJECT", str(tmp_path / "absent.o"))
     assert loader.choose_loader("auto") == ("bcc", None)
 
@@ -51,7 +51,7 @@ def test_forced_libbpf_says_what_is_missing(monkeypatch, tmp_path):
     monkeypatch.setenv("FOOTPRINT_BPF_OBJECT", str(tmp_path / "absent.o"))
     with pytest.raises(FootprintError, match="not built: run scripts/build-bpf"):
         loader.choose_loader("libbpf")
-    monkeypatch.setattr(loader, "KERNEL_BTF", str(tmp_path / "none"))
+    monkeypatch.setattr(bpffiles, "KERNEL_BTF", str(tmp_path / "none"))
     with pytest.raises(FootprintError, match="needs the kernel's BTF"):
         loader.choose_loader("libbpf")
 
@@ -93,7 +93,7 @@ def test_record_libbpf_without_object_is_one_line_exit_2(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="record refuses non-root before choosing a loader")
 def test_record_libbpf_without_btf_is_one_line_exit_2(tmp_path):
-    code = (f"from tracer import loader; loader.KERNEL_BTF = {str(tmp_path / 'no-btf')!r}; "
+    code = (f"from tracer import bpffiles; bpffiles.KERNEL_BTF = {str(tmp_path / 'no-btf')!r}; "
             "from tracer.cli import main; main()")
     p = subprocess.run([sys.executable, "-c", code, "record", "--loader", "libbpf",
                         "-o", str(tmp_path / "r.jsonl"), "-d", "1"],

@@ -51,7 +51,7 @@ def _commands(cwd: Path) -> dict[str, tuple[list[str], dict]]:
 def test_sampler_needs_only_the_standard_library_and_its_package(tmp_path):
     """Its imports work with no site-packages at all (python -S), from elsewhere, through
     the argv the recorder execs, and pull in neither bcc nor click."""
-    from tracer.recorder import sampler_argv
+    from tracer.attacher import sampler_argv
 
     argv = sampler_argv()
     assert argv[0] == "@footprint" and "-S" in argv[:argv.index("-c")]

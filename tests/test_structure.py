@@ -197,3 +197,27 @@ def test_no_module_over_400_lines_without_a_reason_at_its_top():
         if lines > MAX_LINES and not any(x.startswith("Long because") for x in doc.splitlines()):
             long[str(path.relative_to(REPO))] = lines
     assert long == {}
+
+
+# What the resident sampler may not import (its memory is the tracer's own cost, a goal
+# of scripts/bench): dataclasses brings inspect, ast, dis and tokenize (~1.6 MiB), typing
+# ~0.5 MiB, and the loader's side (planning, programs) is done before the exec.
+SAMPLER_AVOIDS = ("dataclasses", "typing", "inspect", "ast", "tracer.loader", "tracer.programs",
+                  "tracer.attacher", "tracer.inventory")
+# What the sampler imports in its functions as it runs: the kernel baseline, the squashfs
+# mounts, the naming of files.
+SAMPLER_LATER = ("tracer.baseline", "tracer.squashfs", "tracer.topology.paths", "tracer.bpffiles",
+                 "tracer.symbols", "tracer.libbpf", "tracer.procfs")
+
+
+def test_the_sampler_imports_no_dataclasses_typing_or_loader():
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib, tracer.sampler\n"
+            f"for m in {SAMPLER_LATER!r}: importlib.import_module(m)\n"
+            f"print(' '.join(m for m in {SAMPLER_AVOIDS!r} if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == []

@@ -10,8 +10,7 @@ data; the recorder writes the "inventory" record.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from .bpfmaps import Maps
 from .errors import FootprintError
@@ -21,14 +20,14 @@ from .topology import devstr, kdev
 UNNAMED_KEPT = 256  # the biggest unnamed files go over to the sampler (environment <= 128 KiB)
 
 
-@dataclass
 class AttachBaseline:
     """The "inventory" record and what the sampler goes on with."""
 
-    record: dict
-    named_files: set[str] = field(default_factory=set)  # "dev:ino" with a path already
-    unnamed_baseline: dict[str, int] = field(default_factory=dict)  # "dev:ino" -> pages
-    superblock_fstypes: Optional[dict] = None  # for the topology (kernel walk only)
+    def __init__(self, record: dict, superblock_fstypes: dict | None = None):
+        self.record = record
+        self.named_files: set[str] = set()  # "dev:ino" with a path already
+        self.unnamed_baseline: dict[str, int] = {}  # "dev:ino" -> pages
+        self.superblock_fstypes = superblock_fstypes  # for the topology (kernel walk only)
 
 
 def _read_files(maps: Maps) -> dict[str, list[int]]:
@@ -36,12 +35,11 @@ def _read_files(maps: Maps) -> dict[str, list[int]]:
 
 
 def take(maps: Maps, method: str, seconds: float,
-         log: Callable[[str], None] = lambda m: None) -> Optional[AttachBaseline]:
+         log: Callable[[str], None] = lambda m: None) -> AttachBaseline | None:
     """The baseline `method` asks for (baseline.take: kernel | walk | none | auto), the
     walk held to `seconds`, each file's baseline net of the tracer's counters when it was
     measured; None for "none"."""
     from .baseline import take as measure
-    from .inventory import inventory
     from .topology import read_topology
 
     def traced_now(dev: str, ino: int) -> list[int]:
@@ -54,8 +52,12 @@ def take(maps: Maps, method: str, seconds: float,
     before = _read_files(maps)
     # The kernel's own per-inode counts where it can (tracer/baseline.py), else the
     # walk of paths; rows without traced_at are matched against before/after.
-    result = measure(method, lambda: inventory(
-        read_topology(), budget=(1_000_000, seconds), traced=traced_now), log=log)
+    def walk() -> dict:
+        from .inventory import inventory  # imported only where the walk runs
+
+        return inventory(read_topology(), budget=(1_000_000, seconds), traced=traced_now)
+
+    result = measure(method, walk, log=log)
     if result is None:
         return None
     rows = result["rows"]

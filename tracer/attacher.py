@@ -16,12 +16,10 @@ from dataclasses import asdict, dataclass, field
 
 from . import loader, programs
 from .bpfmaps import Maps
+from .errors import STOP_SIGNALS
 from .mapsampler import STAT_NAMES
 from .procfs import boottime, tracer_files
 
-# The signals that end a recording. Blocked across the exec into the sampler, whose
-# handlers take one that came meanwhile as soon as they are installed.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass

@@ -27,7 +27,7 @@ import os
 import re
 import struct
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
 
 from .errors import FootprintError
 
@@ -61,19 +61,19 @@ _FSTYPES = {0xEF53: "ext4", 0x73717368: "squashfs", 0x9660: "iso9660", 0x5846534
 _BDEVFS_MAGIC = 0x62646576
 
 
-def object_path() -> Optional[str]:
+def object_path() -> str | None:
     """bpf/baseline.bpf.o as scripts/build-bpf left it, found like the tracer's own
-    object (loader.bpf_file); FOOTPRINT_BASELINE_OBJECT overrides. None if not built."""
+    object (bpffiles.bpf_file); FOOTPRINT_BASELINE_OBJECT overrides. None if not built."""
     env = os.environ.get("FOOTPRINT_BASELINE_OBJECT")
     if env:
         return env if os.path.isfile(env) else None
-    from .loader import bpf_file
+    from .bpffiles import bpf_file
 
     path = bpf_file("baseline.bpf.o")
     return path if os.path.isfile(path) else None
 
 
-def _kernel_addresses() -> Tuple[int, int]:
+def _kernel_addresses() -> tuple[int, int]:
     """(&super_blocks or 0, start of the kernel image or 0) from /proc/kallsyms (the
     process's one parsed copy, tracer/symbols.py `kallsyms`). super_blocks is a static
     variable: listed only with CONFIG_KALLSYMS_ALL (Debian's 6.1 has it, the 6.18
@@ -86,11 +86,11 @@ def _kernel_addresses() -> Tuple[int, int]:
         return 0, 0
 
 
-def unavailable() -> Optional[str]:
+def unavailable() -> str | None:
     """Why the kernel walk cannot run here (one phrase), or None if it may."""
     if os.geteuid() != 0:
         return "not root"
-    from .loader import KERNEL_BTF
+    from .bpffiles import KERNEL_BTF
 
     if not os.path.exists(KERNEL_BTF):
         return f"no kernel BTF ({KERNEL_BTF}: CONFIG_DEBUG_INFO_BTF)"
@@ -131,7 +131,7 @@ def _records_wanted() -> int:
     return min(inodes, cached) * 5 // 4 + 8192
 
 
-def meminfo_pages() -> Dict[str, int]:
+def meminfo_pages() -> dict[str, int]:
     """/proc/meminfo's kB lines in pages (empty where it cannot be read)."""
     from .procfs import meminfo
 
@@ -142,7 +142,7 @@ def meminfo_pages() -> Dict[str, int]:
     return {k: v * 1024 // mmap.PAGESIZE for k, v in kb.items()}
 
 
-def superblock_head(sb_head: Optional[int] = None) -> Tuple[int, int]:
+def superblock_head(sb_head: int | None = None) -> tuple[int, int]:
     """(&super_blocks or 0, start of the kernel image or 0) for a walk; one line
     (FootprintError) when neither is known."""
     head, text = _kernel_addresses()
@@ -155,8 +155,8 @@ def superblock_head(sb_head: Optional[int] = None) -> Tuple[int, int]:
     return head, image_lo
 
 
-def kernel_walk(records: Optional[int] = None, max_inodes: int = BPF_MAX_LOOPS,
-                sb_head: Optional[int] = None) -> Dict[str, Any]:
+def kernel_walk(records: int | None = None, max_inodes: int = BPF_MAX_LOOPS,
+                sb_head: int | None = None) -> dict[str, object]:
     """Run bpf/baseline.bpf.c once: {"summary": {...}, "inodes": [(dev, ino, pages,
     swapped, flags)], "superblocks": [(dev, inodes walked, pages, s_magic, flags)],
     "seconds": load + run + parse}. dev is the kernel's dev_t (major << 20 | minor), as
@@ -193,7 +193,7 @@ class Walker:
             raise FootprintError("the kernel baseline needs bpf/baseline.bpf.o: build it with "
                                  "scripts/build-bpf (needs clang, bpftool, libbpf-dev)")
         self.n = n
-        self.mm: Optional[mmap.mmap] = None
+        self.mm: mmap.mmap | None = None
         self.obj = None
         self.obj, so = _open_object(path)
         try:
@@ -219,7 +219,7 @@ class Walker:
             self.obj.close()
             self.obj = None
 
-    def run(self) -> Dict[str, Any]:
+    def run(self) -> dict[str, object]:
         """One walk now: {"summary", "meminfo" (read just before), "inodes",
         "superblocks"} as kernel_walk() describes."""
         mem = meminfo_pages()  # the kernel's totals at the walk's instant, to compare with
@@ -245,8 +245,8 @@ class Walker:
             raise FootprintError("bpf/baseline.bpf.o does not match this footprint: rebuild it "
                                  "with scripts/build-bpf")
         raw = self.mm[:min(nrec, self.n) * _REC.size]
-        inodes_l: List[Tuple[int, int, int, int, int]] = []
-        sbs_l: List[Tuple[int, int, int, int, int]] = []
+        inodes_l: list[tuple[int, int, int, int, int]] = []
+        sbs_l: list[tuple[int, int, int, int, int]] = []
         for ino, pg, swapped, dev, fl in _REC.iter_unpack(raw):
             if fl & REC_SB:
                 sbs_l.append((dev, ino, pg, swapped, fl))
@@ -266,7 +266,7 @@ def _devstr(kdev: int) -> str:
     return f"{kdev >> _MINORBITS}:{kdev & ((1 << _MINORBITS) - 1)}"
 
 
-def kernel_inventory() -> Dict[str, Any]:
+def kernel_inventory() -> dict[str, object]:
     """The kernel walk shaped like tracer/inventory.py's inventory(): {time, rows, stats,
     superblock_fstypes: {"maj:min": fstype} of superblocks on block devices},
     rows {dev "maj:min", ino, path None, fstype, resident_pages, swapped_pages, method
@@ -276,11 +276,11 @@ def kernel_inventory() -> Dict[str, Any]:
     walk = kernel_walk()
     t = time.clock_gettime(time.CLOCK_BOOTTIME)
     fstype = {dev: _FSTYPES.get(magic) for dev, _n, _p, magic, _f in walk["superblocks"]}
-    rows: List[Dict[str, Any]] = []
+    rows: list[dict[str, object]] = []
     swapped = unlinked = 0
     for dev, ino, pages, sw, fl in walk["inodes"]:
         ds = _devstr(dev)
-        row: Dict[str, Any] = {"dev": ds, "ino": ino, "path": None, "fstype": fstype.get(dev),
+        row: dict[str, object] = {"dev": ds, "ino": ino, "path": None, "fstype": fstype.get(dev),
                                "resident_pages": pages, "method": "kernel", "what": "file"}
         if fstype.get(dev) == "bdev":
             row.update(what="bdev", block_dev=_devstr(ino))
@@ -305,14 +305,14 @@ def kernel_inventory() -> Dict[str, Any]:
     return {"time": t, "rows": rows, "stats": stats, "superblock_fstypes": on_bdev}
 
 
-def _completeness(found: int, mem: Dict[str, int]) -> Dict[str, Any]:
+def _completeness(found: int, mem: dict[str, int]) -> dict[str, object]:
     want = mem.get("Cached", 0) + mem.get("Buffers", 0)
     return {"pages_found": found, "cached_buffers_pages": want,
             "completeness": round(found / want, 4) if want else None}
 
 
-def take(which: str, walk: Callable[[], Dict[str, Any]],
-         log: Callable[[str], None] = lambda m: None) -> Optional[Dict[str, Any]]:
+def take(which: str, walk: Callable[[], dict[str, object]],
+         log: Callable[[str], None] = lambda m: None) -> dict[str, object] | None:
     """The baseline `which` asks for ("auto", "kernel", "walk", "none"): the kernel walk,
     or `walk()` (tracer/inventory.py's path walk) where it cannot run and `which` is
     "auto". None for "none". The result's stats say which ran ("baseline") and how much

@@ -29,7 +29,7 @@ import subprocess
 import sys
 
 # What the initramfs runs: the recorder's entry, and the sampler it execs into (named in a
-# `python -c` string, not an import statement: see recorder.sampler_argv).
+# `python -c` string, not an import statement: see attacher.sampler_argv).
 ENTRIES = ("tracer.boot", "tracer.sampler")
 REFUSED = ("pandas", "numpy", "matplotlib", "plotly", "pyarrow", "bcc", "click", "PIL",
            # optional in the recorder (topology.uevents parses uevents itself without it);
@@ -167,9 +167,9 @@ while True:
                 except BaseException:
                     pass
 
-from tracer import libbpf, loader
+from tracer import bpffiles, libbpf, loader  # noqa: F401  (loader: the attach side)
 libbpf.lib()
-objects = [os.path.abspath(str(loader.bpf_file(n))) for n in ("footprint.bpf.o", "baseline.bpf.o")]
+objects = [os.path.abspath(str(bpffiles.bpf_file(n))) for n in ("footprint.bpf.o", "baseline.bpf.o")]
 files, used, modfiles = set(), set(), set()
 for mod in list(sys.modules.values()):
     f = getattr(mod, "__file__", None)

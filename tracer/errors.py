@@ -4,6 +4,8 @@ The CLI prints its message as one line and exits with status 2, no traceback. A 
 names the problem and the fix: "recording is truncated: re-record it".
 """
 
+import signal
+
 EXIT_USAGE = 2
 EX_SOFTWARE = 70  # sysexits.h: an internal error (a bug of ours), told apart from bad input
 
@@ -19,6 +21,12 @@ class Interrupted(FootprintError):
     reports SIGINT)."""
 
     status = 130
+
+
+# The signals that stop a recording (its last sample is taken), or, before it started,
+# end it with Interrupted. Blocked across the exec into the sampler, whose handlers take
+# one that came meanwhile as soon as they are installed.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def require_root(what: str) -> None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import select
 import time
-from dataclasses import asdict
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 from .errors import FootprintError
 from .procfs import boottime
@@ -20,8 +19,6 @@ from .procfs import boottime
 def _as_dict(obj):
     if hasattr(obj, "to_dict"):
         return obj.to_dict()
-    if hasattr(obj, "__dataclass_fields__"):
-        return asdict(obj)
     return obj
 
 
@@ -40,7 +37,7 @@ class TopologyFollower:
         self.last_named = 0.0  # boottime of the last naming of files while recording
         self.named_files: set[str] = set()  # "dev:ino" the recording has a path for
 
-    def topology_record(self, **how) -> Optional[dict]:
+    def topology_record(self, **how) -> dict | None:
         """A "topology" record (topology.read_topology(**how)); None, said in the log,
         when sysfs or /proc is only half visible."""
         try:
@@ -119,7 +116,7 @@ class TopologyFollower:
         return False
 
     def paths_record(self, resident: Iterable[tuple[int, str]], count: int = 64,
-                     seconds: float = 5.0) -> Optional[dict]:
+                     seconds: float = 5.0) -> dict | None:
         """A "paths" record for the `count` biggest of `resident` ((pages, "dev:ino")) not
         named yet, found where the files are (a report may be read on another machine)."""
         from .topology import paths_of, read_topology

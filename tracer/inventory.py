@@ -23,7 +23,7 @@ import os
 import platform
 import stat
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from collections.abc import Callable, Iterable
 
 from .topology import Topology, devstr, kdev
 from .topology.blockdev import may_open
@@ -63,10 +63,10 @@ class _Cachestat(ctypes.Structure):
                 ("nr_recently_evicted", ctypes.c_uint64)]
 
 
-_cachestat_ok: Optional[bool] = None
+_cachestat_ok: bool | None = None
 
 
-def cachestat(fd: int) -> Optional[Dict[str, int]]:
+def cachestat(fd: int) -> dict[str, int] | None:
     """cachestat(2) over the whole file (mm/filemap.c: counts pages of the mapping —
     f_mapping, i.e. the bdev inode's for a block device — in pages). None when the
     kernel lacks it (ENOSYS, < 6.5) or refuses this file (EOPNOTSUPP: hugetlbfs)."""
@@ -101,7 +101,7 @@ def cachestat_available() -> bool:
     return bool(_cachestat_ok)
 
 
-def mincore_pages(fd: int, size: int) -> Optional[int]:
+def mincore_pages(fd: int, size: int) -> int | None:
     """Resident pages of the first `size` bytes by mmap(MAP_SHARED) + mincore(2) (the
     page-cache state of the file's pages; mapping does not fault them in). A size not
     page aligned covers the partial last page. None when the file cannot be mmapped."""
@@ -123,7 +123,7 @@ def mincore_pages(fd: int, size: int) -> Optional[int]:
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOATIME", 0)
 
 
-def _measure_regular(path: str, size: int) -> Tuple[Optional[int], str]:
+def _measure_regular(path: str, size: int) -> tuple[int | None, str]:
     """Fast path for the walk: a regular file whose size and (dev, ino) are known from
     scandir's lstat — one open, one syscall, one close."""
     try:
@@ -150,7 +150,7 @@ def _size_of(fd: int, st: os.stat_result) -> int:
     return st.st_size
 
 
-def resident_pages(path: str, method: str = "auto") -> Dict[str, Any]:
+def resident_pages(path: str, method: str = "auto") -> dict[str, object]:
     """Page-cache residency of one file or block device.
 
     Returns {resident_pages, size_pages, method: "cachestat"|"mincore"|"none", dirty_pages
@@ -158,7 +158,7 @@ def resident_pages(path: str, method: str = "auto") -> Dict[str, Any]:
     mincore; "mincore"/"cachestat" force one. Block devices: opened O_NONBLOCK (no media
     wait on a CD) and never mmapped by "auto" unless cachestat is missing.
     """
-    out: Dict[str, Any] = {"resident_pages": None, "size_pages": 0, "method": "none"}
+    out: dict[str, object] = {"resident_pages": None, "size_pages": 0, "method": "none"}
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOATIME", 0))
     except PermissionError:
@@ -196,10 +196,10 @@ def resident_pages(path: str, method: str = "auto") -> Dict[str, Any]:
 # --- the inventory -------------------------------------------------------------------------
 
 
-def _stack_devs(topo: Topology) -> List[str]:
+def _stack_devs(topo: Topology) -> list[str]:
     """Superblocks that belong to the storage stack (loop backing file systems, file
     systems on loop/dm devices), walked first so the budget goes where it matters."""
-    devs: List[str] = []
+    devs: list[str] = []
     # File systems on loop/dm devices first (the stack's own files, usually small),
     # then those holding the backing images (often the big host root).
     for bd in topo.block_devices.values():
@@ -215,10 +215,10 @@ def _stack_devs(topo: Topology) -> List[str]:
     return [d for d in devs if not (d in seen or seen.add(d))]
 
 
-def inventory(topo: Topology, mounts: Optional[Iterable[Dict[str, Any]]] = None,
-              budget: Tuple[int, float] = (200_000, 10.0), fstypes: Tuple[str, ...] = DEFAULT_FSTYPES,
+def inventory(topo: Topology, mounts: Iterable[dict[str, object]] | None = None,
+              budget: tuple[int, float] = (200_000, 10.0), fstypes: tuple[str, ...] = DEFAULT_FSTYPES,
               method: str = "auto", include_empty: bool = False,
-              traced: Optional[Callable[[str, int], Any]] = None) -> Dict[str, Any]:
+              traced: Callable[[str, int], object] | None = None) -> dict[str, object]:
     """Resident page cache per (dev, ino) when the tracer attaches.
 
     Covers, in this order: every loop's backing file (sysfs gives the path), every block
@@ -242,21 +242,21 @@ def inventory(topo: Topology, mounts: Optional[Iterable[Dict[str, Any]]] = None,
     t0 = time.monotonic()
     max_files, max_secs = budget
     deadline = t0 + max_secs
-    rows: List[Dict[str, Any]] = []
+    rows: list[dict[str, object]] = []
     seen: set = set()
-    stats: Dict[str, Any] = {"files_seen": 0, "files_measured": 0, "errors": 0,
+    stats: dict[str, object] = {"files_seen": 0, "files_measured": 0, "errors": 0,
                              "truncated": False, "skipped_mounts": [], "walked_mounts": []}
     fstype_of = {m["dev"]: m["fstype"] for m in topo.mounts}
 
-    def add(path: str, what: str = "file", block_dev: Optional[str] = None,
-            fstype: Optional[str] = None) -> None:
+    def add(path: str, what: str = "file", block_dev: str | None = None,
+            fstype: str | None = None) -> None:
         r = resident_pages(path, method)
         stats["files_measured"] += 1
         if r["resident_pages"] is None:
             stats["errors"] += 1
             return
         if what == "bdev":
-            key: Tuple[Any, ...] = ("bdev", block_dev)
+            key: tuple[object, ...] = ("bdev", block_dev)
             row = {"dev": topo.bdev_sb_dev, "ino": kdev(block_dev), "block_dev": block_dev}  # type: ignore[arg-type]
         else:
             key = (r["dev"], r["ino"])

@@ -18,6 +18,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from . import bpffiles
+from .bpffiles import bpf_file
 from .errors import FootprintError
 from .kprobes import VMALLOC_KPROBES, plan_kprobes
 from .progkinds import kind_of, plan_program_kinds
@@ -58,7 +60,6 @@ OPTIONAL_TRACEPOINTS = (
 ALWAYS_OPTIONAL = {"mark_victim", "alloc_vmap_area", "free_vmap_area_noflush"}
 OOM_SLOTS = 16  # the last victims kept in the kernel between two samples
 ST_MAX = 20  # enum fp_stat in bpf/footprint_types.h
-KERNEL_BTF = "/sys/kernel/btf/vmlinux"
 LOADERS = ("auto", "libbpf", "bcc")
 
 
@@ -239,19 +240,6 @@ class Plan:
         return rows
 
 
-def bpf_file(name: str):
-    """A file of bpf/: the checkout's (tracer/../bpf), else the wheel's (tracer/bpf).
-    The checkout is looked at first because an editable install maps tracer.bpf to the
-    tree it was installed from, which need not be this one."""
-    here = os.path.dirname(os.path.realpath(__file__))
-    for path in (os.path.join(os.path.dirname(here), "bpf", name),  # a checkout's
-                 os.path.join(here, "bpf", name)):  # the package's, installed from a wheel
-        if os.path.exists(path):
-            return path
-    from importlib import resources  # an install that is not a directory tree (a zip)
-    return str(resources.files("tracer.bpf").joinpath(name))
-
-
 def bpf_source() -> str:
     """The bcc frontend, bpf/footprint.c, with the shared logic it #includes put in place
     (bcc compiles one text)."""
@@ -277,10 +265,10 @@ def choose_loader(requested: str = "auto") -> tuple[str, str | None]:
     if requested == "bcc":
         return "bcc", None
     obj = bpf_object()
-    has_btf = os.path.exists(KERNEL_BTF)
+    has_btf = os.path.exists(bpffiles.KERNEL_BTF)
     if requested == "libbpf":
         if not has_btf:
-            raise FootprintError(f"--loader libbpf needs the kernel's BTF ({KERNEL_BTF} is missing: "
+            raise FootprintError(f"--loader libbpf needs the kernel's BTF ({bpffiles.KERNEL_BTF} is missing: "
                                  "CONFIG_DEBUG_INFO_BTF): use --loader bcc")
         if obj is None:
             raise FootprintError("--loader libbpf needs the BPF object footprint.bpf.o, which is "

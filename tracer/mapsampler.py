@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from . import procfs
 from .bpfmaps import Maps, prog_misses
@@ -32,14 +31,18 @@ STAT_NAMES = (
 )
 
 
-@dataclass
 class Reading:
     """What one sample found: its record, and what it saw for the first time."""
 
-    record: dict  # the "sample" record
-    new_stacks: dict[int, list[int]] = field(default_factory=dict)  # stack id -> frames
-    new_sites: list[str] = field(default_factory=list)  # "slab:0x...", "percpu:0x...", "vmap:0x<stack id>", "kstack:0x<stack id>"
-    oom_victims: list[dict] = field(default_factory=list)  # "oom" records' fields
+    __slots__ = ("record", "new_stacks", "new_sites", "oom_victims")
+
+    def __init__(self, record: dict, new_stacks: dict[int, list[int]] | None = None,
+                 new_sites: list[str] | None = None, oom_victims: list[dict] | None = None):
+        self.record = record  # the "sample" record
+        self.new_stacks = new_stacks or {}  # stack id -> frames
+        # "slab:0x...", "percpu:0x...", "vmap:0x<stack id>", "kstack:0x<stack id>"
+        self.new_sites = new_sites or []
+        self.oom_victims = oom_victims or []  # "oom" records' fields
 
 
 class MapSampler:

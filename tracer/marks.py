@@ -15,7 +15,7 @@ import math
 import os
 import stat
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from .errors import FootprintError
 

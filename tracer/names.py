@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from array import array
 from itertools import accumulate
-from typing import Dict, Iterable, List, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 
 class PackedNames:
@@ -20,8 +20,8 @@ class PackedNames:
 
     def __init__(self, blob: bytes, offsets: array):
         self._blob, self.offsets = blob, offsets
-        self._blocks: Optional[List[bytes]] = None
-        self._inflated: Dict[int, bytes] = {}
+        self._blocks: list[bytes] | None = None
+        self._inflated: dict[int, bytes] = {}
 
     @classmethod
     def of(cls, names: Iterable[str]) -> "PackedNames":

@@ -12,7 +12,7 @@ Light on purpose (stdlib only): imported by the recorder in early boot.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 
 def normalize(symbol: str) -> str:
@@ -29,7 +29,7 @@ def normalize(symbol: str) -> str:
 
 # Loadable module → subsystem. The guest (Debian 6.1) builds these as modules; anything
 # named dm_* is device-mapper as well (see subsystem_of).
-MODULE_SUBSYSTEMS: Dict[str, str] = {
+MODULE_SUBSYSTEMS: dict[str, str] = {
     "squashfs": "squashfs",
     "dm_mod": "device-mapper",
     "dm_snapshot": "device-mapper",
@@ -51,7 +51,7 @@ MODULE_SUBSYSTEMS: Dict[str, str] = {
 
 # Built-in code (this host builds squashfs and loop into vmlinux): by symbol prefix,
 # first match wins. Only prefixes that are unambiguous in both 6.1 and 6.18 kallsyms.
-PREFIX_SUBSYSTEMS: Tuple[Tuple[str, str], ...] = (
+PREFIX_SUBSYSTEMS: tuple[tuple[str, str], ...] = (
     ("squashfs_", "squashfs"),
     ("loop_", "loop"),
     ("lo_", "loop"),
@@ -79,27 +79,27 @@ PREFIX_SUBSYSTEMS: Tuple[Tuple[str, str], ...] = (
 # ("squashfs: xz vmalloc"). The one list of libraries: by symbol prefix (lib/ is built
 # in on 6.1 and 6.18; squashfs's own zstd_init etc. say "zstd" too, rightly), and the
 # modules that are libraries where a kernel builds them as modules.
-LIBRARY_PREFIXES: Tuple[Tuple[str, str], ...] = (
+LIBRARY_PREFIXES: tuple[tuple[str, str], ...] = (
     ("xz_dec_", "xz"), ("xz_", "xz"),
     ("zstd_", "zstd"), ("ZSTD_", "zstd"), ("HUF_", "zstd"), ("FSE_", "zstd"),
     ("zlib_", "zlib"), ("LZ4_", "lz4"), ("lz4_", "lz4"), ("lzo1x_", "lzo"), ("lzo_", "lzo"),
     ("crypto_", "crypto"), ("__crypto_", "crypto"),
 )
-LIBRARY_MODULES: Dict[str, str] = {
+LIBRARY_MODULES: dict[str, str] = {
     "xz_dec": "xz", "zstd_decompress": "zstd", "zstd_common": "zstd", "zlib_inflate": "zlib",
     "lz4_decompress": "lz4", "lzo_decompress": "lzo", "libcrc32c": "crypto",
     "crc32c_generic": "crypto", "crc32c_intel": "crypto",
 }
 
 
-def library_of(symbol: Optional[str], module: Optional[str]) -> Optional[str]:
+def library_of(symbol: str | None, module: str | None) -> str | None:
     """The library a frame belongs to (LIBRARY_PREFIXES, LIBRARY_MODULES), or None."""
     if module:
         return LIBRARY_MODULES.get(module)
     return _by_prefix(symbol, LIBRARY_PREFIXES)
 
 
-def subsystem_of(symbol: Optional[str], module: Optional[str]) -> Optional[str]:
+def subsystem_of(symbol: str | None, module: str | None) -> str | None:
     """The storage-stack subsystem a frame belongs to, or None.
 
     A module decides (the module table, then `dm_*` → device-mapper, else the module
@@ -117,7 +117,7 @@ def subsystem_of(symbol: Optional[str], module: Optional[str]) -> Optional[str]:
     return _by_prefix(symbol, PREFIX_SUBSYSTEMS)
 
 
-def _by_prefix(symbol: Optional[str], table) -> Optional[str]:
+def _by_prefix(symbol: str | None, table) -> str | None:
     """The value of the first (prefix, value) in `table` that `symbol` (normalized)
     starts with, or None."""
     if symbol:
@@ -135,7 +135,7 @@ def _by_prefix(symbol: Optional[str], table) -> Optional[str]:
 # Names checked against 6.18's /proc/kallsyms (`_noprof` stripped) and 6.1's sources;
 # functions that are always inlined on one of them (new_slab, vm_area_alloc_pages on
 # 6.18) are listed too, for the other.
-KIND_MARKERS: Dict[str, str] = {}
+KIND_MARKERS: dict[str, str] = {}
 for _kind, _names in {
     "slab": (
         "allocate_slab", "new_slab", "___slab_alloc", "__slab_alloc", "alloc_slab_page",
@@ -234,7 +234,7 @@ _TRACING_PREFIXES = ("trace_event_raw_event_", "__traceiter_", "perf_trace_", "b
                      "perf_tp_event", "perf_swevent", "bpf_get_stack", "bpf_trampoline_")
 
 
-def _is_tracing(name: Optional[str], module: Optional[str]) -> bool:
+def _is_tracing(name: str | None, module: str | None) -> bool:
     return module == "bpf" or (name is not None and name.startswith(_TRACING_PREFIXES))
 
 
@@ -242,7 +242,7 @@ def _is_mm(name: str) -> bool:
     return name in _MM_NAMES or name in KIND_MARKERS or name.startswith(_MM_PREFIXES)
 
 
-def frame_kind(symbol: Optional[str]) -> Optional[str]:
+def frame_kind(symbol: str | None) -> str | None:
     """The kind a single frame marks (see KIND_MARKERS), or None."""
     if not symbol:
         return None
@@ -250,7 +250,7 @@ def frame_kind(symbol: Optional[str]) -> Optional[str]:
 
 
 def classify_stack(addrs: Sequence[int], kallsyms,
-                   loading_module: Optional[str] = None) -> Tuple[str, str]:
+                   loading_module: str | None = None) -> tuple[str, str]:
     """Classify the kernel stack of a page allocation (innermost frame first); `kallsyms`
     names its addresses (tracer/symbols.py Kallsyms: lookup(addr) → (symbol, module, offset)).
 
@@ -267,7 +267,7 @@ def classify_stack(addrs: Sequence[int], kallsyms,
              the code it interrupted did not ask for them), else "kernel:<func>" for
              the first frame outside mm/ and the allocators, else "kernel".
     """
-    frames: List[Tuple[Optional[str], Optional[str]]] = []
+    frames: list[tuple[str | None, str | None]] = []
     for a in addrs:
         if not a:
             continue
@@ -291,7 +291,7 @@ def classify_stack(addrs: Sequence[int], kallsyms,
     fault_at = next((i for i, (n, _m) in enumerate(frames) if n in _FAULT_ENTRY), None)
     inner = frames if fault_at is None else frames[:fault_at]
 
-    owner: Optional[str] = None
+    owner: str | None = None
     for name, mod in inner:
         sub = subsystem_of(name, mod)
         if sub:
@@ -312,7 +312,7 @@ def classify_stack(addrs: Sequence[int], kallsyms,
     return kind, owner
 
 
-def stack_library(addrs: Sequence[int], kallsyms) -> Tuple[Optional[str], Optional[str]]:
+def stack_library(addrs: Sequence[int], kallsyms) -> tuple[str | None, str | None]:
     """(library, caller) of an allocation stack (innermost frame first): the innermost
     library frame inside the owner's (library_of), and the first frame outside mm/ and
     the allocators — the immediate caller /proc/vmallocinfo would name."""

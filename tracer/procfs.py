@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Dict, List, Optional
 
 from .errors import FootprintError
 
@@ -42,9 +41,9 @@ def _read_root(path: str, what: str) -> str:
 # --- /proc/meminfo ---------------------------------------------------------------------
 
 
-def parse_meminfo(text: str) -> Dict[str, int]:
+def parse_meminfo(text: str) -> dict[str, int]:
     """`Key:   123 kB` lines → {Key: kB}. Lines without a unit (HugePages_Total) are counts."""
-    out: Dict[str, int] = {}
+    out: dict[str, int] = {}
     for line in text.splitlines():
         key, sep, rest = line.partition(":")
         if not sep:
@@ -59,7 +58,7 @@ def parse_meminfo(text: str) -> Dict[str, int]:
     return out
 
 
-def meminfo(proc: str = "/proc") -> Dict[str, int]:
+def meminfo(proc: str = "/proc") -> dict[str, int]:
     """/proc/meminfo (fs/proc/meminfo.c): values in kB (HugePages_* are counts, not kB).
 
     `Buffers` is the page cache of block-device inodes (nr_blockdev_pages), `Cached`
@@ -74,7 +73,7 @@ def meminfo(proc: str = "/proc") -> Dict[str, int]:
 _VMALLOC_RE = re.compile(r"^0x([0-9a-f]+)-0x([0-9a-f]+)\s+(\d+)\s*(\S*)(.*)$")
 
 
-def parse_vmallocinfo(text: str) -> Dict[str, Dict[str, int]]:
+def parse_vmallocinfo(text: str) -> dict[str, dict[str, int]]:
     """Aggregate vmallocinfo lines by caller symbol.
 
     A line is `0xSTART-0xEND SIZE CALLER+0xOFF/0xLEN [pages=N] [phys=..] [ioremap] ...`.
@@ -83,7 +82,7 @@ def parse_vmallocinfo(text: str) -> Dict[str, Dict[str, int]]:
     {caller: {"areas", "bytes", "pages", "ioremap"}} where caller is the function name
     without offset ("unknown" when the kernel printed none).
     """
-    out: Dict[str, Dict[str, int]] = {}
+    out: dict[str, dict[str, int]] = {}
     for line in text.splitlines():
         m = _VMALLOC_RE.match(line.strip())
         if not m:
@@ -113,7 +112,7 @@ def parse_vmallocinfo(text: str) -> Dict[str, Dict[str, int]]:
     return out
 
 
-def vmallocinfo(proc: str = "/proc") -> Dict[str, Dict[str, int]]:
+def vmallocinfo(proc: str = "/proc") -> dict[str, dict[str, int]]:
     """/proc/vmallocinfo (mm/vmalloc.c, s_show; root only — others see no addresses/callers).
 
     Sizes in bytes (area size includes one guard page), pages in pages; aggregated by
@@ -125,12 +124,12 @@ def vmallocinfo(proc: str = "/proc") -> Dict[str, Dict[str, int]]:
 # --- /proc/slabinfo --------------------------------------------------------------------
 
 
-def parse_slabinfo(text: str) -> List[Dict[str, object]]:
+def parse_slabinfo(text: str) -> list[dict[str, object]]:
     """slabinfo 2.1: `name active_objs num_objs objsize objperslab pagesperslab : tunables
     ... : slabdata active_slabs num_slabs sharedavail` → list of dicts with name,
     active_objs, num_objs, objsize (bytes), objperslab, pagesperslab, active_slabs,
     num_slabs, and pages = num_slabs * pagesperslab."""
-    rows: List[Dict[str, object]] = []
+    rows: list[dict[str, object]] = []
     for line in text.splitlines():
         if not line or line.startswith("slabinfo") or line.startswith("#"):
             continue
@@ -139,7 +138,7 @@ def parse_slabinfo(text: str) -> List[Dict[str, object]]:
         if len(f) < 6:
             continue
         try:
-            row: Dict[str, object] = {
+            row: dict[str, object] = {
                 "name": f[0],
                 "active_objs": int(f[1]),
                 "num_objs": int(f[2]),
@@ -162,7 +161,7 @@ def parse_slabinfo(text: str) -> List[Dict[str, object]]:
     return rows
 
 
-def slabinfo(proc: str = "/proc") -> List[Dict[str, object]]:
+def slabinfo(proc: str = "/proc") -> list[dict[str, object]]:
     """/proc/slabinfo (mm/slab_common.c, format 2.1; root only). objsize in bytes, slab
     sizes in pages. With SLUB merging, several caches may report under one name."""
     return parse_slabinfo(_read_root(os.path.join(proc, "slabinfo"), "slab caches"))
@@ -178,7 +177,7 @@ def parse_zoneinfo_max_pfn(text: str) -> int:
     (spanned 0) are skipped.
     """
     best = 0
-    spanned: Optional[int] = None
+    spanned: int | None = None
     for line in text.splitlines():
         f = line.split()
         if not f:

@@ -21,21 +21,20 @@ import json
 import os
 import signal
 import sys
-from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from collections.abc import Callable
 
-from . import attach_baseline, attacher, errors, libbpf, loader, marks, recording, slabfilter
-from .attacher import STOP_SIGNALS, sampler_argv
+from . import attach_baseline, errors, libbpf, marks, slabfilter
 from .bpfmaps import Maps
-from .errors import FootprintError, require_root
+from .errors import STOP_SIGNALS, FootprintError, require_root
 from .following import TopologyFollower
 from .mapsampler import STAT_NAMES, MapSampler
 from .shmemsampler import ShmemSampler
 from .procfs import boottime, no_huge_pages, release_memory, tracer_files
 from .symbolizer import Symbolizer
+from .writer import Writer
 
 __all__ = ["Options", "Recorder", "Interrupted", "STOP_SIGNALS", "STAT_NAMES", "record",
-           "sample_main", "sampler_argv", "tracer_files"]
+           "sample_main", "tracer_files"]
 
 DEFAULT_MARKS = "/run/footprint/marks"
 
@@ -49,27 +48,34 @@ class Interrupted(errors.Interrupted):
     this recorder created is removed again; one that was there is left untouched)."""
 
 
-@dataclass
 class Options:
-    """What `footprint record` was asked for (its command-line options)."""
+    """What `footprint record` was asked for (its command-line options). A plain class,
+    not a dataclass: the resident sampler imports this module (see tests/test_structure.py
+    on the sampler's imports)."""
 
-    output: str
-    duration: float | None = None
-    interval: float = 1.0
-    inventory: bool = True
-    inventory_seconds: float = 10.0  # the walk's time budget (it says what it skipped)
-    baseline: str = "auto"  # kernel | walk | none | auto (kernel where it runs, else walk)
-    marks: str | None = DEFAULT_MARKS
-    stop_file: str | None = None  # recording ends when this file appears
-    slab: str = "kmalloc"
-    kernel_headers: str | None = None
-    loader: str = "auto"  # auto | libbpf | bcc (loader.choose_loader)
-    programs: str = "auto"  # auto | tp_btf | tracepoint (progkinds.plan_program_kinds)
-    sizes: loader.MapSizes | None = None
-    exec: bool = True  # hand off to the lean sampler after attaching
-    pin: bool = False  # pin links and maps in bpffs: the account outlives the recorder
-    presize_files: bool = True  # a kernel walk sizes the files table (else the guess)
-    ready_file: str | None = None  # created once attached and following devices (_at)
+    def __init__(self, output: str, duration: float | None = None, interval: float = 1.0,
+                 inventory: bool = True, inventory_seconds: float = 10.0, baseline: str = "auto",
+                 marks: str | None = DEFAULT_MARKS, stop_file: str | None = None,
+                 slab: str = "kmalloc", kernel_headers: str | None = None, loader: str = "auto",
+                 programs: str = "auto", sizes: "MapSizes | None" = None, exec: bool = True,
+                 pin: bool = False, presize_files: bool = True, ready_file: str | None = None):
+        self.output = output
+        self.duration = duration
+        self.interval = interval
+        self.inventory = inventory
+        self.inventory_seconds = inventory_seconds  # the walk's time budget (it says what it skipped)
+        self.baseline = baseline  # kernel | walk | none | auto (kernel where it runs, else walk)
+        self.marks = marks
+        self.stop_file = stop_file  # recording ends when this file appears
+        self.slab = slab
+        self.kernel_headers = kernel_headers
+        self.loader = loader  # auto | libbpf | bcc (loader.choose_loader)
+        self.programs = programs  # auto | tp_btf | tracepoint (progkinds.plan_program_kinds)
+        self.sizes = sizes  # loader.MapSizes
+        self.exec = exec  # hand off to the lean sampler after attaching
+        self.pin = pin  # pin links and maps in bpffs: the account outlives the recorder
+        self.presize_files = presize_files  # a kernel walk sizes the files table (else the guess)
+        self.ready_file = ready_file  # created once attached and following devices (_at)
 
 
 class Recorder:
@@ -79,8 +85,8 @@ class Recorder:
     def __init__(self, opts: Options, log: Callable[[str], None] = lambda m: None):
         self.opts = opts
         self.log = log
-        self.writer: recording.Writer | None = None
-        self.plan: loader.Plan | None = None
+        self.writer: Writer | None = None
+        self.plan = None  # loader.Plan, in the process that attached
         self.program = None  # programs.Program, in the process that attached
         self.attached = 0.0  # boottime of the attach
         self.map_fds: dict[str, int] = {}
@@ -108,6 +114,10 @@ class Recorder:
         """Claim the output, load and attach the program (libbpf or bcc), write the
         header; the maps are read by fd."""
         require_root("footprint record")
+        # The loader's side is imported here: the sampler exec'd after the attach never
+        # needs it (its modules and dataclasses would stay in its memory).
+        from . import attacher, loader
+
         opts = self.opts
         if opts.pin:  # one line before anything is claimed or loaded
             from .pinned import check_free
@@ -115,7 +125,7 @@ class Recorder:
             check_free()
         # Claimed (locked, not yet truncated) first: a second recorder on the same file
         # is refused before it compiles anything, and the first one's file is untouched.
-        self.writer = recording.Writer(opts.output)
+        self.writer = Writer(opts.output)
         files_now = attach_baseline.files_with_pages(
             opts.baseline, bool(opts.sizes and opts.sizes.files) or not opts.presize_files)
         self.plan = loader.plan(sizes=opts.sizes, kernel_headers=opts.kernel_headers, slab=opts.slab,
@@ -150,20 +160,22 @@ class Recorder:
         # inherited across exec) instead of landing in the sampler's imports. A signal
         # already caught but not yet handled is raised by this call, before anything
         # was handed over.
+        from .attacher import exec_sampler
+
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         fds = list(self.map_fds.values()) + self.attach_fds + list(self.prog_fds.values())
         if self.marks_fd is not None:
             fds.append(self.marks_fd)  # and its lock with it
         output_fd = self.writer.detach()
-        state = {"opts": {k: v for k, v in asdict(self.opts).items() if k not in ("sizes", "pin")},
+        state = {"opts": {k: v for k, v in vars(self.opts).items() if k not in ("sizes", "pin")},
                  "map_fds": self.map_fds, "attach_fds": self.attach_fds,
                  "prog_fds": self.prog_fds, "output_fd": output_fd,
                  "marks_fd": self.marks_fd, "marks_pos": self.marks_pos,
                  "attached": self.attached, "log_prefix": "footprint",
                  "unnamed_baseline": self.unnamed_baseline}
-        err = attacher.exec_sampler(state, fds)
+        err = exec_sampler(state, fds)
         self.log(f"staying in-process (exec of the sampler failed: {err.strerror})")
-        self.writer = recording.Writer.append(self.opts.output, fd=output_fd)
+        self.writer = Writer.append(self.opts.output, fd=output_fd)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending one: now
 
     @classmethod
@@ -181,7 +193,7 @@ class Recorder:
                 os.set_inheritable(rec.marks_fd, False)
             except OSError:
                 rec.marks_fd = None
-        rec.writer = recording.Writer.append(rec.opts.output, fd=state["output_fd"])
+        rec.writer = Writer.append(rec.opts.output, fd=state["output_fd"])
         rec.writer.write({"type": "tracer", "t": boottime(), "stage": "sampler",
                           "pid": os.getpid(), "files": tracer_files()})
         return rec
@@ -234,7 +246,7 @@ class Recorder:
         """Write the topology as read now (topology.read_topology(**how))."""
         self._write([self.follow.topology_record(**how)])
 
-    def take_inventory(self) -> Optional[dict]:
+    def take_inventory(self) -> dict | None:
         """Write the baseline (tracer/attach_baseline.py) and keep what the sampler needs;
         returns the superblocks' file system types the kernel walk found, if any."""
         taken = attach_baseline.take(self.maps, self.opts.baseline, self.opts.inventory_seconds,

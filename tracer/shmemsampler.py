@@ -21,7 +21,7 @@ cannot run, samples carry neither and the traced counters stand.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from . import baseline
 from .errors import FootprintError
@@ -35,7 +35,7 @@ class ShmemSampler:
 
     def __init__(self, log: Callable[[str], None] = lambda m: None, on: bool = True):
         self.log = log
-        self.walker: Optional[baseline.Walker] = None
+        self.walker: baseline.Walker | None = None
         self.off = baseline.unavailable() if on else "not asked for"  # why not, or None
         self.last: dict[str, int] = {}
         self.room = 1024

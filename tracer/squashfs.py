@@ -33,7 +33,6 @@ import gzip
 import os
 import re
 import struct
-from typing import Dict, Optional
 
 PAGE_SIZE = 4096
 METADATA_SIZE = 8192          # SQUASHFS_METADATA_SIZE
@@ -59,12 +58,12 @@ def _page_align(n: int) -> int:
     return -(-n // PAGE_SIZE) * PAGE_SIZE
 
 
-def _version(release: Optional[str]) -> tuple:
+def _version(release: str | None) -> tuple:
     m = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
-def _running(kernel: Optional[str]) -> bool:
+def _running(kernel: str | None) -> bool:
     return kernel is None or kernel == os.uname().release
 
 
@@ -76,7 +75,7 @@ def _zstd_dctx(version: tuple, running: bool) -> int:
     return ZSTD_DCTX_SIZE[(6, 1)] if version < (6, 2) else ZSTD_DCTX_SIZE[(6, 18)]
 
 
-def _btf_struct_size(name: str) -> Optional[int]:
+def _btf_struct_size(name: str) -> int | None:
     try:
         from .btf import Btf
         return Btf.load().struct_size(name)
@@ -84,8 +83,8 @@ def _btf_struct_size(name: str) -> Optional[int]:
         return None
 
 
-def workspace_bytes(compressor: str, block_size: int, kernel: Optional[str] = None,
-                    dict_size: Optional[int] = None) -> Dict[str, int]:
+def workspace_bytes(compressor: str, block_size: int, kernel: str | None = None,
+                    dict_size: int | None = None) -> dict[str, int]:
     """One decompressor's state: {"vmalloc": bytes, "kmalloc": bytes} as the kernel
     allocates them (vmalloc rounded to pages, kmalloc to its size class) for `kernel`
     (a release string; None: the running one). `dict_size`: an xz image's dictionary
@@ -108,10 +107,10 @@ def workspace_bytes(compressor: str, block_size: int, kernel: Optional[str] = No
 
 
 def squashfs_prediction(compressor: str, block_size: int, ncpus: int, decomp_mode: str, *,
-                        kernel: Optional[str] = None, fragments: Optional[int] = None,
-                        file_cache: Optional[bool] = None,
-                        fragment_cache_size: Optional[int] = None,
-                        dict_size: Optional[int] = None) -> Dict[str, int]:
+                        kernel: str | None = None, fragments: int | None = None,
+                        file_cache: bool | None = None,
+                        fragment_cache_size: int | None = None,
+                        dict_size: int | None = None) -> dict[str, int]:
     """What one squashfs mount holds for its life by the kernel's own formula (module
     docstring; fs/squashfs of 6.1 and 6.18, the 6.14 changes included), in bytes.
 
@@ -170,9 +169,9 @@ def squashfs_prediction(compressor: str, block_size: int, ncpus: int, decomp_mod
 
 # --- the running kernel ------------------------------------------------------------------
 
-_CONFIGS: Dict[str, Dict[str, str]] = {}
+_CONFIGS: dict[str, dict[str, str]] = {}
 
-def kernel_config(release: Optional[str] = None) -> Dict[str, str]:
+def kernel_config(release: str | None = None) -> dict[str, str]:
     """The kernel's build config as {CONFIG_X: value}: /proc/config.gz (CONFIG_IKCONFIG_PROC)
     for the running kernel, else /boot/config-<release> or /lib/modules/<release>/config;
     {} when none is readable."""
@@ -199,7 +198,7 @@ def kernel_config(release: Optional[str] = None) -> Dict[str, str]:
     return {}
 
 
-def decompressor_mode(config: Optional[Dict[str, str]] = None) -> Optional[str]:
+def decompressor_mode(config: dict[str, str] | None = None) -> str | None:
     """"single", "multi" or "percpu": the kernel's default squashfs decompressor mode from
     its config (CONFIG_SQUASHFS_DECOMP_*; a mount may choose another with threads= where
     CONFIG_SQUASHFS_CHOICE_DECOMP_BY_MOUNT, 6.2+), or None when the config is unknown."""
@@ -212,7 +211,7 @@ def decompressor_mode(config: Optional[Dict[str, str]] = None) -> Optional[str]:
     return None
 
 
-def mount_mode(options: str, default: Optional[str]) -> Optional[str]:
+def mount_mode(options: str, default: str | None) -> str | None:
     """The decompressor mode a mount runs with: its `threads=` option where the kernel
     shows one (6.2+: single, multi, percpu or a number, which is multi), else `default`."""
     m = re.search(r"(?:^|,)threads=([^,]+)", options or "")
@@ -230,7 +229,7 @@ SQUASHFS_MAGIC = 0x73717368
 _COMP_OPT = 0x0400  # SQUASHFS_COMP_OPT: compressor options follow the superblock
 
 
-def read_superblock(path: str) -> Optional[Dict[str, object]]:
+def read_superblock(path: str) -> dict[str, object] | None:
     """The few fields of a squashfs superblock (fs/squashfs/squashfs_fs.h) that size its
     memory, read from a file (a loop device's backing file) or an image: compressor, block
     size, fragment count, and an xz dictionary size from the compression options. None
@@ -247,7 +246,7 @@ def read_superblock(path: str) -> Optional[Dict[str, object]]:
     if magic != SQUASHFS_MAGIC or major != 4 or not 12 <= block_log <= 20 \
             or block_size != 1 << block_log:
         return None
-    out: Dict[str, object] = {"compressor": COMPRESSORS.get(comp, f"id {comp}"),
+    out: dict[str, object] = {"compressor": COMPRESSORS.get(comp, f"id {comp}"),
                               "block_size": block_size, "fragments": fragments,
                               "inodes": inodes}
     if flags & _COMP_OPT and COMPRESSORS.get(comp) == "xz" and len(head) >= 106:
@@ -261,7 +260,7 @@ def read_superblock(path: str) -> Optional[Dict[str, object]]:
 
 # --- the mounts of this machine, and the account's view of them --------------------------
 
-def _cpus(path: str) -> Optional[int]:
+def _cpus(path: str) -> int | None:
     """CPUs in a sysfs list such as "0-3,8" (/sys/devices/system/cpu/possible)."""
     try:
         with open(path) as f:
@@ -352,7 +351,7 @@ def valid_mount(m) -> bool:
     return True
 
 
-def predict_mount(m: dict) -> Optional[Dict[str, int]]:
+def predict_mount(m: dict) -> dict[str, int] | None:
     """squashfs_prediction for one mount dict (mounts()), None when its compressor, block
     size or mode is unknown."""
     mode, comp, block = m.get("mode"), m.get("compressor"), m.get("block_size")

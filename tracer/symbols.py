@@ -18,7 +18,7 @@ import re
 import sys
 from array import array
 from itertools import accumulate, compress, islice, repeat
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Iterable, Sequence
 
 from .errors import FootprintError
 from .names import PackedNames as _Names
@@ -56,9 +56,9 @@ class Kallsyms:
     (the core text address; init text is freed after init and has no symbols).
     """
 
-    def __init__(self, addrs: Sequence[int], names: Sequence[str], modules: Sequence[Optional[str]],
-                 module_ranges: Optional[List[Tuple[int, int, str]]] = None,
-                 named: Optional[Dict[str, int]] = None) -> None:
+    def __init__(self, addrs: Sequence[int], names: Sequence[str], modules: Sequence[str | None],
+                 module_ranges: list[tuple[int, int, str]] | None = None,
+                 named: dict[str, int] | None = None) -> None:
         # Compact on purpose: the recorder keeps this for its whole life, and 120k
         # symbols as Python lists cost ~30 MB; as arrays and one bytes blob ~4 MB.
         self.addrs = addrs if isinstance(addrs, array) else array("Q", addrs)
@@ -117,14 +117,14 @@ class Kallsyms:
     def __len__(self) -> int:
         return len(self.addrs)
 
-    def address(self, name: str) -> Optional[int]:
+    def address(self, name: str) -> int | None:
         """The address of a symbol of NAMED_SYMBOLS (of vmlinux, whatever its type), or
         None where /proc/kallsyms does not list it."""
         return self.named.get(name)
 
     # -- lookups --------------------------------------------------------------------
 
-    def module_at(self, addr: int) -> Optional[str]:
+    def module_at(self, addr: int) -> str | None:
         """The module whose core text range [addr, addr+size) holds addr, if any."""
         i = bisect.bisect_right(self._mod_starts, addr) - 1
         if i >= 0:
@@ -137,7 +137,7 @@ class Kallsyms:
         """Keep the names compressed (see _Names): for a table kept for a recorder's life."""
         self.names.compact()
 
-    def lookup(self, addr: int) -> Tuple[Optional[str], Optional[str], int]:
+    def lookup(self, addr: int) -> tuple[str | None, str | None, int]:
         """addr → (symbol, module or None, offset). (None, module-or-None, 0) when no
         symbol covers it (e.g. a module's freed init text)."""
         i = bisect.bisect_right(self.addrs, addr) - 1
@@ -158,14 +158,14 @@ class Kallsyms:
         return f"{sym}+0x{off:x}" + (f" [{mod}]" if mod else "")
 
 
-_LOADED: Optional[Kallsyms] = None
+_LOADED: Kallsyms | None = None
 _PENDING = None  # the thread prefetch() started, until kallsyms() joined it
-_EARLY: Dict[str, int] = {}  # NAMED_SYMBOLS as that thread found them before parsing
+_EARLY: dict[str, int] = {}  # NAMED_SYMBOLS as that thread found them before parsing
 _EARLY_DONE = None  # set once _EARLY is filled or the thread gave up
 _PARSE = None  # set when prefetch's thread may parse what it read (parse_prefetched)
 
 
-def _read_proc(proc: str = "/proc") -> Tuple[bytes, str]:
+def _read_proc(proc: str = "/proc") -> tuple[bytes, str]:
     """The bytes of /proc/kallsyms (one read into one buffer: the kernel formats ~5 MB of
     lines either way) and the text of /proc/modules ("" where there is none)."""
     try:
@@ -198,7 +198,7 @@ def kallsyms(reload: bool = False) -> Kallsyms:
 _CHILD_MAX = 256 << 20  # a packed table is ~5 MB for 122k symbols
 
 
-def _load_in_child() -> Optional[Kallsyms]:
+def _load_in_child() -> Kallsyms | None:
     """Kallsyms.load() in a forked child, the packed table sent back through a pipe; None
     where that did not work (the caller then parses here, and raises what the parse
     raises). Why: the parse makes tens of MB of short-lived tokens, and in a long-lived
@@ -263,7 +263,7 @@ def _load_in_child() -> Optional[Kallsyms]:
         return None
 
 
-def kernel_address(name: str) -> Optional[int]:
+def kernel_address(name: str) -> int | None:
     """`kallsyms().address(name)` (a NAMED_SYMBOLS one), without waiting for the parse of
     the whole table where prefetch() already found it: the kernel baseline needs only
     these addresses before the recorder attaches. Raises as kallsyms()."""
@@ -324,17 +324,17 @@ def parse_prefetched() -> None:
 class _Modules:
     """Per-symbol module as a small index into the list of module names (0: vmlinux)."""
 
-    def __init__(self, index: array, names: List[Optional[str]]):
+    def __init__(self, index: array, names: list[str | None]):
         self.index, self.names = index, names
 
     @classmethod
-    def of(cls, mods: Iterable[Optional[str]]) -> "_Modules":
+    def of(cls, mods: Iterable[str | None]) -> "_Modules":
         return cls.of_bytes([(m or "").encode("ascii", "replace") for m in mods])
 
     @classmethod
     def of_bytes(cls, mods: Sequence[bytes]) -> "_Modules":
         """From each symbol's module name, b"" for vmlinux."""
-        names: List[Optional[str]] = [None]
+        names: list[str | None] = [None]
         ids = {b"": 0}
         for m in sorted(set(mods) - {b""}):
             ids[m] = len(names)
@@ -344,11 +344,11 @@ class _Modules:
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> Optional[str]:
+    def __getitem__(self, i: int) -> str | None:
         return self.names[self.index[i]]
 
 
-def _columns(data: bytes) -> Optional[Tuple[list, list, list]]:
+def _columns(data: bytes) -> tuple[list, list, list] | None:
     """(addresses, names, modules) of the text symbols, b"" for vmlinux's module, from
     kallsyms's own layout: `addr type name` and `addr type name\t[module]`
     (kernel/kallsyms.c s_show(), since 2.6). None when a line is not of that layout (an
@@ -394,13 +394,13 @@ def _first_glued(names: list) -> int:
     return 0 if any(map(operator.contains, islice(names, 0, lo), repeat(b"["))) else lo
 
 
-def _columns_by_line(data: bytes) -> Tuple[list, list, list]:
+def _columns_by_line(data: bytes) -> tuple[list, list, list]:
     """As _columns, by a regular expression per line: blank lines, other spacing."""
     found = _TEXT_LINE.findall(data)
     return _hex_array([f[0] for f in found]), [f[1] for f in found], [f[2] for f in found]
 
 
-def _named_address(data: bytes, name: str) -> Optional[int]:
+def _named_address(data: bytes, name: str) -> int | None:
     """The address on vmlinux's `addr type name` line (any type) for name, or None.
     bytes.find, not a regular expression: it skips through 5 MB in about a millisecond."""
     needle, at = b" " + name.encode("ascii") + b"\n", 0
@@ -427,9 +427,9 @@ def _hex_array(hexes: Sequence[bytes]) -> array:
     return array("Q", map(int, hexes, repeat(16)))
 
 
-def parse_modules(text: str) -> List[Tuple[int, int, str]]:
+def parse_modules(text: str) -> list[tuple[int, int, str]]:
     """/proc/modules → [(start, end, name)] of each module's core text."""
-    out: List[Tuple[int, int, str]] = []
+    out: list[tuple[int, int, str]] = []
     for line in text.splitlines():
         f = line.split()
         # `name size refcnt deps state 0xaddr [(taints)]`
@@ -440,6 +440,6 @@ def parse_modules(text: str) -> List[Tuple[int, int, str]]:
     return out
 
 
-def symbolize_stack(addrs: Iterable[int], kallsyms: Kallsyms) -> List[str]:
+def symbolize_stack(addrs: Iterable[int], kallsyms: Kallsyms) -> list[str]:
     """Human-readable frames, innermost first."""
     return [kallsyms.symbolize(a) for a in addrs if a]

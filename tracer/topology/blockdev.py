@@ -14,7 +14,6 @@ import os
 import re
 import stat
 import struct
-from typing import Any, Dict, List, Optional
 
 from .devices import devstr
 
@@ -28,7 +27,7 @@ _LOOP_INFO64 = struct.Struct("=QQQQQIIII64s64s32sQQ")
 _LO_FLAGS = {1: "read_only", 4: "autoclear", 8: "partscan", 16: "direct_io"}
 
 
-def loop_status(devnode: str) -> Optional[Dict[str, Any]]:
+def loop_status(devnode: str) -> dict[str, object] | None:
     """LOOP_GET_STATUS64 on a loop device node: the backing file's (dev, ino) exactly as
     the kernel holds them (loop_get_status: vfs_getattr of lo_backing_file), even when
     the path is hidden after switch_root or deleted. None if unbound or not openable."""
@@ -55,7 +54,7 @@ def loop_status(devnode: str) -> Optional[Dict[str, Any]]:
     }
 
 
-def _read_attr(path: str) -> Optional[str]:
+def _read_attr(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
             return os.fsdecode(f.read()).rstrip("\n")
@@ -63,7 +62,7 @@ def _read_attr(path: str) -> Optional[str]:
         return None
 
 
-def _int_attr(path: str) -> Optional[int]:
+def _int_attr(path: str) -> int | None:
     v = _read_attr(path)
     try:
         return int(v) if v is not None else None
@@ -93,11 +92,11 @@ def _kind_of(name: str, major: int, sysdir: str) -> str:
     return "disk"
 
 
-def _loop_info(name: str, sysdir: str, dev: str, devdir: str, size: int = -1) -> Dict[str, Any]:
+def _loop_info(name: str, sysdir: str, dev: str, devdir: str, size: int = -1) -> dict[str, object]:
     """A loop device's backing: sysfs (drivers/block/loop.c: loop/backing_file is the
     d_path, with " (deleted)" when unlinked), then LOOP_GET_STATUS64 for (dev, ino)."""
     lo = os.path.join(sysdir, "loop")
-    info: Dict[str, Any] = {"bound": os.path.isdir(lo)}
+    info: dict[str, object] = {"bound": os.path.isdir(lo)}
     if not info["bound"]:
         return info
     bf = _read_attr(os.path.join(lo, "backing_file"))
@@ -133,7 +132,7 @@ def _loop_info(name: str, sysdir: str, dev: str, devdir: str, size: int = -1) ->
     return info
 
 
-def _loop_status_via_mknod(dev: str) -> Optional[Dict[str, Any]]:
+def _loop_status_via_mknod(dev: str) -> dict[str, object] | None:
     """LOOP_GET_STATUS64 through a temporary device node, for when /dev lacks one."""
     if os.geteuid() != 0:
         return None
@@ -152,7 +151,7 @@ def _loop_status_via_mknod(dev: str) -> Optional[Dict[str, Any]]:
             pass
 
 
-def read_block_devices(sys: str = "/sys", devdir: str = "/dev") -> Dict[str, Dict[str, Any]]:
+def read_block_devices(sys: str = "/sys", devdir: str = "/dev") -> dict[str, dict[str, object]]:
     """Every /sys/class/block entry → {name: {name, dev, kind, size_bytes, ro, removable,
     slaves, holders, parent (partitions), loop{...}, dm{...}}}.
 
@@ -161,7 +160,7 @@ def read_block_devices(sys: str = "/sys", devdir: str = "/dev") -> Dict[str, Dic
     `dm/name`, `dm/uuid`, and the loop attributes.
     """
     base = os.path.join(sys, "class", "block")
-    out: Dict[str, Dict[str, Any]] = {}
+    out: dict[str, dict[str, object]] = {}
     try:
         names = sorted(os.listdir(base))
     except OSError:
@@ -174,7 +173,7 @@ def read_block_devices(sys: str = "/sys", devdir: str = "/dev") -> Dict[str, Dic
         major = int(dev.split(":")[0])
         kind = _kind_of(name, major, d)
         sectors = _int_attr(os.path.join(d, "size")) or 0
-        bd: Dict[str, Any] = {
+        bd: dict[str, object] = {
             "name": name, "dev": dev, "kind": kind, "size_bytes": sectors * 512,
             "ro": _int_attr(os.path.join(d, "ro")), "removable": _int_attr(os.path.join(d, "removable")),
         }
@@ -211,7 +210,7 @@ _SIGNATURES = (
 )
 
 
-def udev_fstype(dev: str, run: str = "/run") -> Optional[str]:
+def udev_fstype(dev: str, run: str = "/run") -> str | None:
     """The file system type udev's blkid builtin found on block device `dev` ("maj:min"):
     `E:ID_FS_TYPE=` in its database, /run/udev/data/b<maj>:<min> (systemd-udevd and
     eudev alike). Costs no open of the device; None when udev has not probed it."""
@@ -227,7 +226,7 @@ def udev_fstype(dev: str, run: str = "/run") -> Optional[str]:
     return None
 
 
-def may_open(bd: Dict[str, Any]) -> bool:
+def may_open(bd: dict[str, object]) -> bool:
     """Whether opening the device node costs nothing and logs nothing: never a removable
     device, an optical drive or a floppy (opening an empty one makes the driver check
     the media: "I/O error, dev fd0"), nor a device of size 0."""
@@ -235,7 +234,7 @@ def may_open(bd: Dict[str, Any]) -> bool:
             and bd["kind"] not in ("rom",) and not bd["name"].startswith("fd"))
 
 
-def probe_fstype(devnode: str) -> Optional[str]:
+def probe_fstype(devnode: str) -> str | None:
     """The file system type written on a block device, by superblock magic, or None.
     A last resort (read_topology asks udev's database and the kernel's superblocks
     first); callers check may_open() before."""
@@ -247,7 +246,7 @@ def probe_fstype(devnode: str) -> Optional[str]:
         return None
     buf = mmap.mmap(-1, 4096)  # page aligned, as O_DIRECT wants
     try:
-        blocks: Dict[int, bytes] = {}
+        blocks: dict[int, bytes] = {}
         for fstype, offset, magic in _SIGNATURES:
             block = offset // 4096 * 4096
             if block not in blocks:
@@ -284,10 +283,10 @@ _DM_ROLES = {
 _DEVARG = re.compile(r"^\d+:\d+$")
 
 
-def parse_dm_table(text: str) -> Dict[str, List[Dict[str, Any]]]:
+def parse_dm_table(text: str) -> dict[str, list[dict[str, object]]]:
     """`dmsetup table` output (`name: start length target args…`) → {name: [targets]},
     each target {start, length (512-byte sectors), target, args, devices: [{dev, role}]}."""
-    out: Dict[str, List[Dict[str, Any]]] = {}
+    out: dict[str, list[dict[str, object]]] = {}
     for line in text.splitlines():
         name, sep, rest = line.rpartition(": ")
         if not sep:
@@ -302,7 +301,7 @@ def parse_dm_table(text: str) -> Dict[str, List[Dict[str, Any]]]:
             if _DEVARG.match(a):
                 role = roles[i] if roles and i < len(roles) and roles[i] else "device"
                 devices.append({"dev": a, "role": role})
-        row: Dict[str, Any] = {"start": int(f[0]), "length": int(f[1]), "target": target,
+        row: dict[str, object] = {"start": int(f[0]), "length": int(f[1]), "target": target,
                                "args": args, "devices": devices}
         if target in ("snapshot", "snapshot-merge") and len(args) >= 4:
             row["persistent"] = args[2]
@@ -311,7 +310,7 @@ def parse_dm_table(text: str) -> Dict[str, List[Dict[str, Any]]]:
     return out
 
 
-def read_dm_tables() -> Dict[str, List[Dict[str, Any]]]:
+def read_dm_tables() -> dict[str, list[dict[str, object]]]:
     """`dmsetup table` if dmsetup exists (device-mapper ioctls need root)."""
     import shutil  # here: the sampler imports this module, and these cost it ~3 MB
     import subprocess

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 
 _MINORBITS = 20  # include/linux/kdev_t.h
@@ -20,7 +19,7 @@ def kdev(dev: str) -> int:
     return (int(ma) << _MINORBITS) | int(mi)
 
 
-def devstr(dev: Any, kernel: bool = False) -> str:
+def devstr(dev: object, kernel: bool = False) -> str:
     """"maj:min" from a string, a (major, minor) pair, a user-space st_dev
     (kernel=False) or a kernel dev_t (kernel=True, the tracepoints' s_dev)."""
     if isinstance(dev, str):

@@ -6,36 +6,44 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
 
 from .blockdev import may_open, probe_fstype, read_block_devices, read_dm_tables, udev_fstype
 from .mounts import read_mounts
 
 
-@dataclass
 class Topology:
     """Mounts and block devices seen at `time` (CLOCK_BOOTTIME seconds).
 
     `gone` marks mounts/devices kept by `merge` that the newer view no longer shows.
     `bdev_sb_dev` is the s_dev of the kernel's bdev pseudo file system (where block-device
     inodes live) once known — it is anonymous (0:N) and mounted nowhere visible.
+    A plain class, not a dataclass: the resident sampler imports this module, and
+    dataclasses brings inspect and ast with it (~1.6 MiB).
     """
 
-    time: float
-    mounts: List[Dict[str, Any]]
-    block_devices: Dict[str, Dict[str, Any]]
-    root: Optional[Dict[str, Any]] = None
-    bdev_sb_dev: Optional[str] = None
-    history: List[float] = field(default_factory=list)
+    def __init__(self, time: float, mounts: list[dict[str, object]],
+                 block_devices: dict[str, dict[str, object]], root: dict[str, object] | None = None,
+                 bdev_sb_dev: str | None = None, history: list[float] | None = None):
+        self.time = time
+        self.mounts = mounts
+        self.block_devices = block_devices
+        self.root = root
+        self.bdev_sb_dev = bdev_sb_dev
+        self.history = [] if history is None else history
 
-    def to_dict(self) -> Dict[str, Any]:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Topology) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Topology(time={self.time}, {len(self.mounts)} mounts, {len(self.block_devices)} block devices)"
+
+    def to_dict(self) -> dict[str, object]:
         """Plain JSON, as a recording's topology record stores it."""
         return {"time": self.time, "mounts": self.mounts, "block_devices": self.block_devices,
                 "root": self.root, "bdev_sb_dev": self.bdev_sb_dev, "history": self.history}
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "Topology":
+    def from_dict(cls, d: dict[str, object]) -> "Topology":
         """From a recording's topology record (validated by tracer/recording.py first)."""
         return cls(time=d["time"], mounts=list(d["mounts"]), block_devices=dict(d["block_devices"]),
                    root=d.get("root"), bdev_sb_dev=d.get("bdev_sb_dev"),
@@ -43,7 +51,7 @@ class Topology:
 
     # -- indexes -------------------------------------------------------------------------
 
-    def device(self, dev: str) -> Optional[Dict[str, Any]]:
+    def device(self, dev: str) -> dict[str, object] | None:
         """The block device with number `dev` (current entries before gone ones)."""
         best = None
         for bd in self.block_devices.values():
@@ -53,20 +61,20 @@ class Topology:
                 best = best or bd
         return best
 
-    def mounts_of(self, dev: str) -> List[Dict[str, Any]]:
+    def mounts_of(self, dev: str) -> list[dict[str, object]]:
         """Mounts of the superblock `dev` (bind mounts share it), current ones first."""
         ms = [m for m in self.mounts if m["dev"] == dev]
         ms.sort(key=lambda m: (bool(m.get("gone")), m["root"] != "/", len(m["mountpoint"])))
         return ms
 
-    def loop_backed_by(self, dev: str, ino: int) -> List[Dict[str, Any]]:
+    def loop_backed_by(self, dev: str, ino: int) -> list[dict[str, object]]:
         """Loop devices whose backing file is (dev, ino)."""
         return [bd for bd in self.block_devices.values()
                 if bd.get("loop", {}).get("backing_dev") == dev
                 and bd["loop"].get("backing_ino") == ino]
 
 
-def _root_mount(mounts: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+def _root_mount(mounts: list[dict[str, object]]) -> dict[str, object] | None:
     roots = [m for m in mounts if m["mountpoint"] == "/"]
     if not roots:
         return None
@@ -76,7 +84,7 @@ def _root_mount(mounts: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 
 
 def read_topology(proc: str = "/proc", sys: str = "/sys", devdir: str = "/dev",
-                  dm: bool = True, sb_fstypes: Optional[Dict[str, str]] = None,
+                  dm: bool = True, sb_fstypes: dict[str, str] | None = None,
                   probe: bool = True) -> Topology:
     """Mounts + block devices + dm tables, stamped with CLOCK_BOOTTIME. Devices that no
     mount shows get `probed_fstype` (a recorder in a mount namespace of its own may not
@@ -107,7 +115,7 @@ def read_topology(proc: str = "/proc", sys: str = "/sys", devdir: str = "/dev",
     return Topology(time=t, mounts=mounts, block_devices=bds, root=_root_mount(mounts), history=[t])
 
 
-def _mount_key(m: Dict[str, Any]) -> Tuple[Any, ...]:
+def _mount_key(m: dict[str, object]) -> tuple[object, ...]:
     return (m["id"], m["dev"], m["mountpoint"], m["fstype"])
 
 
@@ -129,7 +137,7 @@ def merge(older: Topology, newer: Topology) -> Topology:
                 g["gone"] = True
                 g["seen_until"] = older.time
             mounts.append(g)
-    bds: Dict[str, Dict[str, Any]] = {k: dict(v) for k, v in newer.block_devices.items()}
+    bds: dict[str, dict[str, object]] = {k: dict(v) for k, v in newer.block_devices.items()}
     for name, ob in older.block_devices.items():
         nb = bds.get(name)
         if nb is None or nb["dev"] != ob["dev"]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, List
 
 from ..errors import FootprintError
 
@@ -31,7 +30,7 @@ def _unescape_options(field_: bytes) -> str:
     return os.fsdecode(_OCTAL.sub(one, field_))
 
 
-def parse_mountinfo(data: bytes) -> List[Dict[str, Any]]:
+def parse_mountinfo(data: bytes) -> list[dict[str, object]]:
     """Parse /proc/<pid>/mountinfo (Documentation/filesystems/proc.rst, 3.5):
     `id parent maj:min root mountpoint opts [optional...] - fstype source superopts`.
 
@@ -39,7 +38,7 @@ def parse_mountinfo(data: bytes) -> List[Dict[str, Any]]:
     fields end at the first lone "-" after field 6 — a mountpoint named "-" would be
     "/…/-", never a lone "-".
     """
-    mounts: List[Dict[str, Any]] = []
+    mounts: list[dict[str, object]] = []
     for line in data.split(b"\n"):
         if not line:
             continue
@@ -68,7 +67,7 @@ def parse_mountinfo(data: bytes) -> List[Dict[str, Any]]:
     return mounts
 
 
-def read_mounts(proc: str = "/proc") -> List[Dict[str, Any]]:
+def read_mounts(proc: str = "/proc") -> list[dict[str, object]]:
     """The system's mounts: init's (/proc/1/mountinfo), not the caller's — the early-boot
     recorder runs in a mount namespace and chroot of its own, which would hide them.
     Falls back to /proc/self/mountinfo where init's is not readable (not root). After

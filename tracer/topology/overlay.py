@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, List, Optional
 
 from .devices import devstr
 
 __all__ = ["overlays", "layer_role", "UserPaths"]
 
 
-def _split(text: str, sep: str) -> List[str]:
+def _split(text: str, sep: str) -> list[str]:
     """Split on `sep` not preceded by a backslash; unescape what remains."""
     return re.split(r"(?<!\\)" + re.escape(sep), text)
 
@@ -32,10 +31,10 @@ def _unescape(s: str) -> str:
     return re.sub(r"\\(.)", r"\1", s)
 
 
-def parse_options(super_options: str) -> Dict[str, List[str]]:
+def parse_options(super_options: str) -> dict[str, list[str]]:
     """{"lower": [dirs top first], "upper": [dir] or [], "work": [...]} from an overlay's
     super options. `lowerdir+`/`datadir+` (6.7+ new mount API) count as lower layers."""
-    out: Dict[str, List[str]] = {"lower": [], "upper": [], "work": []}
+    out: dict[str, list[str]] = {"lower": [], "upper": [], "work": []}
     for opt in _split(super_options, ","):
         key, eq, val = opt.partition("=")
         if not eq:
@@ -56,7 +55,7 @@ def _within(path: str, top: str) -> bool:
     return top == "/" or path == top or path.startswith(top + "/")
 
 
-def _place(mounts: List[Dict[str, Any]], d: str) -> Optional[Dict[str, Any]]:
+def _place(mounts: list[dict[str, object]], d: str) -> dict[str, object] | None:
     """The superblock a directory `d` lies on, and where in it: {dev, fstype, dir,
     sb_path} from the mount with the longest mountpoint above `d` (the last one listed
     when over-mounted: that one is visible)."""
@@ -77,7 +76,7 @@ def _place(mounts: List[Dict[str, Any]], d: str) -> Optional[Dict[str, Any]]:
             "mountpoint": best["mountpoint"]}
 
 
-def overlays(mounts: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def overlays(mounts: list[dict[str, object]]) -> list[dict[str, object]]:
     """Every current overlay mount with its layers: [{dev, mountpoint, upper: place|None,
     lowers: [place, ...] (top first)}], a place being {dev, fstype, dir, sb_path,
     mountpoint} (see _place). A layer that cannot be placed is left out."""
@@ -93,7 +92,7 @@ def overlays(mounts: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
-def layer_role(mounts: List[Dict[str, Any]], dev: str) -> Optional[str]:
+def layer_role(mounts: list[dict[str, object]], dev: str) -> str | None:
     """"upper layer of overlay /", "lower layer of overlay /" (or "lower layer 2 of …"
     when there are several) for a superblock that is a layer of a mounted overlay, else
     None. Several roles are joined with "; "."""
@@ -118,16 +117,16 @@ class UserPaths:
     the overlay: it keeps its layer path). Otherwise `path` unchanged.
     """
 
-    def __init__(self, mounts: List[Dict[str, Any]], verify: bool = True, root: str = ""):
+    def __init__(self, mounts: list[dict[str, object]], verify: bool = True, root: str = ""):
         self.verify, self.root = verify, root
         # dev → [(sb_path of the layer, overlay mountpoint, dirs of the layers above it)]
-        self.layers: Dict[str, List[tuple]] = {}
+        self.layers: dict[str, list[tuple]] = {}
         for o in overlays(mounts):
             places = ([o["upper"]] if o["upper"] else []) + o["lowers"]
             for k, place in enumerate(places):
                 self.layers.setdefault(place["dev"], []).append(
                     (place["sb_path"], o["mountpoint"], [p["dir"] for p in places[:k]]))
-        self.mounts: Dict[str, List[Dict[str, Any]]] = {}
+        self.mounts: dict[str, list[dict[str, object]]] = {}
         for m in mounts:
             if not m.get("gone") and m["dev"] in self.layers:
                 self.mounts.setdefault(m["dev"], []).append(m)
@@ -135,14 +134,14 @@ class UserPaths:
     def __bool__(self) -> bool:
         return bool(self.layers)
 
-    def _sb_path(self, path: str, dev: str) -> Optional[str]:
+    def _sb_path(self, path: str, dev: str) -> str | None:
         for m in sorted(self.mounts.get(dev, []), key=lambda m: -len(m["mountpoint"])):
             if _within(path, m["mountpoint"]):
                 rel = path[len(m["mountpoint"]):].lstrip("/") if m["mountpoint"] != "/" else path.lstrip("/")
                 return os.path.normpath(os.path.join(m["root"], rel))
         return None
 
-    def spell(self, path: Optional[str], dev: Any, ino: int) -> Optional[str]:
+    def spell(self, path: str | None, dev: object, ino: int) -> str | None:
         """The path through the overlay for a file of superblock `dev` found at `path`,
         or `path` itself (see the class). Relies on overlayfs keeping no page cache of
         its own for regular files: the pages are on the layer's inode (since 4.19's
@@ -172,7 +171,7 @@ class UserPaths:
         except OSError:
             return False
 
-    def _visible(self, user: str, rel: str, above: List[str], ino: int) -> bool:
+    def _visible(self, user: str, rel: str, above: list[str], ino: int) -> bool:
         """Whether the overlay shows this layer's file at `user`: the path exists there
         and no layer above holds an entry at the same place (an upper copy-up or
         whiteout hides the lower file; overlayfs then reports the copy under the lower

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from typing import Any, Dict, Iterator, Optional, Tuple
+from collections.abc import Iterator
 
 from .devices import devstr
 from .model import Topology
@@ -38,8 +38,8 @@ class Budget:
         return not self.exhausted
 
 
-def walk_tree(top: str, dev: str, budget: Budget, errors: Optional[list] = None
-              ) -> Iterator[Tuple[os.DirEntry, os.stat_result]]:
+def walk_tree(top: str, dev: str, budget: Budget, errors: list | None = None
+              ) -> Iterator[tuple[os.DirEntry, os.stat_result]]:
     """Every entry below directory `top` on superblock `dev` ("maj:min"), depth first, as
     (DirEntry, its lstat). Directories of other superblocks (mounts below) are neither
     yielded nor entered; symlinks are not followed. Stops when `budget` is spent.
@@ -69,7 +69,7 @@ def walk_tree(top: str, dev: str, budget: Budget, errors: Optional[list] = None
                 yield e, st
 
 
-def _mount_tops(topo: Topology, dev: str, root: str) -> Iterator[Tuple[str, os.stat_result]]:
+def _mount_tops(topo: Topology, dev: str, root: str) -> Iterator[tuple[str, os.stat_result]]:
     """Reachable, not over-mounted mountpoints of superblock `dev`, best first."""
     for m in topo.mounts_of(dev):
         if m.get("gone"):
@@ -83,8 +83,8 @@ def _mount_tops(topo: Topology, dev: str, root: str) -> Iterator[Tuple[str, os.s
             yield top, st
 
 
-def path_of(topo: Topology, dev: Any, ino: int, budget: Tuple[int, float] = (200_000, 5.0)
-            ) -> Optional[str]:
+def path_of(topo: Topology, dev: object, ino: int, budget: tuple[int, float] = (200_000, 5.0)
+            ) -> str | None:
     """A path for inode `ino` on superblock `dev`: free for loop backing files (sysfs);
     otherwise found by a bounded walk (see paths_of). None if not found within the budget."""
     d = devstr(dev, kernel=True) if isinstance(dev, int) else devstr(dev)
@@ -95,14 +95,14 @@ def path_of(topo: Topology, dev: Any, ino: int, budget: Tuple[int, float] = (200
     return paths_of(topo, {d: {ino}}, budget).get((d, ino))
 
 
-def paths_of(topo: Topology, wanted: Dict[str, set], budget: Tuple[int, float] = (300_000, 5.0)
-             ) -> Dict[Tuple[str, int], str]:
+def paths_of(topo: Topology, wanted: dict[str, set], budget: tuple[int, float] = (300_000, 5.0)
+             ) -> dict[tuple[str, int], str]:
     """Paths for many inodes at once ({dev: {ino, ...}} → {(dev, ino): path}): one walk
     per mounted superblock in `wanted`, under one budget (max entries, max seconds)
     shared fairly between them, stopping early once every inode of a superblock is found. A file on an overlay's
     layer is named as the user sees it, through the overlay, when the overlay shows that
     same inode there."""
-    found: Dict[Tuple[str, int], str] = {}
+    found: dict[tuple[str, int], str] = {}
     max_entries, seconds = budget
     end = time.monotonic() + seconds
     root = system_root()

@@ -4,20 +4,19 @@ data can be cached at several layers (double caching)."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
 
 from .devices import devstr
 from .model import Topology
 from .overlay import layer_role, overlays
 
 
-def _device_label(bd: Dict[str, Any]) -> str:
+def _device_label(bd: dict[str, object]) -> str:
     if bd["kind"] == "dm" and bd.get("dm", {}).get("name"):
         return f"dm {bd['dm']['name']}"
     return bd["name"]
 
 
-def _is_initramfs_root(m: Dict[str, Any]) -> bool:
+def _is_initramfs_root(m: dict[str, object]) -> bool:
     """The initramfs is unpacked into the rootfs mount (ramfs, or tmpfs when CONFIG_TMPFS
     and no root= — init/do_mounts.c); mountinfo names its type "rootfs". After
     switch_root it survives only in a merged topology, as a gone "/" of ramfs/tmpfs."""
@@ -45,7 +44,7 @@ def layer_of(topo: Topology, dev: str) -> str:
     return f"dev {dev}"
 
 
-def _bdev_of_inode(topo: Topology, dev: str, ino: int) -> Optional[Dict[str, Any]]:
+def _bdev_of_inode(topo: Topology, dev: str, ino: int) -> dict[str, object] | None:
     """If (dev, ino) is a block-device inode, its device.
 
     Verified on 6.18 (and the same code in 6.1): the filemap tracepoints report
@@ -62,7 +61,7 @@ def _bdev_of_inode(topo: Topology, dev: str, ino: int) -> Optional[Dict[str, Any
     return topo.device(devstr(ino, kernel=True))
 
 
-def learn_bdev_sb_dev(topo: Topology, dev: Any, ino: int) -> bool:
+def learn_bdev_sb_dev(topo: Topology, dev: object, ino: int) -> bool:
     """Learn the bdev pseudo file system's s_dev from a page-cache event (dev, ino) that
     can only be a block-device inode (see _bdev_of_inode); afterwards only that dev is
     taken for bdev inodes. True when learned (or already known to be `dev`)."""
@@ -75,7 +74,7 @@ def learn_bdev_sb_dev(topo: Topology, dev: Any, ino: int) -> bool:
     return False
 
 
-def _fstype(topo: Topology, dev: str) -> Optional[str]:
+def _fstype(topo: Topology, dev: str) -> str | None:
     ms = topo.mounts_of(dev)
     if ms:
         return ms[0]["fstype"]
@@ -83,7 +82,7 @@ def _fstype(topo: Topology, dev: str) -> Optional[str]:
     return bd.get("probed_fstype") if bd else None
 
 
-def _fs_entry(topo: Topology, dev: str) -> Dict[str, Any]:
+def _fs_entry(topo: Topology, dev: str) -> dict[str, object]:
     ms = topo.mounts_of(dev)
     return {
         "type": "fs", "dev": dev, "label": layer_of(topo, dev),
@@ -92,10 +91,10 @@ def _fs_entry(topo: Topology, dev: str) -> Dict[str, Any]:
     }
 
 
-def _below_device(topo: Topology, bd: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
+def _below_device(topo: Topology, bd: dict[str, object]) -> list[tuple[str, dict[str, object]]]:
     """What a block device is built on: [(role, ref)], ref {"block": dev} or
     {"file": (dev, ino), "path": ...}."""
-    out: List[Tuple[str, Dict[str, Any]]] = []
+    out: list[tuple[str, dict[str, object]]] = []
     kind = bd["kind"]
     if kind == "loop":
         lo = bd.get("loop", {})
@@ -120,8 +119,8 @@ def _below_device(topo: Topology, bd: Dict[str, Any]) -> List[Tuple[str, Dict[st
     return out
 
 
-def _device_entry(topo: Topology, bd: Dict[str, Any], role: Optional[str]) -> Dict[str, Any]:
-    e: Dict[str, Any] = {"type": "block", "dev": bd["dev"], "name": bd["name"], "kind": bd["kind"],
+def _device_entry(topo: Topology, bd: dict[str, object], role: str | None) -> dict[str, object]:
+    e: dict[str, object] = {"type": "block", "dev": bd["dev"], "name": bd["name"], "kind": bd["kind"],
                          "role": role, "label": _device_label(bd)}
     if bd["kind"] == "dm":
         table = bd.get("dm", {}).get("table") or []
@@ -139,8 +138,8 @@ def _device_entry(topo: Topology, bd: Dict[str, Any], role: Optional[str]) -> Di
     return e
 
 
-def _walk_device(topo: Topology, dev: str, role: Optional[str], depth: int,
-                 out: List[Dict[str, Any]], seen: set) -> None:
+def _walk_device(topo: Topology, dev: str, role: str | None, depth: int,
+                 out: list[dict[str, object]], seen: set) -> None:
     if ("b", dev) in seen:
         return
     seen.add(("b", dev))
@@ -159,16 +158,16 @@ def _walk_device(topo: Topology, dev: str, role: Optional[str], depth: int,
             _walk_file(topo, fdev, fino, ref.get("path"), depth + 1, out, seen)
 
 
-def _walk_file(topo: Topology, dev: str, ino: Optional[int], path: Optional[str], depth: int,
-               out: List[Dict[str, Any]], seen: set) -> None:
+def _walk_file(topo: Topology, dev: str, ino: int | None, path: str | None, depth: int,
+               out: list[dict[str, object]], seen: set) -> None:
     fs = _fs_entry(topo, dev)
     out.append({"type": "file", "dev": dev, "ino": ino, "path": path, "depth": depth,
                 "label": f"{path or f'inode {ino}'} on {fs['label']}"})
     _walk_fs(topo, dev, depth + 1, out, seen)
 
 
-def _walk_fs(topo: Topology, dev: str, depth: int, out: List[Dict[str, Any]], seen: set,
-             role: Optional[str] = None) -> None:
+def _walk_fs(topo: Topology, dev: str, depth: int, out: list[dict[str, object]], seen: set,
+             role: str | None = None) -> None:
     if ("f", dev) in seen:
         return
     seen.add(("f", dev))
@@ -189,7 +188,7 @@ def _walk_fs(topo: Topology, dev: str, depth: int, out: List[Dict[str, Any]], se
             _walk_fs(topo, place["dev"], depth + 1, out, seen, role=f"{r} {place['dir']}")
 
 
-def resolve(topo: Topology, dev: Any, ino: int) -> Dict[str, Any]:
+def resolve(topo: Topology, dev: object, ino: int) -> dict[str, object]:
     """What the page-cache owner (s_dev, inode) is.
 
     `dev` is "maj:min", or an int in the kernel's encoding (the tracepoint's s_dev).
@@ -200,8 +199,8 @@ def resolve(topo: Topology, dev: Any, ino: int) -> Dict[str, Any]:
     Buffers); for a file it starts at its file system.
     """
     d = devstr(dev, kernel=True) if isinstance(dev, int) else devstr(dev)
-    res: Dict[str, Any] = {"dev": d, "ino": ino}
-    chain: List[Dict[str, Any]] = []
+    res: dict[str, object] = {"dev": d, "ino": ino}
+    chain: list[dict[str, object]] = []
     bd = _bdev_of_inode(topo, d, ino)
     if bd is not None:
         res.update(what="bdev", device=bd["name"], block_dev=bd["dev"],
@@ -222,13 +221,13 @@ def resolve(topo: Topology, dev: Any, ino: int) -> Dict[str, Any]:
     return res
 
 
-def _file_levels(topo: Topology, dev: str, seen: set) -> List[List[Dict[str, Any]]]:
+def _file_levels(topo: Topology, dev: str, seen: set) -> list[list[dict[str, object]]]:
     """From superblock `dev` down: every path of image files that back it."""
     bd = topo.device(dev)
     if bd is None or ("b", dev) in seen:
         return [[]]
     seen = seen | {("b", dev)}
-    paths: List[List[Dict[str, Any]]] = []
+    paths: list[list[dict[str, object]]] = []
     below = _below_device(topo, bd)
     if not below:
         return [[]]
@@ -248,7 +247,7 @@ def _file_levels(topo: Topology, dev: str, seen: set) -> List[List[Dict[str, Any
     return paths
 
 
-def double_caching(topo: Topology) -> List[Dict[str, Any]]:
+def double_caching(topo: Topology) -> list[dict[str, object]]:
     """Chains along which the same data can sit in the page cache at several layers.
 
     For each mounted file system on a block device that (through dm and partitions)
@@ -258,7 +257,7 @@ def double_caching(topo: Topology) -> List[Dict[str, Any]]:
     levels: [{dev, ino, path, fstype, layer, label, via}], label}]; a dm snapshot gives
     one chain per branch (origin, cow).
     """
-    chains: List[Dict[str, Any]] = []
+    chains: list[dict[str, object]] = []
     done = set()
 
     def chains_from(d: str, fstype: str) -> None:

@@ -7,7 +7,7 @@ import errno
 import os
 import socket
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
 
 from ..errors import FootprintError
 
@@ -16,13 +16,13 @@ _NETLINK_KOBJECT_UEVENT = 15
 _KERNEL_GROUP = 1  # raw kernel uevents (no udevd needed: usable from the cmdline hook on)
 
 
-def parse_uevent(data: bytes) -> Optional[Dict[str, str]]:
+def parse_uevent(data: bytes) -> dict[str, str] | None:
     """A kernel uevent datagram `action@devpath\\0KEY=VALUE\\0…` → {KEY: VALUE}.
     (lib/kobject_uevent.c). libudev-format datagrams (group 2) are skipped."""
     if data.startswith(b"libudev\0"):
         return None
     parts = data.split(b"\0")
-    env: Dict[str, str] = {}
+    env: dict[str, str] = {}
     for p in parts[1:]:
         k, sep, v = p.partition(b"=")
         if sep and k:
@@ -45,7 +45,7 @@ class UeventWatcher:
     `overflows` counts ENOBUFS (the kernel dropped events: the buffer was full).
     """
 
-    def __init__(self, subsystems: Tuple[str, ...] = ("block",), rcvbuf: int = 4 << 20,
+    def __init__(self, subsystems: tuple[str, ...] = ("block",), rcvbuf: int = 4 << 20,
                  use_pyroute2: bool = True) -> None:
         self.subsystems = subsystems
         self.overflows = 0
@@ -74,7 +74,7 @@ class UeventWatcher:
             return parse_uevent
         marshal = MarshalUevent()
 
-        def _parse(data: bytes) -> Optional[Dict[str, str]]:
+        def _parse(data: bytes) -> dict[str, str] | None:
             if data.startswith(b"libudev\0"):
                 return None
             try:
@@ -105,15 +105,15 @@ class UeventWatcher:
                 raise
             yield data
 
-    def poll(self) -> List[Dict[str, Any]]:
+    def poll(self) -> list[dict[str, object]]:
         """Every event queued so far (never blocks)."""
-        out: List[Dict[str, Any]] = []
+        out: list[dict[str, object]] = []
         for data in self._drain():
             t = time.clock_gettime(time.CLOCK_BOOTTIME)
             env = self._parse(data)
             if not env or (self.subsystems and env.get("SUBSYSTEM") not in self.subsystems):
                 continue
-            ev: Dict[str, Any] = {"time": t}
+            ev: dict[str, object] = {"time": t}
             ev.update(env)
             if "MAJOR" in env and "MINOR" in env:
                 ev["dev"] = f"{env['MAJOR']}:{env['MINOR']}"
@@ -127,5 +127,5 @@ class UeventWatcher:
     def __enter__(self) -> "UeventWatcher":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
