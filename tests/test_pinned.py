@@ -170,10 +170,25 @@ def test_early_boot_entry_pins_and_exits(tmp_path, no_pinned_account):
     phases = [r for r in chain.phases if r["name"] in ("one", "two")]
     assert [r["name"] for r in phases] == ["one", "two"], chain.phases
     assert phases[0]["t"] <= chain.samples[-2]["t"] and phases[1]["t"] <= chain.samples[-1]["t"]
-    assert chain.samples[-1]["tracer"] == {}  # read by a reader, not the tracer
+    # The reader is footprint's process: the sample carries its memory as it was read,
+    # before the reader went through the recording (this process's now is no less).
+    from tracer.procfs import own_memory
+
+    assert 0 < chain.samples[-1]["tracer"]["anon_kb"] <= own_memory()["anon_kb"]
 
     again = subprocess.run([sys.executable, "-S", "-m", "tracer.boot", "record", "-o",
                             str(tmp_path / "b.jsonl"), "--pin"],
                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1, again.stderr
     assert "already pinned" in again.stderr and not (tmp_path / "b.jsonl").exists(), again.stderr
+
+
+def test_a_snapshot_counts_0_the_tmpfs_files_gone_since_the_recording():
+    """The snapshot's tmpfs walk starts with no reference (it reads before the recording):
+    a file the recording last counted and the walk, over the same file system, no longer
+    finds is counted 0; one on a file system the walk did not cover is left alone."""
+    from tracer.snapshot import _gone_shmem
+
+    sample = {"shmem": {"0:25:7": 3}, "shmem_devs": ["0:25"]}
+    _gone_shmem(sample, {"0:25:7": 2, "0:25:8": 5, "0:25:9": 0, "0:26:1": 4})
+    assert sample["shmem"] == {"0:25:7": 3, "0:25:8": 0}

@@ -48,6 +48,32 @@ def test_moments_table_has_the_question_columns(real):
     assert float(live_write[6]) == pytest.approx(ramfs, abs=0.051) and ramfs > 100  # the COW
 
 
+def test_a_moment_is_one_instant_on_the_screen(real):
+    """The moments table's in-use is that of the account its columns come from (not the
+    guest's meminfo read right after the mark, seconds earlier): its live − plain is the
+    difference table's in-use line, and the answer's after-boot figures are its own."""
+    lines = S.screen(real).splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("moment (MiB)"))
+    shown, moment = {}, None
+    for x in lines[start + 1:]:
+        if x.startswith("same data:"):
+            break
+        words = x.split()
+        if not x.startswith(" "):
+            moment, words = words[0], words[1:]
+        shown[(moment, words[0])] = float(words[1])
+    assert len(shown) == 6, shown
+    for b in real["boots"]:
+        for m in b["moments"]:
+            assert shown[(m["name"], b["name"])] == pytest.approx(m["account_meminfo"]["nonfree_mib"], abs=0.51)
+    for e in real["side_by_side"]:
+        delta = shown[(e["moment"], "live")] - shown[(e["moment"], "plain")]
+        assert delta == pytest.approx(e["subsystem"]["nonfree_delta_mib"], abs=1.01)
+    first = S.answer_sentences(real)[0]
+    assert f"{shown[('after-boot', 'live')]:.0f} MiB in use" in first
+    assert f"plain {shown[('after-boot', 'plain')]:.0f} MiB" in first
+
+
 def test_differences_fold_small_rows_and_the_sums_stay_exact(real):
     lines = S.screen(real).splitlines()
     start = next(i for i, x in enumerate(lines) if x.startswith("live − plain (MiB)"))

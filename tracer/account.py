@@ -283,7 +283,7 @@ def category_rows(rec: Recording, state: dict, ps: int, seen_cache: int, seen_sh
     anon = kb_pages(mi, "AnonPages", ps)
     tracer_anon = int(state.get("tracer", {}).get("anon_kb", 0)) * 1024 // ps
     if tracer_anon:
-        add("tracer", "recorder process (anon)", "anon", tracer_anon)
+        add("tracer", "footprint's process (anon)", "anon", tracer_anon)
     add("processes", "anonymous memory", "anon", max(0, anon - tracer_anon))
     add("processes", UNMAPPED_HUGE, "anon", unmapped_anon_pages(mi, ps))
     add("kernel stacks", "-", "kernel-stack", kernel_stack)

@@ -267,7 +267,11 @@ class Recorder:
         """One sample's records, read now and not yet written: the names of stacks and
         call sites seen for the first time, the OOM killer's victims since the last
         sample, then the sample itself."""
-        reading = self.sampler.read(also=self.shmem.read)
+        return self.records_of(self.sampler.read(also=self.shmem.read))
+
+    def records_of(self, reading) -> list[dict]:
+        """A sampler's Reading as records: the new stacks' and call sites' names, the OOM
+        victims, then the sample."""
         out = list(self.symbols.records(reading.new_stacks, reading.new_sites))
         for v in reading.oom_victims:
             out.append({"type": "oom", **v})

@@ -29,50 +29,48 @@ def snapshot(out: str = SNAPSHOT, source: str | None = None, phase: str | None =
 
     meta = pinned.meta()
     source = source or meta["recording"]
-    read(source)  # bounded and validated first: one line if it is corrupt
     try:
         fds = {name: obj_get(f"{pinned.PIN_DIR}/map-{name}") for name in meta["maps"]}
         progs = {name: obj_get(f"{pinned.PIN_DIR}/prog-{name}") for name in meta.get("programs", [])}
     except OSError as err:
         raise FootprintError(f"the pinned account in {pinned.PIN_DIR} is incomplete ({err.strerror}): "
                              "remove it with `footprint unpin`") from None
-    try:
-        src = open(source, encoding="utf-8")
-    except OSError as err:
-        raise FootprintError(f"the recording of the pinned account, {source}, is "
-                             f"unreadable ({err.strerror})") from None
-    rec = Recorder(Options(output=out, marks=None, slab=meta.get("slab", "kmalloc")))
     writer = None
     try:
-        rec.use_maps(fds, progs, own_process=False)  # this reader is not the tracer
-        header = None
-        for obj in map(_record, src):  # the stacks and call sites described already
-            if header is None:
-                header = obj if obj and obj.get("type") == "header" else {}
-            elif obj and obj.get("type") == "stack" and isinstance(obj.get("id"), int):
-                rec.sampler.known_stacks.add(obj["id"])
-            elif obj and obj.get("type") == "site" and isinstance(obj.get("key"), str):
-                rec.sampler.known_sites.add(obj["key"])
-            elif obj and obj.get("type") == "sample" and isinstance(obj.get("shmem"), dict):
-                # The tmpfs files as the recording last counted them: a file gone since
-                # (the chain's previous copy, replaced) is then counted 0, not kept.
-                rec.shmem.last.update(obj["shmem"])
-        rec.shmem.last = {k: v for k, v in rec.shmem.last.items() if v}
-        if not header:
-            raise FootprintError(f"the recording of the pinned account, {source}, "
-                                 "has no header")
-        rec.symbols = Symbolizer(Kallsyms.load())
+        rec = Recorder(Options(output=out, marks=None, slab=meta.get("slab", "kmalloc")))
+        # This reader is footprint's process: its memory is the tracer's (the sample
+        # carries it). The moment is read first, before this process reads the recording
+        # or the kernel's symbols: what it holds in the sample is python and its imports.
+        rec.use_maps(fds, progs)
         t = boottime()
-        # The sample first, then the copy: what this snapshot writes (a file as big as
-        # the recording, on /run's tmpfs as a rule) is not in the moment it reads.
-        taken = rec.take_sample()  # every entry: nothing is "unchanged" against an empty reference
+        reading = rec.sampler.read(also=rec.shmem.read)  # every entry: no reference yet
         rec.shmem.close()  # the tmpfs walk of that sample (tracer/shmemsampler.py)
-        rec.writer = writer = Writer(out)
-        writer.start(header)  # the header as it was (start() keeps its fields)
-        src.seek(0)
-        for obj in map(_record, src):
-            if obj and obj.get("type") not in ("header", "end"):
-                writer.write(obj)
+        read(source)  # bounded and validated: one line if it is corrupt
+        try:
+            src = open(source, encoding="utf-8")
+        except OSError as err:
+            raise FootprintError(f"the recording of the pinned account, {source}, is "
+                                 f"unreadable ({err.strerror})") from None
+        with src:
+            header, stacks, sites, shmem = _described(src)
+            if not header:
+                raise FootprintError(f"the recording of the pinned account, {source}, "
+                                     "has no header")
+            # Only what the recording does not describe yet; tmpfs files it counted
+            # that are gone now are counted 0, not kept.
+            reading.new_stacks = {k: v for k, v in reading.new_stacks.items() if k not in stacks}
+            reading.new_sites = [k for k in reading.new_sites if k not in sites]
+            _gone_shmem(reading.record, shmem)
+            rec.symbols = Symbolizer(Kallsyms.load())
+            taken = rec.records_of(reading)
+            # The copy after the sample: what this snapshot writes (a file as big as the
+            # recording, on /run's tmpfs as a rule) is not in the moment it read.
+            rec.writer = writer = Writer(out)
+            writer.start(header)  # the header as it was (start() keeps its fields)
+            src.seek(0)
+            for obj in map(_record, src):
+                if obj and obj.get("type") not in ("header", "end"):
+                    writer.write(obj)
         if phase is not None:
             writer.write({"type": "phase", "t": t, "name": phase})
         for obj in taken:
@@ -83,10 +81,36 @@ def snapshot(out: str = SNAPSHOT, source: str | None = None, phase: str | None =
             writer.abandon()
         raise
     finally:
-        src.close()
         for fd in list(fds.values()) + list(progs.values()):
             os.close(fd)
     return out
+
+
+def _described(src) -> tuple[dict, set[int], set[str], dict[str, int]]:
+    """What a recording already has: its header, the stacks and call sites it describes,
+    and the tmpfs files as its samples last counted them."""
+    header, stacks, sites, shmem = None, set(), set(), {}
+    for obj in map(_record, src):
+        if header is None:
+            header = obj if obj and obj.get("type") == "header" else {}
+        elif obj and obj.get("type") == "stack" and isinstance(obj.get("id"), int):
+            stacks.add(obj["id"])
+        elif obj and obj.get("type") == "site" and isinstance(obj.get("key"), str):
+            sites.add(obj["key"])
+        elif obj and obj.get("type") == "sample" and isinstance(obj.get("shmem"), dict):
+            shmem.update(obj["shmem"])
+    return header or {}, stacks, sites, shmem
+
+
+def _gone_shmem(sample: dict, before: dict[str, int]) -> None:
+    """Count 0 the tmpfs files `before` had pages for that this sample's walk, over the
+    same file systems, no longer found."""
+    now, devs = sample.get("shmem"), set(sample.get("shmem_devs") or ())
+    if not isinstance(now, dict):
+        return
+    for key, pages in before.items():
+        if pages and key not in now and key.rsplit(":", 1)[0] in devs:
+            now[key] = 0
 
 
 def _record(line: str):

@@ -51,6 +51,22 @@ class Moment:
     free_m: Optional[str] = None
     account: Optional[MomentAccount] = None
 
+    @property
+    def in_use_mib(self) -> float:
+        """MemTotal − MemFree at the instant the moment's numbers describe: its account's
+        sample on a traced boot (the rows add up to it; seconds after the mark, with the
+        reader of a pinned account charged to the tracer), else right after the mark."""
+        return self._at_sample("nonfree_mib", self.nonfree_mib)
+
+    @property
+    def in_use_used_mib(self) -> float:
+        """MemTotal − MemAvailable at that same instant (see in_use_mib)."""
+        return self._at_sample("used_mib", self.used_mib)
+
+    def _at_sample(self, key: str, default: float) -> float:
+        value = (self.account.meminfo or {}).get(key) if self.account is not None else None
+        return value if isinstance(value, (int, float)) else default
+
     def to_dict(self) -> dict:
         """The moment as experiment.json has it (fields never measured are left out)."""
         out: dict[str, Any] = {"name": self.name, "t_s": self.t_s}

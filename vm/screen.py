@@ -125,7 +125,7 @@ def _moments_table(result: Experiment) -> list[str]:
             cells = "".join(_n(q[s] if q else None, ".1f", w)
                             for s, w in zip(QUESTION, (10, 7, 7, 9, 11)))
             same = f"{st['mib']:.0f} ×{st['layers']}" if st else "–"
-            out.append(f"{name if first else '':<13}{inert(b.name)[:13]:<14}{m.nonfree_mib:>8.0f}"
+            out.append(f"{name if first else '':<13}{inert(b.name)[:13]:<14}{m.in_use_mib:>8.0f}"
                        f"{cells}{same:>11}")
             first = False
     out.append("same data: MiB of the same files cached at ×N layers of the live stack (ext4, squashfs, iso9660).")

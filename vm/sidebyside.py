@@ -149,7 +149,7 @@ def ranking(result) -> dict:
     for b in exp.ok:
         row = {"name": b.name, "nonfree_mib": b.nonfree_mib, "used_mib": b.figure("used_mib"),
                "delivery_mib": b.figure("delivery_mib"), "rootfs_mib": b.figure("rootfs_mib"),
-               "moments": {m.name: {"nonfree_mib": m.nonfree_mib, "used_mib": m.used_mib,
+               "moments": {m.name: {"nonfree_mib": m.in_use_mib, "used_mib": m.in_use_used_mib,
                                     **({"question_mib": {s: m.account.mib(s) for s in QUESTION}}
                                        if m.account and m.account.rows else {})}
                            for m in b.moments or []}}
@@ -223,8 +223,8 @@ def moments_table(result) -> str:
             q = {s: m.account.mib(s) for s in QUESTION} if m.account and m.account.rows else None
             cells = "".join(f"{q[s]:>{w}.1f}" if q else f"{'-':>{w}}"
                             for s, w in zip(QUESTION, (10, 8, 8)))
-            lines.append(f"{moment:<13}{inert(b.name)[:15]:<16}{m.nonfree_mib:>17.1f}"
-                         f"{m.used_mib:>8.1f}{cells}")
+            lines.append(f"{moment:<13}{inert(b.name)[:15]:<16}{m.in_use_mib:>17.1f}"
+                         f"{m.in_use_used_mib:>8.1f}{cells}")
     return "\n".join([head] + lines) if lines else ""
 
 
