@@ -176,6 +176,29 @@ def test_slab_ranges_name_the_storage_stack():
     assert len(slabfilter.slab_ranges(Kallsyms.from_text(many))[1]) == slabfilter.SLAB_RANGES
 
 
+def test_the_prefix_search_in_the_blob_finds_what_a_name_by_name_search_finds():
+    """slabfilter finds names by prefix in the packed names' blob (C searches, the boot
+    waits for it): the same indexes as startswith() on every name, on this kernel's
+    symbols and on names where a prefix straddles two names or sits inside one."""
+    from tracer.symbols import PREFIX_SUBSYSTEMS, Kallsyms
+
+    def both(ks, prefixes):
+        first, last = 0, len(ks) - 1
+        names = [ks.names[i] for i in range(len(ks))]
+        return (slabfilter._prefix_hits(ks.names, first, last, prefixes),
+                [i for i in range(first, last) if names[i].startswith(prefixes)])
+
+    tricky = Kallsyms.from_text("\n".join(
+        f"{0xffffffff81000000 + 0x10 * i:x} T {n}" for i, n in enumerate(
+            ["_stext", "xblk_a", "__", "blk_b", "bi", "o_c", "bio_d", "blk", "_e", "__blk_f", "_etext"])))
+    got, want = both(tricky, ("blk_", "__blk_", "bio_"))
+    assert got == want == [3, 6, 9]
+    prefixes = tuple(pre for pre, sub in PREFIX_SUBSYSTEMS if sub in slabfilter.SLAB_SUBSYSTEMS) \
+        + slabfilter.SLAB_CORE_PREFIXES
+    got, want = both(Kallsyms.load(), prefixes)
+    assert got == want and len(got) > 100
+
+
 def test_kmalloc_objects_of_the_core_kernel_are_not_followed_by_default(loader_name):
     """With the filter set (what the sampler does at start with --slab kmalloc), no call
     site inside the core kernel's text outside the named ranges gets a counter."""

@@ -43,7 +43,7 @@ def test_closure_is_the_recorder_and_nothing_heavy(files):
     env, paths, where = files
     names = set(paths)
     assert os.path.realpath(sys.executable) in names and env["FP_PYTHON"] == os.path.realpath(sys.executable)
-    for mod in ("boot", "recorder", "sampler", "loader", "libbpf", "bpfmaps", "baseline", "recording"):
+    for mod in ("boot", "recorder", "sampler", "loader", "libbpf", "bpfmaps", "baseline", "writer", "bootns"):
         assert str(where / "tracer" / f"{mod}.py") in names, mod
     assert any(re.search(r"/libbpf\.so\.1$", p) for p in paths), "libbpf by its soname"
     assert any(p.endswith("/footprint.bpf.o") for p in paths)

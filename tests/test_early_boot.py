@@ -198,7 +198,7 @@ def test_unit_never_blocks_the_boot():
 def test_module_check_asks_to_be_named():
     text = (MODULE / "module-setup.sh").read_text()
     assert re.search(r"check\(\) \{.*?return 255", text, re.S)
-    for f in ("footprint-start.sh", "footprint-mark.sh", "footprint-ns.sh", "footprint-detach.sh",
+    for f in ("footprint-start.sh", "footprint-mark.sh", "footprint-detach.sh",
               "footprint.service", "footprint-switch-root.service", "footprint-mark@.service",
               "footprint-stop.service", "footprint-cmdline.sh"):
         assert f in text, f"module-setup.sh does not install {f}"

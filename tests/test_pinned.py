@@ -192,3 +192,44 @@ def test_a_snapshot_counts_0_the_tmpfs_files_gone_since_the_recording():
     sample = {"shmem": {"0:25:7": 3}, "shmem_devs": ["0:25"]}
     _gone_shmem(sample, {"0:25:7": 2, "0:25:8": 5, "0:25:9": 0, "0:26:1": 4})
     assert sample["shmem"] == {"0:25:7": 3, "0:25:8": 0}
+
+
+def test_early_boot_recorder_makes_its_own_namespace_and_root(tmp_path):
+    """tracer.boot --ns ROOT (what footprint-start passes): the recorder itself unshares
+    its mount namespace and chroots into a tmpfs at ROOT holding binds of /proc, /sys,
+    /dev, /run and the other top-level directories (tracer/bootns.py). Independent view:
+    its /proc/PID/mountinfo (the tmpfs as its root) against ours (unchanged), and a
+    recording whose samples read /proc from inside that root."""
+    import tempfile
+
+    from tracer import recording
+
+    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="fp-ns-") as d:  # bound: /var
+        rec, stop, ready, root = (f"{d}/{n}" for n in ("boot.jsonl", "stop", "ready", "root"))
+        ours = Path("/proc/self/mountinfo").read_text()
+        p = subprocess.Popen([sys.executable, "-S", "-m", "tracer.boot", "record", "-o", rec,
+                              "--interval", "0.5", "--marks", f"{d}/marks", "--stop-file", stop,
+                              "--ready-file", ready, "--ns", root],
+                             env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=tmp_path,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not os.path.exists(ready) and p.poll() is None:
+                time.sleep(0.1)
+            assert os.path.exists(ready), p.stderr.read() if p.poll() is not None else "not ready"
+            theirs = Path(f"/proc/{p.pid}/mountinfo").read_text()
+            time.sleep(1.2)
+            Path(stop).write_text("test\n")
+            _, err = p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        assert p.returncode == 0 and "no namespace of its own" not in err, err[-2000:]
+        root_line = next(ln for ln in theirs.splitlines() if ln.split()[4] == "/")
+        assert " - tmpfs footprint-root " in root_line, theirs[:2000]
+        mounted = {ln.split()[4] for ln in theirs.splitlines()}
+        assert {"/proc", "/sys", "/dev", "/run", "/usr"} <= mounted, sorted(mounted)
+        assert "footprint-root" not in Path("/proc/self/mountinfo").read_text()
+        assert Path("/proc/self/mountinfo").read_text() == ours
+        samples = recording.read(rec).samples
+        assert len(samples) >= 2 and all(s["meminfo"].get("MemTotal") for s in samples)

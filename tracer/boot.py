@@ -40,15 +40,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--baseline", choices=("auto", "kernel", "walk", "none"), default="auto")
     r.add_argument("--pin", action="store_true")
     r.add_argument("--ready-file", default=None)
+    r.add_argument("--ns", default=None, metavar="ROOT")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Record as `footprint record` would with these options; returns the exit status."""
+    import time
+
+    up = time.clock_gettime(time.CLOCK_BOOTTIME)  # python's first line (the break-down)
     try:
         args = _parser().parse_args(argv)
     except _Usage as err:
         return _die(f"{err}: the dracut module's start script passes these options", EXIT_USAGE)
+    _own_session_and_root(args.ns)
     from .procfs import no_huge_pages
 
     no_huge_pages()  # first: the kallsyms peak below is released later (tracer.procfs)
@@ -63,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     symbols.parse_prefetched()
 
     if args.ready_file:  # started by footprint-start: the attach time's break-down
-        sys.stderr.write(f"footprint: {_started()}\n")
+        sys.stderr.write(f"footprint: {_started(up)}\n")
 
     if not (args.interval > 0.0 and args.interval < 1e6):
         return _die(f"--interval {args.interval} is not a number of seconds above 0", EXIT_USAGE)
@@ -93,7 +98,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _started() -> str:
+def _own_session_and_root(root: str | None) -> None:
+    """A session of its own (as setsid(1) gave it: nothing sent to the start script's
+    process group reaches the recorder) and, with --ns ROOT, its own mount namespace and
+    root (tracer/bootns.py). A namespace that cannot be made is one line in the log and
+    the recording goes on from the initramfs's root (it then loses /proc at switch_root,
+    as with rd.footprint.ns=0)."""
+    import os
+
+    try:
+        os.setsid()
+    except OSError:  # already a process group leader
+        pass
+    if root is None:
+        return
+    from . import bootns
+
+    try:
+        bootns.enter(root)
+    except Exception as err:  # noqa: BLE001 - tracing goes on without it, said in one line
+        why = getattr(err, "strerror", None) or f"{type(err).__name__}: {err}"
+        sys.stderr.write(f"footprint: no namespace of its own ({inert(why)[:200]}): "
+                         "recording from the initramfs's root\n")
+
+
+def _started(up: float) -> str:
     """When python started and when the recorder's imports were done (boottime seconds),
     for the attach time's break-down in recorder.log (footprint-start reports its last
     line when the recorder fails)."""
@@ -106,7 +135,7 @@ def _started() -> str:
         started = f"{ticks / os.sysconf('SC_CLK_TCK'):.2f}"
     except (OSError, ValueError, IndexError):
         started = "?"
-    return (f"python started at {started} s, recorder imported at "
+    return (f"python started at {started} s, up at {up:.2f} s, recorder imported at "
             f"{time.clock_gettime(time.CLOCK_BOOTTIME):.2f} s")
 
 

@@ -37,6 +37,29 @@ def _symbol_index(names, name: str) -> int | None:
     return None
 
 
+def _prefix_hits(names, first: int, last: int, prefixes: tuple) -> list[int]:
+    """Sorted indexes i in [first, last) of the names starting with one of `prefixes`.
+    In a PackedNames each prefix is found in the blob by C searches, and a find counts
+    where a name starts there: a Python step a symbol took 0.1 s for 120k symbols (0.3 s
+    for the slab and library ranges together), several times that under TCG, while the
+    boot waited."""
+    blob, offs = getattr(names, "blob", None), getattr(names, "offsets", None)
+    if blob is None or offs is None:
+        return [i for i in range(first, last) if names[i].startswith(prefixes)]
+    if first >= last:
+        return []
+    hits = set()
+    start, stop = offs[first], offs[last]
+    for pre in dict.fromkeys(p.encode() for p in prefixes):
+        at = blob.find(pre, start, stop)
+        while at >= 0:
+            i = bisect.bisect_left(offs, at, first, last)
+            if i < last and offs[i] == at and offs[i + 1] - at >= len(pre):
+                hits.add(i)
+            at = blob.find(pre, at + 1, stop)
+    return sorted(hits)
+
+
 def _merge_to(ranges: list, limit: int) -> list:
     """Close the smallest gaps between sorted ranges until at most `limit` are left."""
     if len(ranges) <= limit:
@@ -63,13 +86,9 @@ def _core_ranges(ksyms, prefixes: tuple) -> tuple[tuple[int, int] | None, list[l
         lo, hi = (addrs[i], hi) if name == "_stext" else (lo, addrs[i])
     ranges: list[list[int]] = []
     first = bisect.bisect_left(addrs, lo)
-    last = bisect.bisect_left(addrs, hi)
-    blob, offs = getattr(names, "blob", None), getattr(names, "offsets", None)
-    bprefixes = tuple(pre.encode() for pre in prefixes)
-    for i in range(first, min(last, len(addrs) - 1)):
-        hit = (blob.startswith(bprefixes, offs[i], offs[i + 1]) if blob is not None
-               else names[i].startswith(prefixes))
-        if not hit or mods[i] is not None:
+    last = min(bisect.bisect_left(addrs, hi), len(addrs) - 1)
+    for i in _prefix_hits(names, first, last, prefixes):
+        if mods[i] is not None:
             continue
         a = addrs[i]
         end = addrs[i + 1] if addrs[i + 1] > a else a + 1

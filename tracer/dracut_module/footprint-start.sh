@@ -8,7 +8,7 @@
 # The recorder runs
 #   * with argv[0] "@footprint": systemd spares such root-owned processes when it kills the
 #     initramfs's leftovers at switch_root (systemd's ROOT_STORAGE_DAEMONS.md);
-#   * in its own mount namespace and chroot (footprint-ns, rd.footprint.ns=0 to skip):
+#   * in its own mount namespace and chroot (tracer/bootns.py; rd.footprint.ns=0 to skip):
 #     systemd's move of /proc, /sys, /dev and /run into the new root and its deletion of
 #     the initramfs's files at switch_root do not take /proc and /sys away from it. /run
 #     is the same tmpfs on both sides: the recording, the marks and the stop file are
@@ -95,13 +95,15 @@ fi
 # and `footprint report --pinned` reads the account. It must be the bpffs the booted
 # system sees: systemd mounts it at /sys/fs/bpf (mount-setup) and moves /sys into the new
 # root at switch_root; mounted here where it is not, before the recorder's namespace
-# (footprint-ns) binds /sys, so that the recorder pins into this one and not a private one.
+# (tracer/bootns.py) binds /sys, so that the recorder pins into this one and not a private one.
 if ! grep -qs '^[^ ]* /sys/fs/bpf bpf ' /proc/self/mounts; then
     mount -t bpf -o mode=700 bpf /sys/fs/bpf 2> /dev/null \
         || say 4 "bpffs not mounted at /sys/fs/bpf: the account is pinned in the recorder's own"
 fi
 set -- @footprint -S -m tracer.boot record -o "$REC" --interval "$interval" --slab "$slab" \
     --marks "$DIR/marks" --stop-file "$DIR/stop" --pin --ready-file "$DIR/ready"
+# its own mount namespace and root (tracer/bootns.py), unless rd.footprint.ns=0
+[ "$(arg rd.footprint.ns 1)" != 0 ] && set -- "$@" --ns "$DIR/root"
 case $brk in
     1) set -- @footprint -S -c 'raise SystemExit("deliberately broken (rd.footprint.break=1)")' ;;
     hang) set -- sleep 100000 ;;
@@ -109,30 +111,42 @@ esac
 : > "$DIR/marks"
 : > "$LOG"
 rm -f "$DIR/ready"
-# argv[0] "@footprint" for the recorder itself (bash's exec -a, in the last exec of the
-# chain); PYTHONHOME since python does not derive its prefix from that argv[0]; -S and
-# PYTHONPATH: the paths the closure was taken with, nothing else. Neither unshare (no
-# --fork) nor setsid (not a process group leader here) forks: $pid is the recorder.
+# argv[0] "@footprint" for the recorder itself (bash's exec -a); PYTHONHOME since python
+# does not derive its prefix from that argv[0]; -S and PYTHONPATH: the paths the closure
+# was taken with, nothing else. The subshell execs python: $pid is the recorder, which
+# makes its own session, namespace and root (no setsid, unshare or chroot processes:
+# each exec costs ~0.1 s under TCG while the boot waits).
 (
     exec < /dev/null >> "$LOG" 2>&1
     export PYTHONHOME="$FP_PYTHONHOME" PYTHONPATH="$FP_PYTHONPATH" PYTHONDONTWRITEBYTECODE=1 \
         PYTHONUNBUFFERED=1 PYTHONNOUSERSITE=1 LD_LIBRARY_PATH="$FP_LIBPATH"
     # argv[0] "@footprint" resolves through PATH to python (sys.executable, for re-exec)
     PATH=/usr/lib/footprint/bin:$PATH
-    if command -v unshare > /dev/null 2>&1 && [ "$(arg rd.footprint.ns 1)" != 0 ]; then
-        exec unshare --mount --propagation slave -- /bin/bash /usr/lib/footprint/footprint-ns "$@"
-    fi
-    # shellcheck disable=SC2016
-    exec setsid /bin/bash -c 'exec -a @footprint "$@"' footprint "$@"
+    exec -a @footprint "$@"
 ) &
 pid=$!
+
+# A tenth of a second's wait without a process each time (sleep(1) is one fork and exec,
+# ~10 a second in this loop, taken from the recorder under TCG): a read that times out
+# on a pipe nobody writes to. Where that returns at once instead, sleep(1).
+nap_fd=
+{ exec {nap_fd}<> <(:); } 2> /dev/null || nap_fd=
+nap() {
+    if [ -n "$nap_fd" ]; then
+        read -r -t 0.1 -u "$nap_fd" _ 2> /dev/null
+        [ $? -gt 128 ] && return 0  # timed out: waited
+        nap_fd=
+    fi
+    sleep 0.1
+}
 
 # Wait until the recorder is ready (attached; or its first sample) or ends, bounded.
 reason=
 waited=0
 while :; do
     # ready: attached, devices followed (the baseline is taken while the boot goes on)
-    if [ -f "$DIR/ready" ] || { [ -f "$REC" ] && grep -q '"type": *"sample"' "$REC" 2> /dev/null; }; then
+    if [ -f "$DIR/ready" ] || { [ $((waited % 10)) = 9 ] && [ -f "$REC" ] \
+        && grep -q '"type": *"sample"' "$REC" 2> /dev/null; }; then
         break
     fi
     if ! kill -0 "$pid" 2> /dev/null; then
@@ -144,9 +158,10 @@ while :; do
         reason="no sample after ${timeout} s (rd.footprint.timeout): recorder killed"
         break
     fi
-    sleep 0.1
+    nap
     waited=$((waited + 1))
 done
+[ -n "$nap_fd" ] && exec {nap_fd}<&-
 read -r t_now _ < /proc/uptime
 if [ -n "$reason" ]; then
     rm -f "$DIR/marks"

@@ -95,12 +95,11 @@ install() {
     dinfo "footprint: the recorder's closure: ${#files[@]} files"
 
     # -- start, marks, units
-    inst_multiple bash sh cat grep sed sleep mkdir ln cp rm kill setsid unshare modprobe mount \
-        tail head tr date nsenter readlink chroot chmod
+    inst_multiple bash sh cat grep sed sleep mkdir ln cp rm kill modprobe mount \
+        tail head tr date nsenter readlink
     inst_script "$moddir/footprint-start.sh" /usr/lib/footprint/footprint-start
     inst_script "$moddir/footprint-mark.sh" /usr/lib/footprint/footprint-mark
     inst_script "$moddir/footprint-detach.sh" /usr/lib/footprint/footprint-detach
-    inst_script "$moddir/footprint-ns.sh" /usr/lib/footprint/footprint-ns
     inst_simple "$moddir/footprint-mark@.service" /usr/lib/footprint/units/footprint-mark@.service
     inst_simple "$moddir/footprint-stop.service" /usr/lib/footprint/units/footprint-stop.service
     if dracut_module_included "systemd"; then
