@@ -136,6 +136,6 @@ def test_module_setup_takes_the_closure_not_a_distributions_paths():
     for banned in ("dist-packages", "arch/x86", "bpfcc", "/lib/modules/$kernel/build", "/opt/footprint"):
         assert banned not in text, banned
     start = (REPO / "tracer/dracut_module/footprint-start.sh").read_text()
-    assert "run.py" not in start and "-m tracer.boot" in start
+    assert "run.py" not in start and "from tracer.boot import main" in start
     assert shutil.which("bash")
     assert subprocess.run(["bash", "-n", str(REPO / "tracer/dracut_module/module-setup.sh")]).returncode == 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 
 from . import outfile
 from .errors import FootprintError
@@ -57,6 +56,8 @@ def pin(program, recording_path: str, maps: list[str]) -> None:
     check_free()
     if not _bpffs_mounted():
         os.makedirs(BPFFS, exist_ok=True)
+        import subprocess  # here: the early-boot recorder imports this module
+
         done = subprocess.run(["mount", "-t", "bpf", "bpf", BPFFS], capture_output=True)
         if done.returncode != 0 or not _bpffs_mounted():
             raise FootprintError(f"bpffs is not mounted at {BPFFS} and could not be: "
