@@ -21,7 +21,6 @@ from .mapsampler import STAT_NAMES
 from .procfs import boottime, tracer_files
 
 
-
 @dataclass
 class Attached:
     """The loaded, attached program and its fds."""

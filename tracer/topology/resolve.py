@@ -4,7 +4,6 @@ data can be cached at several layers (double caching)."""
 
 from __future__ import annotations
 
-
 from .devices import devstr
 from .model import Topology
 from .overlay import layer_role, overlays
