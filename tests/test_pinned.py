@@ -188,11 +188,17 @@ def test_a_snapshot_counts_0_the_tmpfs_files_gone_since_the_recording():
     """The snapshot's tmpfs walk starts with no reference (it reads before the recording):
     a file the recording last counted and the walk, over the same file system, no longer
     finds is counted 0; one on a file system the walk did not cover is left alone."""
-    from tracer.snapshot import _gone_shmem
+    import io
 
+    from tracer.shmemsampler import file_changes
+    from tracer.snapshot import _described
+
+    lines = [{"type": "header"}, {"type": "sample", "shmem": {"0:25:7": 2, "0:25:8": 5, "0:25:9": 1}},
+             {"type": "sample", "shmem": {"0:25:9": 0, "0:26:1": 4}}]
+    _h, _s, _c, before = _described(io.StringIO("".join(json.dumps(x) + "\n" for x in lines)))
     sample = {"shmem": {"0:25:7": 3}, "shmem_devs": ["0:25"]}
-    _gone_shmem(sample, {"0:25:7": 2, "0:25:8": 5, "0:25:9": 0, "0:26:1": 4})
-    assert sample["shmem"] == {"0:25:7": 3, "0:25:8": 0}
+    changed = file_changes(before, sample["shmem"], sample["shmem_devs"])[0]
+    assert changed == {"0:25:7": 3, "0:25:8": 0}
 
 
 def test_early_boot_recorder_makes_its_own_namespace_and_root(tmp_path):

@@ -71,10 +71,7 @@ class ShmemSampler:
                for dev, ino, pages, _sw, _fl in out["inodes"] if pages and dev not in torn}
         devs = sorted({devstr(dev, kernel=True) for dev, *_ in out["superblocks"]} -
                       {devstr(dev, kernel=True) for dev in torn})
-        kept = {k: v for k, v in self.last.items() if k.rsplit(":", 1)[0] not in devs}
-        changed = {k: v for k, v in now.items() if self.last.get(k) != v}
-        changed.update({k: 0 for k in self.last if k not in now and k not in kept})
-        self.last = {**kept, **now}
+        changed, self.last = file_changes(self.last, now, devs)
         # what the walk cost this sample (kept in the raw record; the reader skips it)
         return {"shmem": changed, "shmem_devs": devs,
                 "shmem_ms": round((time.monotonic() - t0) * 1000, 3)}
@@ -84,3 +81,13 @@ class ShmemSampler:
         if self.walker is not None:
             self.walker.close()
             self.walker = None
+
+
+def file_changes(last: dict[str, int], now: dict[str, int], devs: list[str]) -> tuple[dict, dict]:
+    """(changed, new last): the files whose pages differ from `last`, and 0 for those
+    `last` counted on a file system the walk covered (`devs`) that it no longer found;
+    files on the other file systems keep their last counts."""
+    kept = {k: v for k, v in last.items() if k.rsplit(":", 1)[0] not in devs}
+    changed = {k: v for k, v in now.items() if last.get(k) != v}
+    changed.update({k: 0 for k in last if k not in now and k not in kept})
+    return changed, {**kept, **now}

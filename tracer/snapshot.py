@@ -24,6 +24,7 @@ def snapshot(out: str = SNAPSHOT, source: str | None = None, phase: str | None =
     from .procfs import boottime
     from .recorder import Options, Recorder
     from .recording import Writer, read
+    from .shmemsampler import file_changes
     from .symbols import Kallsyms
     from .symbolizer import Symbolizer
 
@@ -60,7 +61,9 @@ def snapshot(out: str = SNAPSHOT, source: str | None = None, phase: str | None =
             # that are gone now are counted 0, not kept.
             reading.new_stacks = {k: v for k, v in reading.new_stacks.items() if k not in stacks}
             reading.new_sites = [k for k in reading.new_sites if k not in sites]
-            _gone_shmem(reading.record, shmem)
+            if isinstance(reading.record.get("shmem"), dict):
+                reading.record["shmem"] = file_changes(
+                    shmem, reading.record["shmem"], reading.record.get("shmem_devs") or [])[0]
             rec.symbols = Symbolizer(Kallsyms.load())
             taken = rec.records_of(reading)
             # The copy after the sample: what this snapshot writes (a file as big as the
@@ -88,7 +91,7 @@ def snapshot(out: str = SNAPSHOT, source: str | None = None, phase: str | None =
 
 def _described(src) -> tuple[dict, set[int], set[str], dict[str, int]]:
     """What a recording already has: its header, the stacks and call sites it describes,
-    and the tmpfs files as its samples last counted them."""
+    and the tmpfs files with pages as its samples last counted them."""
     header, stacks, sites, shmem = None, set(), set(), {}
     for obj in map(_record, src):
         if header is None:
@@ -99,18 +102,7 @@ def _described(src) -> tuple[dict, set[int], set[str], dict[str, int]]:
             sites.add(obj["key"])
         elif obj and obj.get("type") == "sample" and isinstance(obj.get("shmem"), dict):
             shmem.update(obj["shmem"])
-    return header or {}, stacks, sites, shmem
-
-
-def _gone_shmem(sample: dict, before: dict[str, int]) -> None:
-    """Count 0 the tmpfs files `before` had pages for that this sample's walk, over the
-    same file systems, no longer found."""
-    now, devs = sample.get("shmem"), set(sample.get("shmem_devs") or ())
-    if not isinstance(now, dict):
-        return
-    for key, pages in before.items():
-        if pages and key not in now and key.rsplit(":", 1)[0] in devs:
-            now[key] = 0
+    return header or {}, stacks, sites, {k: v for k, v in shmem.items() if v}
 
 
 def _record(line: str):

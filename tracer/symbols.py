@@ -17,8 +17,8 @@ import os
 import re
 import sys
 from array import array
-from itertools import accumulate, compress, islice, repeat
 from collections.abc import Iterable, Sequence
+from itertools import accumulate, compress, islice, repeat
 
 from .errors import FootprintError
 from .names import PackedNames as _Names
